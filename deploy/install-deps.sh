@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what vcluster, its testbed and its tests need on Debian 12 (run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for cmd in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge ip:iproute2 \
+           nsenter:util-linux; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -1,0 +1,98 @@
+"""Config loading: good files load; bad ones give one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vcluster.config import load_config, read_one_auth
+from vcluster.errors import ConfigError
+
+GOOD = """
+[opennebula]
+xmlrpc = "http://127.0.0.1:2633/RPC2"
+auth_file = "/etc/vcluster/one_auth"
+
+[slurm]
+partitions = ["vcluster"]
+
+[database]
+url = "sqlite:////tmp/x.db"
+
+[[node_class]]
+name = "small"
+count = 4
+cpus = 2
+memory_mb = 2048
+template = "worker"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "vcluster.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), environ={})
+    nc = cfg.node_class("small")
+    assert nc.prefix == "vc-small-"
+    assert nc.hostlist == "vc-small-[001-004]"
+    assert nc.node_names() == ["vc-small-001", "vc-small-002", "vc-small-003", "vc-small-004"]
+    assert nc.features == ("small",)
+    assert nc.policy == "per-job"
+    assert cfg.class_of_node("vc-small-003") is nc
+    assert cfg.class_of_node("vc-small-005") is None
+
+
+def test_environment_overrides_endpoint(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), environ={"ONE_XMLRPC": "http://one:2633/RPC2",
+                                                      "ONE_AUTH": "/root/auth"})
+    assert cfg.opennebula.xmlrpc == "http://one:2633/RPC2"
+    assert cfg.opennebula.auth_file == "/root/auth"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("cpus = 2", "cpus = 0"), "node_class[0].cpus: must be positive, got 0"),
+        (("cpus = 2", 'cpus = "two"'), "node_class[0].cpus: must be an integer, got 'two'"),
+        (("count = 4", "count = 4\npolicy = \"spot\""),
+         "node_class[0].policy: must be 'per-job' or 'pool', got 'spot'"),
+        (('template = "worker"', ""), "node_class[0].template: is required"),
+        (("[database]", "[database]\nurll = 1"), "database.urll: unknown key (known keys here: url)"),
+        (('xmlrpc = "http://127.0.0.1:2633/RPC2"', 'xmlrpc = "127.0.0.1:2633"'),
+         "opennebula.xmlrpc: must be an http:// or https:// URL, got '127.0.0.1:2633'"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, change: tuple[str, str], message: str | None) -> None:
+    if message is None:
+        return
+    p = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ConfigError) as info:
+        load_config(p, environ={})
+    assert str(info.value) == f"{p}: {message}"
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    p = write(tmp_path, "[opennebula\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
+        load_config(p, environ={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "none.toml", environ={})
+    assert "file not found; create it" in str(info.value)
+
+
+def test_one_auth_file(tmp_path: Path) -> None:
+    auth = tmp_path / "one_auth"
+    auth.write_text("oneadmin:secret\n")
+    assert read_one_auth(str(auth)) == "oneadmin:secret"
+    auth.write_text("justauser\n")
+    with pytest.raises(ConfigError, match="must hold one line user:password") as info:
+        read_one_auth(str(auth))
+    assert "secret" not in str(info.value)

@@ -1,0 +1,431 @@
+"""Configuration: one TOML file, validated at load.
+
+The file is ``/etc/vcluster/vcluster.toml`` unless ``VCLUSTER_CONFIG`` names another. It
+follows OpenNebula's and Slurm's own conventions: the endpoint is ``ONE_XMLRPC``, the
+credentials live in the ``ONE_AUTH`` file (one line ``user:password``) and never in this
+file, and Slurm is found through ``SLURM_CONF``. Environment variables of those names
+override the file.
+
+Every error names the key at fault and says what is wrong, in one line.
+
+Example::
+
+    [opennebula]
+    xmlrpc = "http://one.example.org:2633/RPC2"
+    auth_file = "/etc/vcluster/one_auth"
+
+    [slurm]
+    conf = "/etc/slurm/slurm.conf"
+    partitions = ["vcluster"]
+
+    [database]
+    url = "sqlite:////var/lib/vcluster/vcluster.db"
+
+    [[node_class]]
+    name = "small"
+    prefix = "vc-small-"
+    count = 16
+    cpus = 2
+    memory_mb = 4096
+    features = ["small"]
+    template = "vcluster-worker"
+    policy = "per-job"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vcluster.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/vcluster/vcluster.toml"
+DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+Policy = Literal["per-job", "pool"]
+
+
+@dataclass(frozen=True)
+class OpenNebulaSettings:
+    """How to reach oned."""
+
+    xmlrpc: str = DEFAULT_ONE_XMLRPC
+    """XML-RPC endpoint URL (``ONE_XMLRPC``)."""
+    auth_file: str = "~/.one/one_auth"
+    """File holding ``user:password`` (``ONE_AUTH``); must not be readable by others."""
+    timeout_s: float = 30.0
+    """Timeout of one XML-RPC call, seconds."""
+    retry_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0)
+    """Backoff before each retry of a temporary error, seconds; empty means no retry."""
+    onegate_endpoint: str = ""
+    """OneGate URL given to VMs when oned does not set one (optional)."""
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How to reach Slurm."""
+
+    conf: str = "/etc/slurm/slurm.conf"
+    """slurm.conf path (``SLURM_CONF``)."""
+    partitions: tuple[str, ...] = ("vcluster",)
+    """Partitions whose nodes vcluster serves; the first is where ``fsub`` submits."""
+    bin_dir: str = "/usr/bin"
+    """Directory of sbatch, squeue, scontrol...: hooks run with no PATH."""
+    command_timeout_s: float = 30.0
+    """Timeout of one Slurm command, seconds."""
+    controller_host: str = ""
+    """slurmctld address VMs use (``host`` or ``host:port``); default: from slurm.conf."""
+    configless: bool = True
+    """VMs fetch slurm.conf from slurmctld (``enable_configless``)."""
+    munge_key_file: str = "/etc/munge/munge.key"
+    """The cluster's munge key, given to VMs through their context."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:////var/lib/vcluster/vcluster.db"
+    """SQLAlchemy URL: a SQLite file (default) or ``postgresql+psycopg://...``."""
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    cluster_name: str = "vcluster"
+    """Tags every VM (``VCLUSTER_CLUSTER``): several clusters can share one cloud."""
+    interval_s: float = 5.0
+    """Period of the drift-catching pass, seconds."""
+    heartbeat_stale_s: float = 60.0
+    """Hooks refuse when the controller's heartbeat is older than this, seconds."""
+    resume_timeout_s: int = 600
+    """Slurm's ResumeTimeout: a VM not a working node by then is given up, seconds."""
+    suspend_timeout_s: int = 30
+    """Slurm's SuspendTimeout, seconds."""
+    prolog_wait_s: float = 300.0
+    """How long PrologSlurmctld waits for the job's nodes to come up, seconds."""
+    state_dir: str = "/var/lib/vcluster"
+    """Where the controller keeps its wake-up socket and files."""
+    log_dir: str = "/var/log/vcluster"
+    """Where hooks and the controller write their logs."""
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    """A named range of Slurm CLOUD nodes booted from one OpenNebula template."""
+
+    name: str
+    prefix: str
+    count: int
+    cpus: int
+    memory_mb: int
+    template: str
+    """OpenNebula VM template: its name, or its numeric id."""
+    policy: Policy = "per-job"
+    features: tuple[str, ...] = ()
+    partition: str = "vcluster"
+    suspend_time_s: int = 300
+    """Idle seconds before a ``pool`` node is powered down (Slurm's SuspendTime)."""
+    first_index: int = 1
+    vm_options: Mapping[str, str] = field(default_factory=dict)
+    """Extra attributes merged into each VM's template (e.g. ``SCHED_REQUIREMENTS``)."""
+
+    @property
+    def index_width(self) -> int:
+        return max(3, len(str(self.first_index + self.count - 1)))
+
+    def node_names(self) -> list[str]:
+        return [
+            f"{self.prefix}{i:0{self.index_width}d}"
+            for i in range(self.first_index, self.first_index + self.count)
+        ]
+
+    @property
+    def hostlist(self) -> str:
+        """The class's nodes as a Slurm hostlist, e.g. ``vc-small-[001-016]``."""
+        last = self.first_index + self.count - 1
+        w = self.index_width
+        if self.count == 1:
+            return f"{self.prefix}{self.first_index:0{w}d}"
+        return f"{self.prefix}[{self.first_index:0{w}d}-{last:0{w}d}]"
+
+    def owns(self, node_name: str) -> bool:
+        if not node_name.startswith(self.prefix):
+            return False
+        rest = node_name[len(self.prefix):]
+        return rest.isdigit() and self.first_index <= int(rest) < self.first_index + self.count
+
+
+@dataclass(frozen=True)
+class Config:
+    opennebula: OpenNebulaSettings
+    slurm: SlurmSettings
+    database: DatabaseSettings
+    controller: ControllerSettings
+    node_classes: tuple[NodeClass, ...]
+    path: str = ""
+
+    def node_class(self, name: str) -> NodeClass:
+        for nc in self.node_classes:
+            if nc.name == name:
+                return nc
+        known = ", ".join(nc.name for nc in self.node_classes) or "none"
+        raise ConfigError(f"unknown node class {name!r} (known: {known})", key="node_class")
+
+    def class_of_node(self, node_name: str) -> NodeClass | None:
+        for nc in self.node_classes:
+            if nc.owns(node_name):
+                return nc
+        return None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one TOML table, remembering which keys were used, with typed getters."""
+
+    def __init__(self, table: Mapping[str, Any], where: str, path: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=where, path=path)
+        self.table = table
+        self.where = where
+        self.path = path
+        self.used: set[str] = set()
+
+    def _key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def err(self, name: str, message: str) -> ConfigError:
+        return ConfigError(message, key=self._key(name), path=self.path)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is ...:
+                raise self.err(name, "is required")
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.err(name, f"must be {_kind_name(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise self.err(name, f"must be {_kind_name(kinds)}, got {value!r}")
+        return value
+
+    def positive(self, name: str, kind: type, default: Any = ...) -> Any:
+        value = self.get(name, (int, float) if kind is float else kind, default)
+        if value <= 0:
+            raise self.err(name, f"must be positive, got {value!r}")
+        return kind(value)
+
+    def str_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, list, list(default))
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.err(name, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.err(unknown[0], f"unknown key (known keys here: {known})")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> str:
+    """The config file to read: ``path``, else ``$VCLUSTER_CONFIG``, else the default."""
+    if path:
+        return os.fspath(path)
+    return os.environ.get("VCLUSTER_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read and validate the config file; raise :class:`ConfigError` naming the bad key."""
+    env = os.environ if environ is None else environ
+    p = config_path(path)
+    try:
+        text = Path(p).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found; create it (see deploy/vcluster.toml.example) or set VCLUSTER_CONFIG",
+            path=p,
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=p) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=p) from exc
+    return parse_config(data, path=p, environ=env)
+
+
+def _env_or(env: Mapping[str, str], name: str, value: str) -> str:
+    return env.get(name) or value
+
+
+def parse_config(
+    data: Mapping[str, Any], *, path: str = "", environ: Mapping[str, str] | None = None
+) -> Config:
+    env = {} if environ is None else environ
+    top = _Reader(data, "", path)
+
+    one_r = _Reader(top.get("opennebula", dict, {}), "opennebula", path)
+    one = OpenNebulaSettings(
+        xmlrpc=_env_or(env, "ONE_XMLRPC", one_r.get("xmlrpc", str, DEFAULT_ONE_XMLRPC)),
+        auth_file=_env_or(env, "ONE_AUTH", one_r.get("auth_file", str, "~/.one/one_auth")),
+        timeout_s=one_r.positive("timeout_s", float, 30.0),
+        retry_delays_s=tuple(float(x) for x in one_r.get("retry_delays_s", list, [1, 2, 5])),
+        onegate_endpoint=one_r.get("onegate_endpoint", str, ""),
+    )
+    if "password" in one_r.table or "secret" in one_r.table:
+        raise one_r.err(
+            "password", "secrets do not belong in this file; put user:password in auth_file"
+        )
+    one_r.finish()
+    if not one.xmlrpc.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"must be an http:// or https:// URL, got {one.xmlrpc!r}",
+            key="opennebula.xmlrpc", path=path,
+        )
+    if any(d < 0 for d in one.retry_delays_s):
+        raise one_r.err("retry_delays_s", "delays must be >= 0 seconds")
+
+    s_r = _Reader(top.get("slurm", dict, {}), "slurm", path)
+    slurm = SlurmSettings(
+        conf=_env_or(env, "SLURM_CONF", s_r.get("conf", str, "/etc/slurm/slurm.conf")),
+        partitions=s_r.str_list("partitions", ("vcluster",)),
+        bin_dir=s_r.get("bin_dir", str, "/usr/bin"),
+        command_timeout_s=s_r.positive("command_timeout_s", float, 30.0),
+        controller_host=s_r.get("controller_host", str, ""),
+        configless=s_r.get("configless", bool, True),
+        munge_key_file=s_r.get("munge_key_file", str, "/etc/munge/munge.key"),
+    )
+    s_r.finish()
+    if not slurm.partitions:
+        raise s_r.err("partitions", "must name at least one partition")
+
+    d_r = _Reader(top.get("database", dict, {}), "database", path)
+    database = DatabaseSettings(url=d_r.get("url", str, DatabaseSettings.url))
+    d_r.finish()
+    if "://" not in database.url:
+        raise d_r.err(
+            "url", f"must be a SQLAlchemy URL such as sqlite:////path, got {database.url!r}"
+        )
+
+    c_r = _Reader(top.get("controller", dict, {}), "controller", path)
+    controller = ControllerSettings(
+        cluster_name=c_r.get("cluster_name", str, "vcluster"),
+        interval_s=c_r.positive("interval_s", float, 5.0),
+        heartbeat_stale_s=c_r.positive("heartbeat_stale_s", float, 60.0),
+        resume_timeout_s=c_r.positive("resume_timeout_s", int, 600),
+        suspend_timeout_s=c_r.positive("suspend_timeout_s", int, 30),
+        prolog_wait_s=c_r.positive("prolog_wait_s", float, 300.0),
+        state_dir=c_r.get("state_dir", str, "/var/lib/vcluster"),
+        log_dir=c_r.get("log_dir", str, "/var/log/vcluster"),
+    )
+    c_r.finish()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", controller.cluster_name):
+        raise c_r.err("cluster_name", "may hold only letters, digits, '_', '.' and '-'")
+
+    raw_classes = top.get("node_class", list, [])
+    top.finish()
+    classes = tuple(
+        _parse_node_class(raw, i, path, slurm.partitions) for i, raw in enumerate(raw_classes)
+    )
+    _check_classes(classes, path)
+    return Config(one, slurm, database, controller, classes, path=path)
+
+
+def _parse_node_class(
+    raw: Any, index: int, path: str, partitions: tuple[str, ...]
+) -> NodeClass:
+    r = _Reader(raw, f"node_class[{index}]", path)
+    name = r.get("name", str)
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise r.err("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
+    prefix = r.get("prefix", str, f"vc-{name}-")
+    if not NODE_NAME_RE.match(prefix + "1"):
+        raise r.err(
+            "prefix", f"must start with a letter and hold only a-z, 0-9, '-', got {prefix!r}"
+        )
+    policy = r.get("policy", str, "per-job")
+    if policy not in ("per-job", "pool"):
+        raise r.err("policy", f"must be 'per-job' or 'pool', got {policy!r}")
+    template = r.get("template", (str, int))
+    vm_options = r.get("vm_options", dict, {})
+    if not all(isinstance(v, str | int | float) for v in vm_options.values()):
+        raise r.err("vm_options", "values must be strings or numbers")
+    partition = r.get("partition", str, partitions[0])
+    if partition not in partitions:
+        raise r.err("partition", f"{partition!r} is not in slurm.partitions {list(partitions)}")
+    features = r.str_list("features", (name,))
+    for f in features:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", f):
+            raise r.err("features", f"feature {f!r} may hold only letters, digits, '_', '.', '-'")
+    nc = NodeClass(
+        name=name,
+        prefix=prefix,
+        count=r.positive("count", int),
+        cpus=r.positive("cpus", int),
+        memory_mb=r.positive("memory_mb", int),
+        template=str(template),
+        policy=policy,
+        features=features,
+        partition=partition,
+        suspend_time_s=r.positive("suspend_time_s", int, 300),
+        first_index=r.get("first_index", int, 1),
+        vm_options={str(k): str(v) for k, v in vm_options.items()},
+    )
+    if nc.first_index < 0:
+        raise r.err("first_index", "must be >= 0")
+    r.finish()
+    return nc
+
+
+def _check_classes(classes: tuple[NodeClass, ...], path: str) -> None:
+    seen_names: set[str] = set()
+    for i, nc in enumerate(classes):
+        if nc.name in seen_names:
+            raise ConfigError(f"duplicate class name {nc.name!r}", key=f"node_class[{i}].name",
+                              path=path)
+        seen_names.add(nc.name)
+        for j, other in enumerate(classes[:i]):
+            if nc.prefix.startswith(other.prefix) or other.prefix.startswith(nc.prefix):
+                raise ConfigError(
+                    f"prefix {nc.prefix!r} overlaps node_class[{j}] prefix {other.prefix!r}; "
+                    "node names must tell their class",
+                    key=f"node_class[{i}].prefix", path=path,
+                )
+
+
+def read_one_auth(auth_file: str) -> str:
+    """Read ``user:password`` from the ONE_AUTH file; never log what it returns."""
+    p = Path(os.path.expanduser(auth_file))
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"ONE_AUTH file {str(p)!r} not found; write one line user:password to it (mode 600)",
+            key="opennebula.auth_file",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read ONE_AUTH file {str(p)!r}: {exc.strerror}",
+                          key="opennebula.auth_file") from exc
+    line = text.splitlines()[0].strip() if text else ""
+    if ":" not in line or line.startswith(":"):
+        raise ConfigError(
+            f"ONE_AUTH file {str(p)!r} must hold one line user:password",
+            key="opennebula.auth_file",
+        )
+    return line
