@@ -1,0 +1,1 @@
+"""An OpenNebula-compatible cloud in a box: XML-RPC server, VM drivers, OneGate."""

@@ -1,0 +1,1 @@
+"""VM drivers of the testbed cloud: ``dummy`` (timings only) and ``netns`` (real namespaces)."""
