@@ -1,0 +1,237 @@
+"""The one door to Slurm: every Slurm command vcluster runs goes through :meth:`Slurm.run`.
+
+Slurm 22.05 has no usable Python binding here (pyslurm needs a matching major.minor), so
+vcluster drives Slurm's own CLI, as ParallelCluster and slurm-gcp do. ``run()`` takes an argv
+list (never a shell string), resolves the command in ``settings.bin_dir`` (hooks run with no
+PATH), sets ``SLURM_CONF``, applies a timeout, logs the command and its duration, and turns
+every failure into :class:`~vcluster.errors.SlurmCommandError` carrying argv, exit code,
+stdout and stderr. The parsers live in :mod:`vcluster.slurm_parse` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vcluster.config import SlurmSettings
+from vcluster.errors import SlurmCommandError, SlurmParseError
+from vcluster.slurm_parse import (
+    FINISHED_JOB_STATES,
+    Job,
+    Node,
+    compress_hostlist,
+    expand_hostlist,
+    node_from_record,
+    parse_scontrol_record,
+    parse_scontrol_records,
+    parse_sinfo_json,
+    parse_squeue_json,
+)
+
+__all__ = [
+    "FINISHED_JOB_STATES",
+    "CommandResult",
+    "Job",
+    "Node",
+    "Slurm",
+    "compress_hostlist",
+    "expand_hostlist",
+    "parse_scontrol_record",
+    "parse_scontrol_records",
+    "parse_sinfo_json",
+    "parse_squeue_json",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What scontrol prints (exit 1) for a node / job it does not know.
+_NODE_NOT_FOUND = "not found"
+_JOB_NOT_FOUND = "Invalid job id specified"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A finished Slurm command."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+class Slurm:
+    """Runs Slurm commands for one cluster (the one ``settings.conf`` describes)."""
+
+    def __init__(self, settings: SlurmSettings, *, environ: Mapping[str, str] | None = None):
+        self.settings = settings
+        env = dict(os.environ if environ is None else environ)
+        env["SLURM_CONF"] = settings.conf
+        if not env.get("PATH"):
+            env["PATH"] = DEFAULT_PATH
+        self.env = env
+
+    # --- the one helper -------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        input_text: str | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run one Slurm command; raise SlurmCommandError on failure (or exit != 0 if check)."""
+        if not argv:
+            raise ValueError("run() needs a command")
+        command = argv[0] if os.path.isabs(argv[0]) else os.path.join(
+            self.settings.bin_dir, argv[0])
+        full = [command, *argv[1:]]
+        limit_s = self.settings.command_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        try:
+            # A session of its own, so that a timeout kills whatever the command forked too.
+            proc = subprocess.Popen(
+                full, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SlurmCommandError(
+                full, None, "", str(exc),
+                message=f"cannot run `{command}`: {exc.strerror}; "
+                        "check slurm.bin_dir in the vcluster config",
+            ) from exc
+        try:
+            out_b, err_b = proc.communicate(
+                None if input_text is None else input_text.encode(), timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out_b, err_b = proc.communicate()
+            duration_s = time.monotonic() - started
+            log.warning("slurm command timed out after %.3f s: %s", duration_s, full)
+            raise SlurmCommandError(
+                full, None, _text(out_b), _text(err_b), timed_out=True, timeout_s=limit_s,
+            ) from None
+        duration_s = time.monotonic() - started
+        result = CommandResult(tuple(full), proc.returncode, _text(out_b), _text(err_b),
+                               duration_s)
+        log.debug("ran %s in %.3f s: exit %d", full, duration_s, proc.returncode)
+        if check and proc.returncode != 0:
+            raise SlurmCommandError(full, proc.returncode, result.stdout, result.stderr)
+        return result
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        """Every job slurmctld knows (one ``squeue --json``); filter in Python."""
+        return parse_squeue_json(self.run(["squeue", "--json"]).stdout)
+
+    def job(self, job_id: int) -> Job | None:
+        """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it."""
+        return next((j for j in self.jobs() if j.job_id == job_id), None)
+
+    def nodes(self) -> list[Node]:
+        """Every node (one ``sinfo --json``), one entry per node name, sorted by name."""
+        return parse_sinfo_json(self.run(["sinfo", "--json"]).stdout)
+
+    def node(self, name: str) -> Node | None:
+        """One node (``scontrol show node NAME -o``); None if Slurm does not know it."""
+        result = self.run(["scontrol", "show", "node", name, "-o"], check=False)
+        if result.returncode != 0:
+            if _NODE_NOT_FOUND in result.stdout + result.stderr:
+                return None
+            raise SlurmCommandError(list(result.argv), result.returncode, result.stdout,
+                                    result.stderr)
+        for record in parse_scontrol_records(result.stdout):
+            if record.get("NodeName") == name:
+                return node_from_record(record)
+        return None
+
+    def show_job(self, job_id: int) -> dict[str, str] | None:
+        """``scontrol show job J -o`` as Key=Value pairs; None if Slurm does not know J.
+
+        For an array's master id Slurm prints one record per task; this returns the
+        record whose JobId is ``job_id``, else the first.
+        """
+        result = self.run(["scontrol", "show", "job", str(job_id), "-o"], check=False)
+        if result.returncode != 0:
+            if _JOB_NOT_FOUND in result.stdout + result.stderr:
+                return None
+            raise SlurmCommandError(list(result.argv), result.returncode, result.stdout,
+                                    result.stderr)
+        records = parse_scontrol_records(result.stdout)
+        if not records:
+            return None
+        return next((r for r in records if r.get("JobId") == str(job_id)), records[0])
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def sbatch(self, args: Sequence[str], script_text: str | None = None) -> int:
+        """Submit a batch job; return its id. ``script_text`` goes to sbatch's stdin."""
+        result = self.run(["sbatch", "--parsable", *args], input_text=script_text)
+        first = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+        job_id = first.split(";", 1)[0].strip()
+        if not job_id.isdigit():
+            raise SlurmParseError(
+                f"sbatch --parsable printed {first!r} instead of a job id; "
+                "check the sbatch arguments and slurmctld's log"
+            )
+        return int(job_id)
+
+    def update_nodes(
+        self,
+        nodes: str | Sequence[str],
+        *,
+        state: str | None = None,
+        reason: str | None = None,
+        nodeaddr: str | None = None,
+        nodehostname: str | None = None,
+    ) -> None:
+        """``scontrol update nodename=...``: a hostlist string or a list of node names.
+
+        Slurm refuses ``state=DOWN``/``DRAIN`` without a reason.
+        """
+        names = nodes if isinstance(nodes, str) else compress_hostlist(nodes)
+        if not names:
+            raise ValueError("update_nodes() needs at least one node")
+        fields = {"state": state, "reason": reason, "nodeaddr": nodeaddr,
+                  "nodehostname": nodehostname}
+        argv = ["scontrol", "update", f"nodename={names}"]
+        argv += [f"{key}={value}" for key, value in fields.items() if value is not None]
+        if len(argv) == 3:
+            raise ValueError("update_nodes() needs at least one field to change")
+        self.run(argv)
+
+    def update_job(self, job_id: int, **fields: str) -> None:
+        """``scontrol update jobid=J Key=Value ...`` (e.g. ``ReqNodeList="vc-a-[001-002]"``)."""
+        if not fields:
+            raise ValueError("update_job() needs at least one field to change")
+        self.run(["scontrol", "update", f"jobid={job_id}",
+                  *(f"{key}={value}" for key, value in fields.items())])
+
+    def hold(self, job_id: int) -> None:
+        self.run(["scontrol", "hold", str(job_id)])
+
+    def release(self, job_id: int) -> None:
+        self.run(["scontrol", "release", str(job_id)])
+
+    def requeue(self, job_id: int) -> None:
+        self.run(["scontrol", "requeue", str(job_id)])
+
+    def cancel(self, job_id: int) -> None:
+        self.run(["scancel", str(job_id)])
+
+    def trigger_on_job_end(self, job_id: int, program: str) -> None:
+        """Have slurmctld run ``program JOB_ID`` once the job ends (checked every 15 s)."""
+        self.run(["strigger", "--set", f"--jobid={job_id}", "--fini", f"--program={program}"])
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
