@@ -58,6 +58,7 @@ def _register() -> None:
     from vcluster.cli.testbed import testbed
 
     cli.add_command(testbed)
+    from vcluster.cli.slurmconf import slurm_conf; cli.add_command(slurm_conf)  # noqa: E702,I001
 
 
 _register()

@@ -1,0 +1,190 @@
+"""The slurm.conf lines that make Slurm drive vcluster: one generator for sites and testbed.
+
+A site declares its VMs to Slurm as ``State=CLOUD`` nodes, one node range per vcluster node
+class, and points Slurm's power-saving and slurmctld prolog/epilog hooks at vcluster's
+programs. Writing those lines by hand invites drift between ``vcluster.toml`` and
+``slurm.conf`` (a class whose Features differ, a partition without its nodes), so they are
+generated from the config. ``vcluster slurm-conf`` prints them for a site to merge (see
+``slurm/README.md``); the local testbed writes the very same text into its slurm.conf.
+
+Policy decides how nodes are powered down (Slurm 22.05 has per-partition ``SuspendTime``):
+
+- ``pool`` classes idle out: their partition's ``SuspendTime`` is the class's
+  ``suspend_time_s``.
+- ``per-job`` nodes are powered down by EpilogSlurmctld when their job ends; their
+  ``suspend_time_s`` only bounds how long a node left idle by a failure stays up. A partition
+  holding only per-job classes is ``OverSubscribe=EXCLUSIVE``, so a plain ``sbatch`` into it
+  gets whole fresh nodes as ``fsub --exclusive`` does.
+
+Slurm applies one ``SuspendTime`` per partition (the highest, for a node in several): classes
+sharing a partition with different idle times get the longest, and a comment says so.
+Global ``SuspendTime`` is left to the site (unset means disabled), so nodes outside vcluster's
+partitions are never powered down by these lines.
+
+This module is pure: text from a :class:`~vcluster.config.Config` and program paths.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from dataclasses import dataclass
+
+from vcluster.config import Config, NodeClass
+
+PROGRAM_NAMES = {
+    "ResumeProgram": "vcluster-resume",
+    "SuspendProgram": "vcluster-suspend",
+    "ResumeFailProgram": "vcluster-resume-fail",
+    "PrologSlurmctld": "vcluster-prolog",
+    "EpilogSlurmctld": "vcluster-epilog",
+}
+"""slurm.conf key -> the console script Slurm runs for it (see pyproject.toml)."""
+
+POWER_SAVE_INTERVAL_S = 1
+"""``power_save_interval``: ResumeProgram runs about 1 s after allocation instead of 10 s."""
+
+
+@dataclass(frozen=True)
+class HookPrograms:
+    """Absolute paths of the programs slurmctld runs (it gives them no PATH)."""
+
+    resume: str
+    suspend: str
+    resume_fail: str
+    prolog: str
+    epilog: str
+
+    @classmethod
+    def in_dir(cls, directory: str) -> HookPrograms:
+        """The programs as installed (or wrapped) in ``directory``."""
+        d = os.path.abspath(directory)
+        paths = {key: os.path.join(d, name) for key, name in PROGRAM_NAMES.items()}
+        return cls(
+            resume=paths["ResumeProgram"],
+            suspend=paths["SuspendProgram"],
+            resume_fail=paths["ResumeFailProgram"],
+            prolog=paths["PrologSlurmctld"],
+            epilog=paths["EpilogSlurmctld"],
+        )
+
+    def by_key(self) -> dict[str, str]:
+        """slurm.conf key -> path, in the order the lines are written."""
+        return {
+            "ResumeProgram": self.resume,
+            "SuspendProgram": self.suspend,
+            "ResumeFailProgram": self.resume_fail,
+            "PrologSlurmctld": self.prolog,
+            "EpilogSlurmctld": self.epilog,
+        }
+
+
+def default_program_dir() -> str:
+    """Where pip installed vcluster's console scripts (``vcluster-resume`` ...)."""
+    return sysconfig.get_path("scripts")
+
+
+def class_features(node_class: NodeClass) -> tuple[str, ...]:
+    """The class's Features: its configured ones, plus its name (``--constraint=<class>``)."""
+    features = list(dict.fromkeys(node_class.features))
+    if node_class.name not in features:
+        features.append(node_class.name)
+    return tuple(features)
+
+
+def class_weights(config: Config) -> dict[str, int]:
+    """Slurm node Weight per class: 1 for the smallest (CPUs, then memory), then 2, 3...
+
+    Slurm prefers the lowest weight among nodes that fit, so a job lands on the smallest class
+    that can run it.
+    """
+    ordered = sorted(config.node_classes, key=lambda nc: (nc.cpus, nc.memory_mb, nc.name))
+    return {nc.name: i + 1 for i, nc in enumerate(ordered)}
+
+
+def slurmctld_parameters(config: Config) -> list[str]:
+    """The ``SlurmctldParameters`` values vcluster needs."""
+    params = ["cloud_reg_addrs", f"power_save_interval={POWER_SAVE_INTERVAL_S}"]
+    if config.slurm.configless:
+        params.append("enable_configless")
+    return params
+
+
+def power_save_lines(config: Config, programs: HookPrograms | None) -> list[str]:
+    """Hook programs, timeouts, and the parameters that make CLOUD nodes work."""
+    lines = []
+    if programs is not None:
+        lines.append("# Programs slurmctld runs (as SlurmUser, with no PATH)")
+        lines += [f"{key}={path}" for key, path in programs.by_key().items()]
+    c = config.controller
+    lines += [
+        "# A VM that is not a working node within ResumeTimeout is given up; job requeued",
+        f"ResumeTimeout={c.resume_timeout_s}",
+        f"SuspendTimeout={c.suspend_timeout_s}",
+        "ResumeRate=0",
+        "SuspendRate=0",
+        "# Powered-down CLOUD nodes are invisible to sinfo/scontrol without this",
+        "PrivateData=cloud",
+        f"SlurmctldParameters={','.join(slurmctld_parameters(config))}",
+    ]
+    return lines
+
+
+def node_lines(config: Config) -> list[str]:
+    """One commented ``NodeName=... State=CLOUD`` line per node class."""
+    weights = class_weights(config)
+    lines: list[str] = []
+    for nc in config.node_classes:
+        idle = (f"idle nodes powered down after {nc.suspend_time_s} s" if nc.policy == "pool"
+                else "nodes powered down by EpilogSlurmctld at job end")
+        lines.append(
+            f"# node class {nc.name}: policy {nc.policy}, template {nc.template}, "
+            f"{nc.count} node{'s' if nc.count != 1 else ''}, {idle}"
+        )
+        lines.append(
+            f"NodeName={nc.hostlist} State=CLOUD CPUs={nc.cpus} RealMemory={nc.memory_mb} "
+            f"Features={','.join(class_features(nc))} Weight={weights[nc.name]}"
+        )
+    return lines
+
+
+def partition_lines(config: Config) -> list[str]:
+    """One ``PartitionName`` line per configured partition that holds node classes."""
+    lines: list[str] = []
+    for partition in config.slurm.partitions:
+        classes = [nc for nc in config.node_classes if nc.partition == partition]
+        if not classes:
+            lines.append(f"# partition {partition}: no node class in vcluster.toml, not declared")
+            continue
+        suspend_time_s = max(nc.suspend_time_s for nc in classes)
+        times = {nc.suspend_time_s for nc in classes}
+        if len(times) > 1:
+            listed = ", ".join(f"{nc.name} {nc.suspend_time_s} s" for nc in classes)
+            lines.append(
+                f"# partition {partition}: classes want different idle times ({listed}); "
+                f"Slurm applies one per partition: {suspend_time_s} s"
+            )
+        nodes = ",".join(nc.hostlist for nc in classes)
+        line = (f"PartitionName={partition} Nodes={nodes} State=UP MaxTime=INFINITE "
+                f"SuspendTime={suspend_time_s}")
+        if all(nc.policy == "per-job" for nc in classes):
+            line += " OverSubscribe=EXCLUSIVE"
+        lines.append(line)
+    return lines
+
+
+def generate(config: Config, programs: HookPrograms | None) -> str:
+    """The whole block to merge into slurm.conf, ending with a newline.
+
+    ``programs`` None leaves out the hook program lines (a testbed with no cloud).
+    """
+    source = config.path or "vcluster.toml"
+    lines = [
+        f"# --- vcluster: generated by `vcluster slurm-conf` from {source} ---",
+        "# Regenerate after changing node classes; merging: see slurm/README.md",
+        *power_save_lines(config, programs),
+        *node_lines(config),
+        *partition_lines(config),
+        "# --- end of vcluster ---",
+    ]
+    return "\n".join(lines) + "\n"
