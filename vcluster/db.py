@@ -1,0 +1,371 @@
+"""The state database: the job <-> node <-> VM map, hook requests, events, heartbeat.
+
+Why it exists: Slurm's hooks are short-lived processes and the controller is a daemon;
+they share state only through this database. SQLite (one file, WAL mode, a busy timeout,
+``BEGIN IMMEDIATE`` transactions) lets several hook processes write beside the controller;
+PostgreSQL works the same for production. The schema is owned by Alembic migrations
+(``vcluster/migrations``) that run from the installed package without an ``alembic.ini``.
+
+Constraints carry the invariants: at most one *open* launch (``ended_at IS NULL``) per node
+and at most one launch per VM id, so a double launch for one node raises instead of booting
+a second VM. ``event`` is append-only. ``heartbeat`` holds one row, rewritten every pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from vcluster import __version__
+from vcluster.config import DatabaseSettings
+from vcluster.errors import ConfigError, VclusterError
+
+log = logging.getLogger(__name__)
+
+HEAD_REVISION = "0001"
+"""The newest migration; a unit test checks it equals Alembic's head."""
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+LAUNCH_STATES = ("requested", "allocating", "booting", "up", "terminating", "terminated",
+                 "failed")
+OPEN_LAUNCH_STATES = ("requested", "allocating", "booting", "up", "terminating")
+HOOK_KINDS = ("resume", "suspend", "resume-fail", "prolog", "epilog", "job-finished")
+
+
+class DatabaseError(VclusterError):
+    """The state database cannot be opened, is not migrated, or refused a write."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use vcluster.db.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Launch(Base):
+    """One VM booted (or being booted) for one Slurm node: the map's row."""
+
+    __tablename__ = "launch"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_name: Mapped[str] = mapped_column(String(128))
+    node_class: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    vm_id: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="requested")
+    ip: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Allocation attempts made so far (temporary OpenNebula errors are retried)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("vm_id", name="uq_launch_vm_id"),
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in LAUNCH_STATES) + ")",
+            name="ck_launch_state",
+        ),
+        Index("uq_launch_open_node", "node_name", unique=True,
+              sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
+        Index("ix_launch_job_id", "job_id"),
+    )
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+
+class Job(Base):
+    """A Slurm job vcluster has served, as last seen."""
+
+    __tablename__ = "job"
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    node_class: Mapped[str | None] = mapped_column(String(64))
+    template: Mapped[str | None] = mapped_column(String(256))
+    """VM template override from the job comment (``vcluster[template=NAME]``), if any."""
+    user: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(32), default="PENDING")
+    nodes: Mapped[str] = mapped_column(Text, default="")
+    """The job's nodes as a Slurm hostlist."""
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class HookRequest(Base):
+    """What one of Slurm's hooks asked, recorded for the controller to act on."""
+
+    __tablename__ = "hook_request"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    nodes: Mapped[str] = mapped_column(Text, default="")
+    """Hostlist the hook was given ("" for job-only hooks)."""
+    job_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Extra detail, e.g. the copied SLURM_RESUME_FILE for resume."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN (" + ", ".join(f"'{k}'" for k in HOOK_KINDS) + ")", name="ck_hook_kind"
+        ),
+        Index("ix_hook_request_unhandled", "handled_at"),
+    )
+
+
+class Event(Base):
+    """Append-only log of everything vcluster did or saw happen."""
+
+    __tablename__ = "event"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    node_name: Mapped[str | None] = mapped_column(String(128))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    vm_id: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_event_at", "at"), Index("ix_event_node", "node_name"))
+
+
+class Heartbeat(Base):
+    """The controller's liveness: one row (id 1), rewritten every pass."""
+
+    __tablename__ = "heartbeat"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(256))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    version: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (CheckConstraint("id = 1", name="ck_heartbeat_single_row"),)
+
+
+# --- engine ----------------------------------------------------------------------------------
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later
+        # writes can fail with "database is locked" without waiting for busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for ``url`` with vcluster's SQLite settings; no schema check."""
+    try:
+        sqlite_file = _sqlite_path(url)
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError
+        raise ConfigError(f"not a valid SQLAlchemy URL: {url!r}", key="database.url") from exc
+    if sqlite_file is not None:
+        try:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create database directory {str(sqlite_file.parent)!r}: "
+                f"{exc.strerror}; fix database.url or the directory's permissions"
+            ) from exc
+    try:
+        engine = create_engine(url)
+    except Exception as exc:  # missing driver, bad URL
+        raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        _install_sqlite_pragmas(engine)
+    return engine
+
+
+def make_engine(settings: DatabaseSettings, *, migrate: bool = True) -> Engine:
+    """Open the database at ``settings.url``; with ``migrate`` bring its schema to head.
+
+    For SQLite the file's parent directory is created and every connection runs in WAL
+    mode with a busy timeout and foreign keys on. Without ``migrate`` the schema must
+    already be at head (hooks use this: they never migrate).
+    """
+    engine = create_db_engine(settings.url)
+    if migrate:
+        upgrade_engine(engine)
+    else:
+        check_schema(engine)
+    return engine
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("vcluster") / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade_engine(engine: Engine, revision: str = "head", *, down: bool = False) -> None:
+    """Run the Alembic migrations on ``engine`` up (or ``down``) to ``revision``."""
+    from alembic import command
+
+    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            if down:
+                command.downgrade(cfg, revision)
+            else:
+                command.upgrade(cfg, revision)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot migrate database {engine.url!r}: {exc}") from exc
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` (creating a SQLite file if needed)."""
+    engine = create_db_engine(url)
+    try:
+        upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Undo migrations of the database at ``url`` down to ``revision``."""
+    engine = create_db_engine(url)
+    try:
+        upgrade_engine(engine, revision, down=True)
+    finally:
+        engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except SQLAlchemyError:
+            return None
+    return None if row is None else str(row[0])
+
+
+def check_schema(engine: Engine) -> None:
+    rev = current_revision(engine)
+    if rev != HEAD_REVISION:
+        raise DatabaseError(
+            f"database {engine.url!r} is at schema {rev or 'none'}, expected {HEAD_REVISION}; "
+            "start the controller (`vcluster controller run`) once to migrate it"
+        )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: commit on success, roll back on error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+# --- small helpers shared by hooks, controller and status -------------------------------------
+
+
+def record_event(
+    session: Session, kind: str, message: str, *, node_name: str | None = None,
+    job_id: int | None = None, vm_id: int | None = None, at: datetime | None = None,
+) -> Event:
+    ev = Event(kind=kind, message=message, node_name=node_name, job_id=job_id, vm_id=vm_id,
+               at=at or utcnow())
+    session.add(ev)
+    log.info("event %s node=%s job=%s vm=%s: %s", kind, node_name, job_id, vm_id, message)
+    return ev
+
+
+def beat(session: Session, *, at: datetime | None = None) -> Heartbeat:
+    hb = session.get(Heartbeat, 1)
+    now = at or utcnow()
+    if hb is None:
+        hb = Heartbeat(id=1, pid=os.getpid(), host=socket.gethostname(), at=now,
+                       version=__version__)
+        session.add(hb)
+    else:
+        hb.pid, hb.host, hb.at, hb.version = os.getpid(), socket.gethostname(), now, __version__
+    return hb
+
+
+def heartbeat(session: Session) -> Heartbeat | None:
+    return session.get(Heartbeat, 1)
+
+
+def open_launches(session: Session) -> Sequence[Launch]:
+    return session.scalars(select(Launch).where(Launch.ended_at.is_(None))
+                           .order_by(Launch.id)).all()
+
+
+def unhandled_requests(session: Session) -> Sequence[HookRequest]:
+    return session.scalars(select(HookRequest).where(HookRequest.handled_at.is_(None))
+                           .order_by(HookRequest.id)).all()
