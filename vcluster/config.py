@@ -132,6 +132,13 @@ class NodeClass:
     first_index: int = 1
     vm_options: Mapping[str, str] = field(default_factory=dict)
     """Extra attributes merged into each VM's template (e.g. ``SCHED_REQUIREMENTS``)."""
+    templates: tuple[str, ...] = ()
+    """Other templates (names or ids) a job may pick with ``fsub --vm-template``."""
+
+    @property
+    def allowed_templates(self) -> tuple[str, ...]:
+        """``template`` first, then ``templates``, without repeats."""
+        return tuple(dict.fromkeys((self.template, *self.templates)))
 
     @property
     def index_width(self) -> int:
@@ -364,6 +371,10 @@ def _parse_node_class(
         raise r.err("policy", f"must be 'per-job' or 'pool', got {policy!r}")
     template = r.get("template", (str, int))
     vm_options = r.get("vm_options", dict, {})
+    templates = r.get("templates", list, [])
+    if not all(isinstance(t, str | int) and not isinstance(t, bool) and str(t).strip()
+               for t in templates):
+        raise r.err("templates", "must be a list of template names or numeric ids")
     if not all(isinstance(v, str | int | float) for v in vm_options.values()):
         raise r.err("vm_options", "values must be strings or numbers")
     partition = r.get("partition", str, partitions[0])
@@ -386,6 +397,7 @@ def _parse_node_class(
         suspend_time_s=r.positive("suspend_time_s", int, 300),
         first_index=r.get("first_index", int, 1),
         vm_options={str(k): str(v) for k, v in vm_options.items()},
+        templates=tuple(str(t).strip() for t in templates),
     )
     if nc.first_index < 0:
         raise r.err("first_index", "must be >= 0")
