@@ -77,6 +77,8 @@ class Job:
     end_time: float | None
     """Epoch seconds the job ended; None until finished (no time-limit projection)."""
     work_dir: str
+    array_task_string: str = ""
+    """Pending array tasks still folded into the master record, e.g. ``"3-4"``; else ``""``."""
 
     @property
     def is_finished(self) -> bool:
@@ -242,7 +244,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         nodes=tuple(expand_hostlist(_str(raw.get("nodes")))),
         node_count=_int(raw.get("node_count")),
         cpus=_int(raw.get("cpus")),
-        cpus_per_task=_int(raw.get("cpus_per_task"), 1),
+        cpus_per_task=_cpus_per_task(raw),
         tasks=_int(raw.get("tasks"), 1),
         memory_per_node_mb=_number(raw.get("memory_per_node")) or None,
         memory_per_cpu_mb=_number(raw.get("memory_per_cpu")) or None,
@@ -253,7 +255,22 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         start_time=_time(raw.get("start_time")) if state != "PENDING" else None,
         end_time=_time(raw.get("end_time")) if finished else None,
         work_dir=_str(raw.get("current_working_directory")),
+        array_task_string=_str(raw.get("array_task_string")),
     )
+
+
+def _cpus_per_task(raw: Mapping[str, Any]) -> int:
+    """``-c``: 22.05.8 always prints ``cpus_per_task: null``, so derive it when needed.
+
+    Slurm sets the per-node minimum (``minimum_cpus_per_node``) to cpus_per_task times
+    ``--ntasks-per-node`` (``tasks_per_node``, 0 when not given); ``--mincpus`` would
+    inflate it, which vcluster does not use.
+    """
+    given = _number(raw.get("cpus_per_task"))
+    if given:
+        return given
+    per_node = _int(raw.get("minimum_cpus_per_node"), 1)
+    return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
 def parse_squeue_json(text: str) -> list[Job]:
