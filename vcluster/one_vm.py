@@ -1,0 +1,169 @@
+"""OpenNebula VMs as vcluster sees them: states with their names, and the VM record.
+
+oned reports a VM's STATE and, when ACTIVE, its LCM_STATE as numbers. pyone's own enums
+keep values oned removed and lack newer ones (69-71), so vcluster keeps its own, from
+oned's ``VirtualMachine.h``, and names a number it does not know instead of failing: a
+newer oned must not crash the controller.
+
+:func:`vm_from_binding` turns pyone's parsed ``<VM>`` into a frozen :class:`VM`, smoothing
+what pyone leaves rough (an empty element is ``None``; one NIC is a dict, two a list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class VmState(IntEnum):
+    INIT = 0
+    PENDING = 1
+    HOLD = 2
+    ACTIVE = 3
+    STOPPED = 4
+    SUSPENDED = 5
+    DONE = 6
+    # 7 (FAILED) was removed from oned
+    POWEROFF = 8
+    UNDEPLOYED = 9
+    CLONING = 10
+    CLONING_FAILURE = 11
+
+
+_LCM_NAMES = """LCM_INIT PROLOG BOOT RUNNING MIGRATE SAVE_STOP SAVE_SUSPEND SAVE_MIGRATE
+PROLOG_MIGRATE PROLOG_RESUME EPILOG_STOP EPILOG SHUTDOWN - - CLEANUP_RESUBMIT UNKNOWN HOTPLUG
+SHUTDOWN_POWEROFF BOOT_UNKNOWN BOOT_POWEROFF BOOT_SUSPENDED BOOT_STOPPED CLEANUP_DELETE
+HOTPLUG_SNAPSHOT HOTPLUG_NIC HOTPLUG_SAVEAS HOTPLUG_SAVEAS_POWEROFF HOTPLUG_SAVEAS_SUSPENDED
+SHUTDOWN_UNDEPLOY EPILOG_UNDEPLOY PROLOG_UNDEPLOY BOOT_UNDEPLOY HOTPLUG_PROLOG_POWEROFF
+HOTPLUG_EPILOG_POWEROFF BOOT_MIGRATE BOOT_FAILURE BOOT_MIGRATE_FAILURE PROLOG_MIGRATE_FAILURE
+PROLOG_FAILURE EPILOG_FAILURE EPILOG_STOP_FAILURE EPILOG_UNDEPLOY_FAILURE PROLOG_MIGRATE_POWEROFF
+PROLOG_MIGRATE_POWEROFF_FAILURE PROLOG_MIGRATE_SUSPEND PROLOG_MIGRATE_SUSPEND_FAILURE
+BOOT_UNDEPLOY_FAILURE BOOT_STOPPED_FAILURE PROLOG_RESUME_FAILURE PROLOG_UNDEPLOY_FAILURE
+DISK_SNAPSHOT_POWEROFF DISK_SNAPSHOT_REVERT_POWEROFF DISK_SNAPSHOT_DELETE_POWEROFF
+DISK_SNAPSHOT_SUSPENDED DISK_SNAPSHOT_REVERT_SUSPENDED DISK_SNAPSHOT_DELETE_SUSPENDED
+DISK_SNAPSHOT DISK_SNAPSHOT_REVERT DISK_SNAPSHOT_DELETE PROLOG_MIGRATE_UNKNOWN
+PROLOG_MIGRATE_UNKNOWN_FAILURE DISK_RESIZE DISK_RESIZE_POWEROFF DISK_RESIZE_UNDEPLOYED
+HOTPLUG_NIC_POWEROFF HOTPLUG_RESIZE HOTPLUG_SAVEAS_UNDEPLOYED HOTPLUG_SAVEAS_STOPPED BACKUP
+BACKUP_POWEROFF RESTORE""".split()
+
+# LCM_STATE numbers 0..71; "-" marks 13 (CANCEL) and 14 (FAILURE), removed from oned.
+LcmState = IntEnum(  # type: ignore[misc]
+    "LcmState", [(name, i) for i, name in enumerate(_LCM_NAMES) if name != "-"]
+)
+
+_FAILED_LCM = frozenset(
+    v.value for v in LcmState if v.name.endswith("_FAILURE") or v.name == "UNKNOWN"
+)
+_TERMINATING_LCM = frozenset(
+    LcmState[n].value for n in ("SHUTDOWN", "EPILOG", "CLEANUP_DELETE")
+)
+
+
+def state_name(state: int, lcm_state: int) -> str:
+    """The name oned shows (``onevm list``): the LCM state's when ACTIVE, else the state's.
+
+    Numbers vcluster does not know are named ``STATE_<n>`` or ``LCM_STATE_<n>``.
+    """
+    if state == VmState.ACTIVE:
+        try:
+            return LcmState(lcm_state).name
+        except ValueError:
+            return f"LCM_STATE_{lcm_state}"
+    try:
+        return VmState(state).name
+    except ValueError:
+        return f"STATE_{state}"
+
+
+@dataclass(frozen=True)
+class VM:
+    """One OpenNebula VM. Times are Unix seconds (0: not yet / not ended)."""
+
+    vm_id: int
+    name: str
+    state: int
+    lcm_state: int
+    state_name: str
+    ips: tuple[str, ...] = ()
+    user_template: dict[str, str] = field(default_factory=dict)
+    context: dict[str, str] = field(default_factory=dict)
+    start_time: int = 0
+    end_time: int = 0
+    sched_message: str = ""
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == VmState.ACTIVE and self.lcm_state == LcmState["RUNNING"].value
+
+    @property
+    def is_ready(self) -> bool:
+        """The guest reported READY=YES through OneGate."""
+        return self.user_template.get("READY", "").upper() == "YES"
+
+    @property
+    def is_failed(self) -> bool:
+        """Stuck in a *_FAILURE state, UNKNOWN (lost by monitoring), or CLONING_FAILURE."""
+        if self.state == VmState.CLONING_FAILURE:
+            return True
+        return self.state == VmState.ACTIVE and self.lcm_state in _FAILED_LCM
+
+    @property
+    def is_gone(self) -> bool:
+        return self.state == VmState.DONE
+
+    @property
+    def is_terminating(self) -> bool:
+        """Already on its way to DONE (SHUTDOWN, EPILOG or CLEANUP_DELETE)."""
+        return self.state == VmState.ACTIVE and self.lcm_state in _TERMINATING_LCM
+
+
+def _flat_strings(node: Any) -> dict[str, str]:
+    """The single-valued attributes of a pyone template dict (vectors are skipped)."""
+    if not isinstance(node, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        if value is None:
+            out[str(key)] = ""
+        elif isinstance(value, str | int | float):
+            out[str(key)] = str(value)
+    return out
+
+
+def _vectors(node: Any, name: str) -> list[Mapping[str, Any]]:
+    if not isinstance(node, Mapping):
+        return []
+    value = node.get(name)
+    if isinstance(value, Mapping):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, Mapping)]
+    return []
+
+
+def vm_from_binding(obj: Any) -> VM:
+    """A :class:`VM` from pyone's parsed ``<VM>`` (from vm.info or vmpool.infoextended)."""
+    template = obj.TEMPLATE if isinstance(obj.TEMPLATE, Mapping) else {}
+    user_template = _flat_strings(obj.USER_TEMPLATE)
+    ips = tuple(
+        str(nic["IP"])
+        for nic in _vectors(template, "NIC") + _vectors(template, "NIC_ALIAS")
+        if nic.get("IP")
+    )
+    context_list = _vectors(template, "CONTEXT")
+    state, lcm_state = int(obj.STATE), int(obj.LCM_STATE)
+    return VM(
+        vm_id=int(obj.ID),
+        name=str(obj.NAME or ""),
+        state=state,
+        lcm_state=lcm_state,
+        state_name=state_name(state, lcm_state),
+        ips=ips,
+        user_template=user_template,
+        context=_flat_strings(context_list[0]) if context_list else {},
+        start_time=int(obj.STIME or 0),
+        end_time=int(obj.ETIME or 0),
+        sched_message=user_template.get("SCHED_MESSAGE", ""),
+    )
