@@ -1,0 +1,62 @@
+"""``vcluster hook KIND ...``: run one of Slurm's hooks by hand, exactly as slurmctld would.
+
+The installed programs (``vcluster-resume``, ``vcluster-prolog``...) are what slurm.conf
+names; this command is the same code for an admin who wants to replay or test a hook.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from vcluster import hooks
+
+HOOK_KINDS = ("resume", "suspend", "resume-fail", "prolog", "epilog", "job-finished")
+
+
+@click.command("hook")
+@click.argument("kind", type=click.Choice(HOOK_KINDS))
+@click.argument("target", required=False, metavar="[HOSTLIST|JOBID]")
+@click.option("--nodes", metavar="HOSTLIST",
+              help="prolog/epilog: the job's nodes [default: $SLURM_JOB_NODELIST].")
+@click.option("--exit-code", metavar="N", help="epilog: the job's exit code.")
+@click.pass_context
+def hook(ctx: click.Context, kind: str, target: str | None, nodes: str | None,
+         exit_code: str | None) -> None:
+    """Run hook KIND: resume|suspend|resume-fail HOSTLIST, prolog|epilog|job-finished JOBID.
+
+    Exit codes: 0 done, 2 invalid input, 3 controller not running, 4 configuration error,
+    5 other failure. Messages go to stderr and to <log_dir>/hooks.log.
+
+    \b
+    Examples:
+      vcluster hook resume 'vc-small-[001-002]'
+      vcluster hook prolog 12 --nodes 'vc-small-[001-002]'
+      vcluster hook job-finished 12
+    """
+    environ = dict(os.environ)
+    config_path = (ctx.obj or {}).get("config_path")
+    if config_path:
+        environ["VCLUSTER_CONFIG"] = config_path
+    argv = ["vcluster-" + kind]
+    if kind in ("prolog", "epilog"):
+        if target is not None:
+            environ["SLURM_JOB_ID"] = target
+        if nodes is not None:
+            environ["SLURM_JOB_NODELIST"] = nodes
+        if exit_code is not None:
+            environ["SLURM_JOB_EXIT_CODE"] = exit_code
+    elif target is not None:
+        argv.append(target)
+    action = hooks.hook_action(kind, argv, environ)
+    code = hooks.run_hook(f"vcluster-{kind}", action, environ=environ,
+                          argv0=_program_dir_hint())
+    ctx.exit(code)
+
+
+def _program_dir_hint() -> str:
+    """argv0 whose directory holds the installed hook programs (for the strigger backup)."""
+    import sysconfig
+
+    return os.path.join(sysconfig.get_path("scripts"), "vcluster")
