@@ -1,0 +1,339 @@
+"""The netns VM driver against the real kernel: namespaces, bridge, freezer cgroup, OneGate.
+
+Instance "vctv": bridge vctvbr0, subnet 10.113.0.0/24 (gateway 10.113.0.1), kernel objects
+named vctv-*. The driver is used directly (no XML-RPC server); OneGate is a small real HTTP
+server on the bridge's gateway address that records what the VMs send.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from vcluster.testbed import netns
+from vcluster.testbed.cloud.drivers.base import DriverError, Fault, Nic, VMSpec
+from vcluster.testbed.cloud.drivers.netns import FREEZER_ROOT, NetnsDriver
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "vctv"
+BRIDGE = "vctvbr0"
+GATEWAY = "10.113.0.1"
+HTTP_PORT = 8113
+
+
+def wipe_instance() -> None:
+    """Remove every vctv kernel object, whatever state an earlier run left."""
+    for cgroup in FREEZER_ROOT.glob(f"{PREFIX}-*"):
+        (cgroup / "freezer.state").write_text("THAWED")
+        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        netns.terminate_pids(pids, 2.0)
+    netns.cleanup_prefix(f"{PREFIX}-", bridge=BRIDGE, kill_timeout_s=2.0)
+    for cgroup in FREEZER_ROOT.glob(f"{PREFIX}-*"):
+        cgroup.rmdir()
+
+
+def leftovers() -> list[str]:
+    found = [f"namespace {n}" for n in netns.list_hosts(f"{PREFIX}-")]
+    found += [f"link {n}" for n in netns.list_links(f"{PREFIX}-")]
+    found += [f"cgroup {p.name}" for p in FREEZER_ROOT.glob(f"{PREFIX}-*")]
+    return found
+
+
+def running(pid: int) -> bool:
+    """True if the process exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class OneGateRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class OneGate:
+    endpoint: str
+    requests: list[OneGateRequest] = field(default_factory=list)
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[NetnsDriver]:
+    wipe_instance()
+    netns.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
+    try:
+        yield NetnsDriver(tmp_path / "state", PREFIX, stop_timeout_s=3.0)
+    finally:
+        wipe_instance()
+
+
+@pytest.fixture
+def onegate(driver: NetnsDriver) -> Iterator[OneGate]:
+    gate = OneGate(endpoint="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            gate.requests.append(
+                OneGateRequest("PUT", self.path, dict(self.headers.items()), body)
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((GATEWAY, 0), Handler)
+    gate.endpoint = f"http://{GATEWAY}:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield gate
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def make_spec(
+    vm_id: int, ip: str, script: str, *, extra: dict[str, str] | None = None,
+    token: str = "", fault: Fault | None = None,
+) -> VMSpec:
+    context = {
+        "SET_HOSTNAME": f"vctv-node{vm_id}",
+        "NETWORK": "YES",
+        "ETH0_IP": ip,
+        "VMID": str(vm_id),
+        "START_SCRIPT_BASE64": base64.b64encode(script.encode()).decode(),
+        **(extra or {}),
+    }
+    mac = "02:00:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+    nic = Nic(0, "vctv-net", BRIDGE, ip, mac, "255.255.255.0", GATEWAY)
+    return VMSpec(vm_id, f"one-{vm_id}", 1.0, 256, (nic,), context, token, fault or Fault())
+
+
+def http_get(url: str, timeout_s: float) -> int:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return int(response.status)
+
+
+LISTENER_SCRIPT = f"""#!/bin/sh
+mkdir -p "$OUT/www"
+echo "page of $(hostname)" > "$OUT/www/index.html"
+cd "$OUT/www"
+python3 -m http.server {HTTP_PORT} --bind "$ETH0_IP" </dev/null >/dev/null 2>&1 &
+echo $! > "$OUT/listener.pid"
+{{
+  echo "hostname=$(hostname)"
+  echo "uid=$(id -u)"
+  echo "quote=$QUOTE"
+  echo "context_first_line=$(head -n 1 /context/context.sh)"
+  echo "one_env_vmid=$(. /var/run/one-context/one_env; echo "$VMID")"
+}} > "$OUT/marker.tmp"
+mv "$OUT/marker.tmp" "$OUT/marker"
+"""
+
+
+def test_vm_boots_joins_bridge_runs_start_script_and_reports_ready(
+    driver: NetnsDriver, onegate: OneGate, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    ip = "10.113.0.11"
+    spec = make_spec(
+        11, ip, LISTENER_SCRIPT, token="tok-en/11==",
+        extra={"OUT": str(out), "QUOTE": "it's", "REPORT_READY": "YES", "TOKEN": "YES",
+               "ONEGATE_ENDPOINT": onegate.endpoint},
+    )
+    driver.boot(spec)
+
+    context_sh = (driver.vm_dir(11) / "context" / "context.sh").read_text()
+    assert context_sh == (
+        "# Context variables generated by OpenNebula\n"
+        f"ETH0_IP='{ip}'\n"
+        "NETWORK='YES'\n"
+        f"ONEGATE_ENDPOINT='{onegate.endpoint}'\n"
+        f"OUT='{out}'\n"
+        "QUOTE='it'\\''s'\n"
+        "REPORT_READY='YES'\n"
+        "SET_HOSTNAME='vctv-node11'\n"
+        f"START_SCRIPT_BASE64='{spec.context['START_SCRIPT_BASE64']}'\n"
+        "TOKEN='YES'\n"
+        "VMID='11'\n"
+    )
+    assert (driver.vm_dir(11) / "context" / "token.txt").read_text() == "tok-en/11==\n"
+
+    wait_for((out / "marker").exists, 10, "the start script's marker")
+    assert (out / "marker").read_text() == (
+        "hostname=vctv-node11\nuid=0\nquote=it's\n"
+        "context_first_line=# Context variables generated by OpenNebula\n"
+        "one_env_vmid=11\n"
+    )
+    assert socket.gethostname() != "vctv-node11"
+
+    wait_for(lambda: onegate.requests, 10, "the READY report")
+    (ready,) = onegate.requests
+    assert (ready.method, ready.path, ready.body) == ("PUT", "/vm", b"data=READY%3DYES")
+    assert ready.headers["X-ONEGATE-TOKEN"] == "tok-en/11=="
+    assert ready.headers["X-ONEGATE-VMID"] == "11"
+
+    url = f"http://{ip}:{HTTP_PORT}/index.html"
+    wait_for(lambda: _answers(url), 10, "the VM's HTTP listener")
+    with urllib.request.urlopen(url, timeout=2) as response:
+        assert response.read() == b"page of vctv-node11\n"
+    assert driver.alive(11)
+
+    driver.suspend(11)
+    assert (FREEZER_ROOT / "vctv-vm11" / "freezer.state").read_text().strip() == "FROZEN"
+    with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
+        http_get(url, timeout_s=1.5)
+    assert driver.alive(11)
+    driver.resume(11)
+    assert http_get(url, timeout_s=5) == 200
+
+    listener_pid = int((out / "listener.pid").read_text())
+    driver.shutdown(11)
+    assert not driver.alive(11)
+    assert not running(listener_pid)
+    assert leftovers() == []
+    assert not driver.vm_dir(11).exists()
+    assert "start script exited with 0" in (
+        driver.state_dir / "logs" / "vm11.console.log"
+    ).read_text()
+    driver.shutdown(11)  # idempotent
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http_get(url, timeout_s=1) == 200
+    except OSError:
+        return False
+
+
+PRIVATE_SCRIPT = """#!/bin/sh
+echo "vm secret" > /etc/munge/vctv-private-test
+mkdir -p /run/munge
+{
+  echo "run=$(ls /run | tr '\\n' ' ')"
+  echo "munge_owner=$(stat -c %U /etc/munge)"
+  echo "munge_files=$(ls /etc/munge | tr '\\n' ' ')"
+  echo "hosts=$(grep -c . /etc/hosts)"
+  echo "context_writable=$(touch /context/x 2>/dev/null && echo yes || echo no)"
+} > "$OUT/marker.tmp"
+mv "$OUT/marker.tmp" "$OUT/marker"
+"""
+
+
+def test_vm_has_private_run_state_dirs_and_read_only_context(
+    driver: NetnsDriver, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    driver.boot(make_spec(12, "10.113.0.12", PRIVATE_SCRIPT, extra={"OUT": str(out)}))
+    wait_for((out / "marker").exists, 10, "the start script's marker")
+    assert (out / "marker").read_text() == (
+        "run=lock munge one-context \n"
+        "munge_owner=munge\n"
+        "munge_files=vctv-private-test \n"
+        "hosts=3\n"
+        "context_writable=no\n"
+    )
+    assert not Path("/etc/munge/vctv-private-test").exists()
+    assert not Path("/run/one-context").exists()
+    driver.shutdown(12)
+    assert leftovers() == []
+
+
+def test_crash_after_kills_the_vm_and_shutdown_cleans_up(driver: NetnsDriver) -> None:
+    spec = make_spec(13, "10.113.0.13", "#!/bin/sh\nsleep 600 </dev/null >/dev/null 2>&1 &\n",
+                     fault=Fault(crash_after_s=1.0))
+    started = time.monotonic()
+    driver.boot(spec)
+    assert driver.alive(13)
+    wait_for(lambda: not driver.alive(13), 6, "the injected crash")
+    assert 1.0 <= time.monotonic() - started < 4.0
+    assert netns.host_exists("vctv-vm13")  # a crashed VM keeps its identity until terminated
+    driver.shutdown(13)
+    assert leftovers() == []
+
+
+def test_boot_fail_raises_and_leaves_nothing(driver: NetnsDriver) -> None:
+    spec = make_spec(14, "10.113.0.14", "#!/bin/sh\n", fault=Fault(boot_fail=True))
+    with pytest.raises(DriverError, match=r"^VM 14 failed to boot \(injected fault"):
+        driver.boot(spec)
+    assert not driver.alive(14)
+    assert leftovers() == []
+
+
+def test_poweroff_keeps_the_directory_and_the_vm_boots_again(
+    driver: NetnsDriver, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    script = '#!/bin/sh\necho boot >> "$OUT/boots"\nsleep 600 </dev/null >/dev/null 2>&1 &\n'
+    spec = make_spec(15, "10.113.0.15", script, extra={"OUT": str(out)})
+    driver.boot(spec)
+    wait_for(lambda: (out / "boots").exists(), 10, "the first boot")
+    driver.poweroff(15)
+    assert not driver.alive(15)
+    assert driver.vm_dir(15).is_dir()
+    assert not netns.host_exists("vctv-vm15")
+    assert not (FREEZER_ROOT / "vctv-vm15").exists()
+    driver.boot(spec)
+    wait_for(lambda: (out / "boots").read_text() == "boot\nboot\n", 10, "the second boot")
+    assert driver.alive(15)
+    driver.shutdown(15)
+    assert leftovers() == []
+
+
+def test_cleanup_stale_removes_only_unknown_vms(driver: NetnsDriver) -> None:
+    keep = "#!/bin/sh\nsleep 600 </dev/null >/dev/null 2>&1 &\n"
+    driver.boot(make_spec(16, "10.113.0.16", keep))
+    driver.boot(make_spec(17, "10.113.0.17", keep))
+    restarted = NetnsDriver(driver.state_dir, PREFIX, stop_timeout_s=3.0)
+    restarted.cleanup_stale({16})
+    assert restarted.alive(16)
+    assert not restarted.alive(17)
+    assert not netns.host_exists("vctv-vm17")
+    assert not driver.vm_dir(17).exists()
+    restarted.shutdown(16)
+    assert leftovers() == []
+
+
+def test_a_missing_gateway_is_refused_with_a_clear_message(driver: NetnsDriver) -> None:
+    spec = make_spec(18, "10.113.0.18", "#!/bin/sh\n")
+    spec = VMSpec(18, "one-18", 1.0, 256, (Nic(0, "lan", BRIDGE, "10.113.0.18", "", "", ""),),
+                  spec.context)
+    with pytest.raises(DriverError) as err:
+        driver.boot(spec)
+    assert str(err.value) == (
+        "network 'lan' has no GATEWAY: the netns driver puts it on bridge 'vctvbr0'; "
+        "add GATEWAY to the network's address range"
+    )
+    assert os.path.exists(f"/sys/class/net/{BRIDGE}")
