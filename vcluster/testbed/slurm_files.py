@@ -219,7 +219,7 @@ def write_hook_wrappers(spec: TestbedSpec, installed_dir: str | None = None) -> 
     return HookPrograms.in_dir(str(spec.hook_dir))
 
 
-def testbed_conf(spec: TestbedSpec, config: Config, programs: HookPrograms | None) -> str:
+def instance_conf(spec: TestbedSpec, config: Config, programs: HookPrograms | None) -> str:
     """The whole slurm.conf of the instance."""
     r = spec.root
     host = socket.gethostname().split(".")[0]

@@ -26,9 +26,9 @@ from vcluster.testbed.slurm_files import (
     STATIC_PARTITION,
     TestbedSpec,
     ensure_munge_key,
+    instance_conf,
     load_cloud_config,
     make_dirs,
-    testbed_conf,
     write_hook_wrappers,
 )
 
@@ -297,7 +297,7 @@ def up(spec: TestbedSpec, say: Say = _quiet) -> TestbedSpec:
         raise TestbedError("the local Slurm testbed needs root (namespaces, bridge, slurmd)")
     config = load_cloud_config(spec)
     programs = write_hook_wrappers(spec) if spec.config_path else None
-    conf_text = testbed_conf(spec, config, programs)
+    conf_text = instance_conf(spec, config, programs)
     if _running_as(spec) == spec and _read_text(spec.conf) == conf_text:
         say(f"testbed {spec.name} already up: slurmctld at {spec.controller_address}")
         return spec
