@@ -1,0 +1,84 @@
+"""VM states named like oned names them, and VMs read from oned's XML through pyone."""
+
+from __future__ import annotations
+
+import pyone.bindings
+
+from tests.unit.fake_oned import running_fake_oned, vm_xml
+from vcluster.config import OpenNebulaSettings
+from vcluster.one import OneClient
+from vcluster.one_vm import LcmState, VmState, state_name, vm_from_binding
+
+
+def test_state_names_follow_oned() -> None:
+    assert state_name(1, 0) == "PENDING"
+    assert state_name(3, 3) == "RUNNING"
+    assert state_name(3, 36) == "BOOT_FAILURE"
+    assert state_name(3, 16) == "UNKNOWN"
+    assert state_name(6, 0) == "DONE"
+    assert state_name(3, 69) == "BACKUP"  # newer than pyone's enum
+    assert state_name(3, 71) == "RESTORE"
+
+
+def test_unknown_numbers_get_a_name_instead_of_an_error() -> None:
+    assert state_name(3, 13) == "LCM_STATE_13"  # CANCEL, removed from oned
+    assert state_name(3, 140) == "LCM_STATE_140"
+    assert state_name(7, 0) == "STATE_7"  # FAILED, removed from oned
+    assert state_name(42, 0) == "STATE_42"
+
+
+def test_enum_values_match_oned() -> None:
+    assert VmState.POWEROFF == 8 and VmState.CLONING_FAILURE == 11
+    assert LcmState["CLEANUP_RESUBMIT"].value == 15
+    assert LcmState["PROLOG_FAILURE"].value == 39
+    assert LcmState["BACKUP_POWEROFF"].value == 70
+    assert "CANCEL" not in LcmState.__members__
+
+
+def test_vm_from_pyone_binding() -> None:
+    xml = vm_xml(
+        12, "vc-small-001", state=3, lcm_state=3, nics=("10.111.0.100", "10.111.0.101"),
+        user_template=("<VCLUSTER_NODE><![CDATA[vc-small-001]]></VCLUSTER_NODE>"
+                       "<VCLUSTER_JOB><![CDATA[]]></VCLUSTER_JOB><EMPTY/>"
+                       "<READY><![CDATA[YES]]></READY>"
+                       "<SCHED_MESSAGE><![CDATA[Cannot dispatch VM]]></SCHED_MESSAGE>"),
+        context="<SET_HOSTNAME><![CDATA[vc-small-001]]></SET_HOSTNAME>"
+                "<TOKEN><![CDATA[YES]]></TOKEN>",
+    )
+    vm = vm_from_binding(pyone.bindings.parseString(xml.encode()))
+    assert vm.vm_id == 12 and vm.name == "vc-small-001"
+    assert vm.state_name == "RUNNING" and vm.is_running and vm.is_ready
+    assert not vm.is_failed and not vm.is_gone
+    assert vm.ips == ("10.111.0.100", "10.111.0.101")
+    assert vm.user_template == {"VCLUSTER_NODE": "vc-small-001", "VCLUSTER_JOB": "",
+                                "EMPTY": "", "READY": "YES",
+                                "SCHED_MESSAGE": "Cannot dispatch VM"}
+    assert vm.context == {"SET_HOSTNAME": "vc-small-001", "TOKEN": "YES"}
+    assert vm.sched_message == "Cannot dispatch VM"
+    assert (vm.start_time, vm.end_time) == (1763700000, 0)
+
+
+def test_failed_and_gone_vms() -> None:
+    boot_failure = vm_from_binding(pyone.bindings.parseString(
+        vm_xml(1, "a", state=3, lcm_state=36, nics=()).encode()))
+    assert boot_failure.is_failed and boot_failure.ips == () and boot_failure.context == {}
+    unknown = vm_from_binding(pyone.bindings.parseString(
+        vm_xml(2, "b", state=3, lcm_state=16).encode()))
+    assert unknown.is_failed and unknown.state_name == "UNKNOWN"
+    done = vm_from_binding(pyone.bindings.parseString(vm_xml(3, "c", state=6).encode()))
+    assert done.is_gone and not done.is_failed and done.user_template == {}
+
+
+def test_vms_filtered_by_cluster_over_xml_rpc() -> None:
+    with running_fake_oned() as fake:
+        fake.vms[1] = vm_xml(1, "vc-small-001", user_template=(
+            "<VCLUSTER_CLUSTER><![CDATA[vc]]></VCLUSTER_CLUSTER>"))
+        fake.vms[2] = vm_xml(2, "other", user_template=(
+            "<VCLUSTER_CLUSTER><![CDATA[elsewhere]]></VCLUSTER_CLUSTER>"))
+        fake.vms[3] = vm_xml(3, "untagged")
+        one = OneClient(OpenNebulaSettings(xmlrpc=fake.url, retry_delays_s=()),
+                        session=fake.session)
+        assert [v.name for v in one.vms()] == ["untagged", "other", "vc-small-001"]
+        assert [v.vm_id for v in one.vms(cluster="vc")] == [1]
+        assert one.allocate('MEMORY = "64"\n', hold=True) == 4
+        assert one.vm(4).state_name == "HOLD"
