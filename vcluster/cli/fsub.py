@@ -220,7 +220,7 @@ def _follow_on_terminal(reader: JobReader, job_id: int, interval_s: float) -> Pr
     with console.status(Text(f"job {job_id}: submitted")) as status:
         def show(progress: Progress) -> None:
             elapsed_s = time.monotonic() - started
-            console.print(Text(f"{elapsed_s:6.1f}s ", style="dim") + Text(progress.text))
+            console.print(Text.assemble((f"{elapsed_s:6.1f}s ", "dim"), progress.text))
             status.update(Text(progress.text))
 
         return follow_job(reader, job_id, show, interval_s=interval_s)
