@@ -87,7 +87,14 @@ class Slurm:
         input_text: str | None = None,
         check: bool = True,
     ) -> CommandResult:
-        """Run one Slurm command; raise SlurmCommandError on failure (or exit != 0 if check)."""
+        """Run one Slurm command and return what it printed.
+
+        ``argv[0]`` is a command name looked up in ``settings.bin_dir`` (or an absolute
+        path). Raises :class:`SlurmCommandError` when the command cannot be started, runs
+        longer than ``timeout_s`` (default ``settings.command_timeout_s``; the command and
+        anything it forked are killed; ``timed_out=True``), or exits non-zero while
+        ``check`` is true.
+        """
         if not argv:
             raise ValueError("run() needs a command")
         command = argv[0] if os.path.isabs(argv[0]) else os.path.join(
@@ -112,7 +119,10 @@ class Slurm:
             out_b, err_b = proc.communicate(
                 None if input_text is None else input_text.encode(), timeout=limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended just now
+                pass
             out_b, err_b = proc.communicate()
             duration_s = time.monotonic() - started
             log.warning("slurm command timed out after %.3f s: %s", duration_s, full)
@@ -134,11 +144,18 @@ class Slurm:
         return parse_squeue_json(self.run(["squeue", "--json"]).stdout)
 
     def job(self, job_id: int) -> Job | None:
-        """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it."""
+        """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it.
+
+        An array's master id names the record of its still-pending tasks while there are
+        any (``array_task_string`` like ``"3-4"``), later the task that was given that id.
+        """
         return next((j for j in self.jobs() if j.job_id == job_id), None)
 
     def nodes(self) -> list[Node]:
-        """Every node (one ``sinfo --json``), one entry per node name, sorted by name."""
+        """Every node (one ``sinfo --json``), one entry per node name, sorted by name.
+
+        Powered-down CLOUD nodes are listed only if slurm.conf has ``PrivateData=cloud``.
+        """
         return parse_sinfo_json(self.run(["sinfo", "--json"]).stdout)
 
     def node(self, name: str) -> Node | None:

@@ -137,7 +137,7 @@ class ThrowawaySlurm:
     # --- processes ---------------------------------------------------------------------------
 
     def _spawn(self, key: str, argv: list[str]) -> None:
-        log = open(self.root / "log" / f"{key}.out", "ab")  # noqa: SIM115 - child keeps it
+        log = open(self.root / "log" / f"{key}.out", "ab")
         try:
             self.procs[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                                stderr=log, env=self.env)
@@ -180,7 +180,7 @@ class ThrowawaySlurm:
                 self.slurm.run(["scancel", "--full", "--user=root"], check=False)
                 wait_until(lambda: not [j for j in self.slurm.jobs() if not j.is_finished],
                            20, "jobs to end")
-            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
+            except Exception as exc:
                 print(f"warning: cancelling jobs: {exc}", file=sys.stderr)
         order = [k for k in self.procs if k.startswith("slurmd-")] + ["slurmctld", "munged"]
         for key in order:
