@@ -84,6 +84,10 @@ class _CallFailed(Exception):
         self.method, self.message, self.code = method, message, code
 
 
+class _BadAnswer(Exception):
+    """The answer is XML-RPC but not oned's ``[ok, value, code, ...]`` array."""
+
+
 class _FaultSeen(Exception):
     """An XML-RPC fault, carried past pyone (which would flatten it into a string)."""
 
@@ -129,7 +133,7 @@ class _OneServer(pyone.OneServer):
     def _do_request(self, method: str, params: Any) -> Any:
         raw = super()._do_request(method, params)
         if not isinstance(raw, list | tuple) or len(raw) < 2 or not isinstance(raw[0], bool):
-            raise _CallFailed(method, f"unexpected answer {str(raw)[:100]!r}", -1)
+            raise _BadAnswer(_one_line(str(raw))[:100])
         if not raw[0]:
             code = raw[2] if len(raw) > 2 and isinstance(raw[2], int) else -1
             raise _CallFailed(method, str(raw[1]), code)
@@ -287,6 +291,9 @@ class OneClient:
             return OneBadRequest(f"OpenNebula at {url} answered one.{method} with something "
                                  f"that is not XML-RPC ({_one_line(str(exc))[:100]}); "
                                  "check ONE_XMLRPC"), False
+        if isinstance(exc, _BadAnswer):
+            return OneBadRequest(f"OpenNebula at {url} answered one.{method} with {exc}, which "
+                                 "is not how oned answers; check ONE_XMLRPC"), False
         if isinstance(exc, _CallFailed):
             return self._translate_failure(exc, doing, subject, hint), False
         if isinstance(exc, pyone.OneException):
@@ -315,7 +322,7 @@ class OneClient:
                                     "temporary, see oned.log if it persists", code=code)
         if code == LOCKED:
             return OneInternalError(f"OpenNebula could not {doing}: {msg}; {subject} is "
-                                    "locked, it is retried later (or unlock it)", code=code)
+                                    "locked: wait, or unlock it if the lock is stale", code=code)
         if code == REPLICATION:
             return OneInternalError(f"OpenNebula could not {doing}: {msg}; the OpenNebula "
                                     "HA leader may be changing, retry later", code=code)

@@ -53,6 +53,7 @@ class FakeOned:
         self.templates: dict[int, str] = {}
         self.failures: dict[str, list[tuple[str, int]]] = {}
         self.calls: list[str] = []
+        self.bare_answers = False  # answer like a generic XML-RPC server, not like oned
         self.server = SimpleXMLRPCServer(("127.0.0.1", 0), requestHandler=_QuietHandler,
                                          logRequests=False)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
@@ -66,7 +67,7 @@ class FakeOned:
     def _wrap(self, name: str) -> Any:
         handler = getattr(self, "_" + name.replace(".", "_"))
 
-        def call(session: str, *args: Any) -> list[Any]:
+        def call(session: str, *args: Any) -> Any:
             method = f"one.{name}"
             self.calls.append(method)
             if session != self.session:
@@ -76,12 +77,12 @@ class FakeOned:
             if queued:
                 message, code = queued.pop(0)
                 return [False, message, code, -1, 0]
-            return list(handler(*args))
+            return handler(*args)
 
         return call
 
-    def _system_version(self) -> list[Any]:
-        return [True, "7.4.0", 0]
+    def _system_version(self) -> Any:
+        return "7.4.0" if self.bare_answers else [True, "7.4.0", 0]
 
     def _vm_info(self, vm_id: int, decrypt: bool = False) -> list[Any]:
         if vm_id not in self.vms:

@@ -209,6 +209,15 @@ def test_a_web_page_is_not_xml_rpc() -> None:
     assert message.endswith("); check ONE_XMLRPC")
 
 
+def test_an_xml_rpc_server_that_is_not_oned() -> None:
+    with running_fake_oned() as fake:
+        fake.bare_answers = True
+        with pytest.raises(OneBadRequest) as err:
+            client(fake.url).version()
+    assert str(err.value) == (f"OpenNebula at {fake.url} answered one.system.version with "
+                              "7.4.0, which is not how oned answers; check ONE_XMLRPC")
+
+
 # --- oned's own failures (fake oned) -----------------------------------------------------------
 
 
