@@ -343,6 +343,7 @@ def capture(out_dir: Path) -> None:
         "",
         "Written by `python3 tests/data/slurm/capture.py` (run as root from the repository root);",
         "each file is the verbatim stdout of the command (stderr, if any, in `NAME.stderr`).",
+        "Re-capturing keeps the job ids but changes the times that test_slurm_parse.py asserts.",
         "The cluster: see `ThrowawaySlurm` in capture.py (nodes vca-r[1-6] with 2 CPUs,",
         "1000 MB, r1 Feature=fast,big; CLOUD nodes vca-c[1-4] 2 CPUs, 2000 MB, Feature=cloud).",
         "",
