@@ -21,6 +21,7 @@ import pytest
 from tests.unit.fake_oned import INTERNAL, running_fake_oned, vm_xml
 from vcluster.config import OpenNebulaSettings
 from vcluster.errors import (
+    ConfigError,
     OneAuthError,
     OneBadRequest,
     OneError,
@@ -337,3 +338,12 @@ def test_every_error_is_a_one_error_with_one_line() -> None:
     with pytest.raises(OneError) as err:
         client(url).vms(cluster="vc")
     assert "\n" not in str(err.value)
+
+
+def test_missing_one_auth_file_says_how_to_fix_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "one_auth"
+    with running_fake_oned() as fake, pytest.raises(ConfigError) as err:
+        client(fake.url, session=None, auth_file=str(missing)).version()
+    assert str(err.value) == (f"config: opennebula.auth_file: ONE_AUTH file '{missing}' not found; "
+                              "write one line user:password to it (mode 600)")
+    assert fake.calls == []
