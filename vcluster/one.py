@@ -54,10 +54,10 @@ from vcluster.errors import (
     OneNotFound,
     OneUnavailable,
 )
-from vcluster.one_vm import VM, vm_from_binding
+from vcluster.one_vm import VM, LcmState, VmState, state_name, vm_from_binding
 from vcluster.vmtemplate import render_template
 
-__all__ = ["VM", "OneClient"]
+__all__ = ["VM", "LcmState", "OneClient", "VmState", "state_name"]
 
 logger = logging.getLogger(__name__)
 
