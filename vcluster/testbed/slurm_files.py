@@ -65,8 +65,8 @@ class TestbedSpec:
             raise UserInputError(
                 f"subnet {self.subnet!r} is not a network such as 10.111.0.0/24"
             ) from None
-        if net.version != 4 or net.prefixlen > 24:
-            raise UserInputError(f"subnet {self.subnet!r} must be IPv4, /24 or larger")
+        if net.version != 4 or net.prefixlen > 25:
+            raise UserInputError(f"subnet {self.subnet!r} must be IPv4, /25 or larger")
         if not 0 <= self.static_nodes <= 89:
             raise UserInputError("--static-nodes must be between 0 and 89")
         if not 1024 <= self.port <= 65535:
@@ -182,6 +182,13 @@ def make_dirs(spec: TestbedSpec) -> None:
     run_dir.mkdir(exist_ok=True)
     os.chmod(spec.root / "munge", 0o755)
     os.chmod(run_dir, 0o755)  # munged wants its socket directory world-executable
+    for parent in spec.root.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o001 == 0:
+            raise UserInputError(
+                f"munged needs every directory above its socket world-executable, and "
+                f"{parent} is mode {mode & 0o777:o}; choose another --state-dir"
+            )
 
 
 def ensure_munge_key(spec: TestbedSpec) -> None:

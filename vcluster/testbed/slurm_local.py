@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -247,11 +248,39 @@ def _ctld_answers(spec: TestbedSpec) -> bool:
     return proc.returncode == 0 and " is UP" in proc.stdout
 
 
+def _last_problem(log: Path) -> str:
+    """The last error or fatal line of a Slurm log, without its timestamp."""
+    lines = [ln for ln in _read_text(log).splitlines() if "fatal" in ln or "error:" in ln]
+    return lines[-1].split("] ", 1)[-1] if lines else "no error logged"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def _start_slurmctld(spec: TestbedSpec, env: dict[str, str]) -> int:
     log = spec.log_dir / "slurmctld.log"
+    if not _port_free(spec.port):
+        raise TestbedError(f"port {spec.port} is in use (another slurmctld?); "
+                           "choose another --port")
     _spawn_daemon(["slurmctld", "-c", "-f", str(spec.conf)], log, env)
-    _wait_for("slurmctld", lambda: _ctld_answers(spec), CTLD_READY_TIMEOUT_S,
-              f"see {log}", interval_s=0.3)
+    started = time.monotonic()
+
+    def ready() -> bool:
+        if _ctld_answers(spec):
+            return True
+        if (time.monotonic() - started > 2.0
+                and not _ours(_read_pid(spec.slurmctld_pid_file), str(spec.conf))):
+            raise TestbedError(f"slurmctld exited: {_last_problem(log)}; see {log}")
+        return False
+
+    _wait_for("slurmctld", ready, CTLD_READY_TIMEOUT_S, f"see {log}", interval_s=0.3)
     pid = _read_pid(spec.slurmctld_pid_file)
     if not _ours(pid, str(spec.conf)):
         raise TestbedError(f"slurmctld is not running after start; see {log}")

@@ -1,0 +1,96 @@
+"""The local Slurm testbed for real: slurmctld, munged and slurmd in namespace nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.integration.slurm_fixtures import (
+    leftovers,
+    make_spec,
+    running_testbed,
+    state_dir,
+    wait_job_done,
+)
+from vcluster.cli import cli
+from vcluster.testbed.slurm_files import TestbedSpec
+from vcluster.testbed.slurm_local import run_slurm, up
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def testbed() -> Iterator[TestbedSpec]:
+    with state_dir() as root:
+        spec = make_spec(root, static_nodes=2)
+        with running_testbed(spec) as running:
+            yield running
+        assert leftovers(spec) == []
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), prog_name="vcluster")
+    return result.exit_code, result.output
+
+
+def test_jobs_run_on_namespace_nodes(testbed: TestbedSpec, tmp_path: Path) -> None:
+    jobs = {}
+    for node in testbed.static_node_names():
+        out = tmp_path / f"{node}.out"
+        proc = run_slurm(testbed, ["sbatch", "--parsable", "-p", "static", "-w", node,
+                                   "-o", str(out), "--wrap", "hostname; srun hostname"])
+        jobs[node] = (int(proc.stdout.strip().split(";")[0]), out)
+    for node, (job_id, out) in jobs.items():
+        fields = wait_job_done(testbed, job_id)
+        assert (fields["JobState"], fields["NodeList"], fields["ExitCode"]) == (
+            "COMPLETED", node, "0:0")
+        assert out.read_text().splitlines() == [node, node]
+
+
+def test_status_shows_daemons_bridge_namespaces_and_sinfo(testbed: TestbedSpec) -> None:
+    code, output = _cli("testbed", "slurm", "status", "--name", "vcts",
+                        "--state-dir", str(testbed.root))
+    lines = output.splitlines()
+    assert code == 0, output
+    assert lines[0] == (f"testbed vcts: up (state {testbed.root}, "
+                        f"SLURM_CONF={testbed.root}/slurm.conf)")
+    assert [ln.split()[0:2] + ln.split()[-1:] for ln in lines[1:5]] == [
+        ["munged", "pid", "running"], ["slurmctld", "pid", "running"],
+        ["slurmd", "vcts-s1", "running"], ["slurmd", "vcts-s2", "running"]]
+    assert lines[5] == "  bridge vctsbr0 10.112.0.1/25: present"
+    assert lines[6] == "  namespaces: vcts-s1 vcts-s2"
+    assert lines[7].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE",
+                                "NODELIST"]
+    assert "static* up infinite 2 idle vcts-s[1-2]" in [" ".join(ln.split())
+                                                         for ln in lines[8:]]
+
+
+def test_up_again_leaves_a_running_instance_alone(testbed: TestbedSpec) -> None:
+    pid_before = testbed.slurmctld_pid_file.read_text()
+    said: list[str] = []
+    up(testbed, say=said.append)
+    assert said == ["testbed vcts already up: slurmctld at 10.112.0.1:7827"]
+    assert testbed.slurmctld_pid_file.read_text() == pid_before
+
+
+def test_down_twice_leaves_nothing() -> None:
+    with state_dir() as root, running_testbed(make_spec(root, 1, name="vcts2")) as spec:
+        assert leftovers(spec) != []
+        code, output = _cli("testbed", "slurm", "down", "--name", "vcts2",
+                            "--state-dir", str(spec.root))
+        assert code == 0, output
+        lines = output.splitlines()
+        assert lines[0].startswith("removed namespace vcts2-s1 (stopped pids [")
+        assert [ln.split(" (")[0] for ln in lines[1:]] == [
+            "stopped slurmctld", "stopped munged", "removed bridge vcts2br0"]
+        assert leftovers(spec) == []
+        assert _cli("testbed", "slurm", "down", "--name", "vcts2",
+                    "--state-dir", str(spec.root)) == (0, "testbed vcts2: nothing to stop\n")
+        code, output = _cli("testbed", "slurm", "status", "--name", "vcts2",
+                            "--state-dir", str(spec.root))
+        assert code == 3
+        assert output.splitlines()[0] == (
+            f"testbed vcts2: not running (state {spec.root}, SLURM_CONF={spec.root}/slurm.conf)")
