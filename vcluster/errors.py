@@ -82,7 +82,22 @@ class SlurmCommandError(SlurmError):
 
     @property
     def temporary(self) -> bool:  # type: ignore[override]
-        return self.timed_out
+        """Timeouts and an unreachable slurmctld are worth retrying; refusals are not."""
+        if self.timed_out:
+            return True
+        text = f"{self.stderr}\n{self.stdout}".lower()
+        return any(marker in text for marker in _SLURM_TEMPORARY_MARKERS)
+
+
+# What Slurm's commands print when slurmctld is down, restarting or overloaded.
+_SLURM_TEMPORARY_MARKERS = (
+    "unable to contact slurm controller",
+    "socket timed out on send/recv",
+    "slurm_persist_conn_open",
+    "connection refused",
+    "slurmctld not responding",
+    "resource temporarily unavailable",
+)
 
 
 class SlurmParseError(SlurmError):

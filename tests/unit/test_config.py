@@ -96,3 +96,20 @@ def test_one_auth_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must hold one line user:password") as info:
         read_one_auth(str(auth))
     assert "secret" not in str(info.value)
+
+
+def test_slurm_errors_classified_temporary_or_permanent() -> None:
+    from vcluster.errors import SlurmCommandError
+
+    down = SlurmCommandError(
+        ["squeue", "--json"], 1, "",
+        "slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+    )
+    assert down.temporary
+    assert str(down) == ("`squeue --json` failed (exit 1): slurm_load_jobs error: "
+                         "Unable to contact slurm controller (connect failure)")
+    refused = SlurmCommandError(["sbatch"], 1, "", "sbatch: error: Invalid feature specification")
+    assert not refused.temporary
+    slow = SlurmCommandError(["scontrol", "ping"], None, timed_out=True, timeout_s=5)
+    assert slow.temporary
+    assert str(slow) == "`scontrol ping` timed out after 5 s; is slurmctld responding?"
