@@ -1,0 +1,115 @@
+"""``vcluster status`` and ``vcluster events``: the admin's view of the bridge.
+
+Thin commands over :mod:`vcluster.report`: they open the state database read-only in
+spirit (never migrating it), ask Slurm for its nodes once, and print tables or ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from vcluster import db
+from vcluster.config import Config, load_config
+from vcluster.errors import VclusterError
+from vcluster.report import (
+    build_status,
+    events_table,
+    events_to_json,
+    query_events,
+    render_status,
+    status_to_json,
+)
+from vcluster.slurm import Node, Slurm
+
+
+def _config(ctx: click.Context) -> Config:
+    return load_config((ctx.obj or {}).get("config_path"))
+
+
+def _open_database(config: Config) -> Engine:
+    """The existing database, at the current schema; never creates or migrates one."""
+    url = make_url(config.database.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not Path(url.database).exists():
+            raise db.DatabaseError(
+                f"no database at {url.database}; start the controller "
+                "(`vcluster controller run`) to create it, or fix database.url")
+    return db.make_engine(config.database, migrate=False)
+
+
+def _slurm_nodes(config: Config) -> tuple[list[Node] | None, str]:
+    try:
+        return Slurm(config.slurm).nodes(), ""
+    except VclusterError as exc:
+        return None, str(exc)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (times ISO 8601 UTC, ages "
+              "in seconds) instead of tables.")
+@click.option("--all", "all_jobs", is_flag=True,
+              help="Also show jobs that ended more than an hour ago.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
+    """Show the controller's heartbeat, node classes, jobs with their VMs, and last events.
+
+    Node states come from Slurm (sinfo); launches, jobs and events from vcluster's
+    database. A node class's "hidden" nodes are powered-down CLOUD nodes that sinfo does
+    not list (slurm.conf without PrivateData=cloud).
+
+    \b
+    Example:
+      vcluster status
+      vcluster status --json | jq '.controller.running'
+    """
+    config = _config(ctx)
+    engine = _open_database(config)
+    try:
+        nodes, slurm_error = _slurm_nodes(config)
+        with db.session_factory(engine)() as session:
+            report = build_status(session, config, nodes, db.utcnow(), slurm_error=slurm_error,
+                                  all_jobs=all_jobs)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(status_to_json(report), indent=2))
+    else:
+        render_status(report, Console(highlight=False))
+
+
+@click.command("events")
+@click.option("--job", "job_id", type=int, metavar="JOBID", help="Only events of this job.")
+@click.option("--node", "node_name", metavar="NODE", help="Only events of this node.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="How many of the latest events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit: int,
+           as_json: bool) -> None:
+    """Show what vcluster did and saw, oldest first (times in UTC).
+
+    \b
+    Example:
+      vcluster events --job 42
+      vcluster events --node vc-small-001 -n 20 --json
+    """
+    config = _config(ctx)
+    engine = _open_database(config)
+    try:
+        with db.session_factory(engine)() as session:
+            rows = query_events(session, job_id=job_id, node_name=node_name, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(events_to_json(rows), indent=2))
+    elif not rows:
+        click.echo("no events" + (f" for job {job_id}" if job_id is not None else "")
+                   + (f" for node {node_name}" if node_name else ""))
+    else:
+        Console(highlight=False).print(events_table("Events", rows))

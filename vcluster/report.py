@@ -1,0 +1,335 @@
+"""What ``vcluster status`` and ``vcluster events`` show: one picture, as tables or JSON.
+
+An admin asks "is the controller alive, what do my node classes look like, which job holds
+which nodes and VMs, and what happened lately?". The answer joins the state database (the
+controller's heartbeat, the job <-> node <-> VM map, the event log) with Slurm's own view of
+the nodes (``sinfo``), so a disagreement between the two is visible at a glance.
+
+Building the report is pure (rows, nodes and a clock in, dataclasses out) so it can be tested
+on a real database without Slurm; rendering gives rich tables for people and plain JSON (ISO
+times, ages in seconds) for scripts. A failed read of Slurm does not hide the database's view:
+the report says what failed instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from vcluster import db
+from vcluster.config import Config
+from vcluster.slurm import Node
+
+RECENT_JOBS_S = 3600.0
+"""Finished jobs stay in ``vcluster status`` this long after they end, seconds."""
+STATUS_EVENTS = 10
+"""How many of the latest events ``vcluster status`` shows."""
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    running: bool
+    """A heartbeat exists and is younger than ``controller.heartbeat_stale_s``."""
+    pid: int | None
+    host: str
+    version: str
+    heartbeat_at: datetime | None
+    heartbeat_age_s: float | None
+    stale_after_s: float
+
+
+@dataclass(frozen=True)
+class ClassStatus:
+    name: str
+    policy: str
+    partition: str
+    template: str
+    templates: tuple[str, ...]
+    nodes: str
+    """The class's node names as a hostlist."""
+    count: int
+    node_states: dict[str, int]
+    """Slurm state label -> number of the class's nodes; ``hidden`` = not listed by sinfo."""
+    open_launches: int
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    node_name: str
+    node_class: str
+    job_id: int | None
+    vm_id: int | None
+    launch_state: str
+    """vcluster's launch state: requested, allocating, booting, up, terminating, ..."""
+    slurm_state: str
+    ip: str
+    reason: str
+    age_s: float
+    """Since the launch was requested, seconds."""
+    ended: bool
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: int
+    user: str
+    state: str
+    node_class: str
+    template: str
+    nodes: str
+    exit_code: int | None
+    age_s: float
+    """Since vcluster first saw the job, seconds."""
+    vms: tuple[VmStatus, ...]
+
+
+@dataclass(frozen=True)
+class EventRow:
+    at: datetime
+    kind: str
+    node_name: str | None
+    job_id: int | None
+    vm_id: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    generated_at: datetime
+    controller: ControllerStatus
+    classes: tuple[ClassStatus, ...]
+    jobs: tuple[JobStatus, ...]
+    pool_vms: tuple[VmStatus, ...]
+    """Open launches that serve no job (pool nodes, or a job the map no longer knows)."""
+    events: tuple[EventRow, ...]
+    slurm_error: str = ""
+    """Why Slurm's node states are missing, if they are."""
+
+
+def node_state_label(node: Node) -> str:
+    """One word for a node's state, power-saving states first (``powering_up``, ``idle``)."""
+    for flag, label in (("POWERING_UP", "powering_up"), ("POWERING_DOWN", "powering_down"),
+                        ("POWERED_DOWN", "powered_down")):
+        if flag in node.flags:
+            return label
+    if node.is_down:
+        return "down"
+    if node.is_drained:
+        return "drained"
+    if "NOT_RESPONDING" in node.flags:
+        return "not_responding"
+    return node.state.lower()
+
+
+def _age_s(now: datetime, then: datetime | None) -> float:
+    return 0.0 if then is None else max((now - then).total_seconds(), 0.0)
+
+
+def controller_status(hb: db.Heartbeat | None, config: Config, now: datetime) -> ControllerStatus:
+    stale_after_s = config.controller.heartbeat_stale_s
+    if hb is None:
+        return ControllerStatus(False, None, "", "", None, None, stale_after_s)
+    age_s = _age_s(now, hb.at)
+    return ControllerStatus(age_s <= stale_after_s, hb.pid, hb.host, hb.version, hb.at, age_s,
+                            stale_after_s)
+
+
+def build_status(
+    session: Session,
+    config: Config,
+    nodes: Sequence[Node] | None,
+    now: datetime,
+    *,
+    slurm_error: str = "",
+    all_jobs: bool = False,
+    event_limit: int = STATUS_EVENTS,
+) -> StatusReport:
+    """The whole picture from the database and Slurm's nodes (None if sinfo failed)."""
+    by_name = {n.name: n for n in nodes or ()}
+    job_query = select(db.Job).order_by(db.Job.job_id)
+    if not all_jobs:
+        job_query = job_query.where(or_(
+            db.Job.ended_at.is_(None), db.Job.ended_at >= now - timedelta(seconds=RECENT_JOBS_S)))
+    job_rows = session.scalars(job_query).all()
+    shown_job_ids = {j.job_id for j in job_rows}
+    launches = session.scalars(
+        select(db.Launch).where(or_(db.Launch.ended_at.is_(None),
+                                    db.Launch.job_id.in_(shown_job_ids)))
+        .order_by(db.Launch.id)).all()
+    open_by_class = Counter(la.node_class for la in launches if la.is_open)
+
+    classes = []
+    for nc in config.node_classes:
+        states: Counter[str] = Counter()
+        if nodes is not None:
+            for name in nc.node_names():
+                node = by_name.get(name)
+                states[node_state_label(node) if node else "hidden"] += 1
+        classes.append(ClassStatus(
+            nc.name, nc.policy, nc.partition, nc.template, nc.templates, nc.hostlist, nc.count,
+            dict(sorted(states.items())), open_by_class[nc.name]))
+
+    def vm(la: db.Launch) -> VmStatus:
+        node = by_name.get(la.node_name)
+        slurm_state = node_state_label(node) if node else ("" if nodes is None else "hidden")
+        return VmStatus(la.node_name, la.node_class, la.job_id, la.vm_id, la.state, slurm_state,
+                        la.ip or "", la.reason, _age_s(now, la.created_at), not la.is_open)
+
+    jobs = []
+    for row in job_rows:
+        vms = tuple(vm(la) for la in launches if la.job_id == row.job_id)
+        jobs.append(JobStatus(row.job_id, row.user, row.state, row.node_class or "",
+                              row.template or "", row.nodes, row.exit_code,
+                              _age_s(now, row.first_seen), vms))
+    pool_vms = tuple(vm(la) for la in launches
+                     if la.is_open and (la.job_id is None or la.job_id not in shown_job_ids))
+    return StatusReport(
+        generated_at=now,
+        controller=controller_status(db.heartbeat(session), config, now),
+        classes=tuple(classes),
+        jobs=tuple(jobs),
+        pool_vms=pool_vms,
+        events=tuple(query_events(session, limit=event_limit)),
+        slurm_error=slurm_error,
+    )
+
+
+def query_events(
+    session: Session, *, job_id: int | None = None, node_name: str | None = None,
+    limit: int = 50,
+) -> list[EventRow]:
+    """The latest ``limit`` events (oldest first), optionally of one job and/or node."""
+    query = select(db.Event).order_by(db.Event.at.desc(), db.Event.id.desc()).limit(limit)
+    if job_id is not None:
+        query = query.where(db.Event.job_id == job_id)
+    if node_name is not None:
+        query = query.where(db.Event.node_name == node_name)
+    rows = session.scalars(query).all()
+    return [EventRow(e.at, e.kind, e.node_name, e.job_id, e.vm_id, e.message)
+            for e in reversed(rows)]
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def status_to_json(report: StatusReport) -> dict[str, Any]:
+    return dict(_jsonable(asdict(report)))
+
+
+def events_to_json(events: Sequence[EventRow]) -> list[dict[str, Any]]:
+    return [dict(_jsonable(asdict(e))) for e in events]
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def format_age(age_s: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h07m``, ``4d03h``; ``-`` if unknown."""
+    if age_s is None:
+        return "-"
+    s = int(age_s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _opt(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def controller_line(c: ControllerStatus) -> Text:
+    if c.heartbeat_at is None:
+        return Text("controller: never ran (no heartbeat); start `vcluster controller run`",
+                    style="bold red")
+    where = f"{c.host}, pid {c.pid}, version {c.version}"
+    age = format_age(c.heartbeat_age_s)
+    if c.running:
+        return Text(f"controller: running ({where}), heartbeat {age} ago", style="green")
+    return Text(f"controller: STALE ({where}), last heartbeat {age} ago "
+                f"(limit {format_age(c.stale_after_s)}); hooks refuse until it runs",
+                style="bold red")
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=None,
+                  header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def vm_table(title: str, vms: Sequence[VmStatus]) -> Table:
+    table = _table(title, "NODE", "CLASS", "JOB", "VM", "LAUNCH", "SLURM", "IP", "AGE", "REASON")
+    for v in vms:
+        table.add_row(v.node_name, v.node_class, _opt(v.job_id), _opt(v.vm_id),
+                      v.launch_state, _opt(v.slurm_state), _opt(v.ip), format_age(v.age_s),
+                      v.reason)
+    return table
+
+
+def events_table(title: str, events: Sequence[EventRow]) -> Table:
+    table = _table(title, "TIME (UTC)", "KIND", "NODE", "JOB", "VM", "MESSAGE")
+    for e in events:
+        table.add_row(_time(e.at), e.kind, _opt(e.node_name), _opt(e.job_id), _opt(e.vm_id),
+                      e.message)
+    return table
+
+
+def render_status(report: StatusReport, console: Console) -> None:
+    console.print(controller_line(report.controller))
+    if report.slurm_error:
+        console.print(Text(f"slurm: node states unavailable: {report.slurm_error}",
+                           style="yellow"))
+    console.print()
+    classes = _table("Node classes", "CLASS", "POLICY", "PARTITION", "TEMPLATE", "NODES",
+                     "VMS", "SLURM STATES")
+    for c in report.classes:
+        template = ", ".join((c.template, *c.templates))
+        states = ", ".join(f"{k} {v}" for k, v in c.node_states.items()) or "-"
+        classes.add_row(c.name, c.policy, c.partition, template, f"{c.nodes} ({c.count})",
+                        str(c.open_launches), states)
+    console.print(classes)
+    console.print()
+    jobs = _table("Jobs", "JOB", "USER", "STATE", "CLASS", "TEMPLATE", "NODES", "AGE", "EXIT")
+    for j in report.jobs:
+        jobs.add_row(str(j.job_id), _opt(j.user), j.state, _opt(j.node_class),
+                     _opt(j.template), _opt(j.nodes), format_age(j.age_s), _opt(j.exit_code))
+    console.print(jobs if report.jobs else Text("Jobs: none", style="bold"))
+    vms = [v for j in report.jobs for v in j.vms] + list(report.pool_vms)
+    console.print()
+    console.print(vm_table("VMs", vms) if vms else Text("VMs: none", style="bold"))
+    console.print()
+    console.print(events_table("Last events", report.events) if report.events
+                  else Text("Last events: none", style="bold"))
