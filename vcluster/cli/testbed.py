@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from vcluster.cli.testbed_cloud import cloud_group
@@ -10,13 +14,89 @@ from vcluster.cli.testbed_slurm import slurm_group
 
 @click.group()
 def testbed() -> None:
-    """Run a local Slurm and an OpenNebula-compatible cloud on this machine.
+    """Run a local Slurm, an OpenNebula-compatible cloud and the controller on this machine.
 
     \b
     Example:
-      vcluster testbed slurm up
+      vcluster testbed up
+      vcluster testbed status
+      vcluster testbed down
     """
 
 
 testbed.add_command(slurm_group)
 testbed.add_command(cloud_group)
+
+
+def _site_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--name", default="vc", show_default=True,
+                  help="Instance name; prefixes the bridge, namespaces and node names.")
+    @click.option("--state-dir", default="", metavar="DIR",
+                  help="Where the site keeps everything "
+                  "[default: /var/lib/vcluster-testbed/<name>].")
+    @click.option("--subnet", default="10.111.0.0/24", show_default=True,
+                  help="Bridge subnet shared by slurmctld and the VMs.")
+    @click.option("--slurm-port", default=6817, show_default=True, type=int)
+    @click.option("--one-port", default=2633, show_default=True, type=int,
+                  help="Port of the OpenNebula XML-RPC API on 127.0.0.1.")
+    @click.option("--onegate-port", default=5030, show_default=True, type=int)
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _spec(**kwargs: Any) -> Any:
+    from vcluster.testbed.site import SiteSpec
+
+    return SiteSpec(**kwargs)
+
+
+@testbed.command("up")
+@_site_options
+def up_cmd(**kwargs: Any) -> None:
+    """Start the local Slurm, the cloud (netns VMs) and the controller, in the background.
+
+    Leftovers of an earlier run of the same instance are removed first.
+
+    \b
+    Example:
+      vcluster testbed up
+      export VCLUSTER_CONFIG=/var/lib/vcluster-testbed/vc/vcluster.toml
+      export SLURM_CONF=/var/lib/vcluster-testbed/vc/slurm/slurm.conf
+      fsub -N2 --wait --wrap 'srun hostname'
+    """
+    from vcluster.testbed import site
+
+    site.up(_spec(**kwargs), say=click.echo)
+
+
+@testbed.command("down")
+@_site_options
+def down_cmd(**kwargs: Any) -> None:
+    """Stop the controller, terminate every VM, stop the cloud and Slurm. Safe to run twice.
+
+    \b
+    Example:
+      vcluster testbed down
+    """
+    from vcluster.testbed import site
+
+    site.down(_spec(**kwargs), say=click.echo)
+    click.echo("down")
+
+
+@testbed.command("status")
+@_site_options
+def status_cmd(**kwargs: Any) -> None:
+    """Show Slurm's daemons and nodes, the cloud server, the controller and the VMs.
+
+    \b
+    Example:
+      vcluster testbed status
+    """
+    from vcluster.testbed import site
+
+    spec = _spec(**kwargs)
+    click.echo(site.format_status(spec, site.status(spec)))

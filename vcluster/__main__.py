@@ -1,0 +1,5 @@
+"""``python -m vcluster``: the same as the ``vcluster`` command."""
+
+from vcluster.cli import main
+
+main()

@@ -1,0 +1,394 @@
+"""A whole vcluster site on one machine: local Slurm + the embedded cloud + the controller.
+
+``vcluster testbed up`` writes a site configuration (the same ``vcluster.toml`` a real site
+writes, pointing at the local Slurm and the local cloud), brings up the local Slurm with the
+config's node classes as CLOUD nodes, starts the OpenNebula-compatible server with the
+``netns`` driver on the same bridge, creates the worker VM template through the XML-RPC API,
+and starts ``vcluster controller run``. ``down`` undoes all of it, by PID and by this
+instance's names only, and is safe to run twice.
+
+Layout of the state directory (default ``/var/lib/vcluster-testbed/<name>``)::
+
+    vcluster.toml  one_auth (0600)  vcluster.db
+    slurm/         the local Slurm instance (slurm.conf, munge key, logs, spool)
+    cloud/         the cloud server's state and VM directories
+    run/           pid files of the cloud server and the controller
+    log/           cloud.log, controller.log, hook logs
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vcluster.config import load_config, read_one_auth
+from vcluster.errors import OneError, VclusterError
+from vcluster.one import OneClient
+from vcluster.testbed import slurm_local
+from vcluster.testbed.slurm_files import STATE_ROOT, TestbedSpec
+
+Say = Callable[[str], None]
+
+WORKER_TEMPLATE = "vcluster-worker"
+CLOUD_START_TIMEOUT_S = 20.0
+CONTROLLER_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+class SiteError(VclusterError):
+    """The testbed site could not be brought up or down."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """What ``vcluster testbed up`` runs."""
+
+    __test__ = False  # not a pytest class
+
+    name: str = "vc"
+    subnet: str = "10.111.0.0/24"
+    state_dir: str = ""
+    slurm_port: int = 6817
+    one_port: int = 2633
+    onegate_port: int = 5030
+    per_job_nodes: int = 8
+    pool_nodes: int = 2
+    pool_idle_s: int = 30
+    resume_timeout_s: int = 90
+
+    @property
+    def root(self) -> Path:
+        return Path(self.state_dir or f"{STATE_ROOT}/{self.name}")
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "vcluster.toml"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.root / "one_auth"
+
+    @property
+    def gateway(self) -> str:
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+    @property
+    def xmlrpc(self) -> str:
+        return f"http://127.0.0.1:{self.one_port}/RPC2"
+
+    @property
+    def slurm(self) -> TestbedSpec:
+        return TestbedSpec(name=self.name, subnet=self.subnet, port=self.slurm_port,
+                           state_dir=str(self.root / "slurm"),
+                           config_path=str(self.config_path))
+
+    def pid_file(self, what: str) -> Path:
+        return self.root / "run" / f"{what}.pid"
+
+    def log_file(self, what: str) -> Path:
+        return self.root / "log" / f"{what}.log"
+
+
+def site_config_text(spec: SiteSpec) -> str:
+    """The site's vcluster.toml: what a real site writes, pointed at the local parts."""
+    slurm = spec.slurm
+    return f"""# vcluster testbed site {spec.name!r}: written by `vcluster testbed up`.
+[opennebula]
+xmlrpc = "{spec.xmlrpc}"
+auth_file = "{spec.auth_file}"
+timeout_s = 15
+retry_delays_s = [0.5, 1, 2]
+
+[slurm]
+conf = "{slurm.conf}"
+partitions = ["vcluster"]
+command_timeout_s = 20
+controller_host = "{spec.gateway}:{spec.slurm_port}"
+configless = true
+munge_key_file = "{slurm.munge_key}"
+
+[database]
+url = "sqlite:///{spec.root / 'vcluster.db'}"
+
+[controller]
+cluster_name = "{spec.name}"
+interval_s = 2
+heartbeat_stale_s = 30
+resume_timeout_s = {spec.resume_timeout_s}
+suspend_timeout_s = 5
+prolog_wait_s = {spec.resume_timeout_s}
+state_dir = "{spec.root / 'controller'}"
+log_dir = "{spec.root / 'log'}"
+
+[[node_class]]
+name = "small"
+prefix = "{spec.name}-small-"
+count = {spec.per_job_nodes}
+cpus = 2
+memory_mb = 1024
+features = ["small"]
+template = "{WORKER_TEMPLATE}"
+policy = "per-job"
+
+[[node_class]]
+name = "pool"
+prefix = "{spec.name}-pool-"
+count = {spec.pool_nodes}
+cpus = 1
+memory_mb = 512
+features = ["pool"]
+template = "{WORKER_TEMPLATE}"
+policy = "pool"
+suspend_time_s = {spec.pool_idle_s}
+"""
+
+
+def worker_template_text(spec: SiteSpec) -> str:
+    """The OpenNebula VM template a site would register for its worker image."""
+    return (
+        f'NAME = "{WORKER_TEMPLATE}"\n'
+        'CPU = "1"\nVCPU = "1"\nMEMORY = "512"\n'
+        'NIC = [ NETWORK = "vcluster" ]\n'
+        'CONTEXT = [ NETWORK = "YES" ]\n'
+        'DESCRIPTION = "vcluster worker: an image with one-context, slurmd and munge"\n'
+    )
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive_with(pid: int | None, marker: str) -> bool:
+    """Is ``pid`` a live process of ours (its command line holds ``marker``)?"""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return marker in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _spawn(argv: list[str], log: Path, pid_file: Path, env: dict[str, str]) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _stop(pid_file: Path, marker: str, what: str, say: Say) -> None:
+    pid = _read_pid(pid_file)
+    if _alive_with(pid, marker):
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive_with(pid, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive_with(pid, marker):
+            os.kill(pid, signal.SIGKILL)
+        say(f"stopped {what} (pid {pid})")
+    pid_file.unlink(missing_ok=True)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise SiteError(f"{what} not ready after {timeout_s:g} s; see {log}"
+                            + (f" (last line: {tail[0]})" if tail else ""))
+        time.sleep(0.2)
+
+
+def _env(spec: SiteSpec) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "ONE_"))}
+    env["VCLUSTER_CONFIG"] = str(spec.config_path)
+    env["SLURM_CONF"] = str(spec.slurm.conf)
+    return env
+
+
+def _vcluster_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vcluster", *args]
+
+
+# --- up / down / status ------------------------------------------------------------------------
+
+
+def up(spec: SiteSpec, say: Say = _quiet) -> None:
+    """Bring the whole site up; clears this instance's leftovers first."""
+    if os.geteuid() != 0:
+        raise SiteError("the testbed needs root (namespaces, bridge, slurmd); run it as root")
+    down(spec, say=_quiet)
+    t0 = time.monotonic()
+    for sub in ("run", "log", "controller", "cloud"):
+        (spec.root / sub).mkdir(parents=True, exist_ok=True)
+    if not spec.auth_file.exists():
+        fd = os.open(spec.auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"oneadmin:{secrets.token_hex(16)}\n")
+    spec.config_path.write_text(site_config_text(spec), encoding="utf-8")
+    os.chmod(spec.config_path, 0o644)
+    try:
+        slurm_local.up(spec.slurm, say=say)
+        _start_cloud(spec, say)
+        _ensure_worker_template(spec, say)
+        _start_controller(spec, say)
+    except BaseException:
+        down(spec)
+        raise
+    say(f"testbed {spec.name} up in {time.monotonic() - t0:.1f} s")
+    say(f"  export VCLUSTER_CONFIG={spec.config_path} SLURM_CONF={spec.slurm.conf}")
+
+
+def _start_cloud(spec: SiteSpec, say: Say) -> None:
+    argv = _vcluster_argv(
+        "testbed", "cloud", "serve", "--driver", "netns",
+        "--port", str(spec.one_port), "--state-dir", str(spec.root / "cloud"),
+        "--auth-file", str(spec.auth_file), "--prefix", spec.name,
+        "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
+        "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
+    )
+    log = spec.log_file("cloud")
+    pid = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))
+    settings = load_config(spec.config_path, environ={}).opennebula
+    client = OneClient(settings)
+
+    def answers() -> bool:
+        if not _alive_with(pid, "cloud"):
+            raise SiteError(f"the cloud server exited at start; see {log}")
+        try:
+            client.version()
+        except OneError:
+            return False
+        return True
+
+    _wait("the cloud server", answers, CLOUD_START_TIMEOUT_S, log)
+    say(f"cloud pid {pid}: OpenNebula XML-RPC at {spec.xmlrpc}, "
+        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, netns VMs on {spec.slurm.bridge}")
+
+
+def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
+    import pyone  # the real client, as an admin registering a template would use it
+
+    session = read_one_auth(str(spec.auth_file))
+    server = pyone.OneServer(spec.xmlrpc, session=session)
+    pool = server.templatepool.info(-2, -1, -1)
+    for tmpl in pool.VMTEMPLATE or []:
+        if tmpl.NAME == WORKER_TEMPLATE:
+            say(f"template {WORKER_TEMPLATE} is id {tmpl.ID}")
+            return
+    tid = server.template.allocate(worker_template_text(spec))
+    say(f"template {WORKER_TEMPLATE} registered as id {tid}")
+
+
+def _start_controller(spec: SiteSpec, say: Say) -> None:
+    argv = _vcluster_argv("--config", str(spec.config_path), "controller", "run")
+    log = spec.log_file("controller")
+    pid = _spawn(argv, log, spec.pid_file("controller"), _env(spec))
+    from vcluster import db
+
+    config = load_config(spec.config_path, environ={})
+    factory = db.session_factory(db.make_engine(config.database))
+
+    def beating() -> bool:
+        if not _alive_with(pid, "controller"):
+            raise SiteError(f"the controller exited at start; see {log}")
+        with db.transaction(factory) as session:
+            hb = db.heartbeat(session)
+            return hb is not None and hb.pid == pid
+
+    _wait("the controller", beating, CONTROLLER_START_TIMEOUT_S, log)
+    say(f"controller pid {pid} (log {log})")
+
+
+def down(spec: SiteSpec, say: Say = _quiet) -> None:
+    """Stop the controller, terminate every VM, stop the cloud and Slurm. Safe twice."""
+    _stop(spec.pid_file("controller"), "controller", "controller", say)
+    if _alive_with(_read_pid(spec.pid_file("cloud")), "cloud"):
+        _terminate_all_vms(spec, say)
+    _stop(spec.pid_file("cloud"), "cloud", "cloud server", say)
+    from vcluster.testbed.cloud.drivers.netns import NetnsDriver
+
+    # VMs the cloud could not terminate (it was not running): remove by this site's naming
+    NetnsDriver(state_dir=spec.root / "cloud", prefix=spec.name).cleanup_stale(set())
+    slurm_local.down(spec.slurm, say=say)
+
+
+def _terminate_all_vms(spec: SiteSpec, say: Say) -> None:
+    try:
+        config = load_config(spec.config_path, environ={})
+        client = OneClient(config.opennebula)
+        vms = [vm for vm in client.vms() if not vm.is_gone]
+        for vm in vms:
+            client.terminate(vm.vm_id, hard=True)
+        deadline = time.monotonic() + 20
+        while vms and time.monotonic() < deadline:
+            vms = [vm for vm in client.vms() if not vm.is_gone]
+            time.sleep(0.3)
+        say("terminated every VM" if not vms else f"{len(vms)} VMs still shutting down")
+    except VclusterError as exc:
+        say(f"could not terminate VMs through the API ({exc}); removing them by name")
+
+
+@dataclass
+class SiteStatus:
+    slurm: str
+    cloud_pid: int | None
+    cloud_alive: bool
+    controller_pid: int | None
+    controller_alive: bool
+    vms: list[str]
+
+
+def status(spec: SiteSpec) -> SiteStatus:
+    slurm_text = slurm_local.format_status(slurm_local.status(spec.slurm))
+    cloud_pid = _read_pid(spec.pid_file("cloud"))
+    ctl_pid = _read_pid(spec.pid_file("controller"))
+    vms: list[str] = []
+    cloud_alive = _alive_with(cloud_pid, "cloud")
+    if cloud_alive:
+        try:
+            config = load_config(spec.config_path, environ={})
+            for vm in OneClient(config.opennebula).vms():
+                if not vm.is_gone:
+                    node = vm.user_template.get("VCLUSTER_NODE", "-")
+                    vms.append(f"{vm.vm_id:>5} {vm.name:<24} {vm.state_name:<14} "
+                               f"{','.join(vm.ips) or '-':<15} node {node}")
+        except VclusterError as exc:
+            vms.append(f"(cannot list VMs: {exc})")
+    return SiteStatus(slurm_text, cloud_pid, cloud_alive, ctl_pid,
+                      _alive_with(ctl_pid, "controller"), vms)
+
+
+def format_status(spec: SiteSpec, st: SiteStatus) -> str:
+    def proc(name: str, pid: int | None, alive: bool) -> str:
+        return f"  {name:<20} pid {pid or '-':<8} {'running' if alive else 'not running'}"
+
+    lines = [st.slurm, f"site {spec.name} (config {spec.config_path}):",
+             proc("cloud server", st.cloud_pid, st.cloud_alive),
+             proc("controller", st.controller_pid, st.controller_alive),
+             f"  VMs: {len(st.vms) if st.vms else 'none'}"]
+    lines += [f"    {line}" for line in st.vms]
+    return "\n".join(lines)
