@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -337,3 +341,170 @@ def test_a_missing_gateway_is_refused_with_a_clear_message(driver: NetnsDriver) 
         "add GATEWAY to the network's address range"
     )
     assert os.path.exists(f"/sys/class/net/{BRIDGE}")
+
+
+# --- the guest script, inside a netns VM --------------------------------------------------
+
+JOIN_SCRIPT = Path(__file__).resolve().parents[2] / "contextualization" / "vcluster-join.sh"
+CTLD_PORT = 7113
+SLURMD_PORT = 7114
+
+
+def join_spec(vm_id: int, ip: str, context: dict[str, str]) -> VMSpec:
+    return make_spec(vm_id, ip, JOIN_SCRIPT.read_text(), extra=context)
+
+
+def test_join_script_refuses_a_context_without_the_munge_key(driver: NetnsDriver) -> None:
+    driver.boot(join_spec(22, "10.113.0.22", {
+        "VCLUSTER_NODE": "vctv-node2", "SLURM_CONF_SERVER": f"{GATEWAY}:{CTLD_PORT}",
+    }))
+    console = driver.console_log(22)
+    wait_for(lambda: "start script exited" in console.read_text(), 10, "the join script")
+    text = console.read_text()
+    assert "start script exited with 1" in text
+    assert (
+        " vcluster-join[" in text and "]: ERROR: MUNGE_KEY_BASE64 is not set: this VM's CONTEXT "
+        "must carry the cluster's munge key (vcluster sets it from its munge key file)\n" in text
+    )
+    join_log = driver.vm_dir(22) / "private" / "var" / "log" / "vcluster-join.log"
+    assert join_log.read_text().splitlines()[-1].endswith(
+        "ERROR: MUNGE_KEY_BASE64 is not set: this VM's CONTEXT must carry the cluster's "
+        "munge key (vcluster sets it from its munge key file)"
+    )
+    driver.shutdown(22)
+
+
+@dataclass
+class LocalCtld:
+    root: Path
+    conf: Path
+    key: bytes
+    env: dict[str, str]
+
+    def run(self, *argv: str) -> str:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=self.env,
+                              timeout=20, check=True)
+        return proc.stdout
+
+
+def _stop_daemon(pid_file: Path, marker: str) -> None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return
+    if marker in cmdline:
+        netns.terminate_pids([pid], 5.0)
+
+
+@pytest.fixture
+def slurmctld(driver: NetnsDriver) -> Iterator[LocalCtld]:
+    for program in ("slurmctld", "slurmd", "munged", "sbatch"):
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed (deploy/install-deps.sh)")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("0.0.0.0", CTLD_PORT))  # fails loudly if another instance holds the port
+    root = Path(tempfile.mkdtemp(prefix="vctv-slurm-", dir="/tmp"))
+    os.chmod(root, 0o755)  # munged wants every directory above its socket world-executable
+    munge_dir = root / "munge"
+    munge_dir.mkdir(mode=0o755)
+    key = os.urandom(1024)
+    key_file = munge_dir / "munge.key"
+    key_file.write_bytes(key)
+    os.chmod(key_file, 0o600)
+    (root / "state").mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(f"""ClusterName=vctv
+SlurmctldHost={socket.gethostname()}({GATEWAY})
+SlurmctldPort={CTLD_PORT}
+SlurmdPort={SLURMD_PORT}
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=socket={munge_dir}/munge.sock
+StateSaveLocation={root}/state
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerParameters=batch_sched_delay=0,sched_interval=5
+SlurmctldParameters=enable_configless
+SlurmdParameters=config_overrides
+ReturnToService=2
+TreeWidth=65533
+DefMemPerCPU=50
+NodeName=vctv-node1 NodeAddr=10.113.0.21 CPUs=1 RealMemory=100
+PartitionName=vctv Nodes=vctv-node1 Default=YES MaxTime=5 State=UP
+""")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": str(conf)}
+    ctld = LocalCtld(root, conf, key, env)
+    try:
+        subprocess.run(
+            ["munged", f"--key-file={key_file}", f"--socket={munge_dir}/munge.sock",
+             f"--pid-file={munge_dir}/munged.pid", f"--log-file={munge_dir}/munged.log",
+             f"--seed-file={munge_dir}/munged.seed"],
+            stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=20, check=True,
+        )
+        with open(root / "slurmctld.out", "ab") as out:
+            subprocess.run(["slurmctld", "-c", "-f", str(conf)], stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=subprocess.STDOUT, env=env, timeout=20, check=True)
+        wait_for(lambda: _ctld_up(ctld), 30, "slurmctld to answer")
+        yield ctld
+    except BaseException:
+        for log_file in (root / "slurmctld.out", root / "slurmctld.log"):
+            if log_file.exists():
+                print(f"--- {log_file}\n{log_file.read_text()[-3000:]}")
+        raise
+    finally:
+        _stop_daemon(root / "slurmctld.pid", str(conf))
+        _stop_daemon(munge_dir / "munged.pid", str(key_file))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ctld_up(ctld: LocalCtld) -> bool:
+    proc = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=ctld.env,
+                          timeout=10, check=False)
+    return " is UP" in proc.stdout
+
+
+def test_join_script_makes_the_vm_a_configless_slurm_node(
+    driver: NetnsDriver, slurmctld: LocalCtld
+) -> None:
+    started = time.monotonic()
+    driver.boot(join_spec(21, "10.113.0.21", {
+        "SET_HOSTNAME": "vctv-node1", "VCLUSTER_NODE": "vctv-node1",
+        "VCLUSTER_CLUSTER": "vctv", "VCLUSTER_JOB": "",
+        "MUNGE_KEY_BASE64": base64.b64encode(slurmctld.key).decode(),
+        "SLURM_CONF_SERVER": f"{GATEWAY}:{CTLD_PORT}",
+    }))
+
+    def registered_idle() -> bool:
+        node = slurmctld.run("scontrol", "show", "node", "vctv-node1", "-o")
+        return " State=IDLE " in node and " Arch=" in node  # Arch: known after registration
+
+    wait_for(registered_idle, 40, "vctv-node1 to register idle")
+    joined_s = time.monotonic() - started
+    join_log_file = driver.vm_dir(21) / "private" / "var" / "log" / "vcluster-join.log"
+    wait_for(lambda: "done:" in join_log_file.read_text(), 10, "the join script to finish")
+    join_log = join_log_file.read_text()
+    assert "munged runs at /run/munge/munge.socket.2" in join_log
+    assert "starting: slurmd -b --conf-server 10.113.0.1:7113 -N vctv-node1" in join_log
+    assert "done: node vctv-node1 joined" in join_log
+    key_file = driver.vm_dir(21) / "private" / "etc" / "munge" / "munge.key"
+    assert key_file.read_bytes() == slurmctld.key
+    assert oct(key_file.stat().st_mode & 0o777) == "0o400"
+    assert key_file.stat().st_uid == pwd.getpwnam("munge").pw_uid
+
+    out = slurmctld.root / "job.out"
+    slurmctld.run("sbatch", "-w", "vctv-node1", "-o", str(out), "--wrap",
+                  "hostname; cat /etc/hostname")
+    wait_for(lambda: out.exists() and out.read_text().count("\n") == 2, 30, "the job's output")
+    assert out.read_text() == "vctv-node1\nvctv-node1\n"
+    print(f"VM boot to idle Slurm node: {joined_s:.1f} s")
+    driver.shutdown(21)
+    assert leftovers() == []

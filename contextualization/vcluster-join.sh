@@ -1,0 +1,190 @@
+#!/bin/sh
+# vcluster-join.sh: make this VM the Slurm compute node vcluster booted it to be.
+#
+# Runs once at boot as OpenNebula's START_SCRIPT (vcluster sends it base64 in the CONTEXT
+# variable START_SCRIPT_BASE64), as root, after one-context has set up network and hostname;
+# the testbed's netns VMs run it the same way. It reads the context variables
+#   VCLUSTER_NODE       Slurm node name this VM is (required)
+#   MUNGE_KEY_BASE64    the cluster's munge key, base64 (required)
+#   SLURM_CONF_SERVER   slurmctld host:port to fetch the config from (configless), or
+#   SLURM_CONF_PATH     slurm.conf inside the image (one of the two is required)
+#   SET_HOSTNAME, ETH0_IP, VCLUSTER_JOB, VCLUSTER_CLUSTER (optional)
+# from its environment or, when VCLUSTER_NODE is not set there, from /context/context.sh or
+# one-context's /var/run/one-context/one_env. Then it sets the hostname, installs the munge
+# key, starts munged at its default socket, starts slurmd for the node, and waits (bounded)
+# until slurmd runs. Log: /var/log/vcluster-join.log (and stderr). Exit 0 when slurmd runs;
+# 1 with an "ERROR:" line saying what to fix otherwise.
+#
+# Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30).
+
+set -u
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+LOG=${VCLUSTER_JOIN_LOG:-/var/log/vcluster-join.log}
+WAIT_S=${VCLUSTER_JOIN_WAIT_S:-30}
+MUNGE_SOCKET_DIR=/run/munge
+MUNGE_SOCKET=$MUNGE_SOCKET_DIR/munge.socket.2
+MUNGE_KEY=/etc/munge/munge.key
+
+log() {
+    line="$(date -u '+%Y-%m-%dT%H:%M:%SZ') vcluster-join[$$]: $*"
+    printf '%s\n' "$line" >&2
+    printf '%s\n' "$line" >>"$LOG" 2>/dev/null || true
+}
+
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+load_context() {
+    if [ -n "${VCLUSTER_NODE:-}" ]; then
+        log "context from the environment"
+        return 0
+    fi
+    for file in /context/context.sh /var/run/one-context/one_env; do
+        if [ -r "$file" ]; then
+            # shellcheck disable=SC1090
+            . "$file"
+            log "context from $file"
+            return 0
+        fi
+    done
+    log "no context file found (/context/context.sh, /var/run/one-context/one_env)"
+}
+
+check_context() {
+    [ -n "${VCLUSTER_NODE:-}" ] || die "VCLUSTER_NODE is not set: this VM's CONTEXT must name its Slurm node (vcluster sets it; was the VM booted by vcluster?)"
+    [ -n "${MUNGE_KEY_BASE64:-}" ] || die "MUNGE_KEY_BASE64 is not set: this VM's CONTEXT must carry the cluster's munge key (vcluster sets it from its munge key file)"
+    if [ -z "${SLURM_CONF_SERVER:-}" ] && [ -z "${SLURM_CONF_PATH:-}" ]; then
+        die "neither SLURM_CONF_SERVER nor SLURM_CONF_PATH is set: the CONTEXT must give the slurmctld host:port (configless) or a slurm.conf path in the image"
+    fi
+    if [ -n "${SLURM_CONF_PATH:-}" ] && [ ! -r "$SLURM_CONF_PATH" ]; then
+        die "SLURM_CONF_PATH $SLURM_CONF_PATH is not readable in this VM: fix the image or use SLURM_CONF_SERVER (configless)"
+    fi
+    command -v munged >/dev/null 2>&1 || die "munged is not installed in this image: install munge (same as on the controller)"
+    command -v slurmd >/dev/null 2>&1 || die "slurmd is not installed in this image: install slurmd of the controller's Slurm version"
+}
+
+set_hostname() {
+    wanted=${SET_HOSTNAME:-$VCLUSTER_NODE}
+    if [ "$(hostname)" != "$wanted" ]; then
+        hostname "$wanted" || die "cannot set the hostname to $wanted"
+        printf '%s\n' "$wanted" >/etc/hostname 2>/dev/null || true
+        log "hostname set to $wanted"
+    fi
+    if [ -n "${ETH0_IP:-}" ] && ! grep -q "[[:space:]]$wanted\([[:space:]]\|\$\)" /etc/hosts 2>/dev/null; then
+        printf '%s\t%s\n' "$ETH0_IP" "$wanted" >>/etc/hosts || log "could not add $wanted to /etc/hosts"
+    fi
+}
+
+install_munge_key() {
+    mkdir -p /etc/munge || die "cannot create /etc/munge"
+    tmp_key=$MUNGE_KEY.vcluster.$$
+    (umask 077 && printf '%s' "$MUNGE_KEY_BASE64" | base64 -d >"$tmp_key") 2>/dev/null \
+        || { rm -f "$tmp_key"; die "MUNGE_KEY_BASE64 is not valid base64: give the cluster's munge key, base64-encoded"; }
+    size=$(wc -c <"$tmp_key" | tr -d ' ')
+    if [ "$size" -lt 32 ]; then
+        rm -f "$tmp_key"
+        die "the munge key in MUNGE_KEY_BASE64 has $size bytes; munge needs at least 32"
+    fi
+    chmod 0400 "$tmp_key"
+    if id munge >/dev/null 2>&1; then
+        chown munge:munge "$tmp_key" || die "cannot give $MUNGE_KEY to user munge"
+    fi
+    mv -f "$tmp_key" "$MUNGE_KEY" || die "cannot install $MUNGE_KEY"
+    log "munge key installed ($size bytes)"
+}
+
+as_munge() {
+    if ! id munge >/dev/null 2>&1; then
+        "$@"
+    elif command -v runuser >/dev/null 2>&1; then
+        runuser -u munge -- "$@"
+    else
+        su -s /bin/sh -c 'exec "$0" "$@"' munge "$@"
+    fi
+}
+
+start_munged() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl restart munge >>"$LOG" 2>&1 || die "systemctl restart munge failed: see journalctl -u munge"
+    else
+        if [ -r "$MUNGE_SOCKET_DIR/munged.pid" ]; then
+            old=$(cat "$MUNGE_SOCKET_DIR/munged.pid")
+            if [ -n "$old" ] && kill "$old" 2>/dev/null; then
+                log "stopped the munged started before the key was installed (pid $old)"
+                sleep 1
+            fi
+        fi
+        mkdir -p "$MUNGE_SOCKET_DIR" && chmod 0755 "$MUNGE_SOCKET_DIR" || die "cannot create $MUNGE_SOCKET_DIR"
+        if id munge >/dev/null 2>&1; then
+            chown munge:munge "$MUNGE_SOCKET_DIR" || die "cannot give $MUNGE_SOCKET_DIR to user munge"
+        fi
+        as_munge munged </dev/null >>"$LOG" 2>&1 || die "munged did not start: see /var/log/munge/munged.log and $LOG"
+    fi
+    waited=0
+    until [ -S "$MUNGE_SOCKET" ]; do
+        [ "$waited" -lt "$WAIT_S" ] || die "munged socket $MUNGE_SOCKET did not appear within $WAIT_S s: see /var/log/munge/munged.log"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if command -v munge >/dev/null 2>&1 && command -v unmunge >/dev/null 2>&1; then
+        munge -n </dev/null 2>>"$LOG" | unmunge >/dev/null 2>>"$LOG" \
+            || die "munged answers but a credential does not decode: see /var/log/munge/munged.log"
+    fi
+    log "munged runs at $MUNGE_SOCKET"
+}
+
+# PIDs of the slurmd processes of this VM (same network namespace: testbed VMs share one
+# process table with the host and with each other).
+slurmd_pids() {
+    self_net=$(readlink /proc/self/ns/net 2>/dev/null)
+    for dir in /proc/[0-9]*; do
+        [ "$(cat "$dir/comm" 2>/dev/null)" = slurmd ] || continue
+        [ "$(readlink "$dir/ns/net" 2>/dev/null)" = "$self_net" ] || continue
+        printf '%s ' "${dir#/proc/}"
+    done
+}
+
+start_slurmd() {
+    running=$(slurmd_pids)
+    if [ -n "$running" ]; then
+        log "slurmd already runs in this VM (pid $running); leaving it"
+        return 0
+    fi
+    if [ -n "${SLURM_CONF_PATH:-}" ]; then
+        set -- -f "$SLURM_CONF_PATH"
+    else
+        set -- --conf-server "$SLURM_CONF_SERVER"
+    fi
+    log "starting: slurmd -b $* -N $VCLUSTER_NODE"
+    slurmd -b "$@" -N "$VCLUSTER_NODE" </dev/null >>"$LOG" 2>&1 \
+        || die "slurmd -b $* -N $VCLUSTER_NODE failed (exit $?): see $LOG and the slurmd log"
+    waited=0
+    while :; do
+        running=$(slurmd_pids)
+        if [ -n "$running" ]; then
+            sleep 1
+            if [ -n "$(slurmd_pids)" ]; then
+                log "slurmd runs for node $VCLUSTER_NODE (pid $running)"
+                return 0
+            fi
+        fi
+        [ "$waited" -lt "$WAIT_S" ] || die "slurmd for $VCLUSTER_NODE is not running $WAIT_S s after start: see $LOG and the slurmd log"
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+mkdir -p "$(dirname "$LOG")" 2>/dev/null || true
+load_context
+log "joining as node ${VCLUSTER_NODE:-?} of cluster ${VCLUSTER_CLUSTER:-?} (job ${VCLUSTER_JOB:-none})"
+check_context
+set_hostname
+install_munge_key
+start_munged
+start_slurmd
+log "done: node $VCLUSTER_NODE joined"
+exit 0
