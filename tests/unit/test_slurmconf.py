@@ -82,6 +82,11 @@ def test_two_classes_exact_lines() -> None:
     assert text == EXPECTED
 
 
+def test_documented_example_is_what_the_generator_prints() -> None:
+    example = Path(__file__).parents[2] / "slurm" / "vcluster.conf"
+    assert example.read_text() == EXPECTED.replace("/opt/vcluster/bin", "/usr/local/bin")
+
+
 def test_class_name_is_always_a_feature_once() -> None:
     cfg = _config(TWO_CLASSES_TOML.replace('features = ["ssd"]', 'features = ["small", "ssd"]'))
     assert class_features(cfg.node_class("small")) == ("small", "ssd")
