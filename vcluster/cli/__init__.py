@@ -60,6 +60,8 @@ def _register() -> None:
     cli.add_command(testbed)
     from vcluster.cli.slurmconf import slurm_conf; cli.add_command(slurm_conf)  # noqa: E702,I001
     from vcluster.cli.status import events, status; cli.add_command(status); cli.add_command(events)  # noqa: E702,I001,E501
+    from vcluster.cli.hook import hook; cli.add_command(hook)  # noqa: E702,I001
+    from vcluster.cli.controller import controller_group; cli.add_command(controller_group)  # noqa: E702,I001,E501
 
 
 _register()

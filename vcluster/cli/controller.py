@@ -1,0 +1,100 @@
+"""``vcluster controller run``: the daemon that boots and terminates VMs for Slurm.
+
+It runs in the foreground (systemd or the testbed supervises it), logs to stderr and to
+``<log_dir>/controller.log``, and stops cleanly on SIGTERM or SIGINT (the pass in progress
+finishes, the wake-up socket and lock are removed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from vcluster.config import Config, load_config
+
+log = logging.getLogger("vcluster.controller")
+
+
+def _setup_logging(config: Config, debug: bool) -> None:
+    package_logger = logging.getLogger("vcluster")
+    package_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    os.makedirs(config.controller.log_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(config.controller.log_dir, "controller.log"),
+                                  encoding="utf-8")
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s controller[{os.getpid()}] %(name)s %(levelname)s %(message)s"))
+    package_logger.addHandler(handler)
+    if not logging.getLogger().handlers:  # not under the `vcluster` group's basicConfig
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@click.group("controller")
+def controller_group() -> None:
+    """Run the vcluster controller.
+
+    \b
+    Example:
+      vcluster --config /etc/vcluster/vcluster.toml controller run
+    """
+
+
+@controller_group.command("run")
+@click.option("--once", is_flag=True, help="Run a single pass and exit (for cron or tests).")
+@click.pass_context
+def run(ctx: click.Context, once: bool) -> None:
+    """Run the controller in the foreground until SIGTERM (or one pass with --once).
+
+    Slurm's hooks wake it through <state_dir>/wake.sock; it also runs a pass every
+    controller.interval_s seconds. Logs go to stderr and <log_dir>/controller.log.
+
+    \b
+    Example:
+      VCLUSTER_CONFIG=/etc/vcluster/vcluster.toml vcluster controller run
+    """
+    from vcluster import db
+    from vcluster.controller.act import Actor
+    from vcluster.controller.guest import guest_context
+    from vcluster.controller.loop import Controller, acquire_lock, run_loop
+    from vcluster.one import OneClient
+    from vcluster.slurm import Slurm
+    from vcluster.wake import WakeListener, send_wake
+
+    obj = ctx.obj or {}
+    config = load_config(obj.get("config_path"))
+    _setup_logging(config, bool(obj.get("debug")))
+    state_dir = config.controller.state_dir
+    lock = acquire_lock(state_dir)
+    engine = db.make_engine(config.database)
+    try:
+        sessions = db.session_factory(engine)
+        slurm, one = Slurm(config.slurm), OneClient(config.opennebula)
+        actor = Actor(config, sessions, slurm, one, guest_context(config))
+        controller = Controller(config, sessions, slurm, one, actor)
+        listener = WakeListener(state_dir)
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("got %s: stopping after this pass", signal.Signals(signum).name)
+            stop.set()
+            send_wake(state_dir)
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s, "
+                 "slurm.conf %s, pass every %g s", os.getpid(),
+                 config.controller.cluster_name, engine.url, config.opennebula.xmlrpc,
+                 config.slurm.conf, config.controller.interval_s)
+        try:
+            passes = run_loop(controller, listener, interval_s=config.controller.interval_s,
+                              stop=stop, once=once)
+        finally:
+            listener.close()
+        log.info("controller stopped after %d passes", passes)
+    finally:
+        engine.dispose()
+        lock.close()

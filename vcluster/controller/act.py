@@ -1,0 +1,280 @@
+"""Act: carry out the planner's actions, each on its own, recording every step.
+
+Why it exists: this is the only place the controller changes the world. Each action is
+isolated (an exception is logged and recorded as an event; the next action still runs) and
+follows "record intent, commit, call the outside system, record the result": no database
+transaction is held across an XML-RPC or scontrol call. Temporary OpenNebula errors leave a
+launch ``requested`` for the planner to retry after its backoff; permanent ones give the
+node up with a reason Slurm shows (``vcluster: ...``), so Slurm requeues the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from vcluster import db
+from vcluster.config import Config
+from vcluster.controller.actions import (
+    Action,
+    AdoptVM,
+    BootVM,
+    CloseLaunch,
+    FailNode,
+    MarkHandled,
+    MarkUp,
+    PowerDown,
+    ResetNode,
+    SetNodeAddr,
+    TerminateVM,
+    UpsertJob,
+)
+from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.errors import OneNotFound, VclusterError
+from vcluster.slurm_parse import compress_hostlist
+from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extra
+
+log = logging.getLogger(__name__)
+
+SLURM_REASON_MAX = 200
+
+
+@dataclass
+class ActResult:
+    done: int = 0
+    failed: int = 0
+
+
+def _epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class Actor:
+    """Carries out actions against Slurm, OpenNebula and the database."""
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
+                 one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,
+                 now: Callable[[], datetime] = db.utcnow) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.slurm = slurm
+        self.one = one
+        self.guest = guest
+        self._guest_script = guest_script
+        self.now = now
+        self._template_ids: dict[str, int] = {}
+
+    # --- the pass ------------------------------------------------------------------------------
+
+    def act(self, actions: Iterable[Action]) -> ActResult:
+        result = ActResult()
+        for action in actions:
+            handler = getattr(self, "_" + type(action).__name__)
+            try:
+                handler(action)
+                result.done += 1
+            except Exception as exc:  # isolation: one failure does not stop the pass
+                result.failed += 1
+                log.exception("action %s failed", action)
+                self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
+                                   node_name=getattr(action, "node_name", None))
+        return result
+
+    def _event_safely(self, kind: str, message: str, *, node_name: str | None = None) -> None:
+        try:
+            with db.transaction(self.sessions) as s:
+                db.record_event(s, kind, message, node_name=node_name, at=self.now())
+        except Exception:
+            log.exception("cannot record event %s: %s", kind, message)
+
+    def _launch(self, s: Session, launch_id: int) -> db.Launch:
+        row = s.get(db.Launch, launch_id)
+        if row is None:
+            raise LookupError(f"launch {launch_id} vanished")
+        return row
+
+    def _close(self, launch_id: int | None, state: str, reason: str, kind: str,
+               node_name: str, vm_id: int | None = None) -> None:
+        with db.transaction(self.sessions) as s:
+            job_id = None
+            if launch_id is not None:
+                row = self._launch(s, launch_id)
+                row.state, row.reason = state, reason
+                job_id = row.job_id
+                if state in ("terminated", "failed"):
+                    row.ended_at = self.now()
+            db.record_event(s, kind, reason, node_name=node_name, vm_id=vm_id, job_id=job_id,
+                            at=self.now())
+
+    # --- booting -----------------------------------------------------------------------------
+
+    def _template_id(self, name: str) -> int:
+        if name not in self._template_ids:
+            self._template_ids[name] = self.one.template_id(name)
+        return self._template_ids[name]
+
+    def _BootVM(self, a: BootVM) -> None:
+        now = self.now()
+        try:
+            with db.transaction(self.sessions) as s:
+                if a.launch_id is None:
+                    row = db.Launch(node_name=a.node_name, node_class=a.node_class,
+                                    job_id=a.job_id, state="allocating", attempts=1,
+                                    reason="", created_at=now, updated_at=now)
+                    s.add(row)
+                    s.flush()
+                else:
+                    row = self._launch(s, a.launch_id)
+                    row.state, row.attempts, row.updated_at = "allocating", row.attempts + 1, now
+                    row.job_id = row.job_id if a.job_id is None else a.job_id
+                launch_id, attempt = row.id, row.attempts
+                db.record_event(s, "vm.allocating",
+                                f"attempt {attempt}: {a.cpus} CPUs, {a.memory_mb} MB from "
+                                f"template {a.template}", node_name=a.node_name,
+                                job_id=a.job_id, at=now)
+        except IntegrityError:
+            log.warning("node %s already has an open launch; not booting a second VM",
+                        a.node_name)
+            return
+        try:
+            if self._guest_script is None:
+                self._guest_script = guest_script_bytes()
+            node_class = self.config.node_class(a.node_class)
+            extra = worker_vm_extra(
+                node_class=node_class, node_name=a.node_name, job_id=a.job_id,
+                cluster=self.config.controller.cluster_name, cpus=a.cpus,
+                memory_mb=a.memory_mb, context=self.guest, guest_script=self._guest_script)
+            vm_id = self.one.instantiate(self._template_id(a.template), a.node_name, extra)
+        except VclusterError as exc:
+            if isinstance(exc, OneNotFound):
+                self._template_ids.pop(a.template, None)
+            self._boot_failed(a, launch_id, attempt, exc)
+            return
+        with db.transaction(self.sessions) as s:
+            row = self._launch(s, launch_id)
+            row.vm_id, row.state, row.reason = vm_id, "booting", ""
+            db.record_event(s, "vm.allocated", f"VM {vm_id} allocated", node_name=a.node_name,
+                            job_id=a.job_id, vm_id=vm_id, at=self.now())
+        try:
+            ips = self.one.vm(vm_id).ips
+        except VclusterError as exc:
+            log.warning("cannot read VM %d after allocating it: %s", vm_id, exc)
+            return
+        if ips:
+            self._SetNodeAddr(SetNodeAddr(launch_id, a.node_name, ips[0]))
+
+    def _boot_failed(self, a: BootVM, launch_id: int, attempt: int, exc: VclusterError) -> None:
+        retries = 1 + len(self.config.opennebula.retry_delays_s)
+        if exc.temporary and attempt < retries:
+            with db.transaction(self.sessions) as s:
+                row = self._launch(s, launch_id)
+                row.state, row.reason, row.updated_at = "requested", str(exc), self.now()
+                db.record_event(s, "vm.allocate_retry", f"attempt {attempt}/{retries} failed: "
+                                f"{exc}", node_name=a.node_name, job_id=a.job_id, at=self.now())
+            return
+        self._FailNode(FailNode(a.node_name, f"vcluster: cannot boot a VM: {exc}", launch_id,
+                                None, a.job_id))
+
+    def _AdoptVM(self, a: AdoptVM) -> None:
+        now = self.now()
+        with db.transaction(self.sessions) as s:
+            if a.launch_id is None:
+                s.add(db.Launch(node_name=a.node_name, node_class=a.node_class, job_id=a.job_id,
+                                vm_id=a.vm_id, state=a.state, ip=a.ip, attempts=1, reason="",
+                                created_at=now, updated_at=now))
+                how = "rebuilt the launch map from the VM's tags"
+            else:
+                row = self._launch(s, a.launch_id)
+                row.vm_id, row.state, row.updated_at = a.vm_id, a.state, now
+                how = "found the VM of an interrupted allocation"
+            db.record_event(s, "vm.adopted", f"VM {a.vm_id}: {how}", node_name=a.node_name,
+                            job_id=a.job_id, vm_id=a.vm_id, at=now)
+
+    def _SetNodeAddr(self, a: SetNodeAddr) -> None:
+        self.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+        with db.transaction(self.sessions) as s:
+            row = self._launch(s, a.launch_id)
+            row.ip = a.ip
+            db.record_event(s, "node.addr", f"NodeAddr set to {a.ip}", node_name=a.node_name,
+                            vm_id=row.vm_id, job_id=row.job_id, at=self.now())
+
+    def _MarkUp(self, a: MarkUp) -> None:
+        with db.transaction(self.sessions) as s:
+            row = self._launch(s, a.launch_id)
+            row.state = "up"
+            db.record_event(s, "node.up", f"node up {a.boot_s:.1f} s after its launch",
+                            node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
+                            at=self.now())
+
+    # --- ending ------------------------------------------------------------------------------
+
+    def _TerminateVM(self, a: TerminateVM) -> None:
+        self.one.terminate(a.vm_id, hard=a.hard)
+        kind = "vm.terminated" if a.close_as != "failed" else "vm.failed"
+        verb = "terminate-hard" if a.hard else "terminate"
+        self._close(a.launch_id, a.close_as, a.reason, kind, a.node_name, a.vm_id)
+        log.info("VM %d (%s): %s sent: %s", a.vm_id, a.node_name, verb, a.reason)
+
+    def _CloseLaunch(self, a: CloseLaunch) -> None:
+        self._close(a.launch_id, a.state, a.reason, "launch.closed", a.node_name)
+
+    def _FailNode(self, a: FailNode) -> None:
+        reason = a.reason[:SLURM_REASON_MAX]
+        if a.vm_id is not None:
+            try:
+                self.one.terminate(a.vm_id)
+            except VclusterError as exc:  # the orphan sweep terminates it later
+                log.warning("cannot terminate VM %d of failed node %s: %s", a.vm_id,
+                            a.node_name, exc)
+        slurm_error = ""
+        try:
+            # DOWN makes Slurm requeue the node's job; POWER_DOWN_FORCE then returns the
+            # node to the powered-down pool (reason kept) so it can be resumed again.
+            self.slurm.update_nodes(a.node_name, state="DOWN", reason=reason)
+            self.slurm.update_nodes(a.node_name, state="POWER_DOWN_FORCE", reason=reason)
+        except VclusterError as exc:
+            slurm_error = f" (could not tell Slurm: {exc})"
+            log.warning("cannot set node %s down: %s", a.node_name, exc)
+        self._close(a.launch_id, "failed", reason + slurm_error, "node.failed", a.node_name,
+                    a.vm_id)
+
+    def _PowerDown(self, a: PowerDown) -> None:
+        self.slurm.update_nodes(list(a.node_names), state="POWER_DOWN_ASAP")
+        self._event_safely("node.power_down", f"{compress_hostlist(a.node_names)}: {a.reason}")
+
+    def _ResetNode(self, a: ResetNode) -> None:
+        self.slurm.update_nodes(a.node_name, state="POWER_DOWN_FORCE",
+                                reason=a.reason[:SLURM_REASON_MAX])
+        self._event_safely("node.reset", f"powered down (was DOWN: {a.reason})",
+                           node_name=a.node_name)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _UpsertJob(self, a: UpsertJob) -> None:
+        now = self.now()
+        with db.transaction(self.sessions) as s:
+            row = s.get(db.Job, a.job_id)
+            if row is None:
+                row = db.Job(job_id=a.job_id, first_seen=now, user=a.user, state=a.state,
+                             nodes=a.nodes)
+                s.add(row)
+            if a.gone:
+                row.ended_at = row.ended_at or now
+                return
+            row.state, row.nodes, row.exit_code = a.state, a.nodes, a.exit_code
+            row.user = a.user or row.user
+            row.node_class = a.node_class or row.node_class
+            row.template = a.template or row.template
+            row.started_at = _epoch(a.started_at) or row.started_at
+            row.ended_at = _epoch(a.ended_at)
+
+    def _MarkHandled(self, a: MarkHandled) -> None:
+        with db.transaction(self.sessions) as s:
+            s.execute(update(db.HookRequest).where(db.HookRequest.id.in_(a.request_ids))
+                      .values(handled_at=self.now()))

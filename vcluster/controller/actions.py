@@ -1,0 +1,132 @@
+"""The actions the planner can ask for: plain frozen values, compared exactly in tests.
+
+Why it exists apart: :mod:`plan` produces them and :mod:`act` carries them out; keeping the
+vocabulary in one small module makes both sides (and the table of plan cases) read the same.
+Every reason that reaches Slurm starts with ``vcluster:`` so an admin (and the planner) can
+tell vcluster's node reasons from anyone else's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BootVM:
+    """Allocate one VM for a node: create the launch row (``launch_id`` None) or retry it."""
+
+    node_name: str
+    node_class: str
+    job_id: int | None
+    cpus: int
+    memory_mb: int
+    template: str
+    launch_id: int | None = None
+
+
+@dataclass(frozen=True)
+class AdoptVM:
+    """Attach a tagged VM to a launch (``launch_id``) or rebuild its launch row (None)."""
+
+    node_name: str
+    node_class: str
+    vm_id: int
+    job_id: int | None
+    state: str
+    ip: str | None
+    launch_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SetNodeAddr:
+    """Point Slurm's NodeAddr/NodeHostname at the VM before its slurmd registers."""
+
+    launch_id: int
+    node_name: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class MarkUp:
+    """The node registered with Slurm: the launch is up."""
+
+    launch_id: int
+    node_name: str
+    vm_id: int
+    boot_s: float
+
+
+@dataclass(frozen=True)
+class TerminateVM:
+    """Terminate a VM; its launch (if any) becomes ``close_as``.
+
+    ``terminating`` keeps the launch open until the VM is gone (normal power-down);
+    ``failed``/``terminated`` close it at once.
+    """
+
+    vm_id: int
+    node_name: str
+    reason: str
+    launch_id: int | None = None
+    close_as: str = "terminating"
+    hard: bool = False
+
+
+@dataclass(frozen=True)
+class CloseLaunch:
+    launch_id: int
+    node_name: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailNode:
+    """Give a node up: terminate its VM, close its launch as failed, set it DOWN (the job is
+    requeued) and power it down, all with ``reason``."""
+
+    node_name: str
+    reason: str
+    launch_id: int | None = None
+    vm_id: int | None = None
+    job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PowerDown:
+    """Ask Slurm to power nodes down (per-job nodes whose job ended)."""
+
+    node_names: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResetNode:
+    """A vcluster-DOWN node without a VM: power it down so Slurm can use it again."""
+
+    node_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UpsertJob:
+    job_id: int
+    node_class: str | None
+    template: str | None
+    user: str
+    state: str
+    nodes: str
+    exit_code: int | None
+    started_at: float | None
+    ended_at: float | None
+    gone: bool = False
+    """Slurm forgot the job (past MinJobAge): close its row with the last state seen."""
+
+
+@dataclass(frozen=True)
+class MarkHandled:
+    request_ids: tuple[int, ...]
+
+
+Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | CloseLaunch | FailNode
+          | PowerDown | ResetNode | UpsertJob | MarkHandled)

@@ -1,0 +1,139 @@
+"""The controller's loop: a pass when a hook wakes it, and every ``interval_s`` anyway.
+
+Why it exists: it ties observe, plan and act together and owns the daemon's lifecycle. A
+pass writes the heartbeat (hooks refuse when it is stale), reads the whole picture (or
+skips the pass if any read fails), plans, and acts. While VMs are booting the next pass
+comes sooner (``BUSY_INTERVAL_S``) so NodeAddr is set and boots are noticed promptly. Only
+one controller may run per state directory (an flock'ed ``controller.lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vcluster import db
+from vcluster.config import Config
+from vcluster.controller.act import Actor
+from vcluster.controller.actions import Action, BootVM
+from vcluster.controller.observe import Observed, PictureIncomplete, observe
+from vcluster.controller.plan import plan
+from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.errors import VclusterError
+from vcluster.wake import WakeListener
+
+log = logging.getLogger(__name__)
+
+BUSY_INTERVAL_S = 1.0
+_TRANSITIONAL = frozenset({"requested", "allocating", "booting", "terminating"})
+
+
+class AlreadyRunning(VclusterError):
+    """Another controller holds this state directory's lock."""
+
+
+@dataclass
+class PassReport:
+    actions: list[Action] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    skipped: str = ""
+    """Why the pass was skipped (a read failed), or ""."""
+    busy: bool = False
+    """Launches are in flight: the next pass should come soon."""
+    duration_s: float = 0.0
+
+
+class Controller:
+    """One pass at a time over a consistent picture."""
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
+                 one: OnePort, actor: Actor, *,
+                 now: Callable[[], datetime] = db.utcnow) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.slurm = slurm
+        self.one = one
+        self.actor = actor
+        self.now = now
+
+    def beat(self) -> None:
+        try:
+            with db.transaction(self.sessions) as s:
+                db.beat(s, at=self.now())
+        except Exception as exc:
+            log.error("cannot write the heartbeat: %s", exc)
+
+    def run_pass(self) -> PassReport:
+        started = time.monotonic()
+        self.beat()
+        try:
+            observed: Observed = observe(self.config, self.sessions, self.slurm, self.one,
+                                         self.now())
+        except PictureIncomplete as exc:
+            log.warning("skipping this pass: %s", exc)
+            return PassReport(skipped=str(exc), busy=True,
+                              duration_s=time.monotonic() - started)
+        actions = plan(observed, self.config)
+        result = self.actor.act(actions)
+        report = PassReport(
+            actions=actions, done=result.done, failed=result.failed,
+            busy=any(la.state in _TRANSITIONAL for la in observed.launches)
+            or any(isinstance(a, BootVM) for a in actions),
+            duration_s=time.monotonic() - started)
+        if actions:
+            log.info("pass: %d actions (%d failed) in %.3f s: %s", len(actions), result.failed,
+                     report.duration_s, ", ".join(type(a).__name__ for a in actions))
+        else:
+            log.debug("pass: nothing to do (%.3f s)", report.duration_s)
+        self.beat()
+        return report
+
+
+def run_loop(controller: Controller, listener: WakeListener | None, *, interval_s: float,
+             stop: threading.Event, once: bool = False) -> int:
+    """Run passes until ``stop`` is set (or once). Returns the number of passes run."""
+    passes = 0
+    while not stop.is_set():
+        report = controller.run_pass()
+        passes += 1
+        if once:
+            break
+        wait_s = min(interval_s, BUSY_INTERVAL_S) if report.busy else interval_s
+        if listener is not None:
+            listener.wait(wait_s)
+        else:
+            stop.wait(wait_s)
+    return passes
+
+
+def acquire_lock(state_dir: str) -> IO[str]:
+    """Hold ``state_dir/controller.lock`` for the life of the process, or raise."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    path = os.path.join(state_dir, "controller.lock")
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyRunning(
+            f"another vcluster controller (pid {holder}) is running on {state_dir}; stop it "
+            "first, or give this one another controller.state_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

@@ -1,0 +1,152 @@
+"""Observe: one consistent picture of the database, Slurm and OpenNebula, or none at all.
+
+Why it exists: the planner must never act on half a picture (a VM missing from a failed
+listing would look like an orphan's absence; a node missing from a failed ``sinfo`` would
+look powered down). So every read happens here, in a fixed order, and any failure raises
+:class:`PictureIncomplete`, which makes the loop skip the pass.
+
+Order matters: the database is read first, then Slurm, then OpenNebula. A launch or hook
+request in the picture therefore existed before Slurm was read, so Slurm's node states
+already reflect it; and every VM the controller booted before this pass is in the listing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from vcluster import db
+from vcluster.config import Config
+from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.errors import VclusterError
+from vcluster.one_vm import VM
+from vcluster.slurm_parse import Job, Node, expand_hostlist
+
+JOB_MEMORY_S = 86400.0
+"""Ended job rows this recent are compared with squeue (Slurm keeps ended jobs MinJobAge)."""
+
+
+class PictureIncomplete(VclusterError):
+    """A read failed; the pass is skipped rather than acting on half a picture."""
+
+    temporary = True
+
+
+@dataclass(frozen=True)
+class LaunchView:
+    """An open row of the launch map, as read at the start of the pass."""
+
+    id: int
+    node_name: str
+    node_class: str
+    job_id: int | None
+    vm_id: int | None
+    state: str
+    ip: str | None
+    reason: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: db.Launch) -> LaunchView:
+        return cls(row.id, row.node_name, row.node_class, row.job_id, row.vm_id, row.state,
+                   row.ip, row.reason, row.attempts, row.created_at, row.updated_at)
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """An unhandled hook request."""
+
+    id: int
+    kind: str
+    nodes: tuple[str, ...]
+    job_ids: tuple[int, ...]
+    payload: Mapping[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job row vcluster keeps, not yet ended."""
+
+    job_id: int
+    state: str
+    nodes: str
+    template: str | None
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one pass of the planner looks at."""
+
+    now: datetime
+    jobs: Mapping[int, Job] = field(default_factory=dict)
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    """This config's nodes that Slurm shows (powered-down CLOUD nodes may be hidden)."""
+    vms: Mapping[int, VM] = field(default_factory=dict)
+    """VMs not DONE tagged ``VCLUSTER_CLUSTER`` = this cluster."""
+    launches: tuple[LaunchView, ...] = ()
+    requests: tuple[RequestView, ...] = ()
+    last_resume_at: Mapping[str, datetime] = field(default_factory=dict)
+    """Per node, when Slurm last asked to resume it (recent requests, handled or not)."""
+    last_failure_at: Mapping[str, datetime] = field(default_factory=dict)
+    """Per node, when its last launch failed (recent ones)."""
+    known_jobs: Mapping[int, JobRecord] = field(default_factory=dict)
+    """Job rows not ended, or ended within JOB_MEMORY_S."""
+
+
+def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
+    """The database part of the picture (one read transaction)."""
+    window_start = now - timedelta(seconds=config.controller.resume_timeout_s * 2)
+    launches = tuple(LaunchView.of(r) for r in db.open_launches(session))
+    requests = tuple(
+        RequestView(r.id, r.kind, tuple(expand_hostlist(r.nodes)), tuple(r.job_ids or ()),
+                    dict(r.payload or {}), r.created_at)
+        for r in db.unhandled_requests(session)
+    )
+    last_resume: dict[str, datetime] = {}
+    for r in session.scalars(select(db.HookRequest).where(
+            db.HookRequest.kind == "resume", db.HookRequest.created_at >= window_start)):
+        for name in expand_hostlist(r.nodes):
+            last_resume[name] = max(r.created_at, last_resume.get(name, r.created_at))
+    last_failure: dict[str, datetime] = {}
+    for row in session.scalars(select(db.Launch).where(
+            db.Launch.state == "failed", db.Launch.ended_at >= window_start)):
+        if row.ended_at is not None:
+            last_failure[row.node_name] = max(row.ended_at,
+                                              last_failure.get(row.node_name, row.ended_at))
+    recent = now - timedelta(seconds=JOB_MEMORY_S)
+    known_jobs = {
+        j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)
+        for j in session.scalars(select(db.Job).where(
+            or_(db.Job.ended_at.is_(None), db.Job.ended_at >= recent)))
+    }
+    return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
+            "last_failure_at": last_failure, "known_jobs": known_jobs}
+
+
+def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,
+            now: datetime) -> Observed:
+    """Read the whole picture; raise PictureIncomplete if any part cannot be read."""
+    try:
+        with sessions() as session:
+            from_db = read_database(session, config, now)
+    except Exception as exc:  # SQLAlchemy errors, a corrupt hostlist in a row
+        raise PictureIncomplete(f"cannot read the state database: {exc}") from exc
+    try:
+        jobs = {j.job_id: j for j in slurm.jobs()}
+        nodes = {n.name: n for n in slurm.nodes() if config.class_of_node(n.name) is not None}
+    except VclusterError as exc:
+        raise PictureIncomplete(f"cannot read Slurm: {exc}") from exc
+    try:
+        vms = {v.vm_id: v for v in one.vms(cluster=config.controller.cluster_name)}
+    except VclusterError as exc:
+        raise PictureIncomplete(f"cannot read OpenNebula: {exc}") from exc
+    return Observed(now=now, jobs=jobs, nodes=nodes, vms=vms, **from_db)

@@ -1,0 +1,328 @@
+"""Plan: a pure function from the observed picture to the list of actions to take.
+
+Why it exists: every decision vcluster makes about VMs lives here, with no I/O, so it can
+be tested as a table of cases (picture -> exact actions). It is level-triggered: Slurm's
+node states say what should exist (a POWERING_UP node needs a VM; a POWERED_DOWN one must
+have none), the launch map says what vcluster believes exists, OpenNebula's tagged VMs say
+what does exist; hook requests only add what Slurm cannot show (which job a resume was for,
+that Slurm gave a node up). Running the plan twice on the same picture gives the same
+actions, so a failed action is simply planned again next pass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from vcluster.config import Config, NodeClass
+from vcluster.controller.actions import (
+    Action,
+    AdoptVM,
+    BootVM,
+    CloseLaunch,
+    FailNode,
+    MarkHandled,
+    MarkUp,
+    PowerDown,
+    ResetNode,
+    SetNodeAddr,
+    TerminateVM,
+    UpsertJob,
+)
+from vcluster.controller.observe import LaunchView, Observed
+from vcluster.one_vm import VM
+from vcluster.slurm_parse import Job, Node, compress_hostlist, expand_hostlist
+
+MIN_VM_MEMORY_MB = 512
+"""Smallest VM booted for a job that asks for less (or only Slurm's DefMemPerCPU)."""
+TERMINATE_GRACE_S = 120.0
+"""A VM still listed this long after its terminate is terminated again, hard."""
+REASON_PREFIX = "vcluster: "
+_WISH_RE = re.compile(r"vcluster\[([^\]]*)\]")
+_BUSY_FLAGS = frozenset({"POWERING_UP", "POWERING_DOWN", "POWER_DOWN", "POWERED_DOWN",
+                         "DRAIN", "COMPLETING"})
+
+
+# --- what a job asks for -----------------------------------------------------------------------
+
+
+def job_wishes(comment: str) -> dict[str, str]:
+    """``vcluster[template=ubuntu,x=y] my note`` -> ``{"template": "ubuntu", "x": "y"}``."""
+    match = _WISH_RE.search(comment or "")
+    if not match:
+        return {}
+    wishes: dict[str, str] = {}
+    for part in match.group(1).split(","):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            wishes[key.strip()] = value.strip()
+    return wishes
+
+
+def choose_template(job: Job | None, node_class: NodeClass) -> str:
+    """The job's ``vcluster[template=NAME]`` if the class allows it, else the class's."""
+    wish = job_wishes(job.comment).get("template") if job else None
+    if wish and wish in node_class.allowed_templates:
+        return wish
+    return node_class.template
+
+
+def vm_size(job: Job | None, node_class: NodeClass) -> tuple[int, int]:
+    """(cpus, memory_mb) of one of the job's VMs: what it asked per node, never above the
+    class; the whole class size for a node powered up without a job."""
+    if job is None:
+        return node_class.cpus, node_class.memory_mb
+    node_count = max(1, job.node_count or len(job.nodes))
+    requested = (job.tasks * max(1, job.cpus_per_task)) if job.tasks > 0 else job.cpus
+    cpus = min(node_class.cpus, max(1, math.ceil(requested / node_count))) if requested \
+        else node_class.cpus
+    if job.memory_per_node_mb:
+        memory_mb = job.memory_per_node_mb
+    elif job.memory_per_cpu_mb:
+        memory_mb = job.memory_per_cpu_mb * cpus
+    else:
+        memory_mb = node_class.memory_mb
+    floor_mb = min(MIN_VM_MEMORY_MB, node_class.memory_mb)
+    return cpus, min(node_class.memory_mb, max(floor_mb, memory_mb))
+
+
+def _jobs_by_node(obs: Observed) -> dict[str, Job]:
+    """The unfinished job each node serves: from squeue, else from the resume file."""
+    by_node: dict[str, Job] = {}
+    for request in obs.requests:
+        if request.kind != "resume":
+            continue
+        for entry in request.payload.get("jobs", []):
+            job = obs.jobs.get(int(entry.get("job_id", 0)))
+            if job is not None and not job.is_finished:
+                for name in expand_hostlist(str(entry.get("nodes", ""))):
+                    by_node[name] = job
+    for job in obs.jobs.values():
+        if not job.is_finished:
+            for name in job.nodes:
+                by_node[name] = job
+    return by_node
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def _age_s(now: datetime, then: datetime) -> float:
+    return (now - then).total_seconds()
+
+
+def _is_off(node: Node | None) -> bool:
+    """Powered down or on its way (a node Slurm hides counts as powered down)."""
+    return node is None or node.powered_down or node.powering_down
+
+
+def _should_boot(obs: Observed, name: str) -> bool:
+    """Not right after a failed launch, unless Slurm asked again since."""
+    failed_at = obs.last_failure_at.get(name)
+    if failed_at is None:
+        return True
+    resumed_at = obs.last_resume_at.get(name)
+    return resumed_at is not None and resumed_at > failed_at
+
+
+def _boot(config: Config, nc: NodeClass, name: str, job: Job | None,
+          launch_id: int | None = None) -> BootVM:
+    cpus, memory_mb = vm_size(job, nc)
+    return BootVM(name, nc.name, job.job_id if job else None, cpus, memory_mb,
+                  choose_template(job, nc), launch_id)
+
+
+def _tag_job(vm: VM) -> int | None:
+    text = vm.user_template.get("VCLUSTER_JOB", "")
+    return int(text) if text.isdigit() else None
+
+
+def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node | None,
+                 tagged: list[VM], jobs_by_node: Mapping[str, Job],
+                 given_up: set[str]) -> list[Action]:
+    name, vm_id = launch.node_name, launch.vm_id
+    nc = config.class_of_node(name)
+    vm = obs.vms.get(vm_id) if vm_id is not None else None
+    if nc is None:
+        if vm_id is not None:
+            return [TerminateVM(vm_id, name, "vcluster: node is in no configured node class",
+                                launch.id, close_as="terminated")]
+        return [CloseLaunch(launch.id, name, "terminated", "node is in no configured class")]
+    if name in given_up:
+        reason = "vcluster: Slurm gave the node up (not a working node within ResumeTimeout)"
+        if vm_id is not None:
+            return [TerminateVM(vm_id, name, reason, launch.id, close_as="failed")]
+        return [CloseLaunch(launch.id, name, "failed", reason)]
+    state, now = launch.state, obs.now
+
+    if state == "terminating":
+        if vm is None:
+            return [CloseLaunch(launch.id, name, "terminated", launch.reason)]
+        if _age_s(now, launch.updated_at) > TERMINATE_GRACE_S and vm_id is not None:
+            return [TerminateVM(vm_id, name, launch.reason, launch.id, hard=True)]
+        return []
+
+    if state in ("requested", "allocating"):
+        if tagged:
+            vm0 = tagged[0]
+            return [AdoptVM(name, nc.name, vm0.vm_id, launch.job_id, "booting",
+                            vm0.ips[0] if vm0.ips else None, launch.id)]
+        if _is_off(node):
+            return [CloseLaunch(launch.id, name, "terminated",
+                                "Slurm powered the node down before its VM was booted")]
+        if state == "allocating" and _age_s(now, launch.updated_at) < (
+                config.opennebula.timeout_s + 10):
+            return []  # an allocation may still be in flight (or be adopted next pass)
+        delays = config.opennebula.retry_delays_s
+        if launch.attempts >= 1 + len(delays):
+            return [FailNode(name, f"vcluster: no VM after {launch.attempts} attempts: "
+                             f"{launch.reason}", launch.id, None, launch.job_id)]
+        if launch.attempts and _age_s(now, launch.updated_at) < delays[launch.attempts - 1]:
+            return []
+        job = jobs_by_node.get(name) or (obs.jobs.get(launch.job_id) if launch.job_id else None)
+        return [_boot(config, nc, name, job, launch.id)]
+
+    assert vm_id is not None  # booting and up launches always have their VM
+    if _is_off(node):
+        return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
+    assert node is not None
+    if state == "booting":
+        if vm is None or vm.is_failed:
+            what = vm.state_name if vm else "gone"
+            return [FailNode(name, f"vcluster: VM {vm_id} failed to boot ({what})", launch.id,
+                             vm_id if vm else None, launch.job_id)]
+        if node.is_down:
+            return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
+                                launch.id, close_as="failed")]
+        if not node.powering_up:
+            return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
+        if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
+            return [FailNode(name, f"vcluster: VM {vm_id} was not a working node within "
+                             f"{config.controller.resume_timeout_s} s (ResumeTimeout)",
+                             launch.id, vm_id, launch.job_id)]
+        if launch.ip is None and vm.ips:
+            return [SetNodeAddr(launch.id, name, vm.ips[0])]
+        return []
+
+    # state == "up"
+    if vm is None or vm.is_failed:
+        what = vm.state_name if vm else "gone"
+        return [FailNode(name, f"vcluster: VM {vm_id} died ({what})", launch.id,
+                         vm_id if vm else None, launch.job_id)]
+    if node.is_down:
+        return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
+                            launch.id, close_as="failed")]
+    return []
+
+
+def _per_job_idle(config: Config, obs: Observed, launch: LaunchView, node: Node | None,
+                  jobs_by_node: Mapping[str, Job]) -> bool:
+    """An up per-job node whose job is over and that Slurm has not yet powered down."""
+    nc = config.class_of_node(launch.node_name)
+    if nc is None or nc.policy != "per-job" or launch.state != "up" or node is None:
+        return False
+    if node.state != "IDLE" or node.flags & _BUSY_FLAGS or launch.node_name in jobs_by_node:
+        return False
+    job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
+    return job is None or job.is_finished
+
+
+def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
+    actions: list[Action] = []
+    partitions = set(config.slurm.partitions)
+    seen: set[int] = set()
+    for job in sorted(obs.jobs.values(), key=lambda j: j.job_id):
+        if not partitions & set(job.partition.split(",")):
+            continue
+        seen.add(job.job_id)
+        nodes = compress_hostlist(job.nodes)
+        known = obs.known_jobs.get(job.job_id)
+        if known is not None and (known.state, known.nodes) == (job.state, nodes):
+            continue
+        nc = next((c for n in job.nodes if (c := config.class_of_node(n))), None) or next(
+            (c for c in config.node_classes if c.name in re.split(r"[&|,*\[\]() ]+",
+                                                                  job.features)), None)
+        actions.append(UpsertJob(
+            job.job_id, nc.name if nc else None, choose_template(job, nc) if nc else None,
+            job.user, job.state, nodes, job.exit_code, job.start_time,
+            job.end_time if job.is_finished else None))
+    for known in sorted(obs.known_jobs.values(), key=lambda k: k.job_id):
+        if known.job_id not in seen and not known.ended:
+            actions.append(UpsertJob(known.job_id, None, known.template, "", known.state,
+                                     known.nodes, None, None, None, gone=True))
+    return actions
+
+
+def plan(obs: Observed, config: Config) -> list[Action]:
+    """The actions that bring OpenNebula and the launch map in line with Slurm."""
+    actions: list[Action] = []
+    open_by_node = {la.node_name: la for la in obs.launches}
+    claimed = {la.vm_id for la in obs.launches if la.vm_id is not None}
+    unclaimed_by_node: dict[str, list[VM]] = defaultdict(list)
+    for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
+        if vm.vm_id not in claimed and not vm.is_terminating and not vm.is_failed:
+            unclaimed_by_node[vm.user_template.get("VCLUSTER_NODE", "")].append(vm)
+    given_up = {n for r in obs.requests if r.kind == "resume-fail" for n in r.nodes}
+    jobs_by_node = _jobs_by_node(obs)
+    adopted: set[int] = set()
+    power_down: list[str] = []
+
+    for launch in obs.launches:
+        node = obs.nodes.get(launch.node_name)
+        step = _plan_launch(config, obs, launch, node, unclaimed_by_node[launch.node_name],
+                            jobs_by_node, given_up)
+        adopted.update(a.vm_id for a in step if isinstance(a, AdoptVM))
+        actions += step
+        if not step and _per_job_idle(config, obs, launch, node, jobs_by_node):
+            power_down.append(launch.node_name)
+
+    for name, node in sorted(obs.nodes.items()):
+        nc = config.class_of_node(name)
+        if nc is None or name in open_by_node:
+            continue
+        tagged = unclaimed_by_node[name]
+        if node.powering_up and not node.is_down:
+            if tagged:  # the map is rebuilt from the VM's tags
+                actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
+                                       "booting", tagged[0].ips[0] if tagged[0].ips else None))
+                adopted.add(tagged[0].vm_id)
+            elif name not in given_up and _should_boot(obs, name):
+                actions.append(_boot(config, nc, name, jobs_by_node.get(name)))
+        elif not _is_off(node) and not node.is_down and node.state != "FUTURE":
+            if tagged:
+                actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
+                                       "up", tagged[0].ips[0] if tagged[0].ips else None))
+                adopted.add(tagged[0].vm_id)
+            else:
+                actions.append(FailNode(name, "vcluster: no VM backs this node",
+                                        job_id=jobs_by_node[name].job_id
+                                        if name in jobs_by_node else None))
+        elif node.is_down and not _is_off(node) and node.reason.startswith(REASON_PREFIX):
+            actions.append(ResetNode(name, node.reason))
+
+    for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
+        if vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating:
+            continue
+        tag = vm.user_template.get("VCLUSTER_NODE", "")
+        actions.append(TerminateVM(vm.vm_id, tag, f"orphan VM {vm.vm_id} ({vm.state_name}) "
+                                   f"tagged for node {tag or '?'}", close_as="terminated"))
+
+    if power_down:
+        actions.append(PowerDown(tuple(sorted(power_down)), "per-job node's job ended"))
+    actions += _plan_jobs(config, obs)
+    if obs.requests:
+        actions.append(MarkHandled(tuple(r.id for r in obs.requests)))
+    return actions
+
+
+def nodes_of(actions: Iterable[Action]) -> list[str]:
+    """Node names the actions touch (for logging)."""
+    names: list[str] = []
+    for a in actions:
+        name = getattr(a, "node_name", None)
+        if isinstance(name, str) and name:
+            names.append(name)
+    return names
