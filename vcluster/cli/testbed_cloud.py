@@ -1,8 +1,132 @@
-"""``vcluster testbed cloud``: the OpenNebula-compatible server (being written)."""
+"""``vcluster testbed cloud``: run the OpenNebula-compatible testbed server in the foreground.
+
+Thin over :class:`vcluster.testbed.cloud.server.CloudServer`: options become a
+:class:`~vcluster.testbed.cloud.settings.CloudSettings`, SIGTERM/SIGINT stop it cleanly (VMs
+stay as they are; the state directory keeps everything for the next start).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
 
 import click
+
+from vcluster.errors import ConfigError, UserInputError
+from vcluster.testbed.cloud.settings import CloudSettings, NetworkSettings
 
 
 @click.group("cloud")
 def cloud_group() -> None:
-    """The embedded OpenNebula-compatible cloud."""
+    """The embedded OpenNebula-compatible cloud.
+
+    \b
+    Example:
+      vcluster testbed cloud serve --port 2633 --driver dummy --state-dir /tmp/cloud
+    """
+
+
+def _read_auth(auth: str | None, auth_file: str | None) -> str:
+    if auth and auth_file:
+        raise UserInputError("give --auth or --auth-file, not both")
+    if auth_file:
+        try:
+            text = Path(auth_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the auth file: {exc.strerror}; "
+                              "write one line user:password into it", path=auth_file) from exc
+        auth = text.splitlines()[0].strip() if text else ""
+    auth = auth or "oneadmin:opennebula"
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise UserInputError(f"auth {auth!r} is not user:password; give e.g. "
+                             "--auth oneadmin:opennebula")
+    return auth
+
+
+@cloud_group.command("serve")
+@click.option("--port", type=int, default=2633, show_default=True, help="XML-RPC port.")
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True,
+              help="Address the XML-RPC server binds.")
+@click.option("--driver", type=click.Choice(["dummy", "netns"]), default="dummy",
+              show_default=True, help="How VMs run: timings only, or network namespaces.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the SQLite state and driver files (created if missing).")
+@click.option("--auth", default=None, help="Accepted session user:password "
+              "[default: oneadmin:opennebula].")
+@click.option("--auth-file", default=None, type=click.Path(dir_okay=False),
+              help="File whose first line is the accepted user:password.")
+@click.option("--hosts", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Hosts created at first start.")
+@click.option("--host-cpu", type=click.IntRange(min=1), default=800, show_default=True,
+              help="CPU of each host, percent (100 per core).")
+@click.option("--host-mem", type=click.IntRange(min=1), default=16 * 1024 * 1024,
+              show_default=True, help="Memory of each host, KB.")
+@click.option("--onegate-port", type=int, default=5030, show_default=True,
+              help="OneGate HTTP port.")
+@click.option("--onegate-host", default="127.0.0.1", show_default=True,
+              help="Address OneGate binds and VMs are told (use the bridge IP for netns).")
+@click.option("--bridge", default="vcbr0", show_default=True, help="Bridge of the vnet.")
+@click.option("--subnet", default="10.111.0.0/24", show_default=True, help="Subnet of the vnet.")
+@click.option("--lease-start", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Host part of the first leased address.")
+@click.option("--network-name", default="vcluster", show_default=True,
+              help="Name of the virtual network created at first start.")
+@click.option("--prefix", default="vc", show_default=True,
+              help="Name prefix for the driver's namespaces and interfaces.")
+@click.option("--sched-window-s", type=float, default=1.0, show_default=True,
+              help="SCHED_MAX_WND_TIME: place PENDING VMs when the window is this old.")
+@click.option("--sched-window-length", type=int, default=7, show_default=True,
+              help="SCHED_MAX_WND_LENGTH: place when the window holds this many VMs.")
+def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
+          auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
+          onegate_host: str, bridge: str, subnet: str, lease_start: int, network_name: str,
+          prefix: str, sched_window_s: float, sched_window_length: int) -> None:
+    """Serve OpenNebula's XML-RPC API (and OneGate) until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      vcluster testbed cloud serve --port 2633 --driver dummy --state-dir /tmp/cloud \\
+          --hosts 2 --auth oneadmin:secret
+    """
+    from vcluster.testbed.cloud.server import CloudServer
+    from vcluster.testbed.cloud.settings import SchedulerSettings
+
+    try:
+        network = ipaddress.ip_network(subnet, strict=False)
+    except ValueError as exc:
+        raise UserInputError(f"--subnet {subnet!r} is not a network such as 10.111.0.0/24")\
+            from exc
+    if lease_start >= network.num_addresses - 1:
+        raise UserInputError(f"--lease-start {lease_start} is outside {network}")
+    settings = CloudSettings(
+        state_dir=state_dir, driver=driver, prefix=prefix, auth=_read_auth(auth, auth_file),
+        host=bind_host, port=port, onegate_host=onegate_host, onegate_port=onegate_port,
+        hosts=hosts, host_cpu_pct=host_cpu, host_mem_kb=host_mem,
+        network=NetworkSettings(name=network_name, bridge=bridge, subnet=str(network),
+                                lease_start=lease_start),
+        scheduler=SchedulerSettings(max_wnd_time_s=sched_window_s,
+                                    max_wnd_length=sched_window_length))
+    server = CloudServer(settings)
+    try:
+        server.start()
+    except OSError as exc:
+        server.stop()
+        raise UserInputError(f"cannot listen: {exc.strerror}; is another server using port "
+                             f"{port} or {onegate_port}?") from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"testbed cloud: XML-RPC {server.endpoint}, OneGate "
+               f"{server.settings.gate_endpoint}, driver {driver}, state {state_dir}")
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    click.echo("testbed cloud: stopped")

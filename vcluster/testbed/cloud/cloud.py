@@ -1,0 +1,349 @@
+"""The cloud's core: VMs and what the API does to them, under one lock, written through to SQLite.
+
+Why this exists: every XML-RPC call, timer, scheduler pass and monitoring probe changes the
+same objects; this class owns them (with :mod:`resources` for hosts, networks and templates)
+and applies oned's rules: allocate (known attributes to TEMPLATE, the rest to USER_TEMPLATE,
+NIC leases, CONTEXT), actions through :mod:`lifecycle`, deploy/migrate with history records
+and host capacity. Driver calls never happen here, only in :mod:`engine`, outside the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from vcluster.testbed.cloud import lifecycle
+from vcluster.testbed.cloud.context import build_context
+from vcluster.testbed.cloud.drivers.base import Fault, Nic, VMDriver, VMSpec
+from vcluster.testbed.cloud.lifecycle import HOLDS_HOST, ActionRefused
+from vcluster.testbed.cloud.model import (
+    ACTION_NUMBERS,
+    ACTIVE,
+    DONE,
+    HOLD,
+    LCM,
+    PENDING,
+    STOPPED,
+    UNDEPLOYED,
+    VM,
+    History,
+    Host,
+    now_s,
+)
+from vcluster.testbed.cloud.resources import Resources
+from vcluster.testbed.cloud.settings import (
+    ACTION,
+    INTERNAL,
+    CloudSettings,
+    OneRequestError,
+    not_found,
+)
+from vcluster.testbed.cloud.store import Store
+from vcluster.testbed.cloud.template_parse import Template
+
+log = logging.getLogger(__name__)
+
+# Attributes oned keeps in a VM's TEMPLATE (vm.xsd); everything else is USER_TEMPLATE.
+KNOWN_ATTRIBUTES = frozenset("""
+AUTOMATIC_DS_REQUIREMENTS AUTOMATIC_NIC_REQUIREMENTS AUTOMATIC_REQUIREMENTS CLONING_TEMPLATE_ID
+CONTEXT CPU CPU_COST DISK DISK_COST EMULATOR FEATURES HYPERV_OPTIONS GRAPHICS VIDEO IMPORTED INPUT
+MEMORY MEMORY_COST MEMORY_MAX MEMORY_SLOTS MEMORY_RESIZE_MODE NIC NIC_ALIAS NIC_DEFAULT NUMA_NODE
+OS PCI QEMU_GA_EXEC RAW SECURITY_GROUP_RULE SNAPSHOT SPICE_OPTIONS SUBMIT_ON_HOLD TEMPLATE_ID
+TM_MAD_SYSTEM TOPOLOGY TPM MEMORY_ENCRYPTION VCPU VCPU_MAX VMGROUP VMID VROUTER_ID
+VROUTER_KEEPALIVED_ID VROUTER_KEEPALIVED_PASSWORD SCHED_ACTION""".split())
+
+AUTOMATIC_REQUIREMENTS = "!(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
+PROLOG_STATES = frozenset(LCM[n] for n in ("PROLOG", "PROLOG_RESUME", "PROLOG_UNDEPLOY",
+                                           "PROLOG_MIGRATE", "PROLOG_MIGRATE_POWEROFF",
+                                           "PROLOG_MIGRATE_SUSPEND", "PROLOG_MIGRATE_UNKNOWN"))
+BOOT_STATES = frozenset(LCM[n] for n in ("BOOT", "BOOT_STOPPED", "BOOT_UNDEPLOY",
+                                         "BOOT_POWEROFF", "BOOT_UNKNOWN", "BOOT_SUSPENDED",
+                                         "BOOT_MIGRATE", "MIGRATE"))
+EPILOG_STATES = frozenset(LCM[n] for n in ("EPILOG", "EPILOG_STOP", "EPILOG_UNDEPLOY"))
+
+
+def log_time() -> str:
+    """oned's one_util::log_time(): ``Sat Nov 21 06:20:29 2026``."""
+    return time.strftime("%a %b %d %H:%M:%S %Y")
+
+
+class Cloud(Resources):
+    """All objects of the testbed cloud and the operations the API performs on them."""
+
+    def __init__(self, settings: CloudSettings, store: Store, driver: VMDriver) -> None:
+        self.settings = settings
+        self.store = store
+        self.driver = driver
+        self.lock = threading.RLock()
+        self.vms: dict[int, VM] = {}
+        self.on_phase: Callable[[VM], None] = lambda vm: None
+        """Set by the engine: called (under the lock) when a VM enters a timed phase."""
+        self.on_pending: Callable[[], None] = lambda: None
+        """Set by the scheduler: called when a VM becomes PENDING."""
+        self.on_reboot: Callable[[VM], None] = lambda vm: None
+        super().__init__()
+
+    # --- loading -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every object back from the store, or create the first hosts and network."""
+        with self.lock:
+            self.vms = {vm.vm_id: vm for vm in self.store.load_vms()}
+            self.load_resources()
+            for host in self.hosts.values():
+                host.vm_ids, host.cpu_usage, host.mem_usage_kb = [], 0, 0
+            for vm in self.vms.values():
+                if vm.state in HOLDS_HOST and vm.history:
+                    self._add_capacity(vm)
+
+    # --- lookups -----------------------------------------------------------------------
+
+    def get_vm(self, vm_id: int) -> VM:
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise not_found("vm", vm_id)
+        return vm
+
+    def spec(self, vm: VM) -> VMSpec:
+        """What the driver needs to run ``vm``."""
+        nics = tuple(
+            Nic(nic_id=int(n.get("NIC_ID", "0")), network=n.get("NETWORK", ""),
+                bridge=n.get("BRIDGE", ""), ip=n.get("IP", ""), mac=n.get("MAC", ""),
+                netmask=n.get("NETWORK_MASK", ""), gateway=n.get("GATEWAY", ""),
+                dns=n.get("DNS", ""))
+            for n in vm.template.vectors("NIC"))
+        context = vm.template.get("CONTEXT")
+        return VMSpec(vm_id=vm.vm_id, name=vm.name, cpu=vm.cpu, memory_mb=vm.memory_mb,
+                      nics=nics, context=dict(context) if isinstance(context, dict) else {},
+                      token=vm.token, fault=self.fault(vm))
+
+    @staticmethod
+    def fault(vm: VM) -> Fault:
+        text = vm.template.get_str("TESTBED_FAULT") or vm.user_template.get_str("TESTBED_FAULT")
+        try:
+            return Fault.parse(text)
+        except ValueError:
+            return Fault()
+
+    # --- allocate ----------------------------------------------------------------------
+
+    def allocate_vm(self, tmpl: Template, *, hold: bool, name: str = "",
+                    template_id: int | None = None) -> int:
+        """oned's VirtualMachinePool::allocate. Errors are INTERNAL with oned's texts."""
+        _check_capacity_attrs(tmpl)
+        fault_text = tmpl.get_str("TESTBED_FAULT")
+        try:
+            Fault.parse(fault_text)
+        except ValueError as exc:
+            raise OneRequestError(INTERNAL, f"TESTBED_FAULT: {exc}") from None
+        with self.lock:
+            vm_id = self.store.next_id("vm")
+            vm_name = name or tmpl.get_str("NAME") or f"one-{vm_id}"
+            known, user = Template(), Template()
+            for attr, value in tmpl.attrs:
+                if attr == "NAME":
+                    continue
+                (known if attr in KNOWN_ATTRIBUTES else user).add(attr, value)
+            known.replace("VMID", str(vm_id))
+            known.replace("AUTOMATIC_REQUIREMENTS", AUTOMATIC_REQUIREMENTS)
+            if template_id is not None:
+                known.replace("TEMPLATE_ID", str(template_id))
+            vm = VM(vm_id=vm_id, name=vm_name, uid=0, gid=0, uname=self.settings.user,
+                    gname="oneadmin", template=known, user_template=user)
+            leased = self.lease_nics(vm)
+            try:
+                self._build_context(vm)
+            except OneRequestError:
+                self.release_leases(vm, leased)
+                raise
+            on_hold = hold or known.get_str("SUBMIT_ON_HOLD").upper() == "YES"
+            vm.state = vm.prev_state = HOLD if on_hold else PENDING
+            self.vms[vm_id] = vm
+            self.store.put_vm(vm)
+            if not on_hold:
+                self.on_pending()
+            return vm_id
+
+    def _build_context(self, vm: VM) -> None:
+        context = vm.template.get("CONTEXT")
+        if not isinstance(context, dict):
+            return
+        if context.get("TOKEN", "").upper() == "YES":
+            vm.token = secrets.token_hex(16)
+            vm.template.replace("CREATED_BY", str(vm.uid))
+        specials = {"UNAME": vm.uname, "UID": str(vm.uid), "GNAME": vm.gname,
+                    "GID": str(vm.gid), "NAME": vm.name, "VMID": str(vm.vm_id)}
+        vm.template.replace("CONTEXT", build_context(
+            context, templates=[vm.template, vm.user_template], specials=specials,
+            nics=vm.template.vectors("NIC"), vm_id=vm.vm_id,
+            onegate_endpoint=self.settings.gate_endpoint))
+
+    # --- actions -----------------------------------------------------------------------
+
+    def vm_action(self, action: str, vm_id: int) -> int:
+        with self.lock:
+            vm = self.get_vm(vm_id)
+            try:
+                outcome = lifecycle.apply_action(action, vm_id, vm.state, vm.lcm_state)
+            except ActionRefused as exc:
+                raise OneRequestError(ACTION, str(exc)) from None
+            if outcome.resched is not None:
+                vm.resched = outcome.resched
+            if vm.history and (outcome.state is not None or outcome.reboot):
+                vm.history[-1].action = ACTION_NUMBERS.get(action, 0)
+            if outcome.state is not None:
+                self.transition(vm, outcome.state, outcome.lcm_state)
+            else:
+                self.store.put_vm(vm)
+            if outcome.reboot:
+                self.on_reboot(vm)
+            return vm_id
+
+    def deploy(self, vm_id: int, host_id: int, *, enforce: bool) -> int:
+        with self.lock:
+            host = self.get_host(host_id)
+            vm = self.get_vm(vm_id)
+            previous = _previous_action(vm)
+            try:
+                lifecycle.deploy_target(vm.state, vm.lcm_state, previous)
+            except ActionRefused as exc:
+                raise OneRequestError(ACTION, str(exc)) from None
+            if enforce and not fits(vm, host):
+                raise OneRequestError(ACTION, f"virtual machine [{vm_id}] does not fit in host "
+                                      f"[{host_id}]. Not enough capacity.")
+            self.place(vm, host)
+            return vm_id
+
+    def place(self, vm: VM, host: Host) -> None:
+        """Start ``vm`` on ``host``: a new history record and PROLOG (scheduler or deploy)."""
+        state, lcm = lifecycle.deploy_target(vm.state, vm.lcm_state, _previous_action(vm))
+        now = now_s()
+        vm.history.append(History(seq=len(vm.history), hid=host.host_id, hostname=host.name,
+                                  vm_mad=host.vm_mad, cid=host.cluster_id, stime=now))
+        vm.template.replace("TM_MAD_SYSTEM", "ssh")
+        vm.user_template.remove("SCHED_MESSAGE")
+        self.transition(vm, state, lcm)
+
+    def migrate(self, vm_id: int, host_id: int, *, live: bool, enforce: bool) -> int:
+        with self.lock:
+            host = self.get_host(host_id)
+            vm = self.get_vm(vm_id)
+            try:
+                state, lcm = lifecycle.migrate_target(vm.state, vm.lcm_state, live)
+            except ActionRefused as exc:
+                raise OneRequestError(ACTION, str(exc)) from None
+            if vm.hid == host_id:
+                raise OneRequestError(ACTION, f"VM is already running on host [{host_id}]")
+            if enforce and not fits(vm, host):
+                raise OneRequestError(ACTION, f"virtual machine [{vm_id}] does not fit in host "
+                                      f"[{host_id}]. Not enough capacity.")
+            now = now_s()
+            old = vm.history[-1]
+            old.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
+            old.etime = old.retime = now
+            self._del_capacity(vm)
+            vm.history.append(History(seq=len(vm.history), hid=host.host_id,
+                                      hostname=host.name, vm_mad=host.vm_mad,
+                                      cid=host.cluster_id, stime=now))
+            self._add_capacity(vm)
+            self.transition(vm, state, lcm)
+            return vm_id
+
+    def update_vm(self, vm_id: int, tmpl: Template, append: int) -> int:
+        with self.lock:
+            vm = self.get_vm(vm_id)
+            if append == 1:
+                vm.user_template.merge(tmpl)
+            else:
+                vm.user_template = tmpl.copy()
+            self.store.put_vm(vm)
+            return vm_id
+
+    # --- state changes (callers hold the lock) -------------------------------------------
+
+    def transition(self, vm: VM, state: int, lcm: int, *, error: str = "") -> None:
+        held_before = vm.state in HOLDS_HOST and bool(vm.history)
+        old_lcm = vm.lcm_state
+        now = now_s()
+        if error:
+            vm.user_template.replace("ERROR", f"{log_time()} : {error}")
+        vm.set_state(state, lcm)
+        held_after = state in HOLDS_HOST and bool(vm.history)
+        if held_before and not held_after:
+            self._del_capacity(vm)
+        elif held_after and not held_before:
+            self._add_capacity(vm)
+        if vm.history:
+            h = vm.history[-1]
+            if lcm in PROLOG_STATES and state == ACTIVE:
+                h.pstime = now
+            if old_lcm in PROLOG_STATES and lcm not in PROLOG_STATES:
+                h.petime = now
+            if lcm in BOOT_STATES and state == ACTIVE:
+                h.rstime = h.rstime or now
+            if old_lcm == LCM["RUNNING"] and lcm != LCM["RUNNING"]:
+                h.retime = now
+            if lcm in EPILOG_STATES and state == ACTIVE:
+                h.estime = now
+            if state in (DONE, STOPPED, UNDEPLOYED):
+                h.eetime = h.etime = now
+        if state == DONE:
+            vm.etime = now
+            self.release_leases(vm, None)
+        self.store.put_vm(vm)
+        if state == ACTIVE and lcm in lifecycle.PHASES:
+            self.on_phase(vm)
+        if state == PENDING:
+            self.on_pending()
+
+    def _add_capacity(self, vm: VM) -> None:
+        host = self.hosts.get(vm.hid)
+        if host is None or vm.vm_id in host.vm_ids:
+            return
+        host.vm_ids.append(vm.vm_id)
+        host.cpu_usage += int(round(vm.cpu * 100))
+        host.mem_usage_kb += vm.memory_mb * 1024
+
+    def _del_capacity(self, vm: VM) -> None:
+        host = self.hosts.get(vm.hid)
+        if host is None or vm.vm_id not in host.vm_ids:
+            return
+        host.vm_ids.remove(vm.vm_id)
+        host.cpu_usage -= int(round(vm.cpu * 100))
+        host.mem_usage_kb -= vm.memory_mb * 1024
+
+
+def fits(vm: VM, host: Host) -> bool:
+    return host.free_cpu >= vm.cpu * 100 and host.free_mem_kb >= vm.memory_mb * 1024
+
+
+def _previous_action(vm: VM) -> str:
+    if not vm.history:
+        return ""
+    number = vm.history[-1].action
+    return next((name for name, n in ACTION_NUMBERS.items() if n == number), "")
+
+
+def _check_capacity_attrs(tmpl: Template) -> None:
+    """oned's checks of MEMORY, CPU and VCPU at allocate time."""
+    memory = tmpl.get("MEMORY")
+    if not isinstance(memory, str) or not _positive(memory, integer=True):
+        raise OneRequestError(INTERNAL, "MEMORY attribute must be a positive integer value.")
+    cpu = tmpl.get("CPU")
+    if not isinstance(cpu, str) or not _positive(cpu, integer=False):
+        raise OneRequestError(INTERNAL,
+                              "CPU attribute must be a positive float or integer value.")
+    vcpu = tmpl.get("VCPU")
+    if vcpu is not None and (not isinstance(vcpu, str) or not _positive(vcpu, integer=True)):
+        raise OneRequestError(INTERNAL, "VCPU attribute must be a positive integer value.")
+
+
+def _positive(text: str, *, integer: bool) -> bool:
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        return False
+    return value > 0

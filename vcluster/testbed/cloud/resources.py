@@ -1,0 +1,248 @@
+"""Hosts, virtual networks (with their IP leases) and VM templates of the testbed cloud.
+
+Why this exists: these are the pools a VM draws on: a host gives it CPU and memory, a network
+gives each NIC an address (MAC = 02:00 + the IP's four bytes, as OpenNebula does), and a
+template is what ``one.template.instantiate`` starts from (the extra template replaces stored
+attributes of the same name). Split from :mod:`cloud` to keep each module readable; the
+:class:`~vcluster.testbed.cloud.cloud.Cloud` inherits it and provides the lock and store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import TYPE_CHECKING
+
+from vcluster.testbed.cloud.model import VM, AddressRange, Host, VMTemplate, VNet
+from vcluster.testbed.cloud.settings import (
+    ALLOCATE,
+    INTERNAL,
+    CloudSettings,
+    OneRequestError,
+    not_found,
+)
+from vcluster.testbed.cloud.template_parse import Template
+from vcluster.testbed.cloud.xmlgen import mac_for_ip
+
+if TYPE_CHECKING:
+    from vcluster.testbed.cloud.store import Store
+
+
+class Resources:
+    """Mixin: the pools other than VMs. Callers hold ``self.lock``."""
+
+    settings: CloudSettings
+    store: Store
+    lock: threading.RLock
+    vms: dict[int, VM]
+
+    def __init__(self) -> None:
+        self.hosts: dict[int, Host] = {}
+        self.vnets: dict[int, VNet] = {}
+        self.templates: dict[int, VMTemplate] = {}
+
+    def allocate_vm(self, tmpl: Template, *, hold: bool, name: str = "",
+                    template_id: int | None = None) -> int:
+        raise NotImplementedError  # provided by Cloud
+
+    def load_resources(self) -> None:
+        self.hosts = {h.host_id: h for h in self.store.load_hosts()}
+        self.vnets = {v.vnet_id: v for v in self.store.load_vnets()}
+        self.templates = {t.tmpl_id: t for t in self.store.load_templates()}
+        if not self.hosts:
+            for i in range(self.settings.hosts):
+                self.allocate_host(f"host{i}", "dummy", self.settings.driver)
+        if not self.vnets:
+            self._create_default_vnet()
+
+    # --- hosts -------------------------------------------------------------------------
+
+    def get_host(self, host_id: int) -> Host:
+        host = self.hosts.get(host_id)
+        if host is None:
+            raise not_found("host", host_id)
+        return host
+
+    def allocate_host(self, name: str, im_mad: str, vm_mad: str, cluster_id: int = 0) -> int:
+        with self.lock:
+            for host in self.hosts.values():
+                if host.name == name:
+                    raise OneRequestError(
+                        INTERNAL, f"NAME is already taken by HOST {host.host_id}.")
+            host_id = self.store.next_id("host")
+            tmpl = Template([("ARCH", "x86_64"), ("CPUSPEED", "2000"), ("HOSTNAME", name),
+                             ("HYPERVISOR", vm_mad), ("IM_MAD", im_mad),
+                             ("RESERVED_CPU", ""), ("RESERVED_MEM", ""), ("VM_MAD", vm_mad)])
+            host = Host(host_id=host_id, name=name, im_mad=im_mad, vm_mad=vm_mad,
+                        max_cpu=self.settings.host_cpu_pct,
+                        max_mem_kb=self.settings.host_mem_kb,
+                        cluster_id=max(cluster_id, 0), template=tmpl)
+            self.hosts[host_id] = host
+            self.store.put_host(host)
+            return host_id
+
+    # --- virtual networks --------------------------------------------------------------
+
+    def _create_default_vnet(self) -> None:
+        net = self.settings.network
+        subnet = ipaddress.ip_network(net.subnet, strict=False)
+        gateway = net.gateway or str(subnet.network_address + 1)
+        first = subnet.network_address + net.lease_start
+        size = int(subnet.broadcast_address) - int(first)
+        text = Template([("NAME", net.name), ("BRIDGE", net.bridge), ("VN_MAD", "bridge"),
+                         ("NETWORK_ADDRESS", str(subnet.network_address)),
+                         ("NETWORK_MASK", str(subnet.netmask)), ("GATEWAY", gateway),
+                         ("DNS", net.dns or gateway),
+                         ("AR", {"TYPE": "IP4", "IP": str(first), "SIZE": str(size)})])
+        self.allocate_vnet(text)
+
+    def get_vnet(self, vnet_id: int) -> VNet:
+        vnet = self.vnets.get(vnet_id)
+        if vnet is None:
+            raise not_found("vnet", vnet_id)
+        return vnet
+
+    def allocate_vnet(self, tmpl: Template) -> int:
+        name = tmpl.get_str("NAME")
+        if not name:
+            raise OneRequestError(INTERNAL, "No NAME in template for Virtual Network.")
+        with self.lock:
+            for vnet in self.vnets.values():
+                if vnet.name == name:
+                    raise OneRequestError(
+                        INTERNAL, f"NAME is already taken by NET {vnet.vnet_id}.")
+            bridge = tmpl.get_str("BRIDGE")
+            ars = []
+            for i, ar in enumerate(tmpl.vectors("AR")):
+                try:
+                    ipaddress.IPv4Address(ar.get("IP", ""))
+                    size = int(ar.get("SIZE", "0"))
+                except ValueError:
+                    raise OneRequestError(INTERNAL, "Wrong IP or SIZE in address range.") \
+                        from None
+                ars.append(AddressRange(ar_id=i, ip_start=ar["IP"], size=size))
+            vnet_id = self.store.next_id("vnet")
+            stored = Template([(n, v) for n, v in tmpl.attrs if n not in ("NAME", "AR")])
+            vnet = VNet(vnet_id=vnet_id, name=name, bridge=bridge or f"onebr{vnet_id}",
+                        network_address=tmpl.get_str("NETWORK_ADDRESS"),
+                        netmask=tmpl.get_str("NETWORK_MASK"), gateway=tmpl.get_str("GATEWAY"),
+                        dns=tmpl.get_str("DNS"), template=stored, ars=ars,
+                        vn_mad=tmpl.get_str("VN_MAD") or "bridge")
+            self.vnets[vnet_id] = vnet
+            self.store.put_vnet(vnet)
+            return vnet_id
+
+    def _find_vnet(self, nic: dict[str, str]) -> VNet:
+        if "NETWORK_ID" in nic:
+            try:
+                return self.get_vnet(int(nic["NETWORK_ID"]))
+            except ValueError:
+                pass
+        name = nic.get("NETWORK", "")
+        for vnet in self.vnets.values():
+            if vnet.name == name:
+                return vnet
+        raise OneRequestError(
+            INTERNAL, f"Error getting virtual network [{nic.get('NETWORK_ID', name)}].")
+
+    def lease_nics(self, vm: VM) -> list[tuple[int, str]]:
+        """Give every NIC of ``vm`` an address; returns the (vnet_id, ip) pairs leased."""
+        leased: list[tuple[int, str]] = []
+        nics = []
+        try:
+            for nic_id, value in enumerate(v for n, v in vm.template.attrs if n == "NIC"):
+                nic = dict(value) if isinstance(value, dict) else {}
+                vnet = self._find_vnet(nic)
+                ip = self._lease(vnet, vm.vm_id, nic.get("IP", ""))
+                leased.append((vnet.vnet_id, ip))
+                nic.update({
+                    "AR_ID": "0", "BRIDGE": vnet.bridge, "BRIDGE_TYPE": "linux",
+                    "CLUSTER_ID": "0", "IP": ip, "MAC": mac_for_ip(ip), "NAME": f"NIC{nic_id}",
+                    "NETWORK": vnet.name, "NETWORK_ID": str(vnet.vnet_id),
+                    "NIC_ID": str(nic_id), "SECURITY_GROUPS": "0",
+                    "TARGET": f"one-{vm.vm_id}-{nic_id}", "VN_MAD": vnet.vn_mad})
+                for key in ("GATEWAY", "DNS", "NETWORK_ADDRESS", "NETWORK_MASK"):
+                    if getattr(vnet, _VNET_FIELDS[key]):
+                        nic[key] = getattr(vnet, _VNET_FIELDS[key])
+                nics.append(nic)
+        except OneRequestError:
+            self.release_leases(vm, leased)
+            raise
+        vm.template.remove("NIC")
+        for nic in nics:
+            vm.template.add("NIC", nic)
+        return leased
+
+    def _lease(self, vnet: VNet, vm_id: int, wanted: str) -> str:
+        for ar in vnet.ars:
+            start = int(ipaddress.IPv4Address(ar.ip_start))
+            candidates = range(start, start + ar.size)
+            if wanted:
+                value = int(ipaddress.IPv4Address(wanted))
+                candidates = range(value, value + 1) if value in candidates else range(0)
+            for value in candidates:
+                ip = str(ipaddress.IPv4Address(value))
+                if ip not in vnet.leases:
+                    vnet.leases[ip] = vm_id
+                    ar.next_index = value - start + 1
+                    self.store.add_lease(vnet.vnet_id, ip, vm_id)
+                    self.store.put_vnet(vnet)
+                    return ip
+        if wanted:
+            raise OneRequestError(INTERNAL, f"IP {wanted} is already in use or not in any "
+                                  f"address range of virtual network [{vnet.vnet_id}].")
+        raise OneRequestError(INTERNAL, f"Cannot get IP/MAC lease from virtual network "
+                              f"[{vnet.vnet_id}].")
+
+    def release_leases(self, vm: VM, leased: list[tuple[int, str]] | None) -> None:
+        for vnet in self.vnets.values():
+            for ip in [ip for ip, owner in vnet.leases.items() if owner == vm.vm_id]:
+                if leased is None or (vnet.vnet_id, ip) in leased:
+                    del vnet.leases[ip]
+        self.store.release_leases(vm.vm_id)
+
+    # --- VM templates ------------------------------------------------------------------
+
+    def get_template(self, tmpl_id: int) -> VMTemplate:
+        tmpl = self.templates.get(tmpl_id)
+        if tmpl is None:
+            raise not_found("template", tmpl_id)
+        return tmpl
+
+    def allocate_template(self, tmpl: Template) -> int:
+        with self.lock:
+            name = tmpl.get_str("NAME")
+            for existing in self.templates.values():
+                if name and existing.name == name:
+                    raise OneRequestError(
+                        INTERNAL, f"NAME is already taken by TEMPLATE {existing.tmpl_id}.")
+            tmpl_id = self.store.next_id("template")
+            stored = tmpl.copy()
+            stored.remove("NAME")
+            vmt = VMTemplate(tmpl_id=tmpl_id, name=name or f"template-{tmpl_id}",
+                             template=stored, uname=self.settings.user)
+            self.templates[tmpl_id] = vmt
+            self.store.put_template(vmt)
+            return tmpl_id
+
+    def instantiate(self, tmpl_id: int, name: str, *, hold: bool, extra: Template) -> int:
+        with self.lock:
+            stored = self.get_template(tmpl_id)
+            merged = stored.template.copy()
+            merged.merge(extra)
+            vm_name = name or ""
+            try:
+                vm_id = self.allocate_vm(merged, hold=hold, name=vm_name,
+                                         template_id=tmpl_id)
+            except OneRequestError as exc:
+                raise OneRequestError(
+                    ALLOCATE, f"Error allocating a new virtual machine. {exc.message}") from None
+            if not vm_name and not extra.get_str("NAME"):
+                vm = self.vms[vm_id]
+                vm.name = f"{stored.name}-{vm_id}"
+                self.store.put_vm(vm)
+            return vm_id
+
+
+_VNET_FIELDS = {"GATEWAY": "gateway", "DNS": "dns", "NETWORK_ADDRESS": "network_address",
+                "NETWORK_MASK": "netmask"}

@@ -1,0 +1,238 @@
+"""The XML-RPC face of the testbed cloud: oned's methods, parameters, answers and faults.
+
+Why this exists: pyone and vcluster must not be able to tell the testbed from oned. So this
+module checks the session first (``[one.vm.info] User couldn't be authenticated, aborting
+call.``), then reads parameters the way xmlrpc-c does (wrong type or too few: fault -501 with
+xmlrpc-c's text; unknown method: fault -506; extra parameters ignored), and answers
+``[True, value, 0]`` or ``[False, "[method] message", code, resp_id, 0]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import xmlrpc.client
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+from vcluster.testbed.cloud import xmlgen
+from vcluster.testbed.cloud.cloud import Cloud
+from vcluster.testbed.cloud.settings import (
+    AUTHENTICATION,
+    INTERNAL,
+    XML_RPC_API,
+    OneRequestError,
+)
+from vcluster.testbed.cloud.template_parse import Template, TemplateParseError, parse_str_or_xml
+
+log = logging.getLogger(__name__)
+
+FAULT_TYPE = -501
+FAULT_NO_SUCH_METHOD = -506
+_TYPE_TEXT = {"i": "Parameter that is supposed to be integer is not",
+              "b": "Parameter that is supposed to be boolean is not",
+              "s": "Parameter that is supposed to be a string is not"}
+_TYPES = {"i": int, "b": bool, "s": str}
+
+
+@dataclass(frozen=True)
+class Method:
+    required: str
+    """Parameter types after the session: i(nt), b(oolean), s(tring)."""
+    optional: str
+    handler: Callable[..., Any]
+
+
+def read_params(params: Sequence[Any], spec: str, optional: str) -> list[Any]:
+    """xmlrpc-c's paramList::getInt/getString/getBoolean, in order; raise its faults."""
+    values = []
+    for index, kind in enumerate(spec + optional):
+        position = index + 1
+        if position >= len(params):
+            if index < len(spec):
+                raise xmlrpc.client.Fault(FAULT_TYPE, "Not enough parameters")
+            break
+        value = params[position]
+        if type(value) is not _TYPES[kind]:
+            raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT[kind])
+        values.append(value)
+    return values
+
+
+def parse_template(text: str) -> Template:
+    try:
+        return parse_str_or_xml(text)
+    except TemplateParseError as exc:
+        raise OneRequestError(INTERNAL, str(exc)) from None
+
+
+class OneApi:
+    """Method table and dispatch over one :class:`Cloud`."""
+
+    def __init__(self, cloud: Cloud, config: dict[str, str]) -> None:
+        self.cloud = cloud
+        self.config = config
+        c = cloud
+        self.methods: dict[str, Method] = {
+            "one.system.version": Method("", "", lambda: c.settings.version),
+            "one.system.config": Method("", "", lambda: xmlgen.config_xml(self.config)),
+            "one.hostpool.info": Method("", "", self._hostpool),
+            "one.host.info": Method("i", "b", self._host_info),
+            "one.host.allocate": Method("sss", "i", c.allocate_host),
+            "one.vm.allocate": Method("s", "b", self._vm_allocate),
+            "one.vm.info": Method("i", "b", self._vm_info),
+            "one.vmpool.info": Method("iiii", "s", self._vmpool),
+            "one.vmpool.infoextended": Method("iiii", "s", self._vmpool_extended),
+            "one.vm.action": Method("si", "", c.vm_action),
+            "one.vm.deploy": Method("ii", "bis", self._vm_deploy),
+            "one.vm.migrate": Method("iib", "bii", self._vm_migrate),
+            "one.vm.update": Method("is", "i", self._vm_update),
+            "one.template.allocate": Method("s", "", self._template_allocate),
+            "one.template.info": Method("i", "bb", self._template_info),
+            "one.template.instantiate": Method("is", "bsb", self._instantiate),
+            "one.templatepool.info": Method("iii", "", self._templatepool),
+            "one.vnpool.info": Method("iii", "", self._vnpool),
+            "one.vn.info": Method("i", "b", self._vn_info),
+            "one.vn.allocate": Method("s", "i", self._vn_allocate),
+        }
+
+    def dispatch(self, method_name: str, params: Sequence[Any]) -> list[Any]:
+        method = self.methods.get(method_name)
+        if method is None:
+            raise xmlrpc.client.Fault(FAULT_NO_SUCH_METHOD, f"Method '{method_name}' not defined")
+        if not params:
+            raise xmlrpc.client.Fault(FAULT_TYPE, "Not enough parameters")
+        if type(params[0]) is not str:
+            raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT["s"])
+        if params[0] != self.cloud.settings.auth:
+            return [False, f"[{method_name}] User couldn't be authenticated, aborting call.",
+                    AUTHENTICATION, -1, 0]
+        args = read_params(params, method.required, method.optional)
+        try:
+            return [True, method.handler(*args), 0]
+        except OneRequestError as exc:
+            return [False, f"[{method_name}] {exc.message}", exc.code, exc.resp_id, 0]
+        except Exception:
+            log.exception("%s failed", method_name)
+            return [False, f"[{method_name}] Internal error", INTERNAL, -1, 0]
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _hostpool(self) -> str:
+        with self.cloud.lock:
+            return xmlgen.host_pool_xml(sorted(self.cloud.hosts.values(),
+                                               key=lambda h: -h.host_id))
+
+    def _host_info(self, host_id: int, _decrypt: bool = False) -> str:
+        with self.cloud.lock:
+            return xmlgen.host_xml(self.cloud.get_host(host_id))
+
+    def _vm_allocate(self, text: str, hold: bool = False) -> int:
+        return self.cloud.allocate_vm(parse_template(text), hold=hold)
+
+    def _vm_info(self, vm_id: int, _decrypt: bool = False) -> str:
+        with self.cloud.lock:
+            return xmlgen.vm_xml(self.cloud.get_vm(vm_id))
+
+    def _vmpool(self, flt: int, start: int, end: int, state: int, _query: str = "") -> str:
+        return self._vmpool_any(flt, start, end, state, extended=False)
+
+    def _vmpool_extended(self, flt: int, start: int, end: int, state: int,
+                         _query: str = "") -> str:
+        return self._vmpool_any(flt, start, end, state, extended=True)
+
+    def _vmpool_any(self, flt: int, start: int, end: int, state: int, *, extended: bool) -> str:
+        if state < -2 or state > 11:
+            raise OneRequestError(XML_RPC_API, f"Incorrect state filter {state}")
+        with self.cloud.lock:
+            vms = [vm for vm in self.cloud.vms.values()
+                   if (state == -2 or (state == -1 and vm.state != 6) or vm.state == state)]
+            chosen = select(vms, lambda vm: vm.vm_id, lambda vm: vm.uid, flt, start, end)
+            return xmlgen.vm_pool_xml(chosen, extended=extended)
+
+    def _vm_deploy(self, vm_id: int, host_id: int, enforce: bool = False, _ds_id: int = -1,
+                   _extra: str = "") -> int:
+        return self.cloud.deploy(vm_id, host_id, enforce=enforce)
+
+    def _vm_migrate(self, vm_id: int, host_id: int, live: bool, enforce: bool = False,
+                    _ds_id: int = -1, _kind: int = 0) -> int:
+        return self.cloud.migrate(vm_id, host_id, live=live, enforce=enforce)
+
+    def _vm_update(self, vm_id: int, text: str, append: int = 0) -> int:
+        with self.cloud.lock:
+            self.cloud.get_vm(vm_id)
+        return self.cloud.update_vm(vm_id, parse_template(text), append)
+
+    def _template_allocate(self, text: str) -> int:
+        return self.cloud.allocate_template(parse_template(text))
+
+    def _template_info(self, tmpl_id: int, _extended: bool = False,
+                       _decrypt: bool = False) -> str:
+        with self.cloud.lock:
+            return xmlgen.vmtemplate_xml(self.cloud.get_template(tmpl_id))
+
+    def _instantiate(self, tmpl_id: int, name: str, hold: bool = False, extra: str = "",
+                     _persistent: bool = False) -> int:
+        with self.cloud.lock:
+            self.cloud.get_template(tmpl_id)
+        extra_tmpl = parse_template(extra) if extra else Template()
+        return self.cloud.instantiate(tmpl_id, name, hold=hold, extra=extra_tmpl)
+
+    def _templatepool(self, flt: int, start: int, end: int) -> str:
+        with self.cloud.lock:
+            chosen = select(list(self.cloud.templates.values()), lambda t: t.tmpl_id,
+                            lambda t: t.uid, flt, start, end)
+            return xmlgen.vmtemplate_pool_xml(chosen)
+
+    def _vnpool(self, flt: int, start: int, end: int) -> str:
+        with self.cloud.lock:
+            chosen = select(list(self.cloud.vnets.values()), lambda v: v.vnet_id,
+                            lambda v: v.uid, flt, start, end)
+            return xmlgen.vnet_pool_xml(chosen)
+
+    def _vn_info(self, vnet_id: int, _decrypt: bool = False) -> str:
+        with self.cloud.lock:
+            return xmlgen.vnet_xml(self.cloud.get_vnet(vnet_id))
+
+    def _vn_allocate(self, text: str, _cluster_id: int = -1) -> int:
+        return self.cloud.allocate_vnet(parse_template(text))
+
+
+def select(objs: list[Any], key: Callable[[Any], int], owner: Callable[[Any], int],
+           flt: int, start: int, end: int) -> list[Any]:
+    """oned's pool filter, id range / page, newest first (API_LIST_ORDER=DESC)."""
+    if flt < -4:
+        raise OneRequestError(XML_RPC_API, "Incorrect filter_flag")
+    # the session user is oneadmin (uid 0): -4..-1 all match it, a uid >= 0 selects an owner
+    objs = [o for o in objs if flt < 0 or owner(o) == flt]
+    objs.sort(key=key, reverse=True)
+    if end >= -1 and start != -1:
+        return [o for o in objs if key(o) >= start and (end == -1 or key(o) <= end)]
+    if end < -1:
+        offset = max(start, 0)
+        return objs[offset:offset - end]
+    return objs
+
+
+class _Handler(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/", "/RPC2")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("xmlrpc %s", format % args)
+
+
+class RpcServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
+    """A threaded XML-RPC server whose every call goes through :class:`OneApi`."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, api: OneApi, host: str, port: int) -> None:
+        super().__init__((host, port), requestHandler=_Handler, logRequests=False,
+                         allow_none=False, encoding="utf-8")
+        self.api = api
+
+    def _dispatch(self, method: str, params: Any) -> Any:
+        return self.api.dispatch(method, params)
