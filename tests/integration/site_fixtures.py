@@ -1,0 +1,140 @@
+"""A whole testbed site for end-to-end tests: real slurmctld, the cloud with netns VMs, the
+controller. Instance ``vce`` on 10.115.0.0/24, its own ports, state under a temp dir; torn
+down by PID and by name even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vcluster.config import Config, load_config
+from vcluster.one import VM, OneClient
+from vcluster.slurm import Job, Node, Slurm
+from vcluster.testbed import netns, site
+
+E2E_NAME = "vce"
+E2E_SUBNET = "10.115.0.0/24"
+
+
+@dataclass
+class Site:
+    spec: site.SiteSpec
+    config: Config
+    work: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "ONE_"))}
+        env["VCLUSTER_CONFIG"] = str(self.spec.config_path)
+        env["SLURM_CONF"] = str(self.spec.slurm.conf)
+        env["FSUB_WAIT_INTERVAL_S"] = "0.5"
+        return env
+
+    @property
+    def slurm(self) -> Slurm:
+        return Slurm(self.config.slurm)
+
+    @property
+    def one(self) -> OneClient:
+        return OneClient(self.config.opennebula)
+
+    def fsub(self, *args: str, user: str | None = None, timeout_s: float = 300,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        argv = ["fsub", *args]
+        if user:
+            env_args = [f"{k}={v}" for k, v in self.env.items()
+                        if k in ("VCLUSTER_CONFIG", "SLURM_CONF", "FSUB_WAIT_INTERVAL_S", "PATH")]
+            argv = ["runuser", "-u", user, "--", "env", *env_args, *argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              env=self.env, cwd=cwd or self.work, check=False)
+
+    def vms(self) -> list[VM]:
+        return self.one.vms(cluster=self.config.controller.cluster_name)
+
+    def live_vms(self) -> list[VM]:
+        return [vm for vm in self.vms() if not vm.is_gone]
+
+    def job(self, job_id: int) -> Job | None:
+        return self.slurm.job(job_id)
+
+    def cloud_nodes(self) -> list[Node]:
+        return [n for n in self.slurm.nodes() if self.config.class_of_node(n.name)]
+
+    def vm_namespaces(self) -> list[str]:
+        return netns.list_hosts(f"{E2E_NAME}-vm")
+
+
+def wait_for(what: str, check: Callable[[], object], timeout_s: float,
+             interval_s: float = 0.5) -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
+def job_id_of(proc: subprocess.CompletedProcess[str]) -> int:
+    m = re.search(r"Submitted batch job (\d+)", proc.stdout) or re.match(r"(\d+)", proc.stdout)
+    assert m, f"no job id in fsub output: {proc.stdout!r} {proc.stderr!r}"
+    return int(m.group(1))
+
+
+def site_is_clean(s: Site) -> str:
+    """'' when no VM runs, no VM namespace is left and every cloud node is powered down."""
+    live = s.live_vms()
+    if live:
+        return "VMs still alive: " + ", ".join(f"{vm.vm_id}:{vm.state_name}" for vm in live)
+    left = s.vm_namespaces()
+    if left:
+        return "namespaces left: " + ", ".join(left)
+    up_nodes = [f"{n.name}:{n.state}+{'+'.join(sorted(n.flags))}" for n in s.cloud_nodes()
+                if not n.powered_down or n.powering_down]
+    if up_nodes:
+        return "nodes not powered down: " + ", ".join(up_nodes)
+    return ""
+
+
+def wait_clean(s: Site, timeout_s: float = 90) -> None:
+    problem = ""
+
+    def clean() -> bool:
+        nonlocal problem
+        problem = site_is_clean(s)
+        return not problem
+
+    try:
+        wait_for("site clean", clean, timeout_s, interval_s=1)
+    except AssertionError:
+        raise AssertionError(f"site not clean after {timeout_s:g} s: {problem}") from None
+
+
+@pytest.fixture(scope="session")
+def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if os.geteuid() != 0:
+        pytest.skip("the testbed needs root")
+    root = tmp_path_factory.mktemp("vce-site")
+    work = root / "work"
+    work.mkdir()
+    os.chmod(root, 0o755)
+    os.chmod(work, 0o1777)
+    spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
+                         slurm_port=6917, one_port=2733, onegate_port=5130,
+                         per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60)
+    site.down(spec)
+    try:
+        site.up(spec)
+        yield Site(spec, load_config(spec.config_path, environ={}), work)
+    finally:
+        site.down(spec)
+        assert not netns.list_hosts(f"{E2E_NAME}-"), "namespaces left after down"

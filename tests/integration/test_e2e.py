@@ -1,0 +1,175 @@
+"""Jobs on fresh VMs, end to end: fsub -> Slurm power saving -> controller -> the cloud's netns
+VMs -> slurmd joins -> the job runs -> epilog -> VMs terminated.
+
+Every test leaves the site clean: no VM alive, no VM namespace, every cloud node powered down.
+"""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.site_fixtures import Site, e2e_site, job_id_of, wait_clean, wait_for
+
+__all__ = ["e2e_site"]
+
+pytestmark = pytest.mark.integration
+
+JOB_TIMEOUT_S = 240
+
+
+@pytest.fixture()
+def s(e2e_site: Site) -> Iterator[Site]:
+    wait_clean(e2e_site)
+    yield e2e_site
+    wait_clean(e2e_site)
+
+
+def vm_ids_for_job(s: Site, job_id: int) -> set[int]:
+    return {vm.vm_id for vm in s.vms() if vm.user_template.get("VCLUSTER_JOB") == str(job_id)}
+
+
+def test_one_node_job_prints_the_vm_hostname(s: Site) -> None:
+    out = s.work / "one.out"
+    proc = s.fsub("-N1", "--wait", f"--output={out}", "--wrap",
+                  "hostname; cat /proc/sys/kernel/hostname")
+    assert proc.returncode == 0, proc.stderr
+    job_id = job_id_of(proc)
+    vms = [vm for vm in s.vms() if vm.user_template.get("VCLUSTER_JOB") == str(job_id)]
+    assert len(vms) == 1
+    node = vms[0].user_template["VCLUSTER_NODE"]
+    assert out.read_text().split() == [node, node]
+    assert node.startswith("vce-small-")
+
+
+def test_two_node_job_runs_srun_across_two_vms(s: Site) -> None:
+    out = s.work / "two.out"
+    proc = s.fsub("-N2", "--wait", f"--output={out}", "--wrap", "srun hostname | sort")
+    assert proc.returncode == 0, proc.stderr
+    job_id = job_id_of(proc)
+    nodes = sorted(vm.user_template["VCLUSTER_NODE"] for vm in s.vms()
+                   if vm.user_template.get("VCLUSTER_JOB") == str(job_id))
+    assert len(nodes) == 2
+    assert out.read_text().split() == nodes
+
+
+def test_memory_and_cpu_requests_show_in_the_vm_templates(s: Site) -> None:
+    proc = s.fsub("-N1", "-c2", "--mem=700M", "--wait", f"--output={s.work / 'size.out'}",
+                  "--wrap", "true")
+    assert proc.returncode == 0, proc.stderr
+    job_id = job_id_of(proc)
+    (vm_id,) = vm_ids_for_job(s, job_id)
+    body = s.one.vm(vm_id)
+    assert body.template.get("MEMORY") == "700"
+    assert body.template.get("VCPU") == "2"
+
+
+def test_job_array_runs_each_task_on_fresh_vms(s: Site) -> None:
+    out = s.work / "array-%a.out"
+    proc = s.fsub("-N1", "--array=0-2", f"--output={out}", "--wait", "--wrap", "hostname")
+    assert proc.returncode == 0, proc.stderr
+    vm_ids = [vm.vm_id for vm in s.vms()
+              if vm.user_template.get("VCLUSTER_JOB", "").isdigit()
+              and int(vm.user_template["VCLUSTER_JOB"]) >= job_id_of(proc)]
+    assert len(vm_ids) == 3, "one fresh VM per task"
+    for task in range(3):
+        text = (s.work / f"array-{task}.out").read_text().strip()
+        assert text.startswith("vce-small-")
+
+
+def test_dependency_afterok_runs_after_its_parent(s: Site) -> None:
+    first = s.fsub("-N1", f"--output={s.work / 'parent.out'}", "--wrap", "sleep 2; date +%s.%N")
+    parent = job_id_of(first)
+    second = s.fsub("-N1", f"--dependency=afterok:{parent}", "--wait",
+                    f"--output={s.work / 'child.out'}", "--wrap", "date +%s.%N")
+    assert second.returncode == 0, second.stderr
+    parent_end = float((s.work / "parent.out").read_text())
+    child_start = float((s.work / "child.out").read_text())
+    assert child_start > parent_end
+
+
+def test_scancel_while_vms_boot_leaves_no_vm(s: Site) -> None:
+    proc = s.fsub("-N2", f"--output={s.work / 'cancel.out'}", "--wrap", "sleep 60")
+    job_id = job_id_of(proc)
+    wait_for("a VM of the job exists", lambda: vm_ids_for_job(s, job_id), 60, 0.2)
+    subprocess.run(["scancel", str(job_id)], env=s.env, check=True)
+    # the per-test fixture then waits until no VM, namespace or powered-up node is left
+    wait_clean(s, 120)
+    assert s.job(job_id) is None or s.job(job_id).state == "CANCELLED"  # type: ignore[union-attr]
+
+
+def test_job_exit_code_is_fsubs_exit_code(s: Site) -> None:
+    proc = s.fsub("-N1", "--wait", f"--output={s.work / 'exit3.out'}", "--wrap", "exit 3")
+    assert proc.returncode == 3, proc.stderr
+
+
+def test_boot_failure_on_one_vm_requeues_and_completes(s: Site) -> None:
+    out = s.work / "bootfail.out"
+    proc = s.fsub("-N1", f"--output={out}", "--wrap", "hostname")
+    job_id = job_id_of(proc)
+    first = wait_for("the job's first VM", lambda: sorted(vm_ids_for_job(s, job_id)), 60, 0.05)
+    assert isinstance(first, list)
+    s.one.update_user_template(first[0], {"TESTBED_FAULT": "boot-fail"})
+    done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+                    JOB_TIMEOUT_S, 1)
+    assert done
+    assert len(vm_ids_for_job(s, job_id)) >= 2, "a second VM was booted after the failure"
+    assert out.read_text().strip().startswith("vce-small-")
+
+
+def test_vm_crash_under_a_running_job_requeues_and_completes(s: Site) -> None:
+    out = s.work / "crash.out"
+    marker = s.work / "crash.marker"
+    script = (f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi")
+    proc = s.fsub("-N1", f"--output={out}", "--wrap", script)
+    job_id = job_id_of(proc)
+    wait_for("job running", lambda: marker.exists(), JOB_TIMEOUT_S, 0.5)
+    (vm_id,) = vm_ids_for_job(s, job_id)
+    from vcluster.testbed import netns
+
+    netns.kill_host(f"vce-vm{vm_id}", timeout_s=5)  # the VM dies: every process of it is gone
+    done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+                    JOB_TIMEOUT_S, 1)
+    assert done
+    assert len(vm_ids_for_job(s, job_id)) >= 2
+    assert out.read_text().strip().splitlines()[-1].startswith("vce-small-")
+
+
+def test_pool_class_serves_two_jobs_with_one_boot(s: Site) -> None:
+    outs = [s.work / "pool-1.out", s.work / "pool-2.out"]
+    for out in outs:
+        proc = s.fsub("--vm-class=pool", "-N1", "--wait", f"--output={out}", "--wrap", "hostname")
+        assert proc.returncode == 0, proc.stderr
+    hosts = [o.read_text().strip() for o in outs]
+    assert hosts[0] == hosts[1] and hosts[0].startswith("vce-pool-")
+    pool_vms = [vm for vm in s.vms() if vm.user_template.get("VCLUSTER_NODE") == hosts[0]]
+    assert len([vm for vm in pool_vms if not vm.is_gone]) == 1
+    wait_clean(s, 120)  # idles out after SuspendTime
+
+
+def test_job_submitted_by_a_non_root_user(s: Site) -> None:
+    user = "vcuser"
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", user], check=True)
+    out = s.work / "user.out"
+    proc = s.fsub("-N1", "--wait", f"--output={out}", "--wrap", "id -un; hostname", user=user)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().split()
+    assert lines[0] == user and lines[1].startswith("vce-small-")
+    assert out.stat().st_uid == pwd.getpwnam(user).pw_uid
+
+
+def test_testbed_status_lists_the_parts(e2e_site: Site) -> None:
+    proc = subprocess.run(
+        ["vcluster", "testbed", "status", "--name", "vce", "--state-dir",
+         str(e2e_site.spec.root), "--subnet", "10.115.0.0/24", "--slurm-port", "6917",
+         "--one-port", "2733", "--onegate-port", "5130"],
+        capture_output=True, text=True, check=False, env=e2e_site.env)
+    assert proc.returncode == 0, proc.stderr
+    assert "cloud server" in proc.stdout and "running" in proc.stdout
+    assert "controller" in proc.stdout
