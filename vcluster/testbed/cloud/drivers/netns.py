@@ -188,7 +188,6 @@ class NetnsDriver:
         """The VM's directory: context, private copies of host state, init.json."""
         vm_dir = self.vm_dir(spec.vm_id)
         vm_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
         os.chmod(vm_dir, 0o700)
         context_dir = vminit.context_dir(vm_dir)
         if context_dir.exists():
