@@ -1,6 +1,11 @@
-"""Every command of ``vcluster`` and ``fsub`` has --help with an example."""
+"""What users and admins read: every command's --help has an example, and the example
+config (deploy/vcluster.toml.example) loads and documents every key vcluster reads."""
 
 from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
 
 import click
 import pytest
@@ -8,6 +13,14 @@ from click.testing import CliRunner
 
 from vcluster.cli import cli
 from vcluster.cli.fsub import fsub
+from vcluster.config import (
+    ControllerSettings,
+    DatabaseSettings,
+    NodeClass,
+    OpenNebulaSettings,
+    SlurmSettings,
+    load_config,
+)
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -45,3 +58,27 @@ def test_fsub_help_has_an_example(flag: str) -> None:
     assert result.stdout.startswith(
         "Usage: fsub [SBATCH OPTIONS] [--vm-class NAME] [--vm-template NAME] [--wait]")
     assert "Example:\n    fsub -N2 --mem=4G --vm-template ubuntu --wait job.sh\n" in result.stdout
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "vcluster.toml.example"
+SECTIONS = {"opennebula": OpenNebulaSettings, "slurm": SlurmSettings,
+            "database": DatabaseSettings, "controller": ControllerSettings,
+            "node_class": NodeClass}
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert [nc.name for nc in config.node_classes] == ["small", "big"]
+    assert config.node_class("small").allowed_templates == (
+        "vcluster-worker", "vcluster-worker-gpu-drivers")
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_example_config_documents_every_key(section: str) -> None:
+    text = EXAMPLE.read_text()
+    header = f"[[{section}]]" if section == "node_class" else f"[{section}]"
+    body = text.split(f"\n{header}\n", 1)[1]
+    body = re.split(r"^\[", body, maxsplit=1, flags=re.M)[0]
+    documented = set(re.findall(r"^#? ?([a-z_]+) =", body, flags=re.M))
+    keys = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    assert keys - documented == set(), f"[{section}] keys missing from {EXAMPLE.name}"
