@@ -1,0 +1,231 @@
+"""The planner as a table: an observed picture -> the exact actions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.unit.controller_fixtures import (
+    T0,
+    ago,
+    job,
+    launch,
+    make_config,
+    node,
+    powered_down,
+    powering_up,
+    request,
+    vm,
+)
+from vcluster.controller.actions import (
+    Action,
+    AdoptVM,
+    BootVM,
+    CloseLaunch,
+    FailNode,
+    MarkHandled,
+    MarkUp,
+    PowerDown,
+    ResetNode,
+    SetNodeAddr,
+    TerminateVM,
+    UpsertJob,
+)
+from vcluster.controller.observe import JobRecord, Observed
+from vcluster.controller.plan import job_wishes, plan
+from vcluster.slurm_parse import compress_hostlist
+
+CONFIG = make_config()
+S1, S2, B1 = "vc-small-001", "vc-small-002", "vc-big-001"
+
+
+def picture(**kw: object) -> Observed:
+    """A picture at T0; its jobs count as already recorded unless known_jobs is given."""
+    if "known_jobs" not in kw:
+        kw["known_jobs"] = {
+            j.job_id: JobRecord(j.job_id, j.state, compress_hostlist(j.nodes), None)
+            for j in kw.get("jobs", {}).values()  # type: ignore[attr-defined]
+        }
+    return Observed(now=T0, **kw)  # type: ignore[arg-type]
+
+
+def jobs(*items: object) -> dict[int, object]:
+    return {j.job_id: j for j in items}  # type: ignore[attr-defined]
+
+
+CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
+    ("nothing to do", lambda: picture(nodes={S1: powered_down(S1)}), []),
+    ("a resumed node gets a VM sized to its job, with the job's template",
+     lambda: picture(
+         nodes={S1: powering_up(S1)},
+         jobs=jobs(job(12, S1, tasks=1, memory_per_node_mb=1024,
+                       comment="vcluster[template=ubuntu] mine"))),
+     [BootVM(S1, "small", 12, 1, 1024, "ubuntu")]),
+    ("a template the class does not allow falls back to the class's",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     jobs=jobs(job(12, S1, comment="vcluster[template=evil]"))),
+     [BootVM(S1, "small", 12, 1, 2048, "worker")]),
+    ("a job asking more than the class gets the class size",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     jobs=jobs(job(12, S1, tasks=8, memory_per_cpu_mb=4096))),
+     [BootVM(S1, "small", 12, 2, 2048, "worker")]),
+    ("DefMemPerCPU alone gives at least MIN_VM_MEMORY_MB",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     jobs=jobs(job(12, S1, memory_per_cpu_mb=100))),
+     [BootVM(S1, "small", 12, 1, 512, "worker")]),
+    ("two nodes of one job share its tasks",
+     lambda: picture(nodes={S1: powering_up(S1), S2: powering_up(S2)},
+                     jobs=jobs(job(12, S1, S2, tasks=4, memory_per_node_mb=1500))),
+     [BootVM(S1, "small", 12, 2, 1500, "worker"), BootVM(S2, "small", 12, 2, 1500, "worker")]),
+    ("a manual power up (no job) gets the whole class, and the request is handled",
+     lambda: picture(nodes={B1: powering_up(B1)},
+                     requests=(request(3, "resume", (B1,), (), {"jobs": []}),)),
+     [BootVM(B1, "big", None, 8, 8192, "bigworker"), MarkHandled((3,))]),
+    ("an array task is found through the resume file",
+     lambda: picture(
+         nodes={S1: powering_up(S1)},
+         jobs=jobs(job(15, state="PENDING", array_job_id=14, array_task_id=1)),
+         requests=(request(4, "resume", (S1,), (15,),
+                           {"jobs": [{"job_id": 15, "nodes": S1}]}),)),
+     [BootVM(S1, "small", 15, 1, 2048, "worker"), MarkHandled((4,))]),
+    ("a retry waits for its backoff",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     launches=(launch(1, S1, "requested", attempts=2, updated_s_ago=3),)),
+     []),
+    ("a retry after its backoff re-uses the launch row",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     launches=(launch(1, S1, "requested", job_id=12, attempts=1,
+                                      updated_s_ago=2),)),
+     [BootVM(S1, "small", 12, 1, 2048, "worker", launch_id=1)]),
+    ("retries used up: the node is given up with the last error",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     launches=(launch(1, S1, "requested", job_id=12, attempts=3,
+                                      updated_s_ago=30, reason="oned unreachable"),)),
+     [FailNode(S1, "vcluster: no VM after 3 attempts: oned unreachable", 1, None, 12)]),
+    ("an interrupted allocation adopts the VM its tags name",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1, "PENDING", job_id=12)},
+                     launches=(launch(1, S1, "allocating", job_id=12, updated_s_ago=2),)),
+     [AdoptVM(S1, "small", 7, 12, "booting", "10.9.0.10", 1)]),
+    ("an allocation possibly in flight is left alone",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     launches=(launch(1, S1, "allocating", updated_s_ago=2),)),
+     []),
+    ("a booting VM's IP becomes the node's NodeAddr",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1, "BOOT")},
+                     launches=(launch(1, S1, "booting", vm_id=7),)),
+     [SetNodeAddr(1, S1, "10.9.0.10")]),
+    ("slurmd registered: the launch is up",
+     lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, vms={7: vm(7, S1)},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=4),)),
+     [MarkUp(1, S1, 7, 4.0)]),
+    ("a VM in BOOT_FAILURE: node given up, VM terminated",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1, "BOOT_FAILURE")},
+                     launches=(launch(1, S1, "booting", vm_id=7, job_id=12),)),
+     [FailNode(S1, "vcluster: VM 7 failed to boot (BOOT_FAILURE)", 1, 7, 12)]),
+    ("not a node within ResumeTimeout: node given up",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1)},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout)",
+               1, 7, None)]),
+    ("a VM that dies under a running job: node DOWN with a reason",
+     lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
+                     launches=(launch(1, S1, "up", vm_id=7, job_id=12, ip="10.9.0.10"),)),
+     [FailNode(S1, "vcluster: VM 7 died (gone)", 1, None, 12)]),
+    ("a VM lost by monitoring (UNKNOWN) is a dead node too",
+     lambda: picture(nodes={S1: node(S1, "IDLE")}, vms={7: vm(7, S1, "UNKNOWN")},
+                     launches=(launch(1, S1, "up", vm_id=7),)),
+     [FailNode(S1, "vcluster: VM 7 died (UNKNOWN)", 1, 7, None)]),
+    ("Slurm powers a node down: its VM is terminated",
+     lambda: picture(nodes={B1: node(B1, "IDLE", "POWERING_DOWN")}, vms={7: vm(7, B1)},
+                     launches=(launch(1, B1, "up", vm_id=7),),
+                     requests=(request(5, "suspend", (B1,)),)),
+     [TerminateVM(7, B1, "Slurm powered the node down", 1), MarkHandled((5,))]),
+    ("a terminated VM gone from the listing closes its launch",
+     lambda: picture(nodes={B1: powered_down(B1)},
+                     launches=(launch(1, B1, "terminating", vm_id=7,
+                                      reason="Slurm powered the node down"),)),
+     [CloseLaunch(1, B1, "terminated", "Slurm powered the node down")]),
+    ("a VM that ignores its terminate is terminated hard",
+     lambda: picture(nodes={B1: powered_down(B1)}, vms={7: vm(7, B1)},
+                     launches=(launch(1, B1, "terminating", vm_id=7, updated_s_ago=121,
+                                      reason="r"),)),
+     [TerminateVM(7, B1, "r", 1, hard=True)]),
+    ("Slurm gave a node up (ResumeFailProgram): VM terminated, launch failed",
+     lambda: picture(nodes={S1: node(S1, "DOWN", "POWERED_DOWN")}, vms={7: vm(7, S1)},
+                     launches=(launch(1, S1, "booting", vm_id=7),),
+                     requests=(request(6, "resume-fail", (S1,)),)),
+     [TerminateVM(7, S1, "vcluster: Slurm gave the node up (not a working node within "
+                  "ResumeTimeout)", 1, close_as="failed"), MarkHandled((6,))]),
+    ("an orphan VM (node powered down, no launch) is terminated",
+     lambda: picture(nodes={S1: powered_down(S1)}, vms={9: vm(9, S1)}),
+     [TerminateVM(9, S1, "orphan VM 9 (RUNNING) tagged for node vc-small-001",
+                  close_as="terminated")]),
+    ("a VM already shutting down is left to finish",
+     lambda: picture(nodes={S1: powered_down(S1)}, vms={9: vm(9, S1, "SHUTDOWN")}), []),
+    ("a lost map is rebuilt from the tags of an up node's VM",
+     lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, vms={9: vm(9, S1, job_id=12)}),
+     [AdoptVM(S1, "small", 9, 12, "up", "10.9.0.10")]),
+    ("a second VM for a node that already has one is an orphan",
+     lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, vms={7: vm(7, S1), 9: vm(9, S1)},
+                     launches=(launch(1, S1, "up", vm_id=7),)),
+     [TerminateVM(9, S1, "orphan VM 9 (RUNNING) tagged for node vc-small-001",
+                  close_as="terminated")]),
+    ("an up node without any VM is given up",
+     lambda: picture(nodes={S1: node(S1, "IDLE")}),
+     [FailNode(S1, "vcluster: no VM backs this node")]),
+    ("a per-job node whose job ended is powered down; a pool node stays",
+     lambda: picture(nodes={S1: node(S1, "IDLE"), B1: node(B1, "IDLE")},
+                     jobs=jobs(job(12, state="COMPLETED")),
+                     vms={7: vm(7, S1), 8: vm(8, B1)},
+                     launches=(launch(1, S1, "up", vm_id=7, job_id=12),
+                               launch(2, B1, "up", vm_id=8, job_id=13))),
+     [PowerDown((S1,), "per-job node's job ended")]),
+    ("a per-job node already told to power down is left alone",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}, vms={7: vm(7, S1)},
+                     launches=(launch(1, S1, "up", vm_id=7, job_id=12),)),
+     []),
+    ("a node vcluster set DOWN is powered down once its VM is gone; an admin's DOWN stays",
+     lambda: picture(nodes={S1: node(S1, "DOWN", reason="vcluster: VM 7 died (gone)"),
+                            S2: node(S2, "DOWN", reason="disk check")}),
+     [ResetNode(S1, "vcluster: VM 7 died (gone)")]),
+    ("no second boot right after a failed one, unless Slurm asks again",
+     lambda: picture(nodes={S1: powering_up(S1), S2: powering_up(S2)},
+                     last_failure_at={S1: ago(5), S2: ago(5)},
+                     last_resume_at={S1: ago(30), S2: ago(2)}),
+     [BootVM(S2, "small", None, 2, 2048, "worker")]),
+    ("jobs are recorded when new or changed, and closed when Slurm forgets them",
+     lambda: picture(
+         jobs=jobs(job(20, state="PENDING"), job(21, state="PENDING"),
+                   job(22, state="PENDING", partition="other")),
+         known_jobs={20: JobRecord(20, "PENDING", "", None),
+                     21: JobRecord(21, "CONFIGURING", "", None),
+                     19: JobRecord(19, "RUNNING", "vc-small-003", "worker")}),
+     [UpsertJob(21, "small", "worker", "alice", "PENDING", "", None, None, None),
+      UpsertJob(19, None, "worker", "", "RUNNING", "vc-small-003", None, None, None,
+                gone=True)]),
+]
+
+
+@pytest.mark.parametrize(("observed", "expected"),
+                         [pytest.param(build, expected, id=name)
+                          for name, build, expected in CASES])
+def test_plan(observed: Callable[[], Observed], expected: list[Action]) -> None:
+    assert plan(observed(), CONFIG) == expected
+
+
+@pytest.mark.parametrize("build", [b for _, b, _ in CASES])
+def test_plan_is_deterministic(build: Callable[[], Observed]) -> None:
+    assert plan(build(), CONFIG) == plan(build(), CONFIG)
+
+
+@pytest.mark.parametrize(("comment", "wishes"), [
+    ("", {}),
+    ("vcluster[template=ubuntu]", {"template": "ubuntu"}),
+    ("vcluster[template=a b, x=1] my own comment", {"template": "a b", "x": "1"}),
+    ("no wishes [template=x]", {}),
+])
+def test_job_wishes(comment: str, wishes: dict[str, str]) -> None:
+    assert job_wishes(comment) == wishes
