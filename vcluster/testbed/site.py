@@ -18,6 +18,7 @@ Layout of the state directory (default ``/var/lib/vcluster-testbed/<name>``)::
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import secrets
@@ -273,7 +274,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
     log = spec.log_file("cloud")
     pid = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))
     settings = load_config(spec.config_path, environ={}).opennebula
-    client = OneClient(settings)
+    client = OneClient(dataclasses.replace(settings, retry_delays_s=(), timeout_s=2.0))
 
     def answers() -> bool:
         if not _alive_with(pid, "cloud"):
