@@ -54,6 +54,7 @@ class CloudServer:
         self.rpc: RpcServer | None = None
         self.onegate: OneGateServer | None = None
         self._threads: list[threading.Thread] = []
+        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -94,6 +95,10 @@ class CloudServer:
         log.info("testbed cloud on %s (OneGate %s)", self.endpoint, self.settings.gate_endpoint)
 
     def stop(self) -> None:
+        """Stop serving; VMs stay as they are (the state directory keeps them). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         for srv in (self.rpc, self.onegate):
             if srv is not None:
                 srv.shutdown()
