@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,71 @@ def test_down_twice_leaves_nothing() -> None:
         assert code == 3
         assert output.splitlines()[0] == (
             f"testbed vcts2: not running (state {spec.root}, SLURM_CONF={spec.root}/slurm.conf)")
+
+
+CLOUD_TOML = """\
+[slurm]
+partitions = ["vcluster", "burst"]
+[database]
+url = "sqlite:///{root}/vcluster.db"
+[controller]
+resume_timeout_s = 60
+suspend_timeout_s = 5
+state_dir = "{root}/controller"
+log_dir = "{root}/log"
+[[node_class]]
+name = "small"
+prefix = "vcts2-small-"
+count = 3
+cpus = 2
+memory_mb = 1024
+template = "vcluster-worker"
+[[node_class]]
+name = "big"
+prefix = "vcts2-big-"
+count = 2
+cpus = 4
+memory_mb = 2048
+template = "big"
+policy = "pool"
+partition = "burst"
+suspend_time_s = 30
+"""
+
+
+def test_config_classes_become_cloud_nodes_that_slurm_resumes() -> None:
+    with state_dir() as root:
+        toml = root / "vcluster.toml"
+        toml.write_text(CLOUD_TOML.format(root=root))
+        spec = TestbedSpec(name="vcts2", subnet="10.112.0.128/25", port=7828,
+                           state_dir=str(root / "state"), config_path=str(toml))
+        with running_testbed(spec):
+            sinfo = run_slurm(spec, ["sinfo", "-h", "-o", "%P %t %D %N %f"]).stdout
+            assert sorted(sinfo.splitlines()) == [
+                "burst idle~ 2 vcts2-big-[001-002] big",
+                "vcluster idle~ 3 vcts2-small-[001-003] small",
+            ]
+            wrapper = (spec.hook_dir / "vcluster-resume").read_text()
+            assert f"export VCLUSTER_CONFIG={toml}\n" in wrapper
+            assert os.access(spec.hook_dir / "vcluster-resume", os.X_OK)
+            target = wrapper.splitlines()[-1].split()[1]  # exec /path/vcluster-resume "$@"
+            assert target.endswith("/vcluster-resume") and os.access(target, os.X_OK)
+
+            bad = run_slurm(spec, ["sbatch", "-p", "vcluster", "--constraint=huge",
+                                   "--wrap", "true"], check=False)
+            assert bad.returncode == 1
+            assert bad.stderr.strip() == ("sbatch: error: Batch job submission failed: "
+                                          "Invalid feature specification")
+
+            job = run_slurm(spec, ["sbatch", "--parsable", "-p", "vcluster",
+                                   "--constraint=small", "--wrap", "hostname"]).stdout.strip()
+            ctld_log = spec.log_dir / "slurmctld.log"
+            allocated = f"sched: Allocate JobId={job} NodeList=vcts2-small-001 "
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and allocated not in ctld_log.read_text():
+                time.sleep(0.2)
+            # allocated to a powered-down node of class "small": slurmctld powers it up
+            assert allocated in ctld_log.read_text()
+            node = run_slurm(spec, ["scontrol", "show", "node", "vcts2-small-001", "-o"]).stdout
+            assert "AvailableFeatures=small " in node and "CLOUD" in node
+            run_slurm(spec, ["scancel", job])
