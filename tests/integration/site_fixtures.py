@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -120,13 +122,15 @@ def wait_clean(s: Site, timeout_s: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def e2e_site() -> Iterator[Site]:
     if os.geteuid() != 0:
         pytest.skip("the testbed needs root")
-    root = tmp_path_factory.mktemp("vce-site")
+    # munged wants every directory above its socket world-executable, and job output is
+    # written by the job's user: pytest's 0700 temp dirs will not do.
+    root = Path(tempfile.mkdtemp(prefix="vce-site-", dir="/tmp"))
+    os.chmod(root, 0o755)
     work = root / "work"
     work.mkdir()
-    os.chmod(root, 0o755)
     os.chmod(work, 0o1777)
     spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
                          slurm_port=6917, one_port=2733, onegate_port=5130,
@@ -137,4 +141,7 @@ def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(spec, load_config(spec.config_path, environ={}), work)
     finally:
         site.down(spec)
-        assert not netns.list_hosts(f"{E2E_NAME}-"), "namespaces left after down"
+        left = netns.list_hosts(f"{E2E_NAME}-")
+        if not left:
+            shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"namespaces left after down: {left}"
