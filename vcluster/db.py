@@ -106,7 +106,8 @@ class Launch(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Allocation attempts made so far (temporary OpenNebula errors are retried)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    """Set by whoever changes the row (with its own clock: tests inject one)."""
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (

@@ -105,7 +105,7 @@ class Actor:
             job_id = None
             if launch_id is not None:
                 row = self._launch(s, launch_id)
-                row.state, row.reason = state, reason
+                row.state, row.reason, row.updated_at = state, reason, self.now()
                 job_id = row.job_id
                 if state in ("terminated", "failed"):
                     row.ended_at = self.now()
@@ -158,7 +158,7 @@ class Actor:
             return
         with db.transaction(self.sessions) as s:
             row = self._launch(s, launch_id)
-            row.vm_id, row.state, row.reason = vm_id, "booting", ""
+            row.vm_id, row.state, row.reason, row.updated_at = vm_id, "booting", "", self.now()
             db.record_event(s, "vm.allocated", f"VM {vm_id} allocated", node_name=a.node_name,
                             job_id=a.job_id, vm_id=vm_id, at=self.now())
         try:
@@ -200,14 +200,14 @@ class Actor:
         self.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)
-            row.ip = a.ip
+            row.ip, row.updated_at = a.ip, self.now()
             db.record_event(s, "node.addr", f"NodeAddr set to {a.ip}", node_name=a.node_name,
                             vm_id=row.vm_id, job_id=row.job_id, at=self.now())
 
     def _MarkUp(self, a: MarkUp) -> None:
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)
-            row.state = "up"
+            row.state, row.updated_at = "up", self.now()
             db.record_event(s, "node.up", f"node up {a.boot_s:.1f} s after its launch",
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())

@@ -1,0 +1,357 @@
+"""The controller's passes against small fakes of Slurm and OpenNebula (same protocols).
+
+Each test drives the fakes the way Slurm and oned would move (a node registers, a job ends,
+a VM dies) and checks what a person would see: the calls made, the launch map, the events.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.unit.controller_fixtures import T0, job, node, powered_down, powering_up
+from vcluster import db
+from vcluster.config import Config, parse_config
+from vcluster.controller.act import Actor
+from vcluster.controller.loop import AlreadyRunning, Controller, acquire_lock, run_loop
+from vcluster.errors import OneAuthorizationError, OneNotFound, OneUnavailable, SlurmCommandError
+from vcluster.one_vm import VM
+from vcluster.slurm_parse import Job, Node
+from vcluster.vmtemplate import GuestContext
+from vcluster.wake import WakeListener, send_wake
+
+S1, S2 = "vc-small-001", "vc-small-002"
+
+
+@dataclass
+class FakeSlurm:
+    """Implements SlurmPort: the test moves node and job states; calls are recorded."""
+
+    nodes_by_name: dict[str, Node] = field(default_factory=dict)
+    jobs_by_id: dict[int, Job] = field(default_factory=dict)
+    updates: list[str] = field(default_factory=list)
+    broken: bool = False
+
+    def jobs(self) -> list[Job]:
+        return list(self.jobs_by_id.values())
+
+    def nodes(self) -> list[Node]:
+        if self.broken:
+            raise SlurmCommandError(["sinfo", "--json"], None, timed_out=True, timeout_s=30)
+        return list(self.nodes_by_name.values())
+
+    def update_nodes(self, nodes: str | Sequence[str], *, state: str | None = None,
+                     reason: str | None = None, nodeaddr: str | None = None,
+                     nodehostname: str | None = None) -> None:
+        names = nodes if isinstance(nodes, str) else ",".join(nodes)
+        fields = {"state": state, "reason": reason, "nodeaddr": nodeaddr,
+                  "nodehostname": nodehostname}
+        self.updates.append(" ".join([f"nodename={names}"] + [
+            f"{k}={v}" for k, v in fields.items() if v is not None]))
+
+
+@dataclass
+class FakeOne:
+    """Implements OnePort: VMs in a dict; tags read from the extra template like oned."""
+
+    templates: dict[str, int] = field(default_factory=lambda: {"worker": 3})
+    vms_by_id: dict[int, VM] = field(default_factory=dict)
+    instantiated: list[tuple[int, str, str]] = field(default_factory=list)
+    terminated: list[int] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
+    """Raised, in order, by the next instantiate calls."""
+    next_id: int = 40
+
+    def template_id(self, name_or_id: str) -> int:
+        if name_or_id not in self.templates:
+            raise OneNotFound(f"OpenNebula has no VM template named {name_or_id!r}")
+        return self.templates[name_or_id]
+
+    def instantiate(self, template_id: int, name: str, extra_template: str, *,
+                    hold: bool = False) -> int:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.instantiated.append((template_id, name, extra_template))
+        vm_id, self.next_id = self.next_id, self.next_id + 1
+        tags = dict(re.findall(r'^(VCLUSTER_\w+) = "([^"]*)"$', extra_template, re.M))
+        self.vms_by_id[vm_id] = VM(vm_id, name, 1, 0, "PENDING", (f"10.9.0.{vm_id}",), tags)
+        return vm_id
+
+    def vm(self, vm_id: int) -> VM:
+        if vm_id not in self.vms_by_id:
+            raise OneNotFound(f"OpenNebula has no VM {vm_id}")
+        return self.vms_by_id[vm_id]
+
+    def vms(self, *, cluster: str | None = None) -> list[VM]:
+        return [v for v in self.vms_by_id.values()
+                if cluster is None or v.user_template.get("VCLUSTER_CLUSTER") == cluster]
+
+    def terminate(self, vm_id: int, *, hard: bool = False) -> None:
+        self.terminated.append(vm_id)
+        if vm_id in self.vms_by_id:
+            self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=12,
+                                            state_name="SHUTDOWN")
+
+    def run(self, vm_id: int) -> None:
+        self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=3,
+                                        state_name="RUNNING")
+
+    def finish_terminations(self) -> None:
+        for vm_id in [i for i, v in self.vms_by_id.items() if v.state_name == "SHUTDOWN"]:
+            del self.vms_by_id[vm_id]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+
+
+@dataclass
+class World:
+    config: Config
+    sessions: db.sessionmaker[db.Session]
+    slurm: FakeSlurm
+    one: FakeOne
+    clock: Clock
+    controller: Controller
+
+    def launches(self) -> list[tuple[str, str, int | None, str | None, bool]]:
+        with self.sessions() as s:
+            return [(la.node_name, la.state, la.vm_id, la.ip, la.ended_at is not None)
+                    for la in s.scalars(select(db.Launch).order_by(db.Launch.id))]
+
+    def events(self) -> list[tuple[str, str | None, str]]:
+        with self.sessions() as s:
+            return [(e.kind, e.node_name, e.message)
+                    for e in s.scalars(select(db.Event).order_by(db.Event.id))]
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> Iterator[World]:
+    config = parse_config({
+        "database": {"url": f"sqlite:///{tmp_path}/state.db"},
+        "opennebula": {"retry_delays_s": [1]},
+        "controller": {"cluster_name": "vc", "resume_timeout_s": 60,
+                       "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log")},
+        "node_class": [{"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048,
+                        "template": "worker"}],
+    })
+    engine = db.make_engine(config.database)
+    sessions = db.session_factory(engine)
+    slurm, one, clock = FakeSlurm(), FakeOne(), Clock()
+    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5")
+    actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n", now=clock)
+    try:
+        yield World(config, sessions, slurm, one, clock,
+                    Controller(config, sessions, slurm, one, actor, now=clock))
+    finally:
+        engine.dispose()
+
+
+def test_a_job_from_resume_to_terminated_vm(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1, memory_per_node_mb=1024)}
+    w.controller.run_pass()
+    ((template_id, name, extra),) = w.one.instantiated
+    assert (template_id, name) == (3, S1)
+    assert 'CPU = "1"\nVCPU = "1"\nMEMORY = "1024"\nVCLUSTER_NODE = "vc-small-001"\n' \
+           'VCLUSTER_JOB = "12"\nVCLUSTER_CLUSTER = "vc"\n' in extra
+    assert 'SLURM_CONF_SERVER = "10.111.0.1:6817"' in extra
+    assert 'MUNGE_KEY_BASE64 = "a2V5"' in extra
+    assert w.slurm.updates == [f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}"]
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # slurmd registered
+    w.clock.advance(3)
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+    w.slurm.jobs_by_id = {12: job(12, S1, state="COMPLETED")}
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE")}  # the epilog's power down was missed
+    w.controller.run_pass()
+    assert w.slurm.updates[-1] == f"nodename={S1} state=POWER_DOWN_ASAP"
+
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERING_DOWN")}  # SuspendProgram ran
+    w.controller.run_pass()
+    assert w.one.terminated == [40]
+    assert w.launches() == [(S1, "terminating", 40, "10.9.0.40", False)]
+    w.one.finish_terminations()
+    w.slurm.nodes_by_name = {S1: powered_down(S1)}
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "terminated", 40, "10.9.0.40", True)]
+    assert [(k, n) for k, n, _ in w.events()] == [
+        ("vm.allocating", S1), ("vm.allocated", S1), ("node.addr", S1), ("node.up", S1),
+        ("node.power_down", None), ("vm.terminated", S1), ("launch.closed", S1)]
+    assert w.events()[3][2] == "node up 3.0 s after its launch"
+    with w.sessions() as s:
+        row = s.get(db.Job, 12)
+        assert row is not None and (row.state, row.nodes) == ("COMPLETED", S1)
+
+
+def test_temporary_allocation_error_is_retried_after_its_backoff(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.one.errors = [OneUnavailable("cannot reach OpenNebula at http://x (connection refused)")]
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "requested", None, None, False)]
+    w.controller.run_pass()  # backoff (1 s) not over: no second call
+    assert w.one.instantiated == []
+    w.clock.advance(1.5)
+    w.controller.run_pass()
+    assert [n for _, n, _ in w.one.instantiated] == [S1]
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert ("vm.allocate_retry", S1, "attempt 1/2 failed: cannot reach OpenNebula at "
+            "http://x (connection refused)") in w.events()
+
+
+def test_permanent_allocation_error_puts_the_node_down_with_the_reason(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.one.errors = [OneAuthorizationError("OpenNebula user 'vc' may not instantiate VM "
+                                          "template 3")]
+    w.controller.run_pass()
+    reason = "vcluster: cannot boot a VM: OpenNebula user 'vc' may not instantiate VM template 3"
+    assert w.slurm.updates == [f"nodename={S1} state=DOWN reason={reason}",
+                               f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
+    assert w.launches() == [(S1, "failed", None, None, True)]
+    w.clock.advance(5)
+    w.controller.run_pass()  # Slurm still shows it powering up: no second boot
+    assert w.one.instantiated == []
+
+
+def test_a_vm_dying_under_a_running_job_sets_its_node_down(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}
+    w.slurm.jobs_by_id = {12: job(12, S1, state="RUNNING")}
+    w.controller.run_pass()
+    del w.one.vms_by_id[40]  # the hypervisor lost it
+    w.controller.run_pass()
+    reason = "vcluster: VM 40 died (gone)"
+    assert w.slurm.updates[-2:] == [f"nodename={S1} state=DOWN reason={reason}",
+                                    f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
+    assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
+    assert w.events()[-1] == ("node.failed", S1, reason)
+
+
+def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.broken = True
+    report = w.controller.run_pass()
+    assert report.skipped == "cannot read Slurm: `sinfo --json` timed out after 30 s; " \
+                             "is slurmctld responding?"
+    assert (w.one.instantiated, w.slurm.updates, w.launches()) == ([], [], [])
+    with w.sessions() as s:
+        hb = db.heartbeat(s)
+        assert hb is not None and hb.at == T0
+
+
+def test_one_failing_action_does_not_stop_the_others(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
+    w.one.templates = {}  # the template is missing: both boots fail permanently...
+    w.slurm.update_nodes = _raise_for(S1, w.slurm.update_nodes)  # type: ignore[method-assign]
+    report = w.controller.run_pass()
+    assert (report.done, report.failed) == (2, 0)
+    # ...S1's node cannot even be told (its reason says so); S2's is set down
+    with w.sessions() as s:
+        reasons = dict(s.execute(select(db.Launch.node_name, db.Launch.reason)).all())
+    assert reasons[S1].endswith("(could not tell Slurm: `scontrol update nodename=vc-small-001"
+                                " ...` failed (exit 1): slurm_update error: Invalid node name "
+                                "specified)")
+    assert w.slurm.updates[0].startswith(f"nodename={S2} state=DOWN reason=vcluster: cannot "
+                                         "boot a VM: OpenNebula has no VM template named")
+
+
+def _raise_for(bad: str, inner):  # type: ignore[no-untyped-def]
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        if nodes == bad:
+            raise SlurmCommandError(["scontrol", "update", f"nodename={bad}", "state=DOWN"], 1,
+                                    "", "slurm_update error: Invalid node name specified")
+        return inner(nodes, **kw)
+    return update_nodes
+
+
+def test_a_second_launch_for_a_node_is_refused_by_the_database(world: World) -> None:
+    w = world
+    from vcluster.controller.actions import BootVM
+
+    boot = BootVM(S1, "small", None, 2, 2048, "worker")
+    w.controller.actor.act([boot, boot])
+    assert len(w.one.instantiated) == 1
+    assert [(n, s) for n, s, *_ in w.launches()] == [(S1, "booting")]
+
+
+def test_orphans_are_terminated_and_a_lost_map_is_rebuilt(world: World) -> None:
+    w = world
+    w.one.vms_by_id = {
+        7: VM(7, S1, 3, 3, "RUNNING", ("10.9.0.7",),
+              {"VCLUSTER_NODE": S1, "VCLUSTER_CLUSTER": "vc", "VCLUSTER_JOB": "12"}),
+        8: VM(8, S2, 3, 3, "RUNNING", ("10.9.0.8",),
+              {"VCLUSTER_NODE": S2, "VCLUSTER_CLUSTER": "vc", "VCLUSTER_JOB": ""}),
+        9: VM(9, "other", 3, 3, "RUNNING", (), {"VCLUSTER_CLUSTER": "another"}),
+    }
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED"), S2: powered_down(S2)}
+    w.controller.run_pass()
+    assert w.one.terminated == [8]
+    assert w.launches() == [(S1, "up", 7, "10.9.0.7", False)]
+
+
+def test_run_loop_wakes_on_a_hook_and_stops_on_request(world: World, tmp_path: Path) -> None:
+    state_dir = str(tmp_path / "state")
+    listener = WakeListener(state_dir)
+    stop = threading.Event()
+    passes: list[int] = []
+    thread = threading.Thread(target=lambda: passes.append(run_loop(
+        world.controller, listener, interval_s=30.0, stop=stop)))
+    try:
+        thread.start()
+        time.sleep(0.3)
+        send_wake(state_dir)  # a hook: one more pass at once, not in 30 s
+        time.sleep(0.3)
+        stop.set()
+        send_wake(state_dir)  # what the SIGTERM handler does
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert passes == [2]  # the first, and the one the hook asked for
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_once_runs_a_single_pass(world: World) -> None:
+    assert run_loop(world.controller, None, interval_s=5, stop=threading.Event(), once=True) == 1
+
+
+def test_only_one_controller_per_state_dir(tmp_path: Path) -> None:
+    held = acquire_lock(str(tmp_path))
+    try:
+        with pytest.raises(AlreadyRunning) as info:
+            acquire_lock(str(tmp_path))
+        import os
+        assert str(info.value) == (
+            f"another vcluster controller (pid {os.getpid()}) is running on {tmp_path}; stop "
+            "it first, or give this one another controller.state_dir")
+    finally:
+        held.close()
+    acquire_lock(str(tmp_path)).close()
