@@ -69,12 +69,14 @@ check_context() {
 
 set_hostname() {
     wanted=${SET_HOSTNAME:-$VCLUSTER_NODE}
-    if [ "$(hostname)" != "$wanted" ]; then
-        hostname "$wanted" || die "cannot set the hostname to $wanted"
+    current=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)
+    if [ "$current" != "$wanted" ]; then
+        hostname "$wanted" 2>/dev/null || printf '%s\n' "$wanted" >/proc/sys/kernel/hostname \
+            || die "cannot set the hostname to $wanted"
         printf '%s\n' "$wanted" >/etc/hostname 2>/dev/null || true
         log "hostname set to $wanted"
     fi
-    if [ -n "${ETH0_IP:-}" ] && ! grep -q "[[:space:]]$wanted\([[:space:]]\|\$\)" /etc/hosts 2>/dev/null; then
+    if [ -n "${ETH0_IP:-}" ] && ! grep -Eq "[[:space:]]$wanted([[:space:]]|\$)" /etc/hosts 2>/dev/null; then
         printf '%s\t%s\n' "$ETH0_IP" "$wanted" >>/etc/hosts || log "could not add $wanted to /etc/hosts"
     fi
 }
@@ -160,8 +162,18 @@ start_slurmd() {
         set -- --conf-server "$SLURM_CONF_SERVER"
     fi
     log "starting: slurmd -b $* -N $VCLUSTER_NODE"
-    slurmd -b "$@" -N "$VCLUSTER_NODE" </dev/null >>"$LOG" 2>&1 \
-        || die "slurmd -b $* -N $VCLUSTER_NODE failed (exit $?): see $LOG and the slurmd log"
+    log_lines=$(wc -l <"$LOG" 2>/dev/null || echo 0)
+    slurmd -b "$@" -N "$VCLUSTER_NODE" </dev/null >>"$LOG" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        first_error=$(tail -n "+$((log_lines + 1))" "$LOG" 2>/dev/null | grep -m 1 'error:' | sed 's/^slurmd: error: //')
+        if [ -n "${SLURM_CONF_PATH:-}" ]; then
+            hint="check $SLURM_CONF_PATH"
+        else
+            hint="check SLURM_CONF_SERVER=$SLURM_CONF_SERVER and that slurmctld runs there with SlurmctldParameters=enable_configless"
+        fi
+        die "slurmd for $VCLUSTER_NODE did not start (exit $rc): ${first_error:-no error printed}; $hint"
+    fi
     waited=0
     while :; do
         running=$(slurmd_pids)

@@ -374,6 +374,40 @@ def test_join_script_refuses_a_context_without_the_munge_key(driver: NetnsDriver
     driver.shutdown(22)
 
 
+def test_join_script_reads_context_sh_sets_the_hostname_and_reports_slurmd_failure(
+    driver: NetnsDriver,
+) -> None:
+    # The wrapper clears the environment, so the join script must source /context/context.sh.
+    wrapper = (
+        "#!/bin/sh\n"
+        'printf "%s" "$JOIN_B64" | base64 -d > /run/join.sh\n'
+        "exec env -i VCLUSTER_JOIN_WAIT_S=5 /bin/sh /run/join.sh\n"
+    )
+    spec = make_spec(23, "10.113.0.23", wrapper, extra={
+        "JOIN_B64": base64.b64encode(JOIN_SCRIPT.read_bytes()).decode(),
+        "VCLUSTER_NODE": "vctv-node3", "MUNGE_KEY_BASE64": base64.b64encode(b"k" * 64).decode(),
+        "SLURM_CONF_SERVER": f"{GATEWAY}:7199",  # nothing listens there
+    })
+    del spec.context["SET_HOSTNAME"]
+    driver.boot(spec)
+    console = driver.console_log(23)
+    wait_for(lambda: "start script exited" in console.read_text(), 30, "the join script")
+    text = console.read_text()
+    assert "start script exited with 1" in text
+    assert "]: context from /context/context.sh\n" in text
+    assert "]: hostname set to vctv-node3\n" in text
+    assert (
+        "]: ERROR: slurmd for vctv-node3 did not start (exit 1): _fetch_child: failed to fetch "
+        "remote configs: Unable to contact slurm controller (connect failure); check "
+        "SLURM_CONF_SERVER=10.113.0.1:7199 and that slurmctld runs there with "
+        "SlurmctldParameters=enable_configless\n" in text
+    )
+    hosts = (driver.vm_dir(23) / "private" / "etc" / "hosts").read_text()
+    assert hosts.endswith("10.113.0.23\tone-23\n10.113.0.23\tvctv-node3\n")
+    driver.shutdown(23)
+    assert leftovers() == []
+
+
 @dataclass
 class LocalCtld:
     root: Path
