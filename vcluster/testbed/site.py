@@ -189,14 +189,15 @@ def _alive_with(pid: int | None, marker: str) -> bool:
     return marker in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _spawn(argv: list[str], log: Path, pid_file: Path, env: dict[str, str]) -> int:
+def _spawn(argv: list[str], log: Path, pid_file: Path, env: dict[str, str]
+           ) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
     pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def _stop(pid_file: Path, marker: str, what: str, say: Say) -> None:
@@ -272,13 +273,14 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
     )
     log = spec.log_file("cloud")
-    pid = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))
+    proc = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))
+    pid = proc.pid
     settings = load_config(spec.config_path, environ={}).opennebula
     client = OneClient(dataclasses.replace(settings, retry_delays_s=(), timeout_s=2.0))
 
     def answers() -> bool:
-        if not _alive_with(pid, "cloud"):
-            raise SiteError(f"the cloud server exited at start; see {log}")
+        if proc.poll() is not None:
+            raise SiteError(f"the cloud server exited at start ({proc.returncode}); see {log}")
         try:
             client.version()
         except OneError:
@@ -307,15 +309,16 @@ def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
 def _start_controller(spec: SiteSpec, say: Say) -> None:
     argv = _vcluster_argv("--config", str(spec.config_path), "controller", "run")
     log = spec.log_file("controller")
-    pid = _spawn(argv, log, spec.pid_file("controller"), _env(spec))
+    proc = _spawn(argv, log, spec.pid_file("controller"), _env(spec))
+    pid = proc.pid
     from vcluster import db
 
     config = load_config(spec.config_path, environ={})
     factory = db.session_factory(db.make_engine(config.database))
 
     def beating() -> bool:
-        if not _alive_with(pid, "controller"):
-            raise SiteError(f"the controller exited at start; see {log}")
+        if proc.poll() is not None:
+            raise SiteError(f"the controller exited at start ({proc.returncode}); see {log}")
         with db.transaction(factory) as session:
             hb = db.heartbeat(session)
             return hb is not None and hb.pid == pid
