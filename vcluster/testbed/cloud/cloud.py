@@ -192,7 +192,10 @@ class Cloud(Resources):
                 raise OneRequestError(ACTION, str(exc)) from None
             if outcome.resched is not None:
                 vm.resched = outcome.resched
-            if vm.history and (outcome.state is not None or outcome.reboot):
+            # the LCM records its actions in the history; DM-only moves (resume of a STOPPED
+            # or UNDEPLOYED VM to PENDING, hold, release) leave the last record as it was
+            if vm.history and outcome.state not in (PENDING, HOLD) and (
+                    outcome.state is not None or outcome.reboot):
                 vm.history[-1].action = ACTION_NUMBERS.get(action, 0)
             if outcome.state is not None:
                 self.transition(vm, outcome.state, outcome.lcm_state)
