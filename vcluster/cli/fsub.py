@@ -259,7 +259,6 @@ def fsub(ctx: click.Context, argv: tuple[str, ...]) -> None:
     try:
         code = _run(ctx, list(argv))
     except KeyboardInterrupt:
-        click.echo("fsub: stopped following; the job goes on (scancel cancels it)", err=True)
         ctx.exit(130)
     except VclusterError as exc:
         click.echo(f"fsub: error: {exc}", err=True)
@@ -302,7 +301,12 @@ def _run(ctx: click.Context, argv: list[str]) -> int:
     sys.stdout.flush()
     if not plan.follow or job_id is None:
         return 0
-    return _follow_on_terminal(slurm, job_id, interval_s).exit_code or 0
+    try:
+        return _follow_on_terminal(slurm, job_id, interval_s).exit_code or 0
+    except KeyboardInterrupt:
+        click.echo(f"fsub: stopped following job {job_id}; it goes on "
+                   f"(scancel {job_id} cancels it)", err=True)
+        return 130
 
 
 def _interval_s() -> float:
