@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -229,8 +230,10 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
         return EXIT_OK
     record_request(env, "prolog", nodes, [job_id],
                    f"job {job_id} allocated {compress_hostlist(nodes)}")
-    program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)
-    if env.program_dir and os.path.isabs(program) and os.access(program, os.X_OK):
+    program = job_finished_wrapper_path(env.config)
+    if not os.access(program, os.X_OK):
+        program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)
+    if os.path.isabs(program) and os.access(program, os.X_OK):
         try:
             env.slurm.trigger_on_job_end(job_id, program)
         except VclusterError as exc:
@@ -278,6 +281,27 @@ def _launch_failed(env: HookEnv, job_id: int) -> bool:
         failed = s.scalars(select(db.Launch.id).where(
             db.Launch.job_id == job_id, db.Launch.state == "failed")).first()
     return failed is not None
+
+
+def job_finished_wrapper_path(config: Config) -> str:
+    return os.path.join(config.controller.state_dir, "bin", JOB_FINISHED_PROGRAM)
+
+
+def write_job_finished_wrapper(config: Config, program_dir: str) -> str:
+    """Write the program ``strigger --fini`` runs: it gets no environment, so the wrapper
+    names the config. The controller writes it at start; the prolog registers it."""
+    path = job_finished_wrapper_path(config)
+    lines = ["#!/bin/sh", "# Written by `vcluster controller run`: strigger runs this with "
+             "no environment.", f"export VCLUSTER_CONFIG={shlex.quote(config.path)}",
+             f"export SLURM_CONF={shlex.quote(config.slurm.conf)}",
+             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             f'exec {shlex.quote(os.path.join(program_dir, JOB_FINISHED_PROGRAM))} "$@"', ""]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Path(tmp).write_text("\n".join(lines), encoding="utf-8")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
 
 
 # --- process entry points ----------------------------------------------------------------------

@@ -299,3 +299,19 @@ def test_config_is_found_beside_slurm_conf(tmp_path: Path) -> None:
     environ = {"SLURM_CONF": str(tmp_path / "slurm.conf")}
     assert hooks.hook_config_path(environ) == str(tmp_path / "vcluster.toml")
     assert hooks.hook_config_path({"VCLUSTER_CONFIG": "/x.toml", **environ}) == "/x.toml"
+
+
+def test_prolog_prefers_the_wrapper_the_controller_wrote(env: hooks.HookEnv,
+                                                         tmp_path: Path) -> None:
+    wrapper = hooks.write_job_finished_wrapper(env.config, "/opt/vc/bin")
+    assert wrapper == f"{tmp_path}/state/bin/vcluster-job-finished"
+    assert Path(wrapper).read_text() == (
+        "#!/bin/sh\n# Written by `vcluster controller run`: strigger runs this with no "
+        f"environment.\nexport VCLUSTER_CONFIG={tmp_path}/vcluster.toml\n"
+        "export SLURM_CONF=/etc/slurm/slurm.conf\n"
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        'exec /opt/vc/bin/vcluster-job-finished "$@"\n')
+    slurm: FakeSlurm = env.slurm  # type: ignore[assignment]
+    slurm.script = {"vc-small-001": [node("vc-small-001")]}
+    assert hooks.do_prolog(env, "12", "vc-small-001") == hooks.EXIT_OK
+    assert slurm.triggers == [(12, wrapper)]

@@ -60,8 +60,10 @@ def run(ctx: click.Context, once: bool) -> None:
     from vcluster.controller.act import Actor
     from vcluster.controller.guest import guest_context
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
+    from vcluster.hooks import write_job_finished_wrapper
     from vcluster.one import OneClient
     from vcluster.slurm import Slurm
+    from vcluster.slurmconf import default_program_dir
     from vcluster.wake import WakeListener, send_wake
 
     obj = ctx.obj or {}
@@ -69,6 +71,8 @@ def run(ctx: click.Context, once: bool) -> None:
     _setup_logging(config, bool(obj.get("debug")))
     state_dir = config.controller.state_dir
     lock = acquire_lock(state_dir)
+    wrapper = write_job_finished_wrapper(config, default_program_dir())
+    log.info("strigger backup program for the epilog: %s", wrapper)
     engine = db.make_engine(config.database)
     try:
         sessions = db.session_factory(engine)
