@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from tests.integration.slurm_fixtures import (
     wait_job_done,
 )
 from vcluster.cli import cli
+from vcluster.testbed import netns
 from vcluster.testbed.slurm_files import TestbedSpec
-from vcluster.testbed.slurm_local import run_slurm, up
+from vcluster.testbed.slurm_local import down, run_slurm, up
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +166,70 @@ def test_config_classes_become_cloud_nodes_that_slurm_resumes() -> None:
             node = run_slurm(spec, ["scontrol", "show", "node", "vcts2-small-001", "-o"]).stdout
             assert "AvailableFeatures=small " in node and "CLOUD" in node
             run_slurm(spec, ["scancel", job])
+
+
+def test_down_finds_daemons_whose_pid_files_were_lost() -> None:
+    with state_dir() as root, running_testbed(make_spec(root, 1, name="vcts2")) as spec:
+        spec.slurmctld_pid_file.unlink()
+        spec.munged_pid_file.unlink()
+        said: list[str] = []
+        down(spec, say=said.append)
+        assert [line.split(" (")[0] for line in said] == [
+            "removed namespace vcts2-s1", "stopped slurmctld", "stopped munged",
+            "removed bridge vcts2br0"]
+        assert said[1].endswith(", its pid file was gone)")
+        assert leftovers(spec) == []
+
+
+def test_netns_hosts_have_their_own_address_hostname_and_processes() -> None:
+    bridge, ns = "vcts3br0", "vcts3-h1"
+    try:
+        netns.ensure_bridge(bridge, "10.112.0.129/25")
+        netns.ensure_bridge(bridge, "10.112.0.129/25")  # idempotent
+        netns.add_host(ns, bridge=bridge, ip_cidr="10.112.0.140/25", gateway="10.112.0.129",
+                       veth_host=ns, mac="02:00:0a:70:00:8c")
+        with pytest.raises(netns.NetnsError) as err:
+            netns.add_host(ns, bridge=bridge, ip_cidr="10.112.0.141/25",
+                           gateway="10.112.0.129", veth_host="vcts3-h2")
+        assert str(err.value) == ("namespace 'vcts3-h1' already exists; remove it first "
+                                  "(delete_host or `down`)")
+        out = subprocess.run(
+            netns.host_argv(ns, ["sh", "-c", "hostname; ip -o link show dev eth0; "
+                                 "ip -o -4 addr show dev eth0; ip route show default; "
+                                 "test -d /sys/fs/cgroup/cpu && echo cgroups"],
+                            hostname="vcts3-h1"),
+            capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        assert out[0] == "vcts3-h1"
+        assert "link/ether 02:00:0a:70:00:8c " in out[1]
+        assert "inet 10.112.0.140/25" in out[2]
+        assert out[3].startswith("default via 10.112.0.129 dev eth0")
+        assert out[4] == "cgroups"  # /sys/fs/cgroup stays visible (slurmd needs it)
+        sleeper = subprocess.Popen(netns.host_argv(ns, ["sleep", "60"]))
+        deadline = time.monotonic() + 5
+        while sleeper.pid not in netns.pids_in(ns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert netns.pids_in(ns) == [sleeper.pid]
+        assert netns.kill_host(ns, timeout_s=5) == [sleeper.pid]
+        assert sleeper.wait(timeout=5) == -15  # SIGTERM first
+        assert netns.cleanup_prefix("vcts3-", bridge=bridge) == [
+            "namespace vcts3-h1", f"bridge {bridge}"]
+        assert netns.cleanup_prefix("vcts3-", bridge=bridge) == []
+    finally:
+        netns.cleanup_prefix("vcts3-", bridge=bridge)
+
+
+def test_up_without_any_node_is_refused(tmp_path: Path) -> None:
+    code, output = _cli("testbed", "slurm", "up", "--name", "vcts2",
+                        "--state-dir", str(tmp_path))
+    assert (code, output) == (1, "vcluster: error: no nodes to run: give --static-nodes N, "
+                                 "or --config with a vcluster.toml that has node classes\n")
+
+
+def test_netns_refuses_names_the_kernel_would_refuse() -> None:
+    with pytest.raises(netns.NetnsError) as err:
+        netns.ensure_bridge("vcts-bridge-too-long", "10.112.0.1/25")
+    assert str(err.value) == (
+        "bridge name 'vcts-bridge-too-long' must be 1-15 characters of letters, digits, "
+        "'_', '.', '-'; choose a shorter instance name")
+    with pytest.raises(netns.NetnsError, match="too broad"):
+        netns.cleanup_prefix("v")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vcluster.errors import VclusterError
+from vcluster.errors import UserInputError, VclusterError
 from vcluster.testbed import netns
 from vcluster.testbed.slurm_files import (
     STATIC_PARTITION,
@@ -141,6 +141,16 @@ def _ours(pid: int | None, marker: str) -> bool:
     return state != "Z"
 
 
+DAEMONS = ("slurmctld", "slurmd", "munged")
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Live Slurm/munge daemons whose command line contains ``marker`` (a path of ours)."""
+    return [int(p) for p in os.listdir("/proc")
+            if p.isdigit() and _ours(int(p), marker)
+            and os.path.basename(_cmdline(int(p)).split(" ")[0]) in DAEMONS]
+
+
 def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, hint: str,
               interval_s: float = 0.2) -> float:
     start = time.monotonic()
@@ -223,6 +233,12 @@ def down(spec: TestbedSpec, say: Say = _quiet) -> None:
             say(f"removed veth {link}")
     _stop_pidfile(spec.slurmctld_pid_file, conf, "slurmctld", say)
     _stop_pidfile(spec.munged_pid_file, str(spec.munge_key), "munged", say)
+    # daemons whose pid file was lost: found by this instance's own file paths
+    for marker in (conf, str(spec.munge_key)):
+        for pid in _pids_with(marker):
+            program = os.path.basename(_cmdline(pid).split(" ")[0])
+            netns.terminate_pids([pid], STOP_TIMEOUT_S)
+            say(f"stopped {program} (pid {pid}, its pid file was gone)")
     if netns.delete_bridge(spec.bridge):
         say(f"removed bridge {spec.bridge}")
 
@@ -325,6 +341,9 @@ def up(spec: TestbedSpec, say: Say = _quiet) -> TestbedSpec:
     if os.geteuid() != 0:
         raise TestbedError("the local Slurm testbed needs root (namespaces, bridge, slurmd)")
     config = load_cloud_config(spec)
+    if not spec.static_nodes and not config.node_classes:
+        raise UserInputError("no nodes to run: give --static-nodes N, or --config with a "
+                             "vcluster.toml that has node classes")
     programs = write_hook_wrappers(spec) if spec.config_path else None
     conf_text = instance_conf(spec, config, programs)
     if _running_as(spec) == spec and _read_text(spec.conf) == conf_text:
