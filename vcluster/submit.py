@@ -280,7 +280,9 @@ def choose_class(request: SubmitRequest, config: Config) -> NodeClass:
             "ask your administrator")
     wanted = request.effective("vm-class")
     if wanted is None:
-        return config.node_classes[0]
+        partition = request.value("partition")
+        in_partition = [nc for nc in config.node_classes if nc.partition == partition]
+        return (in_partition or list(config.node_classes))[0]
     for node_class in config.node_classes:
         if node_class.name == wanted.value:
             return node_class

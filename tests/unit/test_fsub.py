@@ -151,6 +151,13 @@ def test_pool_class_keeps_the_users_own_options(tmp_path: Path) -> None:
     assert submission.template is None and not submission.follow
 
 
+def test_partition_without_class_picks_the_first_class_there(tmp_path: Path) -> None:
+    submission = plan(tmp_path, ["-p", "vcpool", "job.sh"])
+    assert submission.node_class.name == "pool"
+    assert submission.sbatch_args == (
+        "--parsable", "--partition=vcpool", "--constraint=pool", "job.sh")
+
+
 def test_script_on_stdin_is_passed_on_stdin(tmp_path: Path) -> None:
     submission = plan(tmp_path, ["-N1"], "#!/bin/sh\n#SBATCH --mem=1G\ntrue\n")
     assert submission.sbatch_args == (

@@ -246,7 +246,8 @@ def fsub(ctx: click.Context, argv: tuple[str, ...]) -> None:
 
     \b
     VM options:
-      --vm-class NAME     node class to run on [default: the first in the config]
+      --vm-class NAME     node class to run on [default: the first in the config,
+                          or the first in the partition -p names]
       --vm-template NAME  VM template: the class's own or one it allows
       -W, --wait          follow the job (queued, booting VMs k/N ready, running)
                           on stderr and exit with its exit code
