@@ -153,7 +153,7 @@ slurmd_pids() {
 start_slurmd() {
     running=$(slurmd_pids)
     if [ -n "$running" ]; then
-        log "slurmd already runs in this VM (pid $running); leaving it"
+        log "slurmd already runs in this VM (pid ${running% }); leaving it"
         return 0
     fi
     if [ -n "${SLURM_CONF_PATH:-}" ]; then
@@ -180,7 +180,7 @@ start_slurmd() {
         if [ -n "$running" ]; then
             sleep 1
             if [ -n "$(slurmd_pids)" ]; then
-                log "slurmd runs for node $VCLUSTER_NODE (pid $running)"
+                log "slurmd runs for node $VCLUSTER_NODE (pid ${running% })"
                 return 0
             fi
         fi
