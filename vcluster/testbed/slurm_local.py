@@ -13,15 +13,13 @@ so a recycled PID or another instance's daemon is never touched.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vcluster.errors import UserInputError, VclusterError
+from vcluster.errors import UserInputError
 from vcluster.testbed import netns
 from vcluster.testbed.slurm_files import (
     STATIC_PARTITION,
@@ -32,27 +30,25 @@ from vcluster.testbed.slurm_files import (
     make_dirs,
     write_hook_wrappers,
 )
+from vcluster.testbed.slurm_procs import (
+    STOP_TIMEOUT_S,
+    Say,
+    TestbedError,
+    cmdline,
+    ensure_packages,
+    is_ours,
+    pids_with,
+    port_free,
+    quiet,
+    read_pid,
+    read_text,
+    spawn_daemon,
+    wait_for,
+)
 
-PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
-            "munged": "munge"}
-"""Command -> the Debian package that provides it."""
 CTLD_READY_TIMEOUT_S = 30.0
 NODES_IDLE_TIMEOUT_S = 40.0
-STOP_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 15.0
-
-
-class TestbedError(VclusterError):
-    """The local Slurm testbed could not be started, stopped or read."""
-
-    __test__ = False
-
-
-Say = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass
@@ -104,119 +100,19 @@ def run_slurm(spec: TestbedSpec, argv: Sequence[str], *, timeout_s: float = COMM
     return proc
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
-
-
-def _ours(pid: int | None, marker: str) -> bool:
-    """True if ``pid`` is a live process whose command line contains ``marker``."""
-    if pid is None or pid <= 1:
-        return False
-    line = _cmdline(pid)
-    if not line or marker not in line:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-DAEMONS = ("slurmctld", "slurmd", "munged")
-
-
-def _pids_with(marker: str) -> list[int]:
-    """Live Slurm/munge daemons whose command line contains ``marker`` (a path of ours)."""
-    return [int(p) for p in os.listdir("/proc")
-            if p.isdigit() and _ours(int(p), marker)
-            and os.path.basename(_cmdline(int(p)).split(" ")[0]) in DAEMONS]
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, hint: str,
-              interval_s: float = 0.2) -> float:
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise TestbedError(f"{what} not ready after {timeout_s:g} s; {hint}")
-        time.sleep(interval_s)
-
-
-def _spawn_daemon(argv: Sequence[str], log: Path, env: dict[str, str],
-                  timeout_s: float = 15.0) -> None:
-    """Start a self-daemonizing program: stdin /dev/null, output appended to ``log``."""
-    with open(log, "ab") as out:
-        try:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        except FileNotFoundError:
-            raise TestbedError(f"`{argv[0]}` not found; install it (deploy/install-deps.sh)"
-                               ) from None
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise TestbedError(f"`{argv[0]}` did not daemonize within {timeout_s:g} s; "
-                               f"see {log}") from None
-    if code != 0:
-        raise TestbedError(f"`{' '.join(argv)}` exited {code}; see {log}")
-
-
-def ensure_packages(say: Say = _quiet) -> list[str]:
-    """Install the Debian Slurm and munge packages whose commands are missing."""
-    missing = sorted({pkg for cmd, pkg in PACKAGES.items() if shutil.which(cmd) is None})
-    if not missing:
-        return []
-    say(f"installing {' '.join(missing)} (apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-    for argv in (install,) if shutil.which("slurmctld") else (["apt-get", "update", "-q"],
-                                                               install):
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900,
-                                  check=False, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TestbedError(f"`{' '.join(argv)}` failed: {exc}") from exc
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise TestbedError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {last}")
-    return missing
-
-
 # --- down ----------------------------------------------------------------------------------
 
 
 def _stop_pidfile(path: Path, marker: str, what: str, say: Say) -> None:
-    pid = _read_pid(path)
-    if _ours(pid, marker):
+    pid = read_pid(path)
+    if is_ours(pid, marker):
         assert pid is not None
         killed = netns.terminate_pids([pid], STOP_TIMEOUT_S)
         say(f"stopped {what} (pid {pid}{', killed' if killed else ''})")
     path.unlink(missing_ok=True)
 
 
-def down(spec: TestbedSpec, say: Say = _quiet) -> None:
+def down(spec: TestbedSpec, say: Say = quiet) -> None:
     """Stop everything the instance started and remove its kernel objects; safe to repeat."""
     conf = str(spec.conf)
     for ns in netns.list_hosts(f"{spec.name}-s"):
@@ -235,8 +131,8 @@ def down(spec: TestbedSpec, say: Say = _quiet) -> None:
     _stop_pidfile(spec.munged_pid_file, str(spec.munge_key), "munged", say)
     # daemons whose pid file was lost: found by this instance's own file paths
     for marker in (conf, str(spec.munge_key)):
-        for pid in _pids_with(marker):
-            program = os.path.basename(_cmdline(pid).split(" ")[0])
+        for pid in pids_with(marker):
+            program = os.path.basename(cmdline(pid).split(" ")[0])
             netns.terminate_pids([pid], STOP_TIMEOUT_S)
             say(f"stopped {program} (pid {pid}, its pid file was gone)")
     if netns.delete_bridge(spec.bridge):
@@ -248,12 +144,12 @@ def down(spec: TestbedSpec, say: Say = _quiet) -> None:
 
 def _start_munged(spec: TestbedSpec, env: dict[str, str]) -> int:
     m = spec.munge_key.parent
-    _spawn_daemon(["munged", f"--key-file={spec.munge_key}", f"--socket={spec.munge_socket}",
+    spawn_daemon(["munged", f"--key-file={spec.munge_key}", f"--socket={spec.munge_socket}",
                    f"--pid-file={spec.munged_pid_file}", f"--log-file={m / 'munged.log'}",
                    f"--seed-file={m / 'munged.seed'}"], spec.log_dir / "munged.out", env)
-    _wait_for("munged", lambda: spec.munge_socket.exists(), 10.0, f"see {m / 'munged.log'}")
-    pid = _read_pid(spec.munged_pid_file)
-    if not _ours(pid, str(spec.munge_key)):
+    wait_for("munged", lambda: spec.munge_socket.exists(), 10.0, f"see {m / 'munged.log'}")
+    pid = read_pid(spec.munged_pid_file)
+    if not is_ours(pid, str(spec.munge_key)):
         raise TestbedError(f"munged exited after start; see {m / 'munged.log'}")
     assert pid is not None
     return pid
@@ -266,39 +162,29 @@ def _ctld_answers(spec: TestbedSpec) -> bool:
 
 def _last_problem(log: Path) -> str:
     """The last error or fatal line of a Slurm log, without its timestamp."""
-    lines = [ln for ln in _read_text(log).splitlines() if "fatal" in ln or "error:" in ln]
+    lines = [ln for ln in read_text(log).splitlines() if "fatal" in ln or "error:" in ln]
     return lines[-1].split("] ", 1)[-1] if lines else "no error logged"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _start_slurmctld(spec: TestbedSpec, env: dict[str, str]) -> int:
     log = spec.log_dir / "slurmctld.log"
-    if not _port_free(spec.port):
+    if not port_free(spec.port):
         raise TestbedError(f"port {spec.port} is in use (another slurmctld?); "
                            "choose another --port")
-    _spawn_daemon(["slurmctld", "-c", "-f", str(spec.conf)], log, env)
+    spawn_daemon(["slurmctld", "-c", "-f", str(spec.conf)], log, env)
     started = time.monotonic()
 
     def ready() -> bool:
         if _ctld_answers(spec):
             return True
         if (time.monotonic() - started > 2.0
-                and not _ours(_read_pid(spec.slurmctld_pid_file), str(spec.conf))):
+                and not is_ours(read_pid(spec.slurmctld_pid_file), str(spec.conf))):
             raise TestbedError(f"slurmctld exited: {_last_problem(log)}; see {log}")
         return False
 
-    _wait_for("slurmctld", ready, CTLD_READY_TIMEOUT_S, f"see {log}", interval_s=0.3)
-    pid = _read_pid(spec.slurmctld_pid_file)
-    if not _ours(pid, str(spec.conf)):
+    wait_for("slurmctld", ready, CTLD_READY_TIMEOUT_S, f"see {log}", interval_s=0.3)
+    pid = read_pid(spec.slurmctld_pid_file)
+    if not is_ours(pid, str(spec.conf)):
         raise TestbedError(f"slurmctld is not running after start; see {log}")
     assert pid is not None
     return pid
@@ -311,7 +197,7 @@ def _start_static_node(spec: TestbedSpec, index: int, env: dict[str, str]) -> No
                    gateway=spec.gateway, veth_host=node)
     argv = netns.host_argv(node, ["slurmd", "-b", "-N", node, "-f", str(spec.conf)],
                            hostname=node)
-    _spawn_daemon(argv, spec.log_dir / f"slurmd-{node}.out", env)
+    spawn_daemon(argv, spec.log_dir / f"slurmd-{node}.out", env)
 
 
 def static_node_states(spec: TestbedSpec) -> dict[str, str]:
@@ -336,7 +222,7 @@ def _running_as(spec: TestbedSpec) -> TestbedSpec | None:
     return previous if st.running and _ctld_answers(previous) else None
 
 
-def up(spec: TestbedSpec, say: Say = _quiet) -> TestbedSpec:
+def up(spec: TestbedSpec, say: Say = quiet) -> TestbedSpec:
     """Bring the instance up; if it already runs with the same spec, leave it as it is."""
     if os.geteuid() != 0:
         raise TestbedError("the local Slurm testbed needs root (namespaces, bridge, slurmd)")
@@ -346,7 +232,7 @@ def up(spec: TestbedSpec, say: Say = _quiet) -> TestbedSpec:
                              "vcluster.toml that has node classes")
     programs = write_hook_wrappers(spec) if spec.config_path else None
     conf_text = instance_conf(spec, config, programs)
-    if _running_as(spec) == spec and _read_text(spec.conf) == conf_text:
+    if _running_as(spec) == spec and read_text(spec.conf) == conf_text:
         say(f"testbed {spec.name} already up: slurmctld at {spec.controller_address}")
         return spec
     ensure_packages(say)
@@ -362,19 +248,19 @@ def up(spec: TestbedSpec, say: Say = _quiet) -> TestbedSpec:
     say(f"bridge {spec.bridge} {spec.gateway_cidr}")
     try:
         munged_pid = _start_munged(spec, env)
-        say(f"munged pid {munged_pid} socket {spec.munge_socket}")
+        say(f"munged pid {munged_pid} socket {spec.munge_socket} key {spec.munge_key}")
         ctld_pid = _start_slurmctld(spec, env)
         say(f"slurmctld pid {ctld_pid} at {spec.controller_address} (SLURM_CONF={spec.conf})")
         for i in range(1, spec.static_nodes + 1):
             _start_static_node(spec, i, env)
         if spec.static_nodes:
             names = spec.static_node_names()
-            _wait_for(
+            wait_for(
                 "static nodes",
                 lambda: all(static_node_states(spec).get(n) == "idle" for n in names),
                 NODES_IDLE_TIMEOUT_S, f"see {spec.log_dir}/slurmd-*.log", interval_s=0.5)
             for i, n in enumerate(names, start=1):
-                pid = _read_pid(spec.slurmd_pid_file(n))
+                pid = read_pid(spec.slurmd_pid_file(n))
                 say(f"node {n} {spec.static_node_ip(i)} idle (slurmd pid {pid})")
     except BaseException:
         down(spec)
@@ -394,18 +280,18 @@ def status(spec: TestbedSpec, *, with_sinfo: bool = True) -> Status:
     """What of this instance runs now."""
     conf = str(spec.conf)
     st = Status(spec)
-    pid = _read_pid(spec.munged_pid_file)
-    st.daemons.append(Daemon("munged", pid, _ours(pid, str(spec.munge_key))))
-    pid = _read_pid(spec.slurmctld_pid_file)
-    st.daemons.append(Daemon("slurmctld", pid, _ours(pid, conf)))
+    pid = read_pid(spec.munged_pid_file)
+    st.daemons.append(Daemon("munged", pid, is_ours(pid, str(spec.munge_key))))
+    pid = read_pid(spec.slurmctld_pid_file)
+    st.daemons.append(Daemon("slurmctld", pid, is_ours(pid, conf)))
     nodes = spec.static_node_names()
     for pid_file in sorted((spec.root / "run").glob("slurmd-*.pid")):
         node = pid_file.stem[len("slurmd-"):]
         if node not in nodes:
             nodes.append(node)
     for node in nodes:
-        pid = _read_pid(spec.slurmd_pid_file(node))
-        st.daemons.append(Daemon(f"slurmd {node}", pid, _ours(pid, conf)))
+        pid = read_pid(spec.slurmd_pid_file(node))
+        st.daemons.append(Daemon(f"slurmd {node}", pid, is_ours(pid, conf)))
     st.bridge_up = netns.link_exists(spec.bridge)
     st.namespaces = [n for n in netns.list_hosts(f"{spec.name}-s")
                      if spec.static_node_re.match(n)]
