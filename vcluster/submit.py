@@ -387,6 +387,10 @@ def plan_submission(request: SubmitRequest, config: Config) -> Submission:
     node_class = choose_class(request, config)
     template = choose_template(request, node_class)
     check_fits(request, node_class)
+    script_wait = next((o for o in request.directives if o.name == "wait"), None)
+    if script_wait is not None:  # sbatch would block until the job ends
+        raise UserInputError(
+            f"{script_wait.label()}: remove it from the script and use fsub --wait")
     return Submission(
         node_class=node_class,
         template=template,

@@ -226,9 +226,15 @@ def test_bad_input_is_refused_before_submitting(site: Path, argv: list[str], mes
     assert not (site / "argv").exists()
 
 
-def test_refusal_names_the_sbatch_line_at_fault(site: Path) -> None:
-    result = run_fsub([], stdin="#!/bin/sh\n#SBATCH --nodes=0\ntrue\n")
-    assert result.stderr == "fsub: error: --nodes=0 (#SBATCH line 2): a job needs at least 1 node\n"
+@pytest.mark.parametrize(("script", "message"), [
+    ("#!/bin/sh\n#SBATCH --nodes=0\ntrue\n",
+     "--nodes=0 (#SBATCH line 2): a job needs at least 1 node"),
+    ("#!/bin/sh\n#SBATCH -N1\n#SBATCH -W\ntrue\n",
+     "--wait (#SBATCH line 3): remove it from the script and use fsub --wait"),
+])
+def test_refusal_names_the_sbatch_line_at_fault(site: Path, script: str, message: str) -> None:
+    result = run_fsub([], stdin=script)
+    assert result.stderr == f"fsub: error: {message}\n"
     assert result.exit_code == 1 and not (site / "argv").exists()
 
 
