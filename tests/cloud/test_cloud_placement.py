@@ -1,0 +1,77 @@
+"""Placement: capacity, SCHED_REQUIREMENTS, SCHED_RANK, unplaceable VMs, the window knobs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from tests.cloud.conftest import VM_TEXT, Running
+from vcluster.testbed.cloud.settings import SchedulerSettings
+
+RUNNING = (3, 3)
+
+
+def _host_of(cloud: Running, vm_id: int) -> str:
+    return str(cloud.one.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HOSTNAME)
+
+
+def test_requirements_and_rank_choose_the_host(start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(hosts=3)
+    by_name = cloud.one.vm.allocate(VM_TEXT + 'SCHED_REQUIREMENTS = "NAME = \\"host2\\""')
+    glob = cloud.one.vm.allocate(
+        VM_TEXT + 'SCHED_REQUIREMENTS = "NAME != \\"host0\\" & !(ID = 2)"')
+    ranked = cloud.one.vm.allocate(VM_TEXT + 'SCHED_RANK = "ID"')
+    low = cloud.one.vm.allocate(VM_TEXT + 'SCHED_RANK = "-ID"\n'
+                                'SCHED_REQUIREMENTS = "NAME = \\"host*\\" | ID > 5"')
+    for vm_id in (by_name, glob, ranked, low):
+        cloud.wait_state(vm_id, *RUNNING)
+    assert _host_of(cloud, by_name) == "host2"
+    assert _host_of(cloud, glob) == "host1"
+    assert _host_of(cloud, ranked) == "host2"
+    assert _host_of(cloud, low) == "host0"
+
+
+def test_default_rank_spreads_and_capacity_is_counted(
+        start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(hosts=2, host_cpu_pct=200, host_mem_kb=4 * 1024 * 1024)
+    big = 'CPU = "1.5"\nMEMORY = "1024"\n'
+    first = cloud.one.vm.allocate(big)
+    second = cloud.one.vm.allocate(big)
+    for vm_id in (first, second):
+        cloud.wait_state(vm_id, *RUNNING)
+    assert {_host_of(cloud, first), _host_of(cloud, second)} == {"host0", "host1"}
+    share = cloud.one.host.info(0).HOST_SHARE
+    assert (share.CPU_USAGE, share.MEM_USAGE, share.RUNNING_VMS) == (150, 1024 * 1024, 1)
+    third = cloud.one.vm.allocate(big)
+    time.sleep(0.6)
+    vm = cloud.one.vm.info(third)
+    assert (vm.STATE, vm.LCM_STATE) == (1, 0)
+    assert re.fullmatch(r"\w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4} : No host with enough "
+                        r"capacity to deploy the VM", vm.USER_TEMPLATE["SCHED_MESSAGE"])
+    cloud.one.vm.action("terminate", first)
+    cloud.wait_state(third, *RUNNING)  # retried once the capacity is back
+    assert "SCHED_MESSAGE" not in cloud.one.vm.info(third).USER_TEMPLATE
+
+
+def test_unplaceable_vm_stays_pending_with_a_message(cloud: Running) -> None:
+    vm_id = cloud.one.vm.allocate(VM_TEXT + 'SCHED_REQUIREMENTS = "NAME = \\"gpu*\\""')
+    time.sleep(0.5)
+    short = cloud.one.vmpool.info(-2, -1, -1, -1).VM[0]
+    assert (short.ID, short.STATE) == (vm_id, 1)
+    assert short.USER_TEMPLATE["SCHED_MESSAGE"].endswith(
+        ' : No host meets capacity and SCHED_REQUIREMENTS: NAME = "gpu*"')
+
+
+def test_placement_window(start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(scheduler=SchedulerSettings(max_wnd_time_s=0.8, max_wnd_length=3,
+                                                    timer_s=30.0))
+    vm_id = cloud.one.vm.allocate(VM_TEXT)
+    time.sleep(0.4)
+    assert cloud.vm_state(vm_id) == (1, 0)      # the window is not old enough yet
+    cloud.wait_state(vm_id, *RUNNING, timeout_s=3)
+    started = time.monotonic()
+    ids = [cloud.one.vm.allocate(VM_TEXT) for _ in range(3)]  # a full window goes at once
+    for other in ids:
+        cloud.wait_state(other, *RUNNING, timeout_s=3)
+    assert time.monotonic() - started < 0.7
