@@ -287,6 +287,21 @@ def test_crash_after_kills_the_vm_and_shutdown_cleans_up(driver: NetnsDriver) ->
     assert leftovers() == []
 
 
+def test_a_suspended_vm_can_crash_and_be_terminated(driver: NetnsDriver) -> None:
+    keep = "#!/bin/sh\nsleep 600 </dev/null >/dev/null 2>&1 &\n"
+    driver.boot(make_spec(19, "10.113.0.19", keep, fault=Fault(crash_after_s=1.0)))
+    driver.boot(make_spec(20, "10.113.0.20", keep))
+    driver.suspend(19)
+    driver.suspend(20)
+    wait_for(lambda: not driver.alive(19), 6, "the crash of the frozen VM 19")
+    assert driver.alive(20)
+    started = time.monotonic()
+    driver.shutdown(20)  # frozen: thawed first, or its processes could not die
+    assert time.monotonic() - started < 3.5
+    driver.shutdown(19)
+    assert leftovers() == []
+
+
 def test_boot_fail_raises_and_leaves_nothing(driver: NetnsDriver) -> None:
     spec = make_spec(14, "10.113.0.14", "#!/bin/sh\n", fault=Fault(boot_fail=True))
     with pytest.raises(DriverError, match=r"^VM 14 failed to boot \(injected fault"):
