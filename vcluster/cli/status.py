@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
-from vcluster import db
 from vcluster.config import Config, load_config
 from vcluster.errors import VclusterError
-from vcluster.report import (
-    build_status,
-    events_table,
-    events_to_json,
-    query_events,
-    render_status,
-    status_to_json,
-)
-from vcluster.slurm import Node, Slurm
+
+if TYPE_CHECKING:  # SQLAlchemy and rich load only when a command runs (fsub imports vcluster.cli)
+    from sqlalchemy import Engine
+
+    from vcluster.slurm import Node
 
 
 def _config(ctx: click.Context) -> Config:
@@ -34,6 +27,10 @@ def _config(ctx: click.Context) -> Config:
 
 def _open_database(config: Config) -> Engine:
     """The existing database, at the current schema; never creates or migrates one."""
+    from sqlalchemy.engine import make_url
+
+    from vcluster import db
+
     url = make_url(config.database.url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         if not Path(url.database).exists():
@@ -44,6 +41,8 @@ def _open_database(config: Config) -> Engine:
 
 
 def _slurm_nodes(config: Config) -> tuple[list[Node] | None, str]:
+    from vcluster.slurm import Slurm
+
     try:
         return Slurm(config.slurm).nodes(), ""
     except VclusterError as exc:
@@ -68,6 +67,11 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
       vcluster status
       vcluster status --json | jq '.controller.running'
     """
+    from rich.console import Console
+
+    from vcluster import db
+    from vcluster.report import build_status, render_status, status_to_json
+
     config = _config(ctx)
     engine = _open_database(config)
     try:
@@ -99,6 +103,11 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
       vcluster events --job 42
       vcluster events --node vc-small-001 -n 20 --json
     """
+    from rich.console import Console
+
+    from vcluster import db
+    from vcluster.report import events_table, events_to_json, query_events
+
     config = _config(ctx)
     engine = _open_database(config)
     try:
