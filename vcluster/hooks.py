@@ -101,7 +101,7 @@ def parse_vcluster_nodes(text: str | None, config: Config, *, only_ours: bool = 
     if foreign and only_ours:
         classes = ", ".join(f"{nc.name} {nc.hostlist}" for nc in config.node_classes) or "none"
         raise UserInputError(
-            f"{compress_hostlist(foreign)} are not vcluster nodes (classes: {classes}); "
+            f"not vcluster nodes: {compress_hostlist(foreign)} (classes: {classes}); "
             "point only vcluster's nodes at vcluster's programs in slurm.conf"
         )
     return ours
@@ -212,9 +212,14 @@ def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
                if (nc := env.config.class_of_node(n)) is not None and nc.policy == "per-job"]
     if per_job:
         # Done before the heartbeat check: Slurm's side must not wait for a dead controller.
-        env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
-        log.info("job %d ended: powering down per-job nodes %s", job_id,
-                 compress_hostlist(per_job))
+        # If Slurm refuses (a node still powering up), the controller powers it down later.
+        try:
+            env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
+            log.info("job %d ended: powering down per-job nodes %s", job_id,
+                     compress_hostlist(per_job))
+        except VclusterError as exc:
+            log.warning("job %d ended: cannot power down %s now: %s", job_id,
+                        compress_hostlist(per_job), exc)
     record_request(env, "epilog", nodes, [job_id],
                    f"job {job_id} ended (exit {exit_code or '?'}) on {compress_hostlist(nodes)}",
                    payload={"exit_code": exit_code or ""})

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from vcluster import db, hooks
 from vcluster.config import Config, load_config
-from vcluster.errors import ControllerStale, UserInputError
+from vcluster.errors import ControllerStale, SlurmCommandError, UserInputError
 from vcluster.slurm_parse import Node
 from vcluster.wake import WakeListener
 
@@ -66,10 +66,15 @@ class FakeSlurm:
         states = self.script[name]
         return states.pop(0) if len(states) > 1 else states[0]
 
+    refuse_updates: bool = False
+
     def update_nodes(self, nodes: str | Sequence[str], *, state: str | None = None,
                      reason: str | None = None, nodeaddr: str | None = None,
                      nodehostname: str | None = None) -> None:
         names = nodes if isinstance(nodes, str) else ",".join(nodes)
+        if self.refuse_updates:
+            raise SlurmCommandError(["scontrol", "update", f"nodename={names}"], 1, "",
+                                    "slurm_update error: Node is powering up")
         self.updates.append((names, {"state": state, "reason": reason}))
 
     def trigger_on_job_end(self, job_id: int, program: str) -> None:
@@ -127,7 +132,7 @@ def requests(env: hooks.HookEnv) -> list[tuple[str, str, list[int]]]:
     ("", "no node list given; Slurm passes a hostlist such as vc-small-[001-002]"),
     ("vc-small-[001", "'vc-small-[001' is not a Slurm hostlist"),
     ("vc-small-[001-002],gpu[1-2],vc-small-009",
-     "gpu[1-2],vc-small-009 are not vcluster nodes (classes: small vc-small-[001-004], "
+     "not vcluster nodes: gpu[1-2],vc-small-009 (classes: small vc-small-[001-004], "
      "big vc-big-[001-002]); point only vcluster's nodes at vcluster's programs in slurm.conf"),
 ])
 def test_hostlist_validation_messages(config: Config, text: str, message: str) -> None:
@@ -228,6 +233,12 @@ def test_epilog_powers_down_even_when_the_controller_is_stale(env: hooks.HookEnv
         ("vc-small-001", {"state": "POWER_DOWN_ASAP", "reason": None})]
 
 
+def test_epilog_still_records_when_slurm_refuses_the_power_down(env: hooks.HookEnv) -> None:
+    env.slurm.refuse_updates = True  # type: ignore[attr-defined]
+    assert hooks.do_epilog(env, "12", "vc-small-001", "0") == hooks.EXIT_OK
+    assert requests(env) == [("epilog", "vc-small-001", [12])]
+
+
 def test_prolog_and_epilog_ignore_jobs_on_other_nodes(env: hooks.HookEnv) -> None:
     with db.transaction(env.sessions) as s:
         db.beat(s, at=NOW - timedelta(hours=1))  # even a dead controller is no reason to fail
@@ -276,7 +287,7 @@ def test_run_hook_maps_errors_to_exit_codes_and_logs(
     code = hooks.run_hook("vcluster-suspend", action, environ=environ,
                           env_factory=lambda cfg, argv0: env)
     assert code == hooks.EXIT_BAD_INPUT
-    message = ("gpu1 are not vcluster nodes (classes: small vc-small-[001-004], "
+    message = ("not vcluster nodes: gpu1 (classes: small vc-small-[001-004], "
                "big vc-big-[001-002]); point only vcluster's nodes at vcluster's programs "
                "in slurm.conf")
     assert capsys.readouterr().err == f"vcluster-suspend: error: {message}\n"
