@@ -82,6 +82,10 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: picture(nodes={B1: powering_up(B1)},
                      requests=(request(3, "resume", (B1,), (), {"jobs": []}),)),
      [BootVM(B1, "big", None, 8, 8192, "bigworker"), MarkHandled((3,))]),
+    ("a pool node gets the whole class: it will serve later jobs too",
+     lambda: picture(nodes={B1: powering_up(B1)},
+                     jobs=jobs(job(12, B1, features="big", memory_per_cpu_mb=100))),
+     [BootVM(B1, "big", 12, 8, 8192, "bigworker")]),
     ("an array task is found through the resume file",
      lambda: picture(
          nodes={S1: powering_up(S1)},

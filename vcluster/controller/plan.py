@@ -72,8 +72,9 @@ def choose_template(job: Job | None, node_class: NodeClass) -> str:
 
 def vm_size(job: Job | None, node_class: NodeClass) -> tuple[int, int]:
     """(cpus, memory_mb) of one of the job's VMs: what it asked per node, never above the
-    class; the whole class size for a node powered up without a job."""
-    if job is None:
+    class. A ``pool`` node serves later jobs too, and a node powered up without a job has
+    nothing to size to: both get the whole class size."""
+    if job is None or node_class.policy == "pool":
         return node_class.cpus, node_class.memory_mb
     node_count = max(1, job.node_count or len(job.nodes))
     requested = (job.tasks * max(1, job.cpus_per_task)) if job.tasks > 0 else job.cpus
