@@ -219,16 +219,15 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     return []
 
 
-def _per_job_idle(config: Config, obs: Observed, launch: LaunchView, node: Node | None,
+def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
                   jobs_by_node: Mapping[str, Job]) -> bool:
-    """An up per-job node whose job is over and that Slurm has not yet powered down."""
+    """An up per-job node that no job holds (its job ended, was cancelled or requeued) and
+    that Slurm has not been told to power down (the epilog's call was missed or refused)."""
     nc = config.class_of_node(launch.node_name)
     if nc is None or nc.policy != "per-job" or launch.state != "up" or node is None:
         return False
-    if node.state != "IDLE" or node.flags & _BUSY_FLAGS or launch.node_name in jobs_by_node:
-        return False
-    job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
-    return job is None or job.is_finished
+    return (node.state == "IDLE" and not node.flags & _BUSY_FLAGS
+            and launch.node_name not in jobs_by_node)
 
 
 def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
@@ -277,7 +276,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                             jobs_by_node, given_up)
         adopted.update(a.vm_id for a in step if isinstance(a, AdoptVM))
         actions += step
-        if not step and _per_job_idle(config, obs, launch, node, jobs_by_node):
+        if not step and _per_job_idle(config, launch, node, jobs_by_node):
             power_down.append(launch.node_name)
 
     for name, node in sorted(obs.nodes.items()):
