@@ -10,9 +10,11 @@ import pwd
 import subprocess
 from collections.abc import Iterator
 
+import pyone
 import pytest
 
 from tests.integration.site_fixtures import Site, e2e_site, job_id_of, wait_clean, wait_for
+from vcluster.config import read_one_auth
 
 __all__ = ["e2e_site"]
 
@@ -62,9 +64,12 @@ def test_memory_and_cpu_requests_show_in_the_vm_templates(s: Site) -> None:
     assert proc.returncode == 0, proc.stderr
     job_id = job_id_of(proc)
     (vm_id,) = vm_ids_for_job(s, job_id)
-    body = s.one.vm(vm_id)
-    assert body.template.get("MEMORY") == "700"
-    assert body.template.get("VCPU") == "2"
+    # what `onevm show` would print, read with the real pyone client
+    server = pyone.OneServer(s.config.opennebula.xmlrpc,
+                             session=read_one_auth(s.config.opennebula.auth_file))
+    template = server.vm.info(vm_id).TEMPLATE
+    assert template["MEMORY"] == "700"
+    assert template["VCPU"] == "2"
 
 
 def test_job_array_runs_each_task_on_fresh_vms(s: Site) -> None:

@@ -7,6 +7,7 @@ Subcommands live in their own modules and are added below.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -18,7 +19,16 @@ from vcluster.errors import VclusterError
 
 
 class VclusterGroup(click.Group):
-    """A click group that prints vcluster errors as one line instead of a traceback."""
+    """A click group that prints vcluster errors as one line instead of a traceback, and
+    imports its subcommands (listed in ``_SUBCOMMANDS``) only when they are used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_SUBCOMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _SUBCOMMANDS and cmd_name not in self.commands:
+            self.add_command(_load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -54,17 +64,25 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     )
 
 
-def _register() -> None:
-    from vcluster.cli.testbed import testbed
+# Subcommands, imported only when used: `fsub` and `vcluster --help` stay fast, and a
+# command's heavy imports (SQLAlchemy, the testbed) load only for that command.
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "controller": ("vcluster.cli.controller", "controller_group"),
+    "events": ("vcluster.cli.status", "events"),
+    "hook": ("vcluster.cli.hook", "hook"),
+    "slurm-conf": ("vcluster.cli.slurmconf", "slurm_conf"),
+    "status": ("vcluster.cli.status", "status"),
+    "testbed": ("vcluster.cli.testbed", "testbed"),
+}
 
-    cli.add_command(testbed)
-    from vcluster.cli.slurmconf import slurm_conf; cli.add_command(slurm_conf)  # noqa: E702,I001
-    from vcluster.cli.status import events, status; cli.add_command(status); cli.add_command(events)  # noqa: E702,I001,E501
-    from vcluster.cli.hook import hook; cli.add_command(hook)  # noqa: E702,I001
-    from vcluster.cli.controller import controller_group; cli.add_command(controller_group)  # noqa: E702,I001,E501
+
+def _load(name: str) -> click.Command:
+    module, attr = _SUBCOMMANDS[name]
+    command = getattr(importlib.import_module(module), attr)
+    assert isinstance(command, click.Command)
+    return command
 
 
-_register()
 
 
 def main() -> None:

@@ -1,0 +1,174 @@
+"""End-to-end latency of jobs on fresh VMs, on the testbed site (real Slurm, netns VMs).
+
+Brings up its own site (instance ``vcb``, 10.117.0.0/24), submits JOBS one-node jobs with
+``fsub`` (STREAMS at a time), and reports, as JSON in benchmarks/results/e2e_jobs.json:
+
+- ``overhead_s``: submit -> job start, minus the VM's own boot. Submit is taken just before
+  ``fsub`` runs; job start is the first thing the job script prints (``date +%s.%N``); the VM's
+  own boot is ``vm.allocated`` -> ``node.up`` in vcluster's event log (the VM boots, runs its
+  contextualization, and its slurmd registers). What remains is Slurm's scheduling and
+  power-saving delays, the hooks, the controller's planning and allocation, and the prolog.
+- ``end_to_terminate_s``: the job script's last ``date +%s.%N`` -> the controller's
+  ``terminate`` call for that job's VM (``vm.terminated`` event).
+- ``controller_cpu_s_per_job``: the controller's user+system CPU time over the run / JOBS.
+
+Run as root: ``python3 benchmarks/e2e_jobs.py [--jobs 20] [--streams 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from vcluster import db
+from vcluster.config import load_config
+from vcluster.testbed import site
+
+RESULTS = Path(__file__).resolve().parent / "results" / "e2e_jobs.json"
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {
+        "n": len(values),
+        "mean": round(statistics.fmean(values), 3),
+        "median": round(statistics.median(values), 3),
+        "p90": round(values[max(0, int(len(values) * 0.9) - 1)], 3),
+        "min": round(values[0], 3),
+        "max": round(values[-1], 3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="vcb-site-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    work = root / "work"
+    work.mkdir(mode=0o1777)
+    spec = site.SiteSpec(name="vcb", subnet="10.117.0.0/24", state_dir=str(root / "state"),
+                         slurm_port=7117, one_port=2933, onegate_port=5330,
+                         per_job_nodes=max(4, 2 * args.streams), pool_nodes=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "ONE_"))}
+    env.update(VCLUSTER_CONFIG=str(spec.config_path), SLURM_CONF=str(spec.slurm.conf))
+    site.down(spec)
+    try:
+        site.up(spec, say=lambda line: print(line, file=sys.stderr))
+        config = load_config(spec.config_path, environ={})
+        ctl_pid = int(spec.pid_file("controller").read_text())
+        cpu0 = cpu_s(ctl_pid)
+        submitted: dict[int, float] = {}
+        lock = threading.Lock()
+        failures: list[str] = []
+
+        def stream(indices: range) -> None:
+            for i in indices:
+                out = work / f"job-{i}.out"
+                t0 = time.time()
+                proc = subprocess.run(
+                    ["fsub", "-N1", "--wait", "--parsable", f"--output={out}", "--wrap",
+                     "date +%s.%N; hostname; date +%s.%N"],
+                    capture_output=True, text=True, env=env, timeout=600, check=False)
+                if proc.returncode != 0:
+                    failures.append(f"job {i}: exit {proc.returncode}: {proc.stderr.strip()}")
+                    continue
+                with lock:
+                    submitted[int(proc.stdout.strip().split(";")[0])] = t0
+
+        per = -(-args.jobs // args.streams)
+        threads = [threading.Thread(target=stream, args=(range(s * per, min(args.jobs,
+                                                                            (s + 1) * per)),))
+                   for s in range(args.streams)]
+        t_start = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall_s = time.time() - t_start
+        time.sleep(config.controller.interval_s * 2 + 6)  # let the last terminations land
+        cpu1 = cpu_s(ctl_pid)
+
+        factory = db.session_factory(db.make_engine(config.database))
+        with db.transaction(factory) as s:
+            events = s.scalars(select(db.Event).order_by(db.Event.id)).all()
+        first: dict[tuple[str, int], float] = {}
+        for ev in events:
+            if ev.job_id is not None and ev.kind in ("vm.allocated", "node.up", "vm.terminated"):
+                first.setdefault((ev.kind, ev.job_id), ts(ev.at))
+        overhead: list[float] = []
+        boot: list[float] = []
+        end_term: list[float] = []
+        for job_id, t_submit in sorted(submitted.items()):
+            alloc = first.get(("vm.allocated", job_id))
+            up = first.get(("node.up", job_id))
+            term = first.get(("vm.terminated", job_id))
+            out = _output_for(job_id, env)
+            if None in (alloc, up, term) or out is None:
+                failures.append(f"job {job_id}: incomplete record")
+                continue
+            assert alloc is not None and up is not None and term is not None
+            start, end = out
+            boot_s = up - alloc
+            boot.append(boot_s)
+            overhead.append((start - t_submit) - boot_s)
+            end_term.append(term - end)
+        result = {
+            "benchmark": "e2e_jobs",
+            "when": datetime.now().isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "jobs": args.jobs,
+            "streams": args.streams,
+            "completed": len(overhead),
+            "failures": failures,
+            "wall_s": round(wall_s, 1),
+            "vm_boot_s": summary(boot) if boot else None,
+            "overhead_s": summary(overhead) if overhead else None,
+            "end_to_terminate_s": summary(end_term) if end_term else None,
+            "controller_cpu_s_per_job": round((cpu1 - cpu0) / max(1, args.jobs), 4),
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0 if not failures else 1
+    finally:
+        site.down(spec)
+
+
+def _output_for(job_id: int, env: dict[str, str]) -> tuple[float, float] | None:
+    """The job's (start, end) as printed by its script, found through its StdOut."""
+    proc = subprocess.run(["scontrol", "show", "job", str(job_id), "-o"], capture_output=True,
+                          text=True, env=env, check=False)
+    for word in proc.stdout.split():
+        if word.startswith("StdOut="):
+            lines = Path(word.split("=", 1)[1]).read_text().split()
+            if len(lines) == 3:
+                return float(lines[0]), float(lines[2])
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
