@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,13 +49,15 @@ class Site:
     def one(self) -> OneClient:
         return OneClient(self.config.opennebula)
 
-    def fsub(self, *args: str, user: str | None = None, timeout_s: float = 300,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        argv = ["fsub", *args]
+    def fsub(self, *args: str, user: str | None = None, fsub: str = "fsub",
+             timeout_s: float = 300, cwd: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        argv = [fsub, *args]
         if user:
             env_args = [f"{k}={v}" for k, v in self.env.items()
-                        if k in ("VCLUSTER_CONFIG", "SLURM_CONF", "FSUB_WAIT_INTERVAL_S", "PATH")]
-            argv = ["runuser", "-u", user, "--", "env", *env_args, *argv]
+                        if k in ("VCLUSTER_CONFIG", "SLURM_CONF", "FSUB_WAIT_INTERVAL_S")]
+            argv = ["runuser", "-u", user, "--", "env", "PATH=/usr/local/bin:/usr/bin:/bin",
+                    *env_args, *argv]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
                               env=self.env, cwd=cwd or self.work, check=False)
 
@@ -145,3 +148,23 @@ def e2e_site() -> Iterator[Site]:
         if not left:
             shutil.rmtree(root, ignore_errors=True)
         assert not left, f"namespaces left after down: {left}"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def system_fsub() -> Iterator[str]:
+    """fsub installed the way a site installs it for its users: a virtual environment of the
+    system's Python outside /root (which ordinary users cannot enter), built from this tree."""
+    venv = Path(tempfile.mkdtemp(prefix="vce-venv-", dir="/tmp"))
+    os.chmod(venv, 0o755)
+    try:
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)],
+                       check=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                        "install", "-q", "--disable-pip-version-check", str(REPO)],
+                       check=True, timeout=900)
+        yield str(venv / "bin" / "fsub")
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

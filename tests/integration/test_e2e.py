@@ -13,10 +13,17 @@ from collections.abc import Iterator
 import pyone
 import pytest
 
-from tests.integration.site_fixtures import Site, e2e_site, job_id_of, wait_clean, wait_for
+from tests.integration.site_fixtures import (
+    Site,
+    e2e_site,
+    job_id_of,
+    system_fsub,
+    wait_clean,
+    wait_for,
+)
 from vcluster.config import read_one_auth
 
-__all__ = ["e2e_site"]
+__all__ = ["e2e_site", "system_fsub"]
 
 pytestmark = pytest.mark.integration
 
@@ -155,14 +162,15 @@ def test_pool_class_serves_two_jobs_with_one_boot(s: Site) -> None:
     wait_clean(s, 120)  # idles out after SuspendTime
 
 
-def test_job_submitted_by_a_non_root_user(s: Site) -> None:
+def test_job_submitted_by_a_non_root_user(s: Site, system_fsub: str) -> None:
     user = "vcuser"
     try:
         pwd.getpwnam(user)
     except KeyError:
         subprocess.run(["useradd", "--create-home", user], check=True)
     out = s.work / "user.out"
-    proc = s.fsub("-N1", "--wait", f"--output={out}", "--wrap", "id -un; hostname", user=user)
+    proc = s.fsub("-N1", "--wait", f"--output={out}", "--wrap", "id -un; hostname", user=user,
+                  fsub=system_fsub)
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().split()
     assert lines[0] == user and lines[1].startswith("vce-small-")
