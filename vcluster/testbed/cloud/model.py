@@ -8,7 +8,7 @@ keeps those layers apart. State numbers and names are oned's (include/VirtualMac
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vcluster.testbed.cloud.template_parse import Template
@@ -59,6 +59,11 @@ ACTION_NUMBERS = {
 
 # Host states (Host.h)
 HOST_MONITORED = 2
+
+
+def _plain(obj: Any, *skip: str) -> dict[str, Any]:
+    """The dataclass's own fields as a dict (no deep copy of the skipped, large ones)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in skip}
 
 
 def state_str(state: int, lcm_state: int) -> str:
@@ -147,7 +152,8 @@ class VM:
             return 0
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("template", "user_template")}
+        data = _plain(self, "template", "user_template", "history")
+        data["history"] = [asdict(h) for h in self.history]
         data["template"] = self.template.to_dict()
         data["user_template"] = self.user_template.to_dict()
         return data
@@ -203,7 +209,8 @@ class Host:
         return value if isinstance(value, str) else None
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "template"}
+        data = _plain(self, "template")
+        data["vm_ids"] = list(self.vm_ids)
         data["template"] = self.template.to_dict()
         return data
 
@@ -242,7 +249,8 @@ class VNet:
     """Leased IP -> VM id (persisted in the store's lease table, not in the JSON body)."""
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("template", "leases")}
+        data = _plain(self, "template", "leases", "ars")
+        data["ars"] = [asdict(ar) for ar in self.ars]
         data["template"] = self.template.to_dict()
         return data
 
@@ -266,7 +274,7 @@ class VMTemplate:
     regtime: int = field(default_factory=now_s)
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "template"}
+        data = _plain(self, "template")
         data["template"] = self.template.to_dict()
         return data
 

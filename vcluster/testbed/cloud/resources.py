@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from vcluster.testbed.cloud.model import VM, AddressRange, Host, VMTemplate, VNet
@@ -176,10 +177,12 @@ class Resources:
     def _lease(self, vnet: VNet, vm_id: int, wanted: str) -> str:
         for ar in vnet.ars:
             start = int(ipaddress.IPv4Address(ar.ip_start))
-            candidates = range(start, start + ar.size)
+            # like oned, look from the last leased index on (wrapping), not from the start
+            candidates: Iterable[int] = (
+                start + (ar.next_index + i) % ar.size for i in range(ar.size))
             if wanted:
                 value = int(ipaddress.IPv4Address(wanted))
-                candidates = range(value, value + 1) if value in candidates else range(0)
+                candidates = [value] if start <= value < start + ar.size else []
             for value in candidates:
                 ip = str(ipaddress.IPv4Address(value))
                 if ip not in vnet.leases:
