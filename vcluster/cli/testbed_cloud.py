@@ -81,10 +81,17 @@ def _read_auth(auth: str | None, auth_file: str | None) -> str:
               help="SCHED_MAX_WND_TIME: place PENDING VMs when the window is this old.")
 @click.option("--sched-window-length", type=int, default=7, show_default=True,
               help="SCHED_MAX_WND_LENGTH: place when the window holds this many VMs.")
+@click.option("--boot-s", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Simulated seconds of BOOT (plus the driver's own time).")
+@click.option("--step-s", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="Simulated seconds of every other step (PROLOG, SHUTDOWN, EPILOG...).")
+@click.option("--monitor-s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="How often running VMs are checked (dead ones go UNKNOWN).")
 def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
           auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
           onegate_host: str, bridge: str, subnet: str, lease_start: int, network_name: str,
-          prefix: str, sched_window_s: float, sched_window_length: int) -> None:
+          prefix: str, sched_window_s: float, sched_window_length: int, boot_s: float,
+          step_s: float, monitor_s: float) -> None:
     """Serve OpenNebula's XML-RPC API (and OneGate) until SIGTERM or Ctrl-C.
 
     \b
@@ -93,7 +100,7 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
           --hosts 2 --auth oneadmin:secret
     """
     from vcluster.testbed.cloud.server import CloudServer
-    from vcluster.testbed.cloud.settings import SchedulerSettings
+    from vcluster.testbed.cloud.settings import SchedulerSettings, Timings
 
     try:
         network = ipaddress.ip_network(subnet, strict=False)
@@ -109,7 +116,9 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
         network=NetworkSettings(name=network_name, bridge=bridge, subnet=str(network),
                                 lease_start=lease_start),
         scheduler=SchedulerSettings(max_wnd_time_s=sched_window_s,
-                                    max_wnd_length=sched_window_length))
+                                    max_wnd_length=sched_window_length),
+        timings=Timings(prolog_s=step_s, boot_s=boot_s, shutdown_s=step_s, epilog_s=step_s,
+                        save_s=step_s, migrate_s=step_s, monitor_interval_s=monitor_s))
     server = CloudServer(settings)
     try:
         server.start()

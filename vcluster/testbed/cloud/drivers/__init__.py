@@ -21,7 +21,7 @@ def make_driver(name: str, *, state_dir: Path, prefix: str) -> VMDriver:
 
         return DummyDriver(state_dir)
     if name == "netns":
-        from vcluster.testbed.cloud.drivers.netns import NetnsDriver  # type: ignore[import-not-found,unused-ignore]
+        from vcluster.testbed.cloud.drivers.netns import NetnsDriver
 
         driver: VMDriver = NetnsDriver(state_dir=state_dir, prefix=prefix)
         return driver
