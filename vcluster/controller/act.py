@@ -249,10 +249,14 @@ class Actor:
         self._event_safely("node.power_down", f"{compress_hostlist(a.node_names)}: {a.reason}")
 
     def _ResetNode(self, a: ResetNode) -> None:
-        self.slurm.update_nodes(a.node_name, state="POWER_DOWN_FORCE",
-                                reason=a.reason[:SLURM_REASON_MAX])
-        self._event_safely("node.reset", f"powered down (was DOWN: {a.reason})",
-                           node_name=a.node_name)
+        if a.state == "RESUME":
+            self.slurm.update_nodes(a.node_name, state="RESUME")
+            message = f"returned to service, powered down (was DOWN: {a.reason})"
+        else:
+            self.slurm.update_nodes(a.node_name, state=a.state,
+                                    reason=a.reason[:SLURM_REASON_MAX])
+            message = f"powering down (DOWN: {a.reason})"
+        self._event_safely("node.reset", message, node_name=a.node_name)
 
     # --- bookkeeping ---------------------------------------------------------------------------
 

@@ -102,10 +102,13 @@ class PowerDown:
 
 @dataclass(frozen=True)
 class ResetNode:
-    """A vcluster-DOWN node without a VM: power it down so Slurm can use it again."""
+    """Return a node vcluster set DOWN (and whose VM is gone) to service: ``POWER_DOWN_FORCE``
+    while it is still up in Slurm's eyes, then ``RESUME`` once it is ``down~`` (Slurm 22.05
+    keeps a powered-down node DOWN until resumed)."""
 
     node_name: str
     reason: str
+    state: str = "POWER_DOWN_FORCE"
 
 
 @dataclass(frozen=True)

@@ -300,8 +300,11 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(FailNode(name, "vcluster: no VM backs this node",
                                         job_id=jobs_by_node[name].job_id
                                         if name in jobs_by_node else None))
-        elif node.is_down and not _is_off(node) and node.reason.startswith(REASON_PREFIX):
-            actions.append(ResetNode(name, node.reason))
+        elif node.is_down and node.reason.startswith(REASON_PREFIX):
+            if not _is_off(node):
+                actions.append(ResetNode(name, node.reason))
+            elif node.powered_down and not node.powering_down:
+                actions.append(ResetNode(name, node.reason, "RESUME"))
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
         if vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating:
