@@ -306,7 +306,8 @@ class OneClient:
 
     def _translate_failure(self, exc: _CallFailed, doing: str, subject: str,
                            hint: str) -> OneError:
-        msg, code = _one_line(exc.message), exc.code
+        full, code = _one_line(exc.message), exc.code
+        msg = full[:-1] if full.endswith(".") else full  # it is followed by "; what to do"
         if code == AUTHENTICATION:
             return OneAuthError(
                 f"OpenNebula rejected the credentials {self._credentials_source()} "
@@ -316,7 +317,7 @@ class OneClient:
                 f"OpenNebula user {self.user!r} may not {doing}: {msg}; ask an OpenNebula "
                 "admin for the permission or use another account", code=code)
         if code == NO_EXISTS:
-            return OneNotFound(f"OpenNebula has no {subject} ({msg}); check the id", code=code)
+            return OneNotFound(f"OpenNebula has no {subject} ({full}); check the id", code=code)
         if code == INTERNAL and not any(p in msg for p in _PERMANENT_INTERNAL):
             return OneInternalError(f"OpenNebula failed to {doing}: {msg}; it may be "
                                     "temporary, see oned.log if it persists", code=code)
