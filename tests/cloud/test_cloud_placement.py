@@ -75,3 +75,18 @@ def test_placement_window(start_cloud: Callable[..., Running]) -> None:
     for other in ids:
         cloud.wait_state(other, *RUNNING, timeout_s=3)
     assert time.monotonic() - started < 0.7
+
+
+def test_resched_moves_a_running_vm_to_another_host(cloud: Running) -> None:
+    vm_id = cloud.one.vm.allocate(VM_TEXT)
+    cloud.wait_state(vm_id, *RUNNING)
+    before = _host_of(cloud, vm_id)
+    cloud.one.vm.action("resched", vm_id)
+    deadline = time.monotonic() + 5
+    while _host_of(cloud, vm_id) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_of(cloud, vm_id) != before
+    cloud.wait_state(vm_id, *RUNNING)
+    vm = cloud.one.vm.info(vm_id)
+    assert vm.RESCHED == 0 and len(vm.HISTORY_RECORDS.HISTORY) == 2
+    assert vm.HISTORY_RECORDS.HISTORY[0].ACTION == 1  # migrate

@@ -160,6 +160,7 @@ class Resources:
                     "AR_ID": "0", "BRIDGE": vnet.bridge, "BRIDGE_TYPE": "linux",
                     "CLUSTER_ID": "0", "IP": ip, "MAC": mac_for_ip(ip), "NAME": f"NIC{nic_id}",
                     "NETWORK": vnet.name, "NETWORK_ID": str(vnet.vnet_id),
+                    "NETWORK_UNAME": vnet.uname,
                     "NIC_ID": str(nic_id), "SECURITY_GROUPS": "0",
                     "TARGET": f"one-{vm.vm_id}-{nic_id}", "VN_MAD": vnet.vn_mad})
                 for key in ("GATEWAY", "DNS", "NETWORK_ADDRESS", "NETWORK_MASK"):

@@ -15,7 +15,7 @@ import time
 
 from vcluster.testbed.cloud import expr
 from vcluster.testbed.cloud.cloud import Cloud, fits, log_time
-from vcluster.testbed.cloud.model import PENDING, VM, Host
+from vcluster.testbed.cloud.model import ACTIVE, LCM, PENDING, VM, Host
 
 log = logging.getLogger(__name__)
 
@@ -116,4 +116,16 @@ class Scheduler:
                     continue
                 self.cloud.place(vm, host)
                 placed += 1
+            self._reschedule(hosts)
         return placed
+
+    def _reschedule(self, hosts: list[Host]) -> None:
+        """RUNNING VMs flagged with resched move to another host if one suits them (cold
+        migration, as oned's scheduler does with LIVE_RESCHEDS=0)."""
+        flagged = [vm for vm in self.cloud.vms.values()
+                   if vm.resched and vm.state == ACTIVE and vm.lcm_state == LCM["RUNNING"]]
+        for vm in sorted(flagged, key=lambda v: v.vm_id):
+            host, _message = choose_host(vm, [h for h in hosts if h.host_id != vm.hid])
+            if host is not None:
+                vm.resched = 0
+                self.cloud.migrate(vm.vm_id, host.host_id, live=False, enforce=False)
