@@ -127,3 +127,11 @@ def test_values_are_cdata_and_vms_have_no_namespace(populated: Running) -> None:
     assert body.startswith("<VM><ID>1</ID><UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME>")
     assert "<CPU><![CDATA[0.1]]></CPU>" in body
     assert "<LABEL><![CDATA[x]]></LABEL>" in body
+
+
+def test_short_vm_template_is_plain_and_extended_pool_has_the_last_history(
+        populated: Running) -> None:
+    short = ok(populated.raw.one.vmpool.info(AUTH, 1, 1, -2))
+    assert "<TEMPLATE><CPU>0.1</CPU><MEMORY>64</MEMORY><NIC>" in short
+    full = ok(populated.raw.one.vmpool.infoextended(AUTH, 1, 1, -2))
+    assert full.count("<HISTORY>") == 1

@@ -44,8 +44,8 @@ def _monitoring(vm: VM) -> str:
             + _e("TIMESTAMP", vm.last_poll) + "</MONITORING>")
 
 
-def vm_xml(vm: VM) -> str:
-    """The full VM (one.vm.info, one.vmpool.infoextended)."""
+def vm_xml(vm: VM, *, all_history: bool = True) -> str:
+    """The full VM: one.vm.info (every history record), one.vmpool.infoextended (the last)."""
     parts = [
         _e("ID", vm.vm_id), _e("UID", vm.uid), _e("GID", vm.gid), _e("UNAME", vm.uname),
         _e("GNAME", vm.gname), _e("NAME", vm.name), permissions_xml(),
@@ -57,7 +57,7 @@ def vm_xml(vm: VM) -> str:
         template_xml(vm.user_template, "USER_TEMPLATE"),
     ]
     records = []
-    for h in vm.history:
+    for h in vm.history if all_history else vm.history[-1:]:
         records.append(
             "<HISTORY>" + _e("OID", vm.vm_id) + _e("SEQ", h.seq) + _e("HOSTNAME", h.hostname)
             + _e("HID", h.hid) + _e("CID", h.cid) + _e("STIME", h.stime) + _e("ETIME", h.etime)
@@ -75,12 +75,11 @@ def vm_xml(vm: VM) -> str:
 
 def vm_short_xml(vm: VM) -> str:
     """The short VM of one.vmpool.info: no CONTEXT, no custom USER_TEMPLATE attributes."""
-    short = Template()
-    for name in ("CPU", "MEMORY", "VCPU"):
-        value = vm.template.get(name)
-        if value is not None:
-            short.add(name, value)
-    tmpl_parts = [f"<{n}>{cdata(str(v))}</{n}>" for n, v in short.attrs]
+    # oned writes CPU and MEMORY of the short TEMPLATE as plain text, not CDATA
+    tmpl_parts = [_e("CPU", vm.template.get_str("CPU")),
+                  _e("MEMORY", vm.template.get_str("MEMORY"))]
+    if vm.template.has("VCPU"):
+        tmpl_parts.append(_e("VCPU", vm.template.get_str("VCPU")))
     for name in ("DISK", "NIC"):
         for vec in vm.template.vectors(name):
             kept = {k: v for k, v in vec.items() if name == "DISK" or k in SHORT_NIC_KEEP}
@@ -113,8 +112,10 @@ def vm_short_xml(vm: VM) -> str:
 
 
 def vm_pool_xml(vms: Iterable[VM], *, extended: bool) -> str:
-    render = vm_xml if extended else vm_short_xml
-    return "<VM_POOL>" + "".join(render(vm) for vm in vms) + "</VM_POOL>"
+    if extended:
+        return "<VM_POOL>" + "".join(vm_xml(vm, all_history=False) for vm in vms) + \
+            "</VM_POOL>"
+    return "<VM_POOL>" + "".join(vm_short_xml(vm) for vm in vms) + "</VM_POOL>"
 
 
 def host_xml(host: Host) -> str:
