@@ -131,7 +131,7 @@ def test_values_are_cdata_and_vms_have_no_namespace(populated: Running) -> None:
 
 def test_short_vm_template_is_plain_and_extended_pool_has_the_last_history(
         populated: Running) -> None:
-    short = ok(populated.raw.one.vmpool.info(AUTH, 1, 1, -2))
+    short = ok(populated.raw.one.vmpool.info(AUTH, -2, 1, 1, -2))
     assert "<TEMPLATE><CPU>0.1</CPU><MEMORY>64</MEMORY><NIC>" in short
-    full = ok(populated.raw.one.vmpool.infoextended(AUTH, 1, 1, -2))
+    full = ok(populated.raw.one.vmpool.infoextended(AUTH, -2, 1, 1, -2))
     assert full.count("<HISTORY>") == 1
