@@ -144,8 +144,9 @@ class OneApi:
         return self._vmpool_any(flt, start, end, state, extended=True)
 
     def _vmpool_any(self, flt: int, start: int, end: int, state: int, *, extended: bool) -> str:
+        # oned (RequestManagerPoolInfoFilter.cc) checks the state before the filter flag
         if state < -2 or state > 11:
-            raise OneRequestError(XML_RPC_API, f"Incorrect state filter {state}")
+            raise OneRequestError(XML_RPC_API, "Incorrect filter_flag, state")
         with self.cloud.lock:
             vms = [vm for vm in self.cloud.vms.values()
                    if (state == -2 or (state == -1 and vm.state != 6) or vm.state == state)]
