@@ -161,7 +161,11 @@ def test_templates_allocate_info_instantiate_merge(cloud: Running) -> None:
     with pytest.raises(pyone.OneException) as info:
         cloud.one.template.instantiate(tid, "bad", True, "MEMORY = 0")
     assert str(info.value) == ("[one.template.instantiate] Error allocating a new virtual "
-                               "machine. MEMORY attribute must be a positive integer value.")
+                               "machine template. MEMORY attribute must be a positive integer "
+                               "value.")
+    with pytest.raises(pyone.OneInternalException,
+                       match=r"^\[one.template.instantiate\] Parse error: syntax error"):
+        cloud.one.template.instantiate(tid, "bad", True, "MEMORY = [")
 
 
 def test_update_replaces_or_merges_user_template(cloud: Running) -> None:

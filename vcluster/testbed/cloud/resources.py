@@ -239,8 +239,10 @@ class Resources:
                 vm_id = self.allocate_vm(merged, hold=hold, name=vm_name,
                                          template_id=tmpl_id)
             except OneRequestError as exc:
+                # oned names the method's own object (the template) in ALLOCATE messages
                 raise OneRequestError(
-                    ALLOCATE, f"Error allocating a new virtual machine. {exc.message}") from None
+                    ALLOCATE, f"Error allocating a new virtual machine template. {exc.message}"
+                ) from None
             if not vm_name and not extra.get_str("NAME"):
                 vm = self.vms[vm_id]
                 vm.name = f"{stored.name}-{vm_id}"
