@@ -256,7 +256,7 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
 
 def wait_for_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> tuple[float, list[str]]:
     """Poll until no node is powering up, one failed, or ``prolog_wait_s`` passed."""
-    start = env.monotonic()
+    start, started_at = env.monotonic(), env.now()
     limit_s = env.config.controller.prolog_wait_s
     pending = list(nodes)
     while True:
@@ -275,16 +275,17 @@ def wait_for_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> tuple[flo
                 return env.monotonic() - start, [name]
         pending = still
         waited_s = env.monotonic() - start
-        if not pending or waited_s >= limit_s or _launch_failed(env, job_id):
+        if not pending or waited_s >= limit_s or _launch_failed(env, job_id, started_at):
             return waited_s, pending
         env.sleep(min(PROLOG_POLL_S, max(0.0, limit_s - waited_s)))
 
 
-def _launch_failed(env: HookEnv, job_id: int) -> bool:
-    """True if the controller gave up a VM for this job (it has told Slurm why)."""
+def _launch_failed(env: HookEnv, job_id: int, since: datetime) -> bool:
+    """True if the controller gave up a VM for this run of the job (it told Slurm why)."""
     with env.sessions() as s:
         failed = s.scalars(select(db.Launch.id).where(
-            db.Launch.job_id == job_id, db.Launch.state == "failed")).first()
+            db.Launch.job_id == job_id, db.Launch.state == "failed",
+            db.Launch.ended_at >= since)).first()
     return failed is not None
 
 

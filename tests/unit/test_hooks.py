@@ -273,6 +273,11 @@ def test_prolog_stops_waiting_when_the_controller_gave_up_the_vm(env: hooks.Hook
     slurm.script = {"vc-small-001": [node("vc-small-001", "ALLOCATED", "POWERING_UP")]}
     with db.transaction(env.sessions) as s:
         s.add(db.Launch(node_name="vc-small-001", node_class="small", job_id=12,
+                        state="failed", reason="before a requeue", ended_at=NOW - timedelta(
+                            minutes=3)))
+    assert hooks.wait_for_nodes(env, 12, ["vc-small-001"]) == (10.0, ["vc-small-001"])
+    with db.transaction(env.sessions) as s:
+        s.add(db.Launch(node_name="vc-small-002", node_class="small", job_id=12,
                         state="failed", reason="boot failure", ended_at=NOW))
     assert hooks.wait_for_nodes(env, 12, ["vc-small-001"]) == (0.0, ["vc-small-001"])
 
