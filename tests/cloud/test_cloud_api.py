@@ -209,3 +209,12 @@ def test_network_leases_and_context(cloud: Running) -> None:
     assert cloud.one.vm.info(second).TEMPLATE["NIC"]["IP"] == "10.111.0.101"
     cloud.one.vm.action("terminate", vm_id)
     assert cloud.one.vn.info(0).USED_LEASES == 1
+
+
+def test_instantiate_reads_hold_and_extra_together(cloud: Running) -> None:
+    tid = cloud.one.template.allocate('NAME = "pair"\nCPU = 1\nMEMORY = 64\n')
+    assert _fault(lambda: cloud.raw.one.template.instantiate(AUTH, tid, "x", True)) == (
+        -501, "Not enough parameters")
+    answer = cloud.raw.one.template.instantiate(AUTH, tid, "x", True, "")
+    assert answer[0] is True and answer[2] == 0
+    assert cloud.raw.one.template.instantiate(AUTH, tid, "y")[0] is True

@@ -42,22 +42,27 @@ class Method:
     required: str
     """Parameter types after the session: i(nt), b(oolean), s(tring)."""
     optional: str
+    """Optional parameter groups, comma-separated, read only when their first parameter is
+    there; a group of several is read together (template.instantiate's hold and extra)."""
     handler: Callable[..., Any]
 
 
 def read_params(params: Sequence[Any], spec: str, optional: str) -> list[Any]:
     """xmlrpc-c's paramList::getInt/getString/getBoolean, in order; raise its faults."""
-    values = []
-    for index, kind in enumerate(spec + optional):
-        position = index + 1
-        if position >= len(params):
-            if index < len(spec):
+    groups = [list(spec)] + [list(g) for g in optional.split(",") if g]
+    values: list[Any] = []
+    position = 1
+    for number, group in enumerate(groups):
+        if number and position >= len(params):
+            break  # an optional group that is not there
+        for kind in group:
+            if position >= len(params):
                 raise xmlrpc.client.Fault(FAULT_TYPE, "Not enough parameters")
-            break
-        value = params[position]
-        if type(value) is not _TYPES[kind]:
-            raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT[kind])
-        values.append(value)
+            value = params[position]
+            if type(value) is not _TYPES[kind]:
+                raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT[kind])
+            values.append(value)
+            position += 1
     return values
 
 
@@ -86,12 +91,12 @@ class OneApi:
             "one.vmpool.info": Method("iiii", "s", self._vmpool),
             "one.vmpool.infoextended": Method("iiii", "s", self._vmpool_extended),
             "one.vm.action": Method("si", "", c.vm_action),
-            "one.vm.deploy": Method("ii", "bis", self._vm_deploy),
-            "one.vm.migrate": Method("iib", "bii", self._vm_migrate),
+            "one.vm.deploy": Method("ii", "b,i,s", self._vm_deploy),
+            "one.vm.migrate": Method("iib", "b,i,i", self._vm_migrate),
             "one.vm.update": Method("is", "i", self._vm_update),
             "one.template.allocate": Method("s", "", self._template_allocate),
-            "one.template.info": Method("i", "bb", self._template_info),
-            "one.template.instantiate": Method("is", "bsb", self._instantiate),
+            "one.template.info": Method("i", "b,b", self._template_info),
+            "one.template.instantiate": Method("is", "bs,b", self._instantiate),
             "one.templatepool.info": Method("iii", "", self._templatepool),
             "one.vnpool.info": Method("iii", "", self._vnpool),
             "one.vn.info": Method("i", "b", self._vn_info),
