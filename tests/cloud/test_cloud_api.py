@@ -218,3 +218,24 @@ def test_instantiate_reads_hold_and_extra_together(cloud: Running) -> None:
     answer = cloud.raw.one.template.instantiate(AUTH, tid, "x", True, "")
     assert answer[0] is True and answer[2] == 0
     assert cloud.raw.one.template.instantiate(AUTH, tid, "y")[0] is True
+
+
+def test_nic_on_a_missing_network(cloud: Running) -> None:
+    with pytest.raises(pyone.OneInternalException) as info:
+        cloud.one.vm.allocate(VM_TEXT + 'NIC = [ NETWORK = "nope" ]')
+    assert str(info.value) == ("[one.vm.allocate] User 0 does not own a network with name: "
+                               "nope . Set NETWORK_UNAME or NETWORK_UID of owner in NIC.")
+    with pytest.raises(pyone.OneInternalException,
+                       match=r"^\[one.vm.allocate\] Virtual network 7 does not exist$"):
+        cloud.one.vm.allocate(VM_TEXT + 'NIC = [ NETWORK_ID = "7" ]')
+    # nothing was leased by the failed allocations
+    assert cloud.one.vn.info(0).USED_LEASES == 0
+
+
+def test_failed_allocations_use_no_id(cloud: Running) -> None:
+    first = cloud.one.vm.allocate(VM_TEXT, True)
+    with pytest.raises(pyone.OneInternalException):
+        cloud.one.vm.allocate("CPU = 1\n")
+    with pytest.raises(pyone.OneInternalException):
+        cloud.one.vm.allocate(VM_TEXT + 'NIC = [ NETWORK = "nope" ]')
+    assert cloud.one.vm.allocate(VM_TEXT, True) == first + 1

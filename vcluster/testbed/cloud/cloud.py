@@ -140,7 +140,7 @@ class Cloud(Resources):
         except ValueError as exc:
             raise OneRequestError(INTERNAL, f"TESTBED_FAULT: {exc}") from None
         with self.lock:
-            vm_id = self.store.next_id("vm")
+            vm_id = self.store.peek_id("vm")
             vm_name = name or tmpl.get_str("NAME") or f"one-{vm_id}"
             known, user = Template(), Template()
             for attr, value in tmpl.attrs:
@@ -162,6 +162,7 @@ class Cloud(Resources):
             on_hold = hold or known.get_str("SUBMIT_ON_HOLD").upper() == "YES"
             vm.state = vm.prev_state = HOLD if on_hold else PENDING
             self.vms[vm_id] = vm
+            self.store.take_id("vm", vm_id)
             self.store.put_vm(vm)
             if not on_hold:
                 self.on_pending()

@@ -134,17 +134,23 @@ class Resources:
             return vnet_id
 
     def _find_vnet(self, nic: dict[str, str]) -> VNet:
+        """The NIC's network, by NETWORK_ID or NETWORK name (oned's VirtualNetworkPool texts)."""
         if "NETWORK_ID" in nic:
-            try:
-                return self.get_vnet(int(nic["NETWORK_ID"]))
-            except ValueError:
-                pass
+            vnet_id = nic["NETWORK_ID"]
+            found = self.vnets.get(int(vnet_id)) if vnet_id.lstrip("-").isdigit() else None
+            if found is None:
+                raise OneRequestError(INTERNAL, f"Virtual network {vnet_id} does not exist")
+            return found
         name = nic.get("NETWORK", "")
         for vnet in self.vnets.values():
             if vnet.name == name:
                 return vnet
         raise OneRequestError(
-            INTERNAL, f"Error getting virtual network [{nic.get('NETWORK_ID', name)}].")
+            INTERNAL, f"User {self.vms_uid} does not own a network with name: {name} . Set "
+            "NETWORK_UNAME or NETWORK_UID of owner in NIC.")
+
+    vms_uid = 0
+    """The uid of every object's owner (the one accepted user is oneadmin, uid 0)."""
 
     def lease_nics(self, vm: VM) -> list[tuple[int, str]]:
         """Give every NIC of ``vm`` an address; returns the (vnet_id, ip) pairs leased."""

@@ -44,15 +44,25 @@ class Store:
 
     # --- ids -------------------------------------------------------------------------
 
-    def next_id(self, kind: str) -> int:
-        """The next id of ``kind``; ids are never handed out twice, even across restarts."""
+    def peek_id(self, kind: str) -> int:
+        """The id the next object of ``kind`` will get (not taken yet)."""
         with self._lock:
             row = self._db.execute("SELECT next_id FROM counters WHERE kind=?", (kind,)).fetchone()
-            value = row[0] if row else 0
+        return int(row[0]) if row else 0
+
+    def take_id(self, kind: str, value: int) -> None:
+        """Mark ``value`` used: like oned, an id is consumed only by an object that exists,
+        and never handed out again, even across restarts."""
+        with self._lock:
             self._db.execute(
                 "INSERT INTO counters(kind, next_id) VALUES(?, ?) "
                 "ON CONFLICT(kind) DO UPDATE SET next_id=excluded.next_id", (kind, value + 1))
-            return int(value)
+
+    def next_id(self, kind: str) -> int:
+        """Take the next id of ``kind``."""
+        value = self.peek_id(kind)
+        self.take_id(kind, value)
+        return value
 
     # --- objects ---------------------------------------------------------------------
 
