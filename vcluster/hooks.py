@@ -18,279 +18,51 @@ Exit codes: 0 done, 2 invalid input, 3 controller not running, 4 configuration e
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
-from vcluster import db, wake
+from vcluster import db
 from vcluster.config import DEFAULT_CONFIG_PATH, Config, load_config
 from vcluster.errors import ConfigError, ControllerStale, UserInputError, VclusterError
-from vcluster.slurm_parse import Node, compress_hostlist, expand_hostlist
+from vcluster.hook_steps import (
+    EXIT_BAD_INPUT,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STALE,
+    JOB_FINISHED_PROGRAM,
+    HookEnv,
+    HookSlurm,
+    check_heartbeat,
+    do_epilog,
+    do_job_finished,
+    do_prolog,
+    do_resume,
+    do_resume_fail,
+    do_suspend,
+    job_finished_wrapper_path,
+    parse_job_id,
+    parse_resume_json,
+    parse_vcluster_nodes,
+    read_resume_file,
+    record_request,
+    wait_for_nodes,
+)
+
+__all__ = [
+    "EXIT_BAD_INPUT", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STALE", "HookEnv",
+    "HookSlurm", "check_heartbeat", "do_epilog", "do_job_finished", "do_prolog", "do_resume",
+    "do_resume_fail", "do_suspend", "hook_action", "hook_config_path", "parse_job_id",
+    "parse_resume_json", "parse_vcluster_nodes", "read_resume_file", "record_request",
+    "run_hook", "wait_for_nodes", "write_job_finished_wrapper",
+]
 
 log = logging.getLogger("vcluster.hooks")
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_STALE, EXIT_CONFIG, EXIT_FAILED = 0, 2, 3, 4, 5
-MAX_HOSTLIST_CHARS = 65536
-PROLOG_POLL_S = 1.0
-JOB_FINISHED_PROGRAM = "vcluster-job-finished"
-
-
-class HookSlurm(Protocol):
-    """The part of :class:`vcluster.slurm.Slurm` the hooks use."""
-
-    def node(self, name: str) -> Node | None: ...
-
-    def update_nodes(self, nodes: str | Sequence[str], *, state: str | None = None,
-                     reason: str | None = None, nodeaddr: str | None = None,
-                     nodehostname: str | None = None) -> None: ...
-
-    def trigger_on_job_end(self, job_id: int, program: str) -> None: ...
-
-
-@dataclass
-class HookEnv:
-    """Everything a hook acts on; tests build one with a fake Slurm and a temp database."""
-
-    config: Config
-    sessions: sessionmaker[Session]
-    slurm: HookSlurm
-    program_dir: str = ""
-    """Where the sibling programs (``vcluster-job-finished``) are installed."""
-    now: Callable[[], datetime] = db.utcnow
-    sleep: Callable[[float], None] = time.sleep
-    monotonic: Callable[[], float] = time.monotonic
-    wake: Callable[[str], bool] = field(default=wake.send_wake)
-
-
-# --- input validation --------------------------------------------------------------------
-
-
-def parse_job_id(text: str | None) -> int:
-    value = (text or "").strip()
-    if not value.isdigit() or int(value) <= 0:
-        raise UserInputError(f"job id {value!r} is not a positive number")
-    return int(value)
-
-
-def parse_vcluster_nodes(text: str | None, config: Config, *, only_ours: bool = True
-                         ) -> list[str]:
-    """Expand a Slurm hostlist; with ``only_ours`` every name must be a node of a class."""
-    value = (text or "").strip()
-    if not value:
-        raise UserInputError("no node list given; Slurm passes a hostlist such as "
-                             "vc-small-[001-002]")
-    if len(value) > MAX_HOSTLIST_CHARS:
-        raise UserInputError(f"node list is {len(value)} characters long; refusing it")
-    try:
-        names = expand_hostlist(value)
-    except VclusterError:
-        raise UserInputError(f"{value!r} is not a Slurm hostlist") from None
-    ours = [n for n in names if config.class_of_node(n) is not None]
-    foreign = [n for n in names if config.class_of_node(n) is None]
-    if foreign and only_ours:
-        classes = ", ".join(f"{nc.name} {nc.hostlist}" for nc in config.node_classes) or "none"
-        raise UserInputError(
-            f"not vcluster nodes: {compress_hostlist(foreign)} (classes: {classes}); "
-            "point only vcluster's nodes at vcluster's programs in slurm.conf"
-        )
-    return ours
-
-
-def read_resume_file(path: str) -> dict[str, Any]:
-    """Read and check SLURM_RESUME_FILE's JSON (``{"jobs":[{"job_id":..,"nodes":..}]..}``)."""
-    try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserInputError(f"cannot read SLURM_RESUME_FILE {path}: {exc.strerror}") from exc
-    return parse_resume_json(raw, path)
-
-
-def parse_resume_json(raw: str, path: str = "SLURM_RESUME_FILE") -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
-    jobs = data.get("jobs", []) if isinstance(data, dict) else None
-    if not isinstance(jobs, list) or not all(
-        isinstance(j, dict) and isinstance(j.get("job_id"), int) and j["job_id"] > 0
-        and isinstance(j.get("nodes", ""), str) for j in jobs
-    ):
-        raise UserInputError(f"{path} does not hold a jobs list of {{job_id, nodes}}")
-    return data
-
-
-# --- heartbeat -----------------------------------------------------------------------------
-
-
-def check_heartbeat(session: Session, config: Config, now: datetime) -> None:
-    """Raise ControllerStale unless the controller beat within ``heartbeat_stale_s``."""
-    hb = db.heartbeat(session)
-    if hb is None:
-        raise ControllerStale(
-            "the vcluster controller has never run on this database; start it with "
-            "`vcluster controller run` (request not recorded)"
-        )
-    age_s = (now - hb.at).total_seconds()
-    limit_s = config.controller.heartbeat_stale_s
-    if age_s > limit_s:
-        raise ControllerStale(
-            f"the vcluster controller is not running: its last heartbeat was {age_s:.0f} s "
-            f"ago (pid {hb.pid} on {hb.host}; limit {limit_s:g} s); start it with "
-            "`vcluster controller run` (request not recorded)"
-        )
-
-
-def record_request(env: HookEnv, kind: str, nodes: Sequence[str], job_ids: Sequence[int],
-                   message: str, payload: Mapping[str, Any] | None = None) -> int:
-    """Check the heartbeat, store the request and its event in one transaction, wake."""
-    now = env.now()
-    with db.transaction(env.sessions) as s:
-        check_heartbeat(s, env.config, now)
-        req = db.HookRequest(kind=kind, nodes=compress_hostlist(nodes), job_ids=list(job_ids),
-                             payload=dict(payload or {}), created_at=now)
-        s.add(req)
-        db.record_event(s, f"hook.{kind}", message, job_id=job_ids[0] if job_ids else None,
-                        at=now)
-        s.flush()
-        request_id = req.id
-    env.wake(env.config.controller.state_dir)
-    return request_id
-
-
-# --- the hooks -------------------------------------------------------------------------------
-
-
-def do_resume(env: HookEnv, hostlist: str | None, resume_data: Mapping[str, Any]) -> int:
-    nodes = parse_vcluster_nodes(hostlist, env.config)
-    job_ids = sorted({int(j["job_id"]) for j in resume_data.get("jobs", [])})
-    jobs_txt = ("job " + ", ".join(map(str, job_ids))) if job_ids else "no job"
-    record_request(env, "resume", nodes, job_ids,
-                   f"Slurm asked to resume {compress_hostlist(nodes)} for {jobs_txt}",
-                   payload=resume_data)
-    return EXIT_OK
-
-
-def do_suspend(env: HookEnv, hostlist: str | None) -> int:
-    nodes = parse_vcluster_nodes(hostlist, env.config)
-    record_request(env, "suspend", nodes, [], f"Slurm asked to suspend {compress_hostlist(nodes)}")
-    return EXIT_OK
-
-
-def do_resume_fail(env: HookEnv, hostlist: str | None) -> int:
-    nodes = parse_vcluster_nodes(hostlist, env.config)
-    record_request(env, "resume-fail", nodes, [],
-                   f"Slurm gave up resuming {compress_hostlist(nodes)} (ResumeTimeout)")
-    return EXIT_OK
-
-
-def do_job_finished(env: HookEnv, job_text: str | None) -> int:
-    job_id = parse_job_id(job_text)
-    record_request(env, "job-finished", [], [job_id], f"job {job_id} finished")
-    return EXIT_OK
-
-
-def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
-              exit_code: str | None = None) -> int:
-    """Power per-job nodes down at once, then record the request. Foreign nodes: ignored."""
-    job_id = parse_job_id(job_text)
-    nodes = parse_vcluster_nodes(nodelist, env.config, only_ours=False) if nodelist else []
-    if not nodes:
-        log.debug("job %d ran on no vcluster node; nothing to do", job_id)
-        return EXIT_OK
-    per_job = [n for n in nodes
-               if (nc := env.config.class_of_node(n)) is not None and nc.policy == "per-job"]
-    if per_job:
-        # Done before the heartbeat check: Slurm's side must not wait for a dead controller.
-        # If Slurm refuses (a node still powering up), the controller powers it down later.
-        try:
-            env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
-            log.info("job %d ended: powering down per-job nodes %s", job_id,
-                     compress_hostlist(per_job))
-        except VclusterError as exc:
-            log.warning("job %d ended: cannot power down %s now: %s", job_id,
-                        compress_hostlist(per_job), exc)
-    record_request(env, "epilog", nodes, [job_id],
-                   f"job {job_id} ended (exit {exit_code or '?'}) on {compress_hostlist(nodes)}",
-                   payload={"exit_code": exit_code or ""})
-    return EXIT_OK
-
-
-def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
-    """Record, register the strigger backup, then wait (bounded) for the nodes to be up."""
-    job_id = parse_job_id(job_text)
-    nodes = parse_vcluster_nodes(nodelist, env.config, only_ours=False) if nodelist else []
-    if not nodes:
-        log.debug("job %d runs on no vcluster node; nothing to do", job_id)
-        return EXIT_OK
-    record_request(env, "prolog", nodes, [job_id],
-                   f"job {job_id} allocated {compress_hostlist(nodes)}")
-    program = job_finished_wrapper_path(env.config)
-    if not os.access(program, os.X_OK):
-        program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)
-    if os.path.isabs(program) and os.access(program, os.X_OK):
-        try:
-            env.slurm.trigger_on_job_end(job_id, program)
-        except VclusterError as exc:
-            log.warning("job %d: cannot register the job-end trigger: %s", job_id, exc)
-    else:
-        log.warning("job %d: %s not found; no job-end trigger registered", job_id, program)
-    waited_s, pending = wait_for_nodes(env, job_id, nodes)
-    if pending:
-        log.warning("job %d: %s not up after %.1f s; leaving it to Slurm's ResumeTimeout",
-                    job_id, compress_hostlist(pending), waited_s)
-    else:
-        log.info("job %d: nodes %s up after %.1f s", job_id, compress_hostlist(nodes), waited_s)
-    return EXIT_OK
-
-
-def wait_for_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> tuple[float, list[str]]:
-    """Poll until no node is powering up, one failed, or ``prolog_wait_s`` passed."""
-    start, started_at = env.monotonic(), env.now()
-    limit_s = env.config.controller.prolog_wait_s
-    pending = list(nodes)
-    while True:
-        still: list[str] = []
-        for name in pending:
-            try:
-                node = env.slurm.node(name)
-            except VclusterError as exc:
-                log.debug("job %d: reading node %s failed: %s", job_id, name, exc)
-                still.append(name)
-                continue
-            if node is None or node.powering_up or node.powered_down:
-                still.append(name)
-            elif node.is_down:
-                log.warning("job %d: node %s is DOWN (%s)", job_id, name, node.reason)
-                return env.monotonic() - start, [name]
-        pending = still
-        waited_s = env.monotonic() - start
-        if not pending or waited_s >= limit_s or _launch_failed(env, job_id, started_at):
-            return waited_s, pending
-        env.sleep(min(PROLOG_POLL_S, max(0.0, limit_s - waited_s)))
-
-
-def _launch_failed(env: HookEnv, job_id: int, since: datetime) -> bool:
-    """True if the controller gave up a VM for this run of the job (it told Slurm why)."""
-    with env.sessions() as s:
-        failed = s.scalars(select(db.Launch.id).where(
-            db.Launch.job_id == job_id, db.Launch.state == "failed",
-            db.Launch.ended_at >= since)).first()
-    return failed is not None
-
-
-def job_finished_wrapper_path(config: Config) -> str:
-    return os.path.join(config.controller.state_dir, "bin", JOB_FINISHED_PROGRAM)
 
 
 def write_job_finished_wrapper(config: Config, program_dir: str) -> str:
