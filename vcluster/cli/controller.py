@@ -20,7 +20,7 @@ from vcluster.config import Config, load_config
 log = logging.getLogger("vcluster.controller")
 
 
-def _setup_logging(config: Config, debug: bool) -> None:
+def _setup_logging(config: Config, debug: bool) -> logging.Handler:
     package_logger = logging.getLogger("vcluster")
     package_logger.setLevel(logging.DEBUG if debug else logging.INFO)
     os.makedirs(config.controller.log_dir, exist_ok=True)
@@ -31,6 +31,7 @@ def _setup_logging(config: Config, debug: bool) -> None:
     package_logger.addHandler(handler)
     if not logging.getLogger().handlers:  # not under the `vcluster` group's basicConfig
         logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return handler
 
 
 @click.group("controller")
@@ -56,6 +57,17 @@ def run(ctx: click.Context, once: bool) -> None:
     Example:
       VCLUSTER_CONFIG=/etc/vcluster/vcluster.toml vcluster controller run
     """
+    obj = ctx.obj or {}
+    config = load_config(obj.get("config_path"))
+    log_handler = _setup_logging(config, bool(obj.get("debug")))
+    try:
+        _run(config, once)
+    finally:
+        logging.getLogger("vcluster").removeHandler(log_handler)
+        log_handler.close()
+
+
+def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
     from vcluster.controller.guest import guest_context
@@ -66,10 +78,8 @@ def run(ctx: click.Context, once: bool) -> None:
     from vcluster.slurmconf import default_program_dir
     from vcluster.wake import WakeListener, send_wake
 
-    obj = ctx.obj or {}
-    config = load_config(obj.get("config_path"))
-    _setup_logging(config, bool(obj.get("debug")))
     state_dir = config.controller.state_dir
+    guest = guest_context(config)  # refuse a missing munge key or slurmctld address first
     lock = acquire_lock(state_dir)
     wrapper = write_job_finished_wrapper(config, default_program_dir())
     log.info("strigger backup program for the epilog: %s", wrapper)
@@ -77,7 +87,7 @@ def run(ctx: click.Context, once: bool) -> None:
     try:
         sessions = db.session_factory(engine)
         slurm, one = Slurm(config.slurm), OneClient(config.opennebula)
-        actor = Actor(config, sessions, slurm, one, guest_context(config))
+        actor = Actor(config, sessions, slurm, one, guest)
         controller = Controller(config, sessions, slurm, one, actor)
         listener = WakeListener(state_dir)
         stop = threading.Event()
@@ -87,8 +97,7 @@ def run(ctx: click.Context, once: bool) -> None:
             stop.set()
             send_wake(state_dir)
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s, "
                  "slurm.conf %s, pass every %g s", os.getpid(),
                  config.controller.cluster_name, engine.url, config.opennebula.xmlrpc,
@@ -98,6 +107,8 @@ def run(ctx: click.Context, once: bool) -> None:
                               stop=stop, once=once)
         finally:
             listener.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         log.info("controller stopped after %d passes", passes)
     finally:
         engine.dispose()

@@ -1,0 +1,104 @@
+"""``vcluster controller run`` and ``vcluster hook`` as a user runs them (CliRunner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from vcluster import db
+from vcluster.cli import cli
+from vcluster.config import load_config
+
+CONFIG = """
+[opennebula]
+xmlrpc = "http://127.0.0.1:9/RPC2"
+auth_file = "{tmp}/one_auth"
+retry_delays_s = []
+
+[slurm]
+conf = "{tmp}/slurm.conf"
+bin_dir = "{tmp}/no-slurm-here"
+munge_key_file = "{tmp}/munge.key"
+
+[database]
+url = "sqlite:///{tmp}/state.db"
+
+[controller]
+state_dir = "{tmp}/state"
+log_dir = "{tmp}/log"
+
+[[node_class]]
+name = "small"
+count = 2
+cpus = 2
+memory_mb = 2048
+template = "worker"
+"""
+
+
+def write_site(tmp_path: Path, munge_key: bool = True) -> Path:
+    (tmp_path / "slurm.conf").write_text("SlurmctldHost=ctl(10.1.0.1)\n")
+    (tmp_path / "one_auth").write_text("oneadmin:x\n")
+    if munge_key:
+        (tmp_path / "munge.key").write_bytes(b"k" * 64)
+    path = tmp_path / "vcluster.toml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    return path
+
+
+def test_run_once_without_slurm_skips_the_pass_and_beats(tmp_path: Path) -> None:
+    config_path = write_site(tmp_path)
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                      "--once"], prog_name="vcluster")
+    assert result.exit_code == 0, result.output
+    log_text = (tmp_path / "log" / "controller.log").read_text()
+    assert (f"skipping this pass: cannot read Slurm: cannot run `{tmp_path}/no-slurm-here/"
+            "squeue`: No such file or directory; check slurm.bin_dir in the vcluster config"
+            ) in log_text
+    assert "controller stopped after 1 passes" in log_text
+    assert (tmp_path / "state" / "bin" / "vcluster-job-finished").exists()
+    engine = db.make_engine(load_config(config_path).database, migrate=False)
+    try:
+        with db.session_factory(engine)() as s:
+            assert db.heartbeat(s) is not None
+    finally:
+        engine.dispose()
+
+
+def test_run_refuses_an_unreadable_munge_key_in_one_line(tmp_path: Path) -> None:
+    config_path = write_site(tmp_path, munge_key=False)
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                      "--once"], prog_name="vcluster")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"vcluster: error: config: slurm.munge_key_file: cannot read the munge key "
+        f"{tmp_path}/munge.key: No such file or directory; the controller must run as a "
+        "user that can read it\n")
+
+
+def test_hook_command_refuses_when_the_controller_never_ran(tmp_path: Path) -> None:
+    config_path = write_site(tmp_path)
+    db.upgrade(f"sqlite:///{tmp_path}/state.db")
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "hook", "suspend",
+                                      "vc-small-001"], prog_name="vcluster")
+    assert result.exit_code == 3
+    assert result.output == (
+        "vcluster-suspend: error: the vcluster controller has never run on this database; "
+        "start it with `vcluster controller run` (request not recorded)\n")
+
+
+def test_hook_command_records_once_the_controller_beats(tmp_path: Path) -> None:
+    config_path = write_site(tmp_path)
+    assert CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                    "--once"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "hook", "job-finished",
+                                      "42"])
+    assert (result.exit_code, result.output) == (0, "")
+    engine = db.make_engine(load_config(config_path).database, migrate=False)
+    try:
+        with db.session_factory(engine)() as s:
+            rows = s.scalars(db.select(db.HookRequest)).all()
+            assert [(r.kind, r.job_ids) for r in rows] == [("job-finished", [42])]
+    finally:
+        engine.dispose()
