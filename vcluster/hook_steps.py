@@ -148,7 +148,7 @@ def record_request(env: HookEnv, kind: str, nodes: Sequence[str], job_ids: Seque
                              payload=dict(payload or {}), created_at=now)
         s.add(req)
         db.record_event(s, f"hook.{kind}", message, job_id=job_ids[0] if job_ids else None,
-                        at=now)
+                        node_name=nodes[0] if len(nodes) == 1 else None, at=now)
         s.flush()
         request_id = req.id
     env.wake(env.config.controller.state_dir)

@@ -355,3 +355,17 @@ def test_only_one_controller_per_state_dir(tmp_path: Path) -> None:
     finally:
         held.close()
     acquire_lock(str(tmp_path)).close()
+
+
+def test_handled_hook_requests_are_pruned_after_a_week(world: World) -> None:
+    w = world
+    with db.transaction(w.sessions) as s:
+        for age_days, handled in ((8, True), (8, False), (2, True)):
+            at = T0 - timedelta(days=age_days)
+            s.add(db.HookRequest(kind="suspend", nodes=S1, job_ids=[], payload={},
+                                 created_at=at, handled_at=at if handled else None))
+    w.controller.prune()
+    with w.sessions() as s:
+        left = [(r.created_at, r.handled_at is not None) for r in s.scalars(
+            select(db.HookRequest).order_by(db.HookRequest.id))]
+    assert left == [(T0 - timedelta(days=8), False), (T0 - timedelta(days=2), True)]

@@ -16,16 +16,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
 from vcluster.config import Config
 from vcluster.controller.act import Actor
-from vcluster.controller.actions import Action, BootVM
+from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
@@ -35,6 +36,9 @@ from vcluster.wake import WakeListener
 log = logging.getLogger(__name__)
 
 BUSY_INTERVAL_S = 1.0
+PRUNE_EVERY_S = 3600.0
+HANDLED_REQUEST_KEEP_S = 7 * 86400.0
+_BOOKKEEPING = (UpsertJob, MarkHandled)
 _TRANSITIONAL = frozenset({"requested", "allocating", "booting", "terminating"})
 
 
@@ -66,6 +70,7 @@ class Controller:
         self.one = one
         self.actor = actor
         self.now = now
+        self._pruned_at = float("-inf")
 
     def beat(self) -> None:
         try:
@@ -91,13 +96,31 @@ class Controller:
             busy=any(la.state in _TRANSITIONAL for la in observed.launches)
             or any(isinstance(a, BootVM) for a in actions),
             duration_s=time.monotonic() - started)
-        if actions:
-            log.info("pass: %d actions (%d failed) in %.3f s: %s", len(actions), result.failed,
-                     report.duration_s, ", ".join(type(a).__name__ for a in actions))
-        else:
-            log.debug("pass: nothing to do (%.3f s)", report.duration_s)
+        names = ", ".join(type(a).__name__ for a in actions)
+        level = logging.INFO if any(not isinstance(a, _BOOKKEEPING) for a in actions) \
+            else logging.DEBUG
+        log.log(level, "pass: %d actions (%d failed) in %.3f s: %s", len(actions),
+                result.failed, report.duration_s, names or "nothing to do")
         self.beat()
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+            self.prune()
         return report
+
+    def prune(self) -> None:
+        """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S (events stay)."""
+        self._pruned_at = time.monotonic()
+        cutoff = self.now() - timedelta(seconds=HANDLED_REQUEST_KEEP_S)
+        try:
+            with db.transaction(self.sessions) as s:
+                ids = s.scalars(select(db.HookRequest.id).where(
+                    db.HookRequest.handled_at.is_not(None),
+                    db.HookRequest.handled_at < cutoff)).all()
+                s.execute(delete(db.HookRequest).where(db.HookRequest.id.in_(ids)))
+                gone = len(ids)
+            if gone:
+                log.info("pruned %d hook requests handled before %s", gone, cutoff)
+        except Exception as exc:
+            log.error("cannot prune old hook requests: %s", exc)
 
 
 def run_loop(controller: Controller, listener: WakeListener | None, *, interval_s: float,
