@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -132,8 +133,16 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1)},
                      launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
                                       created_s_ago=61),)),
-     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout)",
-               1, 7, None)]),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; "
+               "VM RUNNING)", 1, 7, None)]),
+    ("a VM OpenNebula could not place says why in the node's reason",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     vms={7: replace(vm(7, S1, "PENDING"), sched_message=(
+                         "Cannot dispatch VM: No host with enough capacity"))},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; VM "
+               "PENDING; Cannot dispatch VM: No host with enough capacity)", 1, 7, None)]),
     ("a VM that dies under a running job: node DOWN with a reason",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
                      launches=(launch(1, S1, "up", vm_id=7, job_id=12, ip="10.9.0.10"),)),

@@ -201,9 +201,10 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         if not node.powering_up:
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
         if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
+            why = f"; {vm.sched_message}" if vm.sched_message else ""
             return [FailNode(name, f"vcluster: VM {vm_id} was not a working node within "
-                             f"{config.controller.resume_timeout_s} s (ResumeTimeout)",
-                             launch.id, vm_id, launch.job_id)]
+                             f"{config.controller.resume_timeout_s} s (ResumeTimeout; VM "
+                             f"{vm.state_name}{why})", launch.id, vm_id, launch.job_id)]
         if launch.ip is None and vm.ips:
             return [SetNodeAddr(launch.id, name, vm.ips[0])]
         return []
