@@ -154,7 +154,8 @@ def test_templates_allocate_info_instantiate_merge(cloud: Running) -> None:
     vm = cloud.one.vm.info(vm_id)
     assert vm.NAME == f"worker-{vm_id}"
     assert vm.TEMPLATE["MEMORY"] == "256"
-    assert dict(vm.TEMPLATE["CONTEXT"]) == {"C": "3"}   # the extra CONTEXT replaces it
+    # the extra CONTEXT replaces the stored one (oned adds DISK_ID and TARGET)
+    assert dict(vm.TEMPLATE["CONTEXT"]) == {"C": "3", "DISK_ID": "0", "TARGET": "hda"}
     assert vm.TEMPLATE["TEMPLATE_ID"] == str(tid)
     assert vm.USER_TEMPLATE["LABEL"] == "stored"
     assert cloud.one.template.instantiate(tid, "named", True, "") != vm_id
@@ -203,6 +204,9 @@ def test_network_leases_and_context(cloud: Running) -> None:
     assert ctx["VMID"] == str(vm_id)
     assert ctx["ONEGATE_ENDPOINT"] == f"http://127.0.0.1:{cloud.server.onegate_port}"
     assert vm.TEMPLATE["CREATED_BY"] == "0"
+    assert vm.TEMPLATE["AUTOMATIC_REQUIREMENTS"] == (
+        "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)")
+    assert vm.TEMPLATE["AUTOMATIC_NIC_REQUIREMENTS"] == '("CLUSTERS/ID" @> 0)'
     vnet = cloud.one.vn.info(0)
     assert vnet.BRIDGE == "vcbr0" and vnet.USED_LEASES == 1
     second = cloud.one.vm.allocate(VM_TEXT + 'NIC = [ NETWORK_ID = "0" ]', True)

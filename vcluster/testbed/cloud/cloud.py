@@ -148,12 +148,18 @@ class Cloud(Resources):
                     continue
                 (known if attr in KNOWN_ATTRIBUTES else user).add(attr, value)
             known.replace("VMID", str(vm_id))
-            known.replace("AUTOMATIC_REQUIREMENTS", AUTOMATIC_REQUIREMENTS)
             if template_id is not None:
                 known.replace("TEMPLATE_ID", str(template_id))
             vm = VM(vm_id=vm_id, name=vm_name, uid=0, gid=0, uname=self.settings.user,
                     gname="oneadmin", template=known, user_template=user)
             leased = self.lease_nics(vm)
+            # oned's automatic requirements: the clusters of the VM's networks (all cluster 0)
+            if vm.template.vectors("NIC"):
+                known.replace("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+                known.replace("AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & " +
+                              AUTOMATIC_REQUIREMENTS)
+            else:
+                known.replace("AUTOMATIC_REQUIREMENTS", AUTOMATIC_REQUIREMENTS)
             try:
                 self._build_context(vm)
             except OneRequestError:

@@ -60,6 +60,9 @@ def build_context(context: dict[str, str], *, templates: list[Template],
     """The CONTEXT vector after oned's additions and ``$VAR`` expansion."""
     lookup = template_lookup(templates, specials)
     out = {key: expand_vars(val, lookup) for key, val in context.items()}
+    # the context CD-ROM is the VM's next disk (no other disks here): DISK_ID 0, hda
+    out.setdefault("DISK_ID", "0")
+    out.setdefault("TARGET", "hda")
     if out.get("NETWORK", "").upper() == "YES":
         for nic in nics:
             prefix = f"ETH{nic.get('NIC_ID', '0')}_"

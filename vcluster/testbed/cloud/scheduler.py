@@ -27,12 +27,14 @@ def choose_host(vm: VM, hosts: list[Host]) -> tuple[Host | None, str]:
     if not hosts:
         return None, "No hosts enabled to run VMs"
     requirements = vm.user_template.get_str("SCHED_REQUIREMENTS")
+    automatic = vm.template.get_str("AUTOMATIC_REQUIREMENTS")
     rank_expr = vm.user_template.get_str("SCHED_RANK") or DEFAULT_RANK
     fitting = [h for h in hosts if fits(vm, h)]
     if not fitting:
         return None, "No host with enough capacity to deploy the VM"
     try:
-        matching = [h for h in fitting if expr.matches(requirements, h.attribute)]
+        matching = [h for h in fitting if expr.matches(automatic, h.attribute)
+                    and expr.matches(requirements, h.attribute)]
     except expr.ExprError as exc:
         return None, f"Error evaluating SCHED_REQUIREMENTS: {requirements}: {exc}"
     if not matching:
