@@ -162,9 +162,21 @@ def do_resume(env: HookEnv, hostlist: str | None, resume_data: Mapping[str, Any]
     nodes = parse_vcluster_nodes(hostlist, env.config)
     job_ids = sorted({int(j["job_id"]) for j in resume_data.get("jobs", [])})
     jobs_txt = ("job " + ", ".join(map(str, job_ids))) if job_ids else "no job"
-    record_request(env, "resume", nodes, job_ids,
-                   f"Slurm asked to resume {compress_hostlist(nodes)} for {jobs_txt}",
-                   payload=resume_data)
+    try:
+        record_request(env, "resume", nodes, job_ids,
+                       f"Slurm asked to resume {compress_hostlist(nodes)} for {jobs_txt}",
+                       payload=resume_data)
+    except ControllerStale:
+        # Nobody will boot these nodes: fail them now (the jobs are requeued at once, not
+        # after ResumeTimeout). The "vcluster:" reason lets the controller, once back,
+        # return them to service.
+        reason = "vcluster: the vcluster controller is not running; nodes not resumed"
+        try:
+            env.slurm.update_nodes(nodes, state="DOWN", reason=reason)
+            env.slurm.update_nodes(nodes, state="POWER_DOWN_FORCE", reason=reason)
+        except VclusterError as exc:
+            log.warning("cannot set %s down: %s", compress_hostlist(nodes), exc)
+        raise
     return EXIT_OK
 
 

@@ -169,6 +169,19 @@ def test_stale_heartbeat_refuses_and_records_nothing(env: hooks.HookEnv) -> None
     assert requests(env) == []
 
 
+def test_resume_with_a_stale_controller_fails_the_nodes_at_once(env: hooks.HookEnv) -> None:
+    with db.transaction(env.sessions) as s:
+        db.beat(s, at=NOW - timedelta(seconds=125))
+    with pytest.raises(ControllerStale):
+        hooks.do_resume(env, "vc-small-[001-002]", {"jobs": [{"job_id": 3,
+                                                              "nodes": "vc-small-[001-002]"}]})
+    reason = "vcluster: the vcluster controller is not running; nodes not resumed"
+    assert env.slurm.updates == [  # type: ignore[attr-defined]
+        ("vc-small-001,vc-small-002", {"state": "DOWN", "reason": reason}),
+        ("vc-small-001,vc-small-002", {"state": "POWER_DOWN_FORCE", "reason": reason})]
+    assert requests(env) == []
+
+
 def test_missing_heartbeat_says_the_controller_never_ran(env: hooks.HookEnv) -> None:
     with db.transaction(env.sessions) as s:
         s.delete(db.heartbeat(s))
