@@ -22,8 +22,8 @@ AUTH = "oneadmin:opennebula"
 
 FAST = Timings(prolog_s=0.05, boot_s=0.05, shutdown_s=0.05, epilog_s=0.05, save_s=0.05,
                migrate_s=0.05, monitor_interval_s=0.1)
-SLOW_STEPS = Timings(prolog_s=0.3, boot_s=0.3, shutdown_s=0.3, epilog_s=0.3, save_s=0.3,
-                     migrate_s=0.3, monitor_interval_s=0.1)
+SLOW_STEPS = Timings(prolog_s=0.4, boot_s=0.4, shutdown_s=0.4, epilog_s=0.4, save_s=0.4,
+                     migrate_s=0.4, monitor_interval_s=0.1)
 NOW = SchedulerSettings(max_wnd_time_s=0.0, max_wnd_length=7, timer_s=0.5)
 
 

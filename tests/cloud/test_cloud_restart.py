@@ -16,7 +16,7 @@ def test_restart_keeps_every_vm(start_cloud: Callable[..., Running], tmp_path: P
     running = one.vm.allocate(VM_TEXT + 'NIC = [ NETWORK = "vcluster" ]\nTAG = "r"\n')
     held = one.vm.allocate(VM_TEXT, True)
     off = one.vm.allocate(VM_TEXT)
-    doomed = one.vm.allocate(VM_TEXT + 'TESTBED_FAULT = "crash-after:0.5"\n')
+    doomed = one.vm.allocate(VM_TEXT + 'TESTBED_FAULT = "crash-after:1.5"\n')
     done = one.vm.allocate(VM_TEXT, True)
     booting = one.vm.allocate(VM_TEXT + 'TESTBED_FAULT = "slow-boot:1"\n')
     tid = one.template.allocate('NAME = "kept"\nCPU = 1\nMEMORY = 64\n')
@@ -28,8 +28,9 @@ def test_restart_keeps_every_vm(start_cloud: Callable[..., Running], tmp_path: P
     first.wait_state(booting, 3, 2)
     before = {vm.ID: (vm.STATE, vm.LCM_STATE, vm.NAME)
               for vm in one.vmpool.infoextended(-2, -1, -1, -2).VM}
+    assert before[doomed][:2] == (3, 3)       # still alive when the server stops
     first.server.stop()
-    time.sleep(1.0)  # the crash-after VM dies while the server is down
+    time.sleep(1.6)  # the crash-after VM dies while the server is down
 
     second = start_cloud(state_dir)
     after = {vm.ID: (vm.STATE, vm.LCM_STATE, vm.NAME)
