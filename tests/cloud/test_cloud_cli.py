@@ -57,3 +57,14 @@ def test_serve_help_has_an_example() -> None:
     result = CliRunner().invoke(cli, ["testbed", "cloud", "serve", "--help"])
     assert result.exit_code == 0
     assert "vcluster testbed cloud serve --port 2633 --driver dummy" in result.output
+
+
+def test_serve_says_when_it_cannot_listen(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["testbed", "cloud", "serve", "--state-dir", str(tmp_path), "--port", "0",
+              "--onegate-host", "192.0.2.1", "--onegate-port", "0"], prog_name="vcluster")
+    assert result.exit_code == 1
+    assert result.output == (
+        "vcluster: error: cannot listen on 127.0.0.1:0 (XML-RPC) and 192.0.2.1:0 (OneGate): "
+        "Cannot assign requested address; free the port, or bring up the address (the "
+        "bridge) first\n")

@@ -124,8 +124,10 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
         server.start()
     except OSError as exc:
         server.stop()
-        raise UserInputError(f"cannot listen: {exc.strerror}; is another server using port "
-                             f"{port} or {onegate_port}?") from exc
+        raise UserInputError(
+            f"cannot listen on {bind_host}:{port} (XML-RPC) and {onegate_host}:{onegate_port} "
+            f"(OneGate): {exc.strerror}; free the port, or bring up the address (the bridge) "
+            "first") from exc
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
