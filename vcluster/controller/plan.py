@@ -41,6 +41,8 @@ MIN_VM_MEMORY_MB = 512
 TERMINATE_GRACE_S = 120.0
 """A VM still listed this long after its terminate is terminated again, hard."""
 REASON_PREFIX = "vcluster: "
+SLURM_RESUME_TIMEOUT_REASON = "ResumeTimeout reached"
+"""What slurmctld 22.05 writes on a CLOUD node it gave up booting (it leaves it ``down~``)."""
 _WISH_RE = re.compile(r"vcluster\[([^\]]*)\]")
 _BUSY_FLAGS = frozenset({"POWERING_UP", "POWERING_DOWN", "POWER_DOWN", "POWERED_DOWN",
                          "DRAIN", "COMPLETING"})
@@ -301,7 +303,8 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(FailNode(name, "vcluster: no VM backs this node",
                                         job_id=jobs_by_node[name].job_id
                                         if name in jobs_by_node else None))
-        elif node.is_down and node.reason.startswith(REASON_PREFIX):
+        elif node.is_down and (node.reason.startswith(REASON_PREFIX)
+                               or node.reason == SLURM_RESUME_TIMEOUT_REASON):
             if not _is_off(node):
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
