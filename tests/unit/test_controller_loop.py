@@ -369,3 +369,17 @@ def test_handled_hook_requests_are_pruned_after_a_week(world: World) -> None:
         left = [(r.created_at, r.handled_at is not None) for r in s.scalars(
             select(db.HookRequest).order_by(db.HookRequest.id))]
     assert left == [(T0 - timedelta(days=8), False), (T0 - timedelta(days=2), True)]
+
+
+def test_a_foreign_exception_in_a_pass_does_not_stop_the_daemon(world: World) -> None:
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def vms(*, cluster: str | None = None) -> list[VM]:
+        calls.append(1)
+        if len(calls) == 2:
+            stop.set()
+        raise KeyError("pyone surprise")
+
+    world.one.vms = vms  # type: ignore[method-assign]
+    assert run_loop(world.controller, None, interval_s=0.01, stop=stop) == 2

@@ -89,7 +89,12 @@ class Controller:
             log.warning("skipping this pass: %s", exc)
             return PassReport(skipped=str(exc), busy=True,
                               duration_s=time.monotonic() - started)
-        actions = plan(observed, self.config)
+        try:
+            actions = plan(observed, self.config)
+        except Exception as exc:  # a bug must not kill the daemon: log it, try next pass
+            log.exception("planning failed; skipping this pass")
+            return PassReport(skipped=f"planning failed: {exc}",
+                              duration_s=time.monotonic() - started)
         result = self.actor.act(actions)
         report = PassReport(
             actions=actions, done=result.done, failed=result.failed,
@@ -128,7 +133,11 @@ def run_loop(controller: Controller, listener: WakeListener | None, *, interval_
     """Run passes until ``stop`` is set (or once). Returns the number of passes run."""
     passes = 0
     while not stop.is_set():
-        report = controller.run_pass()
+        try:
+            report = controller.run_pass()
+        except Exception as exc:  # the daemon outlives a bug or a foreign exception
+            log.exception("pass failed")
+            report = PassReport(skipped=f"pass failed: {exc}", busy=True)
         passes += 1
         if once:
             break

@@ -188,7 +188,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         job = jobs_by_node.get(name) or (obs.jobs.get(launch.job_id) if launch.job_id else None)
         return [_boot(config, nc, name, job, launch.id)]
 
-    assert vm_id is not None  # booting and up launches always have their VM
+    if vm_id is None:  # booting and up launches have their VM, unless edited by hand
+        return [CloseLaunch(launch.id, name, "failed", f"a {state} launch without a VM id")]
     if _is_off(node):
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
