@@ -15,6 +15,7 @@ from pathlib import Path
 import pyone
 import pytest
 
+from tests.cloud.schema_proxy import SchemaProxy
 from vcluster.testbed.cloud.server import CloudServer
 from vcluster.testbed.cloud.settings import CloudSettings, SchedulerSettings, Timings
 
@@ -55,23 +56,40 @@ def make_settings(state_dir: Path, **changes: object) -> CloudSettings:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def connect(server: CloudServer, proxies: list[SchemaProxy]) -> Running:
+    """Clients of ``server`` whose traffic goes through a schema-validating proxy."""
+    proxy = SchemaProxy(server.endpoint)
+    proxies.append(proxy)
+    return Running(server, pyone.OneServer(proxy.endpoint, session=AUTH),
+                   xmlrpc.client.ServerProxy(proxy.endpoint))
+
+
+def check_proxies(proxies: list[SchemaProxy]) -> None:
+    failures = [f for proxy in proxies for f in proxy.failures]
+    for proxy in proxies:
+        proxy.close()
+    assert not failures, "XML bodies that fail the official schemas:\n" + "\n".join(failures)
+
+
 @pytest.fixture
 def start_cloud(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Start servers with given settings changes; every one is stopped at the end."""
+    """Start servers with given settings changes; every one is stopped at the end, and every
+    XML body they sent must have passed the official schemas."""
     started: list[CloudServer] = []
+    proxies: list[SchemaProxy] = []
 
     def start(state_dir: Path | None = None, **changes: object) -> Running:
         server = CloudServer(make_settings(state_dir or tmp_path / "state", **changes))
-        server.start()
         started.append(server)
-        return Running(server, pyone.OneServer(server.endpoint, session=AUTH),
-                       xmlrpc.client.ServerProxy(server.endpoint))
+        server.start()
+        return connect(server, proxies)
 
     try:
         yield start
     finally:
         for server in started:
             server.stop()
+    check_proxies(proxies)
 
 
 @pytest.fixture

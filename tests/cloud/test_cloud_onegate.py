@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyone
 import pytest
 
-from tests.cloud.conftest import AUTH, VM_TEXT, Running, make_settings
+from tests.cloud.conftest import VM_TEXT, Running, check_proxies, connect, make_settings
+from tests.cloud.schema_proxy import SchemaProxy
 from vcluster.testbed.cloud.drivers.base import VMSpec
 from vcluster.testbed.cloud.drivers.dummy import DummyDriver
 from vcluster.testbed.cloud.server import CloudServer
@@ -36,12 +35,13 @@ def gate(tmp_path: Path) -> Iterator[tuple[Running, RecordingDriver]]:
     tmp_path.mkdir(exist_ok=True)
     driver = RecordingDriver(tmp_path)
     server = CloudServer(settings, driver=driver)
-    server.start()
+    proxies: list[SchemaProxy] = []
     try:
-        yield Running(server, pyone.OneServer(server.endpoint, session=AUTH),
-                      xmlrpc.client.ServerProxy(server.endpoint)), driver
+        server.start()
+        yield connect(server, proxies), driver
     finally:
         server.stop()
+    check_proxies(proxies)
 
 
 def _request(method: str, url: str, headers: dict[str, str], body: bytes | None = None
