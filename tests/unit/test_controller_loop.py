@@ -21,7 +21,13 @@ from tests.unit.controller_fixtures import T0, job, node, powered_down, powering
 from vcluster import db
 from vcluster.config import Config, parse_config
 from vcluster.controller.act import Actor
-from vcluster.controller.loop import AlreadyRunning, Controller, acquire_lock, run_loop
+from vcluster.controller.loop import (
+    AlreadyRunning,
+    Controller,
+    Heartbeater,
+    acquire_lock,
+    run_loop,
+)
 from vcluster.errors import OneAuthorizationError, OneNotFound, OneUnavailable, SlurmCommandError
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node
@@ -383,3 +389,13 @@ def test_a_foreign_exception_in_a_pass_does_not_stop_the_daemon(world: World) ->
 
     world.one.vms = vms  # type: ignore[method-assign]
     assert run_loop(world.controller, None, interval_s=0.01, stop=stop) == 2
+
+
+def test_the_heartbeat_goes_on_during_a_slow_pass() -> None:
+    beats: list[float] = []
+    heart = Heartbeater(lambda: beats.append(time.monotonic()), 0.05)
+    heart.start()
+    time.sleep(0.5)  # what a pass waiting on a slow oned would do to the main thread
+    heart.stop()
+    assert not heart.is_alive()
+    assert len(beats) >= 5

@@ -128,9 +128,43 @@ class Controller:
             log.error("cannot prune old hook requests: %s", exc)
 
 
+class Heartbeater(threading.Thread):
+    """Beats every ``period_s`` while the daemon lives, so a slow pass (OpenNebula timing
+    out and being retried) does not make the hooks think the controller is gone. Every
+    outside call has a timeout, so a pass cannot hang forever behind a live heartbeat."""
+
+    def __init__(self, beat: Callable[[], None], period_s: float) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.beat = beat
+        self.period_s = period_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period_s):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
 def run_loop(controller: Controller, listener: WakeListener | None, *, interval_s: float,
              stop: threading.Event, once: bool = False) -> int:
     """Run passes until ``stop`` is set (or once). Returns the number of passes run."""
+    heart: Heartbeater | None = None
+    if not once:
+        heart = Heartbeater(controller.beat, min(
+            interval_s, controller.config.controller.heartbeat_stale_s / 4))
+        heart.start()
+    try:
+        return _passes(controller, listener, interval_s, stop, once)
+    finally:
+        if heart is not None:
+            heart.stop()
+
+
+def _passes(controller: Controller, listener: WakeListener | None, interval_s: float,
+            stop: threading.Event, once: bool) -> int:
     passes = 0
     while not stop.is_set():
         try:
