@@ -203,7 +203,7 @@ def test_a_job_from_resume_to_terminated_vm(world: World) -> None:
     assert w.launches() == [(S1, "terminated", 40, "10.9.0.40", True)]
     assert [(k, n) for k, n, _ in w.events()] == [
         ("vm.allocating", S1), ("vm.allocated", S1), ("node.addr", S1), ("node.up", S1),
-        ("node.power_down", None), ("vm.terminated", S1), ("launch.closed", S1)]
+        ("node.power_down", S1), ("vm.terminated", S1), ("launch.closed", S1)]
     assert w.events()[3][2] == "node up 3.0 s after its launch"
     with w.sessions() as s:
         row = s.get(db.Job, 12)

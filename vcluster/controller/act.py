@@ -246,7 +246,9 @@ class Actor:
 
     def _PowerDown(self, a: PowerDown) -> None:
         self.slurm.update_nodes(list(a.node_names), state="POWER_DOWN_ASAP")
-        self._event_safely("node.power_down", f"{compress_hostlist(a.node_names)}: {a.reason}")
+        log.info("asked Slurm to power down %s: %s", compress_hostlist(a.node_names), a.reason)
+        for name in a.node_names:
+            self._event_safely("node.power_down", a.reason, node_name=name)
 
     def _ResetNode(self, a: ResetNode) -> None:
         if a.state == "RESUME":
