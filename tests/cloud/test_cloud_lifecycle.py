@@ -164,3 +164,19 @@ def test_deploy_and_migrate_by_hand(start_cloud: Callable[..., Running]) -> None
     cloud.one.vm.migrate(vm_id, 1, False)
     assert cloud.vm_state(vm_id) == (3, 7)  # SAVE_MIGRATE
     cloud.wait_state(vm_id, *S["RUNNING"])
+
+
+def test_deploy_from_hold_and_enforced_capacity(start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(host_cpu_pct=100)
+    held = cloud.one.vm.allocate(VM_TEXT, True)
+    assert cloud.one.vm.deploy(held, 0) == held
+    cloud.wait_state(held, *S["RUNNING"])
+    big = cloud.one.vm.allocate('CPU = "2"\nMEMORY = "64"\n', True)
+    with pytest.raises(pyone.OneActionException) as info:
+        cloud.one.vm.deploy(big, 0, True)
+    assert str(info.value) == (f"[one.vm.deploy] virtual machine [{big}] does not fit in host "
+                               "[0]. Not enough capacity.")
+    assert cloud.vm_state(big) == S["HOLD"]
+    assert cloud.one.vm.deploy(big, 0, False) == big   # without enforce oned overcommits
+    cloud.wait_state(big, *S["RUNNING"])
+    assert cloud.one.host.info(0).HOST_SHARE.CPU_USAGE == 210
