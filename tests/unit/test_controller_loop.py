@@ -272,6 +272,22 @@ def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> 
         assert hb is not None and hb.at == T0
 
 
+def test_an_unreachable_opennebula_skips_the_pass_before_any_action(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # up in Slurm, VM unknown
+
+    def vms(*, cluster: str | None = None) -> list[VM]:
+        raise OneUnavailable("cannot reach OpenNebula at http://one:2633/RPC2 (connection "
+                             "refused); check ONE_XMLRPC and that oned is running")
+
+    w.one.vms = vms  # type: ignore[method-assign]
+    report = w.controller.run_pass()
+    assert report.skipped == ("cannot read OpenNebula: cannot reach OpenNebula at "
+                              "http://one:2633/RPC2 (connection refused); check ONE_XMLRPC "
+                              "and that oned is running")
+    assert w.slurm.updates == []  # not "no VM backs this node": the listing failed
+
+
 def test_one_failing_action_does_not_stop_the_others(world: World) -> None:
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
