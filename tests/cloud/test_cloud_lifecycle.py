@@ -175,7 +175,7 @@ def test_deploy_from_hold_and_enforced_capacity(start_cloud: Callable[..., Runni
     with pytest.raises(pyone.OneActionException) as info:
         cloud.one.vm.deploy(big, 0, True)
     assert str(info.value) == (f"[one.vm.deploy] virtual machine [{big}] does not fit in host "
-                               "[0]. Not enough capacity.")
+                               "[0]. Not enough CPU: 200/90")
     assert cloud.vm_state(big) == S["HOLD"]
     assert cloud.one.vm.deploy(big, 0, False) == big   # without enforce oned overcommits
     cloud.wait_state(big, *S["RUNNING"])

@@ -223,7 +223,7 @@ class Cloud(Resources):
                 raise OneRequestError(ACTION, str(exc)) from None
             if enforce and not fits(vm, host):
                 raise OneRequestError(ACTION, f"virtual machine [{vm_id}] does not fit in host "
-                                      f"[{host_id}]. Not enough capacity.")
+                                      f"[{host_id}]. {capacity_error(vm, host)}")
             self.place(vm, host)
             return vm_id
 
@@ -249,7 +249,7 @@ class Cloud(Resources):
                 raise OneRequestError(ACTION, f"VM is already running on host [{host_id}]")
             if enforce and not fits(vm, host):
                 raise OneRequestError(ACTION, f"virtual machine [{vm_id}] does not fit in host "
-                                      f"[{host_id}]. Not enough capacity.")
+                                      f"[{host_id}]. {capacity_error(vm, host)}")
             now = now_s()
             old = vm.history[-1]
             old.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
@@ -327,7 +327,17 @@ class Cloud(Resources):
 
 
 def fits(vm: VM, host: Host) -> bool:
-    return host.free_cpu >= vm.cpu * 100 and host.free_mem_kb >= vm.memory_mb * 1024
+    return not capacity_error(vm, host)
+
+
+def capacity_error(vm: VM, host: Host) -> str:
+    """oned's HostShare::test_compute text, or "" if ``vm`` fits on ``host``."""
+    cpu, mem_kb = int(round(vm.cpu * 100)), vm.memory_mb * 1024
+    if host.free_cpu < cpu:
+        return f"Not enough CPU: {cpu}/{host.free_cpu}"
+    if host.free_mem_kb < mem_kb:
+        return f"Not enough memory: {mem_kb}/{host.free_mem_kb}"
+    return ""
 
 
 def _previous_action(vm: VM) -> str:
