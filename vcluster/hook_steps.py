@@ -226,14 +226,22 @@ def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
 
 
 def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
-    """Record, register the strigger backup, then wait (bounded) for the nodes to be up."""
+    """Record, register the strigger backup, then wait (bounded) for the nodes to be up.
+
+    A stale controller does not fail the job (a failing PrologSlurmctld requeues it): nodes
+    already up can run it, and nodes being resumed were failed by the resume hook already.
+    """
     job_id = parse_job_id(job_text)
     nodes = parse_vcluster_nodes(nodelist, env.config, only_ours=False) if nodelist else []
     if not nodes:
         log.debug("job %d runs on no vcluster node; nothing to do", job_id)
         return EXIT_OK
-    record_request(env, "prolog", nodes, [job_id],
-                   f"job {job_id} allocated {compress_hostlist(nodes)}")
+    try:
+        record_request(env, "prolog", nodes, [job_id],
+                       f"job {job_id} allocated {compress_hostlist(nodes)}")
+    except ControllerStale as exc:
+        log.warning("job %d: %s; letting Slurm start the job without waiting", job_id, exc)
+        return EXIT_OK
     program = job_finished_wrapper_path(env.config)
     if not os.access(program, os.X_OK):
         program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)

@@ -274,6 +274,15 @@ def test_prolog_waits_until_nodes_are_up_and_registers_the_trigger(env: hooks.Ho
     assert requests(env) == [("prolog", "vc-small-[001-002]", [12])]
 
 
+def test_prolog_never_fails_a_job_for_a_stale_controller(env: hooks.HookEnv,
+                                                         tmp_path: Path) -> None:
+    with db.transaction(env.sessions) as s:
+        db.beat(s, at=NOW - timedelta(hours=1))
+    assert hooks.do_prolog(env, "12", "vc-small-001") == hooks.EXIT_OK
+    assert env.slurm.triggers == []  # type: ignore[attr-defined]
+    assert requests(env) == []
+
+
 def test_prolog_gives_up_waiting_after_prolog_wait_s(env: hooks.HookEnv) -> None:
     slurm: FakeSlurm = env.slurm  # type: ignore[assignment]
     slurm.script = {"vc-small-001": [node("vc-small-001", "ALLOCATED", "POWERING_UP")]}
