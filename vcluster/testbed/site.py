@@ -114,7 +114,7 @@ retry_delays_s = [0.5, 1, 2]
 
 [slurm]
 conf = "{slurm.conf}"
-partitions = ["vcluster"]
+partitions = ["vcluster", "pool"]
 command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
 configless = true
@@ -152,6 +152,7 @@ memory_mb = 512
 features = ["pool"]
 template = "{WORKER_TEMPLATE}"
 policy = "pool"
+partition = "pool"
 suspend_time_s = {spec.pool_idle_s}
 """
 
