@@ -63,6 +63,10 @@ class FakeSlurm:
         self.updates.append(" ".join([f"nodename={names}"] + [
             f"{k}={v}" for k, v in fields.items() if v is not None]))
 
+    def update_job(self, job_id: int, **fields: str) -> None:
+        self.updates.append(" ".join([f"jobid={job_id}"] + [
+            f"{k}={v}" for k, v in fields.items()]))
+
 
 @dataclass
 class FakeOne:

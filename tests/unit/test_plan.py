@@ -30,6 +30,7 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     SetNodeAddr,
+    StartNow,
     TerminateVM,
     UpsertJob,
 )
@@ -228,6 +229,13 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                      last_failure_at={S1: ago(5), S2: ago(5)},
                      last_resume_at={S1: ago(30), S2: ago(2)}),
      [BootVM(S2, "small", None, 2, 2048, "worker")]),
+    ("a job Slurm requeued after vcluster gave its node up is made eligible at once; "
+     "a job merely held back by its own --begin is not",
+     lambda: picture(jobs=jobs(job(30, state="PENDING", state_reason="BeginTime"),
+                               job(31, state="PENDING", state_reason="BeginTime"),
+                               job(32, state="PENDING", state_reason="Resources")),
+                     failed_jobs={30: ago(3), 32: ago(3)}),
+     [StartNow(30, "requeued after vcluster gave its node up")]),
     ("jobs are recorded when new or changed, and closed when Slurm forgets them",
      lambda: picture(
          jobs=jobs(job(20, state="PENDING"), job(21, state="PENDING"),

@@ -32,6 +32,7 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     SetNodeAddr,
+    StartNow,
     TerminateVM,
     UpsertJob,
 )
@@ -86,10 +87,12 @@ class Actor:
                                    node_name=getattr(action, "node_name", None))
         return result
 
-    def _event_safely(self, kind: str, message: str, *, node_name: str | None = None) -> None:
+    def _event_safely(self, kind: str, message: str, *, node_name: str | None = None,
+                      job_id: int | None = None) -> None:
         try:
             with db.transaction(self.sessions) as s:
-                db.record_event(s, kind, message, node_name=node_name, at=self.now())
+                db.record_event(s, kind, message, node_name=node_name, job_id=job_id,
+                                at=self.now())
         except Exception:
             log.exception("cannot record event %s: %s", kind, message)
 
@@ -279,6 +282,11 @@ class Actor:
             row.template = a.template or row.template
             row.started_at = _epoch(a.started_at) or row.started_at
             row.ended_at = _epoch(a.ended_at)
+
+    def _StartNow(self, a: StartNow) -> None:
+        self.slurm.update_job(a.job_id, StartTime="now")
+        self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
+                           job_id=a.job_id)
 
     def _MarkHandled(self, a: MarkHandled) -> None:
         with db.transaction(self.sessions) as s:

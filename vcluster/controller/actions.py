@@ -127,9 +127,18 @@ class UpsertJob:
 
 
 @dataclass(frozen=True)
+class StartNow:
+    """Make a job Slurm requeued after vcluster gave its node up eligible at once (Slurm
+    defers a requeued job's BeginTime by about two minutes)."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | CloseLaunch | FailNode
-          | PowerDown | ResetNode | UpsertJob | MarkHandled)
+          | PowerDown | ResetNode | UpsertJob | StartNow | MarkHandled)

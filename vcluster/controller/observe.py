@@ -98,6 +98,8 @@ class Observed:
     """Per node, when Slurm last asked to resume it (recent requests, handled or not)."""
     last_failure_at: Mapping[str, datetime] = field(default_factory=dict)
     """Per node, when its last launch failed (recent ones)."""
+    failed_jobs: Mapping[int, datetime] = field(default_factory=dict)
+    """Per job, when a launch for it last failed (recent ones): Slurm requeued it."""
     known_jobs: Mapping[int, JobRecord] = field(default_factory=dict)
     """Job rows not ended, or ended within JOB_MEMORY_S."""
 
@@ -117,11 +119,15 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
         for name in expand_hostlist(r.nodes):
             last_resume[name] = max(r.created_at, last_resume.get(name, r.created_at))
     last_failure: dict[str, datetime] = {}
+    failed_jobs: dict[int, datetime] = {}
     for row in session.scalars(select(db.Launch).where(
             db.Launch.state == "failed", db.Launch.ended_at >= window_start)):
         if row.ended_at is not None:
             last_failure[row.node_name] = max(row.ended_at,
                                               last_failure.get(row.node_name, row.ended_at))
+            if row.job_id is not None:
+                failed_jobs[row.job_id] = max(row.ended_at,
+                                              failed_jobs.get(row.job_id, row.ended_at))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
     known_jobs = {
         j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)
@@ -129,7 +135,8 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             or_(db.Job.ended_at.is_(None), db.Job.ended_at >= recent)))
     }
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
-            "last_failure_at": last_failure, "known_jobs": known_jobs}
+            "last_failure_at": last_failure, "failed_jobs": failed_jobs,
+            "known_jobs": known_jobs}
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,

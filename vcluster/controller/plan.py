@@ -29,6 +29,7 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     SetNodeAddr,
+    StartNow,
     TerminateVM,
     UpsertJob,
 )
@@ -242,6 +243,9 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
         if not partitions & set(job.partition.split(",")):
             continue
         seen.add(job.job_id)
+        if (job.state == "PENDING" and job.state_reason == "BeginTime"
+                and job.job_id in obs.failed_jobs):
+            actions.append(StartNow(job.job_id, "requeued after vcluster gave its node up"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
         if known is not None and (known.state, known.nodes) == (job.state, nodes):
