@@ -35,6 +35,7 @@ from vcluster.errors import OneError, VclusterError
 from vcluster.one import OneClient
 from vcluster.testbed import slurm_local
 from vcluster.testbed.slurm_files import STATE_ROOT, TestbedSpec
+from vcluster.testbed.slurm_procs import is_ours, quiet, read_pid
 
 Say = Callable[[str], None]
 
@@ -46,10 +47,6 @@ STOP_TIMEOUT_S = 10.0
 
 class SiteError(VclusterError):
     """The testbed site could not be brought up or down."""
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -100,6 +97,16 @@ class SiteSpec:
 
     def log_file(self, what: str) -> Path:
         return self.root / "log" / f"{what}.log"
+
+    @property
+    def cloud_marker(self) -> str:
+        """On the cloud server's command line (its --state-dir), and on no other's."""
+        return str(self.root / "cloud")
+
+    @property
+    def controller_marker(self) -> str:
+        """On the controller's command line (its --config), and on no other's."""
+        return str(self.config_path)
 
 
 def site_config_text(spec: SiteSpec) -> str:
@@ -171,25 +178,6 @@ def worker_template_text(spec: SiteSpec) -> str:
 # --- processes --------------------------------------------------------------------------------
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive_with(pid: int | None, marker: str) -> bool:
-    """Is ``pid`` a live process of ours (its command line holds ``marker``)?"""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return marker in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _spawn(argv: list[str], log: Path, pid_file: Path, env: dict[str, str]
            ) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -202,14 +190,14 @@ def _spawn(argv: list[str], log: Path, pid_file: Path, env: dict[str, str]
 
 
 def _stop(pid_file: Path, marker: str, what: str, say: Say) -> None:
-    pid = _read_pid(pid_file)
-    if _alive_with(pid, marker):
+    pid = read_pid(pid_file)
+    if is_ours(pid, marker):
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _alive_with(pid, marker) and time.monotonic() < deadline:
+        while is_ours(pid, marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive_with(pid, marker):
+        if is_ours(pid, marker):
             os.kill(pid, signal.SIGKILL)
         say(f"stopped {what} (pid {pid})")
     pid_file.unlink(missing_ok=True)
@@ -239,11 +227,11 @@ def _vcluster_argv(*args: str) -> list[str]:
 # --- up / down / status ------------------------------------------------------------------------
 
 
-def up(spec: SiteSpec, say: Say = _quiet) -> None:
+def up(spec: SiteSpec, say: Say = quiet) -> None:
     """Bring the whole site up; clears this instance's leftovers first."""
     if os.geteuid() != 0:
         raise SiteError("the testbed needs root (namespaces, bridge, slurmd); run it as root")
-    down(spec, say=_quiet)
+    down(spec, say=quiet)
     t0 = time.monotonic()
     for sub in ("run", "log", "controller", "cloud"):
         (spec.root / sub).mkdir(parents=True, exist_ok=True)
@@ -328,12 +316,12 @@ def _start_controller(spec: SiteSpec, say: Say) -> None:
     say(f"controller pid {pid} (log {log})")
 
 
-def down(spec: SiteSpec, say: Say = _quiet) -> None:
+def down(spec: SiteSpec, say: Say = quiet) -> None:
     """Stop the controller, terminate every VM, stop the cloud and Slurm. Safe twice."""
-    _stop(spec.pid_file("controller"), "controller", "controller", say)
-    if _alive_with(_read_pid(spec.pid_file("cloud")), "cloud"):
+    _stop(spec.pid_file("controller"), spec.controller_marker, "controller", say)
+    if is_ours(read_pid(spec.pid_file("cloud")), spec.cloud_marker):
         _terminate_all_vms(spec, say)
-    _stop(spec.pid_file("cloud"), "cloud", "cloud server", say)
+    _stop(spec.pid_file("cloud"), spec.cloud_marker, "cloud server", say)
     from vcluster.testbed.cloud.drivers.netns import NetnsDriver
 
     # VMs the cloud could not terminate (it was not running): remove by this site's naming
@@ -369,10 +357,10 @@ class SiteStatus:
 
 def status(spec: SiteSpec) -> SiteStatus:
     slurm_text = slurm_local.format_status(slurm_local.status(spec.slurm))
-    cloud_pid = _read_pid(spec.pid_file("cloud"))
-    ctl_pid = _read_pid(spec.pid_file("controller"))
+    cloud_pid = read_pid(spec.pid_file("cloud"))
+    ctl_pid = read_pid(spec.pid_file("controller"))
     vms: list[str] = []
-    cloud_alive = _alive_with(cloud_pid, "cloud")
+    cloud_alive = is_ours(cloud_pid, spec.cloud_marker)
     if cloud_alive:
         try:
             config = load_config(spec.config_path, environ={})
@@ -384,7 +372,7 @@ def status(spec: SiteSpec) -> SiteStatus:
         except VclusterError as exc:
             vms.append(f"(cannot list VMs: {exc})")
     return SiteStatus(slurm_text, cloud_pid, cloud_alive, ctl_pid,
-                      _alive_with(ctl_pid, "controller"), vms)
+                      is_ours(ctl_pid, spec.controller_marker), vms)
 
 
 def format_status(spec: SiteSpec, st: SiteStatus) -> str:
