@@ -9,6 +9,7 @@ one row per object (a JSON body), one row per IP lease, one counter per object k
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -31,6 +32,8 @@ class Store:
 
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        # like oned's /var/lib/one: VM templates hold secrets (contexts carry the munge key)
+        os.chmod(state_dir, 0o700)
         self.path = state_dir / "cloud.sqlite"
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
