@@ -258,7 +258,24 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
                     job_id, compress_hostlist(pending), waited_s)
     else:
         log.info("job %d: nodes %s up after %.1f s", job_id, compress_hostlist(nodes), waited_s)
+    _reserve_per_job_nodes(env, job_id, nodes)
     return EXIT_OK
+
+
+def _reserve_per_job_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> None:
+    """Give a per-job job's nodes to it alone: POWER_DOWN_ASAP drains them now (no later job
+    can be scheduled onto this job's VMs in the moment between its end and the epilog's
+    power-down) and powers them down as soon as the job leaves them."""
+    per_job = [n for n in nodes
+               if (nc := env.config.class_of_node(n)) is not None and nc.policy == "per-job"]
+    if not per_job:
+        return
+    try:
+        env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP",
+                               reason=f"vcluster: per-job VM of job {job_id}")
+    except VclusterError as exc:  # the epilog powers them down at the job's end anyway
+        log.warning("job %d: cannot reserve per-job nodes %s: %s", job_id,
+                    compress_hostlist(per_job), exc)
 
 
 def wait_for_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> tuple[float, list[str]]:

@@ -272,6 +272,9 @@ def test_prolog_waits_until_nodes_are_up_and_registers_the_trigger(env: hooks.Ho
     assert slurm.triggers == [(12, f"{env.program_dir}/vcluster-job-finished")]
     assert env.sleep.__self__.sleeps == [1.0, 1.0, 1.0]  # type: ignore[attr-defined]
     assert requests(env) == [("prolog", "vc-small-[001-002]", [12])]
+    # per-job nodes are the job's alone: drained now, powered down when it leaves them
+    assert slurm.updates == [("vc-small-001,vc-small-002", {
+        "state": "POWER_DOWN_ASAP", "reason": "vcluster: per-job VM of job 12"})]
 
 
 def test_prolog_never_fails_a_job_for_a_stale_controller(env: hooks.HookEnv,
