@@ -4,10 +4,12 @@ Brings up its own site (instance ``vcb``, 10.117.0.0/24), submits JOBS one-node 
 ``fsub`` (STREAMS at a time), and reports, as JSON in benchmarks/results/e2e_jobs.json:
 
 - ``overhead_s``: submit -> job start, minus the VM's own boot. Submit is taken just before
-  ``fsub`` runs; job start is the first thing the job script prints (``date +%s.%N``); the VM's
-  own boot is ``vm.allocated`` -> ``node.up`` in vcluster's event log (the VM boots, runs its
-  contextualization, and its slurmd registers). What remains is Slurm's scheduling and
-  power-saving delays, the hooks, the controller's planning and allocation, and the prolog.
+  ``fsub`` runs; job start is the first thing the job script prints (``date +%s.%N``); the
+  VM's own boot is ``vm.allocated`` (the controller's allocate call returned) ->
+  ``job.nodes_up`` (the prolog, polling every 0.25 s, saw the node registered) in vcluster's
+  event log: the VM boots, runs its contextualization, and its slurmd registers. What remains
+  is Slurm's scheduling and power-saving delays, the hooks, the controller's planning and
+  allocation, and the prolog.
 - ``end_to_terminate_s``: the job script's last ``date +%s.%N`` -> the controller's
   ``terminate`` call for that job's VM (``vm.terminated`` event).
 - ``controller_cpu_s_per_job``: the controller's user+system CPU time over the run / JOBS.
@@ -117,18 +119,22 @@ def main() -> int:
             events = s.scalars(select(db.Event).order_by(db.Event.id)).all()
         first: dict[tuple[str, int], float] = {}
         for ev in events:
-            if ev.job_id is not None and ev.kind in ("vm.allocated", "node.up", "vm.terminated"):
+            if ev.job_id is not None and ev.kind in ("vm.allocated", "job.nodes_up",
+                                                      "vm.terminated"):
                 first.setdefault((ev.kind, ev.job_id), ts(ev.at))
         overhead: list[float] = []
         boot: list[float] = []
         end_term: list[float] = []
         for job_id, t_submit in sorted(submitted.items()):
             alloc = first.get(("vm.allocated", job_id))
-            up = first.get(("node.up", job_id))
+            up = first.get(("job.nodes_up", job_id))
             term = first.get(("vm.terminated", job_id))
             out = _output_for(job_id, env)
-            if None in (alloc, up, term) or out is None:
-                failures.append(f"job {job_id}: incomplete record")
+            if alloc is None or term is None:
+                failures.append(f"job {job_id}: no VM of its own was booted and terminated")
+                continue
+            if up is None or out is None:
+                failures.append(f"job {job_id}: no nodes-up event or no output")
                 continue
             assert alloc is not None and up is not None and term is not None
             start, end = out

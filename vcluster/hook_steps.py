@@ -29,7 +29,9 @@ log = logging.getLogger("vcluster.hooks")
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STALE, EXIT_CONFIG, EXIT_FAILED = 0, 2, 3, 4, 5
 MAX_HOSTLIST_CHARS = 65536
-PROLOG_POLL_S = 1.0
+PROLOG_POLL_S = 0.25
+"""How often the prolog asks Slurm whether the job's nodes are up: the job starts at most
+this long after they are (one ``scontrol show node`` per pending node per poll)."""
 JOB_FINISHED_PROGRAM = "vcluster-job-finished"
 
 
@@ -258,8 +260,18 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
                     job_id, compress_hostlist(pending), waited_s)
     else:
         log.info("job %d: nodes %s up after %.1f s", job_id, compress_hostlist(nodes), waited_s)
+        _record_nodes_up(env, job_id, nodes, waited_s)
     _reserve_per_job_nodes(env, job_id, nodes)
     return EXIT_OK
+
+
+def _record_nodes_up(env: HookEnv, job_id: int, nodes: Sequence[str], waited_s: float) -> None:
+    try:
+        with db.transaction(env.sessions) as s:
+            db.record_event(s, "job.nodes_up", f"nodes {compress_hostlist(nodes)} up; the "
+                            f"prolog waited {waited_s:.2f} s", job_id=job_id, at=env.now())
+    except Exception as exc:  # the event is for people; the job must start regardless
+        log.warning("job %d: cannot record that its nodes are up: %s", job_id, exc)
 
 
 def _reserve_per_job_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> None:

@@ -109,6 +109,9 @@ def test_dependency_afterok_runs_after_its_parent(s: Site) -> None:
     parent_end = float((s.work / "parent.out").read_text())
     child_start = float((s.work / "child.out").read_text())
     assert child_start > parent_end
+    # the child became eligible the moment its parent ended: it still got a fresh VM
+    parent_vms, child_vms = vm_ids_for_job(s, parent), vm_ids_for_job(s, job_id_of(second))
+    assert len(parent_vms) == 1 and len(child_vms) == 1 and not parent_vms & child_vms
 
 
 def test_scancel_while_vms_boot_leaves_no_vm(s: Site) -> None:

@@ -270,8 +270,12 @@ def test_prolog_waits_until_nodes_are_up_and_registers_the_trigger(env: hooks.Ho
     }
     assert hooks.do_prolog(env, "12", "vc-small-[001-002]") == hooks.EXIT_OK
     assert slurm.triggers == [(12, f"{env.program_dir}/vcluster-job-finished")]
-    assert env.sleep.__self__.sleeps == [1.0, 1.0, 1.0]  # type: ignore[attr-defined]
+    assert env.sleep.__self__.sleeps == [0.25, 0.25, 0.25]  # type: ignore[attr-defined]
     assert requests(env) == [("prolog", "vc-small-[001-002]", [12])]
+    with env.sessions() as session:
+        ups = [(e.job_id, e.message) for e in session.query(db.Event).filter_by(
+            kind="job.nodes_up")]
+    assert ups == [(12, "nodes vc-small-[001-002] up; the prolog waited 0.75 s")]
     # per-job nodes are the job's alone: drained now, powered down when it leaves them
     assert slurm.updates == [("vc-small-001,vc-small-002", {
         "state": "POWER_DOWN_ASAP", "reason": "vcluster: per-job VM of job 12"})]

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -270,9 +271,10 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
     def answers() -> bool:
         if proc.poll() is not None:
             raise SiteError(f"the cloud server exited at start ({proc.returncode}); see {log}")
-        try:
+        try:  # a bare connect first: no retry warnings while the server is still starting
+            socket.create_connection(("127.0.0.1", spec.one_port), timeout=1).close()
             client.version()
-        except OneError:
+        except (OSError, OneError):
             return False
         return True
 
