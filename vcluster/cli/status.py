@@ -7,6 +7,7 @@ spirit (never migrating it), ask Slurm for its nodes once, and print tables or `
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from vcluster.config import Config, load_config
 from vcluster.errors import VclusterError
 
 if TYPE_CHECKING:  # SQLAlchemy and rich load only when a command runs (fsub imports vcluster.cli)
+    from rich.console import Console
     from sqlalchemy import Engine
 
     from vcluster.slurm import Node
@@ -67,8 +69,6 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
       vcluster status
       vcluster status --json | jq '.controller.running'
     """
-    from rich.console import Console
-
     from vcluster import db
     from vcluster.report import build_status, render_status, status_to_json
 
@@ -84,7 +84,18 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
     if as_json:
         click.echo(json.dumps(status_to_json(report), indent=2))
     else:
-        render_status(report, Console(highlight=False))
+        render_status(report, _console())
+
+
+PIPE_WIDTH = 200
+"""Columns of a table written to a pipe or file (a terminal's own width is used otherwise):
+wide enough that node names, IPs and messages stay on one line for grep and less."""
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
 @click.command("events")
@@ -103,8 +114,6 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
       vcluster events --job 42
       vcluster events --node vc-small-001 -n 20 --json
     """
-    from rich.console import Console
-
     from vcluster import db
     from vcluster.report import events_table, events_to_json, query_events
 
@@ -121,4 +130,4 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
         click.echo("no events" + (f" for job {job_id}" if job_id is not None else "")
                    + (f" for node {node_name}" if node_name else ""))
     else:
-        Console(highlight=False).print(events_table("Events", rows))
+        _console().print(events_table("Events", rows))
