@@ -8,6 +8,8 @@ for cmd in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge ip
            nsenter:util-linux; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
+# the system's Python: the tests install fsub for an ordinary user from it, as a site would
+[ -x /usr/bin/python3 ] || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need[@]}"
