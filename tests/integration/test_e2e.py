@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pyone
@@ -24,7 +25,7 @@ from tests.integration.site_fixtures import (
     wait_for,
 )
 from vcluster.config import read_one_auth
-from vcluster.testbed import netns
+from vcluster.testbed import netns, site
 
 __all__ = ["e2e_site", "system_fsub"]
 
@@ -186,6 +187,42 @@ def test_job_submitted_by_a_non_root_user(s: Site, system_fsub: str) -> None:
     lines = out.read_text().split()
     assert lines[0] == user and lines[1].startswith("vce-small-")
     assert out.stat().st_uid == pwd.getpwnam(user).pw_uid
+
+
+def test_controller_restarted_while_vms_boot_loses_nothing(s: Site) -> None:
+    out = s.work / "restart.out"
+    proc = s.fsub("-N2", f"--output={out}", "--wrap", "sleep 3; srun hostname")
+    job_id = job_id_of(proc)
+    wait_for("the job's VMs exist", lambda: len(vm_ids_for_job(s, job_id)) == 2, 60, 0.1)
+    site.stop_controller(s.spec)
+    time.sleep(3)  # the VMs boot and the job starts while no controller runs
+    site.start_controller(s.spec)
+    done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+                    JOB_TIMEOUT_S, 1)
+    assert done
+    assert len(vm_ids_for_job(s, job_id)) == 2, "the restarted controller booted no VM twice"
+    assert len(out.read_text().split()) == 2
+    # the per-test fixture checks that both VMs were terminated and the nodes powered down
+
+
+def test_orphan_vms_of_this_cluster_are_terminated_others_left_alone(s: Site) -> None:
+    server = pyone.OneServer(s.config.opennebula.xmlrpc,
+                             session=read_one_auth(s.config.opennebula.auth_file))
+    template_id = s.one.template_id("vcluster-worker")
+    ours = server.template.instantiate(
+        template_id, "stray", False,
+        'VCLUSTER_CLUSTER = "vce"\nVCLUSTER_NODE = "vce-small-006"\nVCLUSTER_JOB = "999"', False)
+    theirs = server.template.instantiate(
+        template_id, "neighbour", False, 'VCLUSTER_CLUSTER = "other"', False)
+    try:
+        wait_for("the orphan terminated", lambda: server.vm.info(ours).STATE == 6, 60, 0.5)
+        assert server.vm.info(theirs).STATE != 6, "another cluster's VM was touched"
+        events = subprocess.run(["vcluster", "events", "-n", "200"], capture_output=True,
+                                text=True, env=s.env, check=True).stdout
+        assert f"orphan VM {ours}" in events
+    finally:
+        server.vm.action("terminate-hard", theirs)
+        wait_for("the neighbour gone", lambda: server.vm.info(theirs).STATE == 6, 60, 0.5)
 
 
 def test_testbed_status_lists_the_parts(e2e_site: Site) -> None:

@@ -246,7 +246,7 @@ def up(spec: SiteSpec, say: Say = quiet) -> None:
         slurm_local.up(spec.slurm, say=say)
         _start_cloud(spec, say)
         _ensure_worker_template(spec, say)
-        _start_controller(spec, say)
+        start_controller(spec, say)
     except BaseException:
         down(spec)
         raise
@@ -297,7 +297,8 @@ def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
     say(f"template {WORKER_TEMPLATE} registered as id {tid}")
 
 
-def _start_controller(spec: SiteSpec, say: Say) -> None:
+def start_controller(spec: SiteSpec, say: Say = quiet) -> None:
+    """Start ``vcluster controller run`` in the background; wait for its first heartbeat."""
     argv = _vcluster_argv("--config", str(spec.config_path), "controller", "run")
     log = spec.log_file("controller")
     proc = _spawn(argv, log, spec.pid_file("controller"), _env(spec))
@@ -318,9 +319,14 @@ def _start_controller(spec: SiteSpec, say: Say) -> None:
     say(f"controller pid {pid} (log {log})")
 
 
+def stop_controller(spec: SiteSpec, say: Say = quiet) -> None:
+    """Stop the controller (SIGTERM: it finishes its pass). VMs and Slurm carry on."""
+    _stop(spec.pid_file("controller"), spec.controller_marker, "controller", say)
+
+
 def down(spec: SiteSpec, say: Say = quiet) -> None:
     """Stop the controller, terminate every VM, stop the cloud and Slurm. Safe twice."""
-    _stop(spec.pid_file("controller"), spec.controller_marker, "controller", say)
+    stop_controller(spec, say)
     if is_ours(read_pid(spec.pid_file("cloud")), spec.cloud_marker):
         _terminate_all_vms(spec, say)
     _stop(spec.pid_file("cloud"), spec.cloud_marker, "cloud server", say)
