@@ -57,6 +57,9 @@ LAUNCH_STATES = ("requested", "allocating", "booting", "up", "terminating", "ter
                  "failed")
 OPEN_LAUNCH_STATES = ("requested", "allocating", "booting", "up", "terminating")
 HOOK_KINDS = ("resume", "suspend", "resume-fail", "prolog", "epilog", "job-finished")
+RESUME_REFUSED_EVENT = "hook.resume_refused"
+"""Event a resume hook writes, per job, when it failed nodes because the controller was
+down: the controller, once back, makes those requeued jobs eligible at once."""
 
 
 class DatabaseError(VclusterError):

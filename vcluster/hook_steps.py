@@ -178,8 +178,23 @@ def do_resume(env: HookEnv, hostlist: str | None, resume_data: Mapping[str, Any]
             env.slurm.update_nodes(nodes, state="POWER_DOWN_FORCE", reason=reason)
         except VclusterError as exc:
             log.warning("cannot set %s down: %s", compress_hostlist(nodes), exc)
+        _record_refusal(env, nodes, job_ids, reason)
         raise
     return EXIT_OK
+
+
+def _record_refusal(env: HookEnv, nodes: Sequence[str], job_ids: Sequence[int],
+                    reason: str) -> None:
+    """Leave a trace for the controller's return: Slurm requeued these jobs because of us,
+    so it makes them eligible at once instead of after Slurm's two-minute deferral."""
+    try:
+        with db.transaction(env.sessions) as s:
+            targets: list[int | None] = list(job_ids) or [None]
+            for job_id in targets:
+                db.record_event(s, db.RESUME_REFUSED_EVENT, f"{compress_hostlist(nodes)}: {reason}",
+                                job_id=job_id, at=env.now())
+    except Exception as exc:  # the database may be what is wrong
+        log.warning("cannot record the refused resume of %s: %s", compress_hostlist(nodes), exc)
 
 
 def do_suspend(env: HookEnv, hostlist: str | None) -> int:

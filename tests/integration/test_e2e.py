@@ -205,6 +205,30 @@ def test_controller_restarted_while_vms_boot_loses_nothing(s: Site) -> None:
     # the per-test fixture checks that both VMs were terminated and the nodes powered down
 
 
+def test_job_submitted_while_the_controller_is_down_runs_when_it_returns(s: Site) -> None:
+    site.stop_controller(s.spec)
+    time.sleep(s.config.controller.heartbeat_stale_s + 1)
+    out = s.work / "ctl-down.out"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", "hostname"))
+    reason = "vcluster: the vcluster controller is not running; nodes not resumed"
+
+    def node_failed_with_reason() -> bool:
+        sinfo = subprocess.run(["sinfo", "-R", "-h", "-o", "%E"], capture_output=True,
+                               text=True, env=s.env, check=True).stdout
+        return reason in sinfo
+
+    wait_for("the resumed node failed with a reason", node_failed_with_reason, 30, 0.5)
+    # the job is requeued (COMPLETING, then PENDING): it waits, it is not lost
+    wait_for("the job requeued", lambda: (j := s.job(job_id)) and j.state == "PENDING", 30, 0.5)
+    started = time.monotonic()
+    site.start_controller(s.spec)
+    done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+                    JOB_TIMEOUT_S, 1)
+    assert done
+    assert time.monotonic() - started < 60, "not held back by Slurm's requeue deferral"
+    assert out.read_text().strip().startswith("vce-small-")
+
+
 def test_orphan_vms_of_this_cluster_are_terminated_others_left_alone(s: Site) -> None:
     server = pyone.OneServer(s.config.opennebula.xmlrpc,
                              session=read_one_auth(s.config.opennebula.auth_file))

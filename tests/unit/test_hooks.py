@@ -180,6 +180,10 @@ def test_resume_with_a_stale_controller_fails_the_nodes_at_once(env: hooks.HookE
         ("vc-small-001,vc-small-002", {"state": "DOWN", "reason": reason}),
         ("vc-small-001,vc-small-002", {"state": "POWER_DOWN_FORCE", "reason": reason})]
     assert requests(env) == []
+    with env.sessions() as session:  # the returning controller makes job 3 eligible at once
+        refused = [(e.job_id, e.message) for e in session.query(db.Event).filter_by(
+            kind=db.RESUME_REFUSED_EVENT)]
+    assert refused == [(3, f"vc-small-[001-002]: {reason}")]
 
 
 def test_missing_heartbeat_says_the_controller_never_ran(env: hooks.HookEnv) -> None:

@@ -128,6 +128,11 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             if row.job_id is not None:
                 failed_jobs[row.job_id] = max(row.ended_at,
                                               failed_jobs.get(row.job_id, row.ended_at))
+    for ev in session.scalars(select(db.Event).where(
+            db.Event.kind == db.RESUME_REFUSED_EVENT, db.Event.at >= window_start,
+            db.Event.job_id.is_not(None))):
+        assert ev.job_id is not None
+        failed_jobs[ev.job_id] = max(ev.at, failed_jobs.get(ev.job_id, ev.at))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
     known_jobs = {
         j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)

@@ -66,6 +66,7 @@ class SiteSpec:
     pool_nodes: int = 2
     pool_idle_s: int = 30
     resume_timeout_s: int = 90
+    heartbeat_stale_s: int = 30
 
     @property
     def root(self) -> Path:
@@ -134,7 +135,7 @@ url = "sqlite:///{spec.root / 'vcluster.db'}"
 [controller]
 cluster_name = "{spec.name}"
 interval_s = 2
-heartbeat_stale_s = 30
+heartbeat_stale_s = {spec.heartbeat_stale_s}
 resume_timeout_s = {spec.resume_timeout_s}
 suspend_timeout_s = 5
 prolog_wait_s = {spec.resume_timeout_s}
