@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     CheckConstraint,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -278,14 +279,14 @@ def upgrade_engine(engine: Engine, revision: str = "head", *, down: bool = False
 
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
     try:
-        with engine.begin() as conn:
+        with connect(engine) as conn, conn.begin():
             cfg.attributes["connection"] = conn
             if down:
                 command.downgrade(cfg, revision)
             else:
                 command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot migrate database {engine.url!r}: {exc}") from exc
+        raise DatabaseError(f"cannot migrate database {engine.url!r}: {_reason(exc)}") from exc
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -306,8 +307,25 @@ def downgrade(url: str, revision: str = "base") -> None:
         engine.dispose()
 
 
+def _reason(exc: SQLAlchemyError) -> str:
+    """The first line of the driver's message (psycopg adds hints and DETAIL lines)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def connect(engine: Engine) -> Connection:
+    """A connection, or a one-line DatabaseError if the server (or file) cannot be reached."""
+    try:
+        return engine.connect()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot connect to database {engine.url!r}: {_reason(exc)}; "
+            "is the database server running, and is database.url right?"
+        ) from exc
+
+
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         try:
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
         except SQLAlchemyError:

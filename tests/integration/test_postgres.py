@@ -346,3 +346,47 @@ def test_vcluster_status_json_reads_postgres(pg_url: str, engine: Engine,
         {"kind": "node-up", "node_name": "vc-small-001", "job_id": 12, "vm_id": 17,
          "message": "vc-small-001 registered with Slurm"},
     ]
+
+
+def _status(config_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    env["VCLUSTER_CONFIG"] = str(config_path)
+    return subprocess.run([sys.executable, "-m", "vcluster", "status"], capture_output=True,
+                          text=True, env=env, timeout=COMMAND_TIMEOUT_S, check=False)
+
+
+def test_status_says_in_one_line_when_the_server_is_down(tmp_path: Path) -> None:
+    sock_dir = tmp_path / "no-server"
+    sock_dir.mkdir()
+    url = f"postgresql+psycopg://postgres@/vcluster?host={sock_dir}&port={PG_PORT}"
+    config_path = tmp_path / "vcluster.toml"
+    config_path.write_text(STATUS_CONFIG.format(tmp=tmp_path, url=url))
+    proc = _status(config_path)
+    quoted = str(sock_dir).replace("/", "%2F")
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        f"vcluster: error: cannot connect to database postgresql+psycopg://postgres@/vcluster"
+        f"?host={quoted}&port={PG_PORT}: connection is bad: connection to server on socket "
+        f'"{sock_dir}/.s.PGSQL.{PG_PORT}" failed: No such file or directory; '
+        "is the database server running, and is database.url right?\n")
+    with pytest.raises(db.DatabaseError, match="^cannot connect to database .*; is the "
+                                               "database server running"):
+        db.make_engine(DatabaseSettings(url=url))
+
+
+def test_status_on_an_unmigrated_database_says_how_to_migrate(pg_server: PgServer,
+                                                              tmp_path: Path) -> None:
+    pg_server.client("createdb", "vcluster_empty")
+    try:
+        url = pg_server.url("vcluster_empty")
+        config_path = tmp_path / "vcluster.toml"
+        config_path.write_text(STATUS_CONFIG.format(tmp=tmp_path, url=url))
+        proc = _status(config_path)
+        quoted = str(pg_server.sock_dir).replace("/", "%2F")
+        assert (proc.returncode, proc.stdout) == (1, "")
+        assert proc.stderr == (
+            "vcluster: error: database postgresql+psycopg://postgres@/vcluster_empty"
+            f"?host={quoted}&port={PG_PORT} is at schema none, expected {db.HEAD_REVISION}; "
+            "start the controller (`vcluster controller run`) once to migrate it\n")
+    finally:
+        pg_server.client("dropdb", "--force", "vcluster_empty")
