@@ -138,7 +138,7 @@ def e2e_site() -> Iterator[Site]:
     spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
                          slurm_port=6917, one_port=2733, onegate_port=5130,
                          per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60,
-                         heartbeat_stale_s=10)
+                         heartbeat_stale_s=10, extra_templates=("vcluster-broken",))
     site.down(spec)
     try:
         site.up(spec)

@@ -229,6 +229,29 @@ def test_job_submitted_while_the_controller_is_down_runs_when_it_returns(s: Site
     assert out.read_text().strip().startswith("vce-small-")
 
 
+def test_a_job_whose_vms_always_fail_is_held_with_the_reason(s: Site) -> None:
+    server = pyone.OneServer(s.config.opennebula.xmlrpc,
+                             session=read_one_auth(s.config.opennebula.auth_file))
+    names = [t.NAME for t in server.templatepool.info(-2, -1, -1).VMTEMPLATE or []]
+    if "vcluster-broken" not in names:  # an image that never boots
+        server.template.allocate('NAME = "vcluster-broken"\nCPU = "1"\nMEMORY = "256"\n'
+                                 'NIC = [ NETWORK = "vcluster" ]\nTESTBED_FAULT = "boot-fail"\n')
+    job_id = job_id_of(s.fsub("-N1", "--vm-template=vcluster-broken",
+                              f"--output={s.work / 'broken.out'}", "--wrap", "hostname"))
+    try:
+        held = wait_for("the job held", lambda: (j := s.job(job_id)) and j.state == "PENDING"
+                        and "Held" in j.state_reason and j, JOB_TIMEOUT_S, 1)
+        assert held
+        show = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
+                              text=True, env=s.env, check=True).stdout
+        assert "AdminComment=vcluster: held after 3 failed VMs; last: VM" in show
+        assert "failed to boot (BOOT_FAILURE)" in show
+        assert len(vm_ids_for_job(s, job_id)) == 3, "three tries, then no more VMs"
+    finally:
+        subprocess.run(["scancel", str(job_id)], env=s.env, check=False)
+    # the fixture then checks no VM is left and every node is powered down (not DOWN)
+
+
 def test_orphan_vms_of_this_cluster_are_terminated_others_left_alone(s: Site) -> None:
     server = pyone.OneServer(s.config.opennebula.xmlrpc,
                              session=read_one_auth(s.config.opennebula.auth_file))

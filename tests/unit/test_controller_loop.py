@@ -63,6 +63,9 @@ class FakeSlurm:
         self.updates.append(" ".join([f"nodename={names}"] + [
             f"{k}={v}" for k, v in fields.items() if v is not None]))
 
+    def hold(self, job_id: int) -> None:
+        self.updates.append(f"hold {job_id}")
+
     def update_job(self, job_id: int, **fields: str) -> None:
         self.updates.append(" ".join([f"jobid={job_id}"] + [
             f"{k}={v}" for k, v in fields.items()]))

@@ -27,6 +27,7 @@ from vcluster.controller.actions import (
     BootVM,
     CloseLaunch,
     FailNode,
+    HoldJob,
     MarkHandled,
     MarkUp,
     PowerDown,
@@ -286,6 +287,16 @@ class Actor:
     def _StartNow(self, a: StartNow) -> None:
         self.slurm.update_job(a.job_id, StartTime="now")
         self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
+                           job_id=a.job_id)
+
+    def _HoldJob(self, a: HoldJob) -> None:
+        self.slurm.hold(a.job_id)
+        try:
+            self.slurm.update_job(a.job_id, AdminComment=a.reason[:SLURM_REASON_MAX])
+        except VclusterError as exc:  # held is what matters; the reason is in the event log
+            log.warning("job %d held, but its AdminComment was refused: %s", a.job_id, exc)
+        self._event_safely("job.held", f"job {a.job_id} held: {a.reason}; release it with "
+                           f"`scontrol release {a.job_id}` once the cause is fixed",
                            job_id=a.job_id)
 
     def _MarkHandled(self, a: MarkHandled) -> None:

@@ -136,9 +136,19 @@ class StartNow:
 
 
 @dataclass(frozen=True)
+class HoldJob:
+    """Hold a job whose VMs failed again and again (a missing template, a broken image):
+    requeueing it once more would only fail once more. The reason goes to its AdminComment
+    and the event log; ``scontrol release`` lets it try again once the cause is fixed."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | CloseLaunch | FailNode
-          | PowerDown | ResetNode | UpsertJob | StartNow | MarkHandled)
+          | PowerDown | ResetNode | UpsertJob | StartNow | HoldJob | MarkHandled)

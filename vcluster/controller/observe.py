@@ -100,6 +100,8 @@ class Observed:
     """Per node, when its last launch failed (recent ones)."""
     failed_jobs: Mapping[int, datetime] = field(default_factory=dict)
     """Per job, when a launch for it last failed (recent ones): Slurm requeued it."""
+    job_failures: Mapping[int, tuple[int, str]] = field(default_factory=dict)
+    """Per job, how many of its launches failed recently, and the last reason."""
     known_jobs: Mapping[int, JobRecord] = field(default_factory=dict)
     """Job rows not ended, or ended within JOB_MEMORY_S."""
 
@@ -120,14 +122,19 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             last_resume[name] = max(r.created_at, last_resume.get(name, r.created_at))
     last_failure: dict[str, datetime] = {}
     failed_jobs: dict[int, datetime] = {}
+    failure_count: dict[int, int] = {}
+    last_reason: dict[int, str] = {}
     for row in session.scalars(select(db.Launch).where(
             db.Launch.state == "failed", db.Launch.ended_at >= window_start)):
         if row.ended_at is not None:
             last_failure[row.node_name] = max(row.ended_at,
                                               last_failure.get(row.node_name, row.ended_at))
             if row.job_id is not None:
+                if row.ended_at >= failed_jobs.get(row.job_id, row.ended_at):
+                    last_reason[row.job_id] = row.reason
                 failed_jobs[row.job_id] = max(row.ended_at,
                                               failed_jobs.get(row.job_id, row.ended_at))
+                failure_count[row.job_id] = failure_count.get(row.job_id, 0) + 1
     for ev in session.scalars(select(db.Event).where(
             db.Event.kind == db.RESUME_REFUSED_EVENT, db.Event.at >= window_start,
             db.Event.job_id.is_not(None))):
@@ -141,6 +148,7 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
     }
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
             "last_failure_at": last_failure, "failed_jobs": failed_jobs,
+            "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
             "known_jobs": known_jobs}
 
 

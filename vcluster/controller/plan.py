@@ -24,6 +24,7 @@ from vcluster.controller.actions import (
     BootVM,
     CloseLaunch,
     FailNode,
+    HoldJob,
     MarkHandled,
     MarkUp,
     PowerDown,
@@ -39,6 +40,9 @@ from vcluster.slurm_parse import Job, Node, compress_hostlist, expand_hostlist
 
 MIN_VM_MEMORY_MB = 512
 """Smallest VM booted for a job that asks for less (or only Slurm's DefMemPerCPU)."""
+MAX_JOB_FAILURES = 3
+"""Failed VMs per node of a job (within twice ResumeTimeout) after which the job is held
+rather than requeued again: a cause that failed three times will fail a fourth."""
 TERMINATE_GRACE_S = 120.0
 """A VM still listed this long after its terminate is terminated again, hard."""
 REASON_PREFIX = "vcluster: "
@@ -245,7 +249,12 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
         seen.add(job.job_id)
         if (job.state == "PENDING" and job.state_reason == "BeginTime"
                 and job.job_id in obs.failed_jobs):
-            actions.append(StartNow(job.job_id, "requeued after vcluster gave its node up"))
+            failures, reason = obs.job_failures.get(job.job_id, (0, ""))
+            if failures >= MAX_JOB_FAILURES * max(1, job.node_count):
+                actions.append(HoldJob(job.job_id, f"vcluster: held after {failures} failed "
+                                       f"VMs; last: {reason.removeprefix(REASON_PREFIX)}"))
+            else:
+                actions.append(StartNow(job.job_id, "requeued after vcluster gave its node up"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
         if known is not None and (known.state, known.nodes) == (job.state, nodes):

@@ -67,6 +67,8 @@ class SiteSpec:
     pool_idle_s: int = 30
     resume_timeout_s: int = 90
     heartbeat_stale_s: int = 30
+    extra_templates: tuple[str, ...] = ()
+    """Other OpenNebula templates jobs of the per-job class may pick (fsub --vm-template)."""
 
     @property
     def root(self) -> Path:
@@ -150,6 +152,7 @@ cpus = 2
 memory_mb = 1024
 features = ["small"]
 template = "{WORKER_TEMPLATE}"
+templates = [{", ".join(f'"{t}"' for t in spec.extra_templates)}]
 policy = "per-job"
 
 [[node_class]]
