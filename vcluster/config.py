@@ -111,6 +111,8 @@ class ControllerSettings:
     """Where the controller keeps its wake-up socket and files."""
     log_dir: str = "/var/log/vcluster"
     """Where hooks and the controller write their logs."""
+    history_days: int = 90
+    """Events, ended launches and ended jobs older than this are pruned, days."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,7 @@ def parse_config(
         prolog_wait_s=c_r.positive("prolog_wait_s", float, 300.0),
         state_dir=c_r.get("state_dir", str, "/var/lib/vcluster"),
         log_dir=c_r.get("log_dir", str, "/var/log/vcluster"),
+        history_days=c_r.positive("history_days", int, 90),
     )
     c_r.finish()
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", controller.cluster_name):

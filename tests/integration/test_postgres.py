@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -390,3 +391,50 @@ def test_status_on_an_unmigrated_database_says_how_to_migrate(pg_server: PgServe
             "start the controller (`vcluster controller run`) once to migrate it\n")
     finally:
         pg_server.client("dropdb", "--force", "vcluster_empty")
+
+
+def test_concurrent_launches_for_one_node_one_wins(pg_url: str, engine: Engine) -> None:
+    """Two writers (controller passes, say) race for one node: the second waits for the
+    first and is refused, never a second open launch."""
+    other = db.make_engine(DatabaseSettings(url=pg_url), migrate=False)
+    try:
+        first = db.session_factory(engine)()
+        first.begin()
+        first.add(db.Launch(node_name="vc-small-001", node_class="small", job_id=1))
+        first.flush()  # the row is in, uncommitted
+        outcome: list[str] = []
+
+        def second_writer() -> None:
+            try:
+                with db.transaction(db.session_factory(other)) as s:
+                    s.add(db.Launch(node_name="vc-small-001", node_class="small", job_id=2))
+                outcome.append("committed")
+            except IntegrityError as exc:
+                outcome.append(type(exc.orig).__name__)
+
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and outcome == []  # waits on the first's uncommitted row
+        first.commit()
+        first.close()
+        thread.join(timeout=COMMAND_TIMEOUT_S)
+        assert outcome == ["UniqueViolation"]
+    finally:
+        other.dispose()
+    with db.session_factory(engine)() as s:
+        assert [la.job_id for la in db.open_launches(s)] == [1]
+
+
+def test_engine_survives_a_server_restart(pg_server: PgServer, engine: Engine) -> None:
+    """The controller keeps its engine for days; a restarted server must not fail a pass."""
+    factory = db.session_factory(engine)
+    with db.transaction(factory) as s:
+        db.record_event(s, "tick", "before the restart")
+    pg_server.as_postgres("pg_ctl", "-D", str(pg_server.data_dir), "-m", "fast", "-w",
+                          "restart")
+    with db.transaction(factory) as s:
+        db.record_event(s, "tick", "after the restart")
+    with factory() as s:
+        assert s.scalars(select(db.Event.message).order_by(db.Event.id)).all() == [
+            "before the restart", "after the restart"]

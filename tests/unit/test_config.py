@@ -62,6 +62,8 @@ def test_environment_overrides_endpoint(tmp_path: Path) -> None:
         (("count = 4", "count = 4\npolicy = \"spot\""),
          "node_class[0].policy: must be 'per-job' or 'pool', got 'spot'"),
         (('template = "worker"', ""), "node_class[0].template: is required"),
+        (("[database]", "[controller]\nhistory_days = 0\n[database]"),
+         "controller.history_days: must be positive, got 0"),
         (("[database]", "[database]\nurll = 1"),
          "database.urll: unknown key (known keys here: url)"),
         (('xmlrpc = "http://127.0.0.1:2633/RPC2"', 'xmlrpc = "127.0.0.1:2633"'),

@@ -400,6 +400,27 @@ def test_handled_hook_requests_are_pruned_after_a_week(world: World) -> None:
     assert left == [(T0 - timedelta(days=8), False), (T0 - timedelta(days=2), True)]
 
 
+def test_history_older_than_history_days_is_pruned_open_rows_never(world: World) -> None:
+    w = world
+    old, recent = T0 - timedelta(days=91), T0 - timedelta(days=89)
+    with db.transaction(w.sessions) as s:
+        for at in (old, recent):
+            db.record_event(s, "vm.terminated", "x", node_name=S1, at=at)
+            s.add(db.Launch(node_name=S1, node_class="small", state="terminated", reason="",
+                            created_at=at, updated_at=at, ended_at=at))
+        s.add(db.Launch(node_name=S2, node_class="small", state="up", reason="",
+                        created_at=old, updated_at=old))  # open: kept whatever its age
+        s.add(db.Job(job_id=1, state="COMPLETED", nodes=S1, first_seen=old, ended_at=old))
+        s.add(db.Job(job_id=2, state="RUNNING", nodes=S2, first_seen=old))
+    w.controller.prune()
+    with w.sessions() as s:
+        assert [e.at for e in s.scalars(select(db.Event).where(
+            db.Event.kind == "vm.terminated"))] == [recent]
+        assert sorted((la.node_name, la.ended_at) for la in s.scalars(select(db.Launch))) == [
+            (S1, recent), (S2, None)]
+        assert [j.job_id for j in s.scalars(select(db.Job))] == [2]
+
+
 def test_a_foreign_exception_in_a_pass_does_not_stop_the_daemon(world: World) -> None:
     calls: list[int] = []
     stop = threading.Event()

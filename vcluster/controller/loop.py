@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Result, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
@@ -40,6 +40,11 @@ PRUNE_EVERY_S = 3600.0
 HANDLED_REQUEST_KEEP_S = 7 * 86400.0
 _BOOKKEEPING = (UpsertJob, MarkHandled)
 _TRANSITIONAL = frozenset({"requested", "allocating", "booting", "terminating"})
+
+
+def _deleted(result: Result[Any]) -> int:
+    """Rows a DELETE removed (``rowcount`` lives on the CursorResult it returns)."""
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class AlreadyRunning(VclusterError):
@@ -112,20 +117,28 @@ class Controller:
         return report
 
     def prune(self) -> None:
-        """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S (events stay)."""
+        """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S, and events,
+        ended launches and ended jobs older than ``controller.history_days``."""
         self._pruned_at = time.monotonic()
-        cutoff = self.now() - timedelta(seconds=HANDLED_REQUEST_KEEP_S)
+        now = self.now()
+        cutoff = now - timedelta(seconds=HANDLED_REQUEST_KEEP_S)
+        history = now - timedelta(days=self.config.controller.history_days)
         try:
             with db.transaction(self.sessions) as s:
-                ids = s.scalars(select(db.HookRequest.id).where(
-                    db.HookRequest.handled_at.is_not(None),
-                    db.HookRequest.handled_at < cutoff)).all()
-                s.execute(delete(db.HookRequest).where(db.HookRequest.id.in_(ids)))
-                gone = len(ids)
-            if gone:
-                log.info("pruned %d hook requests handled before %s", gone, cutoff)
+                counts = {what: _deleted(s.execute(statement)) for what, statement in (
+                    ("hook requests", delete(db.HookRequest).where(
+                        db.HookRequest.handled_at.is_not(None),
+                        db.HookRequest.handled_at < cutoff)),
+                    ("events", delete(db.Event).where(db.Event.at < history)),
+                    ("launches", delete(db.Launch).where(
+                        db.Launch.ended_at.is_not(None), db.Launch.ended_at < history)),
+                    ("jobs", delete(db.Job).where(
+                        db.Job.ended_at.is_not(None), db.Job.ended_at < history)),
+                )}
+            if any(counts.values()):
+                log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in counts.items()))
         except Exception as exc:
-            log.error("cannot prune old hook requests: %s", exc)
+            log.error("cannot prune old history: %s", exc)
 
 
 class Heartbeater(threading.Thread):
