@@ -241,9 +241,14 @@ def create_db_engine(url: str) -> Engine:
                 f"{exc.strerror}; fix database.url or the directory's permissions"
             ) from exc
     try:
-        engine = create_engine(url)
+        # A server (not SQLite) may restart under the controller's long-lived pool: test each
+        # pooled connection before use instead of failing the next pass on a dead one.
+        engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
     except Exception as exc:  # missing driver, bad URL
-        raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
+        hint = ("; install the database driver (PostgreSQL: pip install 'vcluster[postgres]')"
+                if isinstance(exc, ImportError) else "")
+        raise DatabaseError(  # the URL's repr hides its password
+            f"cannot open database {make_url(url)!r}: {exc}{hint}") from exc
     if engine.dialect.name == "sqlite":
         _install_sqlite_pragmas(engine)
     return engine

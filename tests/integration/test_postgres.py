@@ -431,10 +431,18 @@ def test_engine_survives_a_server_restart(pg_server: PgServer, engine: Engine) -
     factory = db.session_factory(engine)
     with db.transaction(factory) as s:
         db.record_event(s, "tick", "before the restart")
-    pg_server.as_postgres("pg_ctl", "-D", str(pg_server.data_dir), "-m", "fast", "-w",
-                          "restart")
+    pg_server.as_postgres("pg_ctl", "-D", str(pg_server.data_dir), "-l",
+                          str(pg_server.base_dir / "server.log"), "-m", "fast", "-w", "restart")
     with db.transaction(factory) as s:
         db.record_event(s, "tick", "after the restart")
     with factory() as s:
         assert s.scalars(select(db.Event.message).order_by(db.Event.id)).all() == [
             "before the restart", "after the restart"]
+
+
+def test_a_missing_driver_is_named_and_the_password_is_not() -> None:
+    with pytest.raises(db.DatabaseError) as caught:
+        db.make_engine(DatabaseSettings(url="postgresql+pg8000://vc:s3cret@db.example/vc"))
+    assert str(caught.value) == (
+        "cannot open database postgresql+pg8000://vc:***@db.example/vc: No module named "
+        "'pg8000'; install the database driver (PostgreSQL: pip install 'vcluster[postgres]')")
