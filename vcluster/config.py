@@ -362,9 +362,12 @@ def _parse_node_class(
 ) -> NodeClass:
     r = _Reader(raw, f"node_class[{index}]", path)
     name = r.get("name", str)
-    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
-        raise r.err("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+        raise r.err("name", "must be 1-32 lower-case letters, digits, '-' or '_', starting "
+                    f"with a letter, got {name!r}")
     prefix = r.get("prefix", str, f"vc-{name}-")
+    if len(prefix) > 48:  # node names (prefix + index) must fit Slurm's and the database's
+        raise r.err("prefix", f"must be at most 48 characters, got {len(prefix)}")
     if not NODE_NAME_RE.match(prefix + "1"):
         raise r.err(
             "prefix", f"must start with a letter and hold only a-z, 0-9, '-', got {prefix!r}"

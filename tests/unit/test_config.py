@@ -62,6 +62,9 @@ def test_environment_overrides_endpoint(tmp_path: Path) -> None:
         (("count = 4", "count = 4\npolicy = \"spot\""),
          "node_class[0].policy: must be 'per-job' or 'pool', got 'spot'"),
         (('template = "worker"', ""), "node_class[0].template: is required"),
+        (('name = "small"', 'name = "' + "s" * 33 + '"'),
+         "node_class[0].name: must be 1-32 lower-case letters, digits, '-' or '_', starting "
+         f"with a letter, got '{'s' * 33}'"),
         (("[database]", "[controller]\nhistory_days = 0\n[database]"),
          "controller.history_days: must be positive, got 0"),
         (("[database]", "[database]\nurll = 1"),
