@@ -41,13 +41,25 @@ def s(e2e_site: Site) -> Iterator[Site]:
     wait_clean(e2e_site)
 
 
-def vm_ids_for_job(s: Site, job_id: int) -> set[int]:
-    """Every VM ever booted for the job, terminated ones included (`onevm list` with DONE)."""
+def vms_ever(s: Site, *, job_id: int | None = None, node: str | None = None
+             ) -> dict[int, str]:
+    """{VM id: node} of every VM ever booted for the job or node, terminated ones included
+    (what `onevm list` shows with DONE VMs): a finished job's VMs may already be gone."""
     server = pyone.OneServer(s.config.opennebula.xmlrpc,
                              session=read_one_auth(s.config.opennebula.auth_file))
-    pool = server.vmpool.infoextended(-2, -1, -1, -2)
-    return {int(vm.ID) for vm in pool.VM or []
-            if str((vm.USER_TEMPLATE or {}).get("VCLUSTER_JOB", "")) == str(job_id)}
+    found = {}
+    for vm in server.vmpool.infoextended(-2, -1, -1, -2).VM or []:
+        tags = vm.USER_TEMPLATE or {}
+        if job_id is not None and str(tags.get("VCLUSTER_JOB", "")) != str(job_id):
+            continue
+        if node is not None and tags.get("VCLUSTER_NODE") != node:
+            continue
+        found[int(vm.ID)] = str(tags.get("VCLUSTER_NODE", ""))
+    return found
+
+
+def vm_ids_for_job(s: Site, job_id: int) -> set[int]:
+    return set(vms_ever(s, job_id=job_id))
 
 
 def test_one_node_job_prints_the_vm_hostname(s: Site) -> None:
@@ -56,9 +68,7 @@ def test_one_node_job_prints_the_vm_hostname(s: Site) -> None:
                   "hostname; cat /proc/sys/kernel/hostname")
     assert proc.returncode == 0, proc.stderr
     job_id = job_id_of(proc)
-    vms = [vm for vm in s.vms() if vm.user_template.get("VCLUSTER_JOB") == str(job_id)]
-    assert len(vms) == 1
-    node = vms[0].user_template["VCLUSTER_NODE"]
+    (node,) = vms_ever(s, job_id=job_id).values()
     assert out.read_text().split() == [node, node]
     assert node.startswith("vce-small-")
 
@@ -68,8 +78,7 @@ def test_two_node_job_runs_srun_across_two_vms(s: Site) -> None:
     proc = s.fsub("-N2", "--wait", f"--output={out}", "--wrap", "srun hostname | sort")
     assert proc.returncode == 0, proc.stderr
     job_id = job_id_of(proc)
-    nodes = sorted(vm.user_template["VCLUSTER_NODE"] for vm in s.vms()
-                   if vm.user_template.get("VCLUSTER_JOB") == str(job_id))
+    nodes = sorted(vms_ever(s, job_id=job_id).values())
     assert len(nodes) == 2
     assert out.read_text().split() == nodes
 
@@ -169,8 +178,7 @@ def test_pool_class_serves_two_jobs_with_one_boot(s: Site) -> None:
         assert proc.returncode == 0, proc.stderr
     hosts = [o.read_text().strip() for o in outs]
     assert hosts[0] == hosts[1] and hosts[0].startswith("vce-pool-")
-    pool_vms = [vm for vm in s.vms() if vm.user_template.get("VCLUSTER_NODE") == hosts[0]]
-    assert len([vm for vm in pool_vms if not vm.is_gone]) == 1
+    assert len(vms_ever(s, node=hosts[0])) == 1, "one boot served both jobs"
     wait_clean(s, 120)  # idles out after SuspendTime
 
 
