@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pyone
 import pytest
 
+from tests.integration.site_fixtures import wait_for
 from vcluster.testbed import netns
 
 pytestmark = pytest.mark.integration
@@ -28,17 +28,6 @@ pytestmark = pytest.mark.integration
 PREFIX, BRIDGE, GATEWAY = "vcn", "vcnbr0", "10.118.0.1"
 AUTH = "oneadmin:netns-test"
 PORT, GATE_PORT = 3033, 5430
-
-
-def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
-        time.sleep(interval_s)
 
 
 @pytest.fixture()
