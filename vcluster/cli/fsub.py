@@ -284,7 +284,7 @@ def _run(ctx: click.Context, argv: list[str]) -> int:
             raise UserInputError(
                 f"cannot read batch script {operands[0]}: {exc.strerror}") from exc
     elif not operands and "wrap" not in names:
-        script_text = click.get_text_stream("stdin").read()
+        script_text = _read_stdin_script()
     request = SubmitRequest.from_argv(argv, script_text)
     config = load_config()
     plan = plan_submission(request, config)
@@ -308,6 +308,15 @@ def _run(ctx: click.Context, argv: list[str]) -> int:
         click.echo(f"fsub: stopped following job {job_id}; it goes on "
                    f"(scancel {job_id} cancels it)", err=True)
         return 130
+
+
+def _read_stdin_script() -> str:
+    """The batch script on standard input, decoded as a script file is (UTF-8, bad bytes
+    replaced). Reads sys.stdin's bytes directly: click 8.5 deprecated get_text_stream and
+    click 9 removes it."""
+    if sys.stdin is None:  # started with file descriptor 0 closed
+        return ""
+    return sys.stdin.buffer.read().decode("utf-8", errors="replace")
 
 
 def _interval_s() -> float:
