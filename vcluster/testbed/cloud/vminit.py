@@ -156,14 +156,20 @@ def write_file(path: Path, text: str, mode: int) -> None:
 
 
 def _ensure_mountpoint(target: Path, *, is_dir: bool) -> None:
-    """Bind mounts need an existing target on the (shared) host filesystem."""
+    """Bind mounts need an existing target on the (shared) host filesystem.
+
+    Several VMs may boot at once on a machine where the target does not exist yet, so this
+    never checks and then creates: each creation accepts that another VM got there first
+    (``exist_ok``; a file is opened with O_CREAT but neither O_EXCL nor O_TRUNC, so a target
+    that exists, or that another VM has just created, is left as it is).
+    """
     if target.exists():
-        return
+        return  # the usual case; not a guard: what follows is safe when it races
     if is_dir:
-        target.mkdir(mode=0o755, parents=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_file(target, "", 0o644)
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
 
 def _private_dir(source: Path, target: Path) -> None:
