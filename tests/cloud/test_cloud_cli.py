@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyone
@@ -65,6 +67,43 @@ def test_serve_says_when_it_cannot_listen(tmp_path: Path) -> None:
               "--onegate-host", "192.0.2.1", "--onegate-port", "0"], prog_name="vcluster")
     assert result.exit_code == 1
     assert result.output == (
-        "vcluster: error: cannot listen on 127.0.0.1:0 (XML-RPC) and 192.0.2.1:0 (OneGate): "
-        "Cannot assign requested address; free the port, or bring up the address (the "
-        "bridge) first\n")
+        "vcluster: error: cannot listen on 192.0.2.1:0 (OneGate): no such address on this "
+        "machine; bring it up (the bridge) first, or choose another with --onegate-host\n")
+
+
+def _occupied_port() -> socket.socket:
+    """A listening socket on a free port of 127.0.0.1, as a running oned holds 2633."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def _serve_beside(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    result = subprocess.run(SERVE + ["--state-dir", str(tmp_path / "st"), *args],
+                            capture_output=True, text=True, timeout=20)
+    assert time.monotonic() - started < 10, "it must say so at once, not wait"
+    return result
+
+
+def test_serve_names_a_taken_xmlrpc_port_and_its_option(tmp_path: Path) -> None:
+    with _occupied_port() as taken:
+        port = taken.getsockname()[1]
+        result = _serve_beside(["--port", str(port), "--onegate-port", "0"], tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"vcluster: error: port {port} on 127.0.0.1 (XML-RPC) is already in use (an oned, or "
+        "another testbed cloud?); choose another with --port (0 picks a free one)\n")
+
+
+def test_serve_names_a_taken_onegate_port_and_its_option(tmp_path: Path) -> None:
+    with _occupied_port() as taken:
+        port = taken.getsockname()[1]
+        result = _serve_beside(["--port", "0", "--onegate-port", str(port)], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"vcluster: error: port {port} on 127.0.0.1 (OneGate) is already in use (an oned, or "
+        "another testbed cloud?); choose another with --onegate-port (0 picks a free one)\n")

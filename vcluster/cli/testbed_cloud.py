@@ -12,11 +12,15 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from vcluster.errors import ConfigError, UserInputError
 from vcluster.testbed.cloud.settings import CloudSettings, NetworkSettings
+
+if TYPE_CHECKING:
+    from vcluster.testbed.cloud.server import ListenError
 
 
 @click.group("cloud")
@@ -45,6 +49,25 @@ def _read_auth(auth: str | None, auth_file: str | None) -> str:
         raise UserInputError(f"auth {auth!r} is not user:password; give e.g. "
                              "--auth oneadmin:opennebula")
     return auth
+
+
+_LISTEN_OPTIONS = {"xmlrpc": ("--port", "--host"), "onegate": ("--onegate-port", "--onegate-host")}
+
+
+def listen_error_text(exc: ListenError) -> str:
+    """One line: which port or address is the trouble, and which option changes it."""
+    from vcluster.testbed.cloud.server import WHAT
+
+    port_option, host_option = _LISTEN_OPTIONS[exc.what]
+    what = WHAT[exc.what]
+    if exc.in_use:
+        return (f"port {exc.port} on {exc.host} ({what}) is already in use (an oned, or another "
+                f"testbed cloud?); choose another with {port_option} (0 picks a free one)")
+    if exc.not_here:
+        return (f"cannot listen on {exc.host}:{exc.port} ({what}): no such address on this "
+                f"machine; bring it up (the bridge) first, or choose another with {host_option}")
+    return (f"cannot listen on {exc.host}:{exc.port} ({what}): {exc.strerror}; "
+            f"see {port_option} and {host_option}")
 
 
 @cloud_group.command("serve")
@@ -99,7 +122,7 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
       vcluster testbed cloud serve --port 2633 --driver dummy --state-dir /tmp/cloud \\
           --hosts 2 --auth oneadmin:secret
     """
-    from vcluster.testbed.cloud.server import CloudServer
+    from vcluster.testbed.cloud.server import CloudServer, ListenError
     from vcluster.testbed.cloud.settings import SchedulerSettings, Timings
 
     try:
@@ -122,12 +145,9 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
     server = CloudServer(settings)
     try:
         server.start()
-    except OSError as exc:
+    except ListenError as exc:
         server.stop()
-        raise UserInputError(
-            f"cannot listen on {bind_host}:{port} (XML-RPC) and {onegate_host}:{onegate_port} "
-            f"(OneGate): {exc.strerror}; free the port, or bring up the address (the bridge) "
-            "first") from exc
+        raise UserInputError(listen_error_text(exc)) from exc
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -9,8 +9,12 @@ longer knows, resumes timed phases, and lets monitoring catch VMs that died mean
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TypeVar
 
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.drivers import make_driver
@@ -38,6 +42,32 @@ def oned_config(settings: CloudSettings, port: int) -> dict[str, str]:
         "SCHED_MAX_WND_TIME": f"{sched.max_wnd_time_s:g}",
         "SCHED_RETRY_TIME": f"{sched.timer_s:g}", "VM_SUBMIT_ON_HOLD": "NO",
     }
+
+
+_Server = TypeVar("_Server")
+
+WHAT = {"xmlrpc": "XML-RPC", "onegate": "OneGate"}
+
+
+class ListenError(Exception):
+    """A port or address the server needs cannot be bound.
+
+    ``what`` is ``xmlrpc`` or ``onegate``; the caller knows which of its options sets it.
+    """
+
+    def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
+        self.what, self.host, self.port = what, host, port
+        self.in_use = error.errno == errno.EADDRINUSE
+        self.not_here = error.errno == errno.EADDRNOTAVAIL
+        self.strerror = error.strerror or str(error)
+        super().__init__(f"cannot listen on {host}:{port} ({WHAT[what]}): {self.strerror}")
+
+
+def _listen(what: str, host: str, port: int, make: Callable[[], _Server]) -> _Server:
+    try:
+        return make()
+    except OSError as exc:
+        raise ListenError(what, host, port, exc) from exc
 
 
 class CloudServer:
@@ -71,12 +101,22 @@ class CloudServer:
         return f"http://{self.settings.host}:{self.port}/RPC2"
 
     def start(self) -> None:
-        self.onegate = OneGateServer(self.cloud, self.settings.onegate_host,
-                                     self.settings.onegate_port)
+        """Bind both ports first (a taken one raises :class:`ListenError` before anything
+        else has started), then load the state and start every thread."""
+        self.rpc = _listen("xmlrpc", self.settings.host, self.settings.port,
+                           lambda: RpcServer(OneApi(self.cloud, {}), self.settings.host,
+                                             self.settings.port))
+        try:
+            self.onegate = _listen("onegate", self.settings.onegate_host,
+                                   self.settings.onegate_port,
+                                   lambda: OneGateServer(self.cloud, self.settings.onegate_host,
+                                                         self.settings.onegate_port))
+        except ListenError:
+            self.rpc.server_close()
+            self.rpc = None
+            raise
         if not self.settings.onegate_endpoint and self.settings.onegate_port == 0:
             # an ephemeral OneGate port: tell VMs the port actually bound
-            from dataclasses import replace
-
             self.settings = replace(self.settings, onegate_port=self.onegate_port)
             self.cloud.settings = self.settings
         self.cloud.load()
@@ -85,7 +125,6 @@ class CloudServer:
         self.driver.cleanup_stale(known)
         self.engine.start()
         self.scheduler.start()
-        self.rpc = RpcServer(OneApi(self.cloud, {}), self.settings.host, self.settings.port)
         self.rpc.api.config = oned_config(self.settings, self.port)
         for srv, name in ((self.rpc, "cloud-xmlrpc"), (self.onegate, "cloud-onegate")):
             thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
@@ -101,7 +140,8 @@ class CloudServer:
         self._stopped = True
         for srv in (self.rpc, self.onegate):
             if srv is not None:
-                srv.shutdown()
+                if self._threads:  # shutdown() waits for serve_forever: only if it ran
+                    srv.shutdown()
                 srv.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
