@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from vcluster.cli.testbed_cloud import cloud_group
 from vcluster.cli.testbed_slurm import slurm_group
@@ -38,8 +39,11 @@ def _site_options(func: Callable[..., Any]) -> Callable[..., Any]:
                   help="Bridge subnet shared by slurmctld and the VMs.")
     @click.option("--slurm-port", default=6817, show_default=True, type=int)
     @click.option("--one-port", default=2633, show_default=True, type=int,
-                  help="Port of the OpenNebula XML-RPC API on 127.0.0.1.")
-    @click.option("--onegate-port", default=5030, show_default=True, type=int)
+                  help="Port of the OpenNebula XML-RPC API on 127.0.0.1 (up: if the "
+                  "default is taken, e.g. by an oned, the next free one).")
+    @click.option("--onegate-port", default=5030, show_default=True, type=int,
+                  help="OneGate port on the bridge (up: if the default is taken, the next "
+                  "free one).")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -69,7 +73,12 @@ def up_cmd(**kwargs: Any) -> None:
     """
     from vcluster.testbed import site
 
-    site.up(_spec(**kwargs), say=click.echo)
+    # ports the user gave are kept (or refused, if taken); defaults move to free ones
+    ctx = click.get_current_context()
+    fixed = {name for name in ("one_port", "onegate_port")
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT,
+                                                       ParameterSource.DEFAULT_MAP)}
+    site.up(_spec(**kwargs), say=click.echo, fixed_ports=fixed)
 
 
 @testbed.command("down")

@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from vcluster.config import load_config, read_one_auth
 from vcluster.errors import OneError, VclusterError
 from vcluster.one import OneClient
 from vcluster.testbed import slurm_local
+from vcluster.testbed.free_ports import choose_port
 from vcluster.testbed.slurm_files import STATE_ROOT, TestbedSpec
 from vcluster.testbed.slurm_procs import is_ours, quiet, read_pid
 
@@ -232,11 +233,33 @@ def _vcluster_argv(*args: str) -> list[str]:
 # --- up / down / status ------------------------------------------------------------------------
 
 
-def up(spec: SiteSpec, say: Say = quiet) -> None:
-    """Bring the whole site up; clears this instance's leftovers first."""
+def choose_ports(spec: SiteSpec, fixed: Collection[str] = (), say: Say = quiet) -> SiteSpec:
+    """The spec with free ports for the cloud's XML-RPC and OneGate (see :func:`choose_port`);
+    ``fixed`` names the fields the user set (``one_port``, ``onegate_port``)."""
+    one_port = choose_port(spec.one_port, what="OpenNebula XML-RPC", option="--one-port",
+                           fixed="one_port" in fixed)
+    onegate_port = choose_port(spec.onegate_port, what="OneGate", option="--onegate-port",
+                               fixed="onegate_port" in fixed, avoid={one_port})
+    for old, new, what, option in ((spec.one_port, one_port, "XML-RPC", "--one-port"),
+                                   (spec.onegate_port, onegate_port, "OneGate",
+                                    "--onegate-port")):
+        if new != old:
+            say(f"port {old} is in use (an oned?): the cloud's {what} uses port {new} "
+                f"({option} to choose)")
+    return dataclasses.replace(spec, one_port=one_port, onegate_port=onegate_port)
+
+
+def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -> None:
+    """Bring the whole site up; clears this instance's leftovers first.
+
+    The cloud's ports move up to free ones when taken (an oned on this machine holds 2633),
+    except those named in ``fixed_ports`` (``one_port``, ``onegate_port``: the user chose
+    them), which are refused with the option to change them.
+    """
     if os.geteuid() != 0:
         raise SiteError("the testbed needs root (namespaces, bridge, slurmd); run it as root")
     down(spec, say=quiet)
+    spec = choose_ports(spec, fixed_ports, say)
     t0 = time.monotonic()
     for sub in ("run", "log", "controller", "cloud"):
         (spec.root / sub).mkdir(parents=True, exist_ok=True)
@@ -274,7 +297,9 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
 
     def answers() -> bool:
         if proc.poll() is not None:
-            raise SiteError(f"the cloud server exited at start ({proc.returncode}); see {log}")
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise SiteError(f"the cloud server exited at start ({proc.returncode}"
+                            + (f": {tail[0]}" if tail else "") + f"); see {log}")
         try:  # a bare connect first: no retry warnings while the server is still starting
             socket.create_connection(("127.0.0.1", spec.one_port), timeout=1).close()
             client.version()
