@@ -26,7 +26,7 @@ def test_version_and_config(cloud: Running) -> None:
 
 def test_authentication_is_checked_before_parameters(cloud: Running) -> None:
     assert cloud.raw.one.vm.info("oneadmin:wrong", "not-an-int") == [
-        False, "[one.vm.info] User couldn't be authenticated, aborting call.", 0x100, -1, 0]
+        False, "[one.vm.info] User couldn't be authenticated, aborting call.", 0x100, -1, -1]
     bad = pyone.OneServer(cloud.server.endpoint, session="oneadmin:wrong")
     with pytest.raises(pyone.OneAuthenticationException,
                        match=r"^\[one.vmpool.info\] User couldn't be authenticated"):
@@ -42,6 +42,14 @@ def test_parameter_faults_and_unknown_method(cloud: Running) -> None:
     assert _fault(lambda: raw.one.vm.action(AUTH, 3, 0)) == (
         -501, "Parameter that is supposed to be a string is not")
     assert _fault(lambda: raw.one.vm.info(AUTH)) == (-501, "Not enough parameters")
+    # oned 7.4 reads vm.action's id (its second parameter) before the action
+    assert _fault(lambda: raw.one.vm.action(AUTH, 3, "x")) == (
+        -501, "Parameter that is supposed to be integer is not")
+    # host.allocate and vn.allocate need the cluster id in 7.4
+    assert _fault(lambda: raw.one.host.allocate(AUTH, "h", "dummy", "dummy")) == (
+        -501, "Not enough parameters")
+    assert _fault(lambda: raw.one.vn.allocate(AUTH, 'NAME = "n"\nVN_MAD = "bridge"')) == (
+        -501, "Not enough parameters")
     assert _fault(lambda: raw.one.vm.explode(AUTH)) == (
         -506, "Method 'one.vm.explode' not defined")
     # extra parameters are ignored
@@ -85,9 +93,10 @@ def test_xml_template_and_escapes(cloud: Running) -> None:
         "<TEMPLATE><NAME>x1</NAME><CPU>1</CPU><MEMORY>32</MEMORY><NOTE>a&lt;b</NOTE>"
         "</TEMPLATE>", True)
     assert cloud.one.vm.info(vm_id).USER_TEMPLATE["NOTE"] == "a<b"
-    vm_id = cloud.one.vm.allocate(VM_TEXT + 'NAME = "q\\"uote"\nS = "a\\\\b"\n', True)
+    # a quote is escaped in values (a NAME may not hold one: oned refuses it)
+    vm_id = cloud.one.vm.allocate(VM_TEXT + 'Q = "q\\"uote"\nS = "a\\\\b"\n', True)
     vm = cloud.one.vm.info(vm_id)
-    assert vm.NAME == 'q"uote' and vm.USER_TEMPLATE["S"] == "a\\\\b"
+    assert vm.USER_TEMPLATE["Q"] == 'q"uote' and vm.USER_TEMPLATE["S"] == "a\\\\b"
 
 
 def test_short_pool_drops_custom_attributes_extended_keeps_them(cloud: Running) -> None:
@@ -126,12 +135,17 @@ def test_pools_are_newest_first_with_ranges_pages_and_state_filter(cloud: Runnin
         cloud.one.vmpool.info(-5, -1, -1, -1)
     with pytest.raises(pyone.OneApiException) as info:
         cloud.one.vmpool.info(-5, -1, -1, 12)     # the state is checked first
-    assert str(info.value) == "[one.vmpool.info] Incorrect filter_flag, state"
+    assert str(info.value) == "[one.vmpool.info] Incorrect state filter 12"
+    # a JSON query needs oned on MySQL; on SQLite (the testbed's) oned refuses it, first
+    with pytest.raises(pyone.OneInternalException) as info:
+        cloud.one.vmpool.infoextended(-5, -1, -1, 12, "VM.NAME=x")
+    assert str(info.value) == ("[one.vmpool.infoextended] JSON query search is not "
+                               "supported by the SQL backend")
 
 
 def test_not_found_answers(cloud: Running) -> None:
     assert cloud.raw.one.vm.info(AUTH, 42) == [
-        False, "[one.vm.info] Error getting virtual machine [42].", 0x400, 42, 0]
+        False, "[one.vm.info] Error getting virtual machine [42].", 0x400, 42, -1]
     with pytest.raises(pyone.OneNoExistsException,
                        match=r"^\[one.host.info\] Error getting host \[9\]\.$"):
         cloud.one.host.info(9)
@@ -149,6 +163,12 @@ def test_templates_allocate_info_instantiate_merge(cloud: Running) -> None:
                              rf"{tid}\.$"):
         cloud.one.template.allocate('NAME = "worker"\nCPU = 1\n')
     assert cloud.one.template.info(tid).NAME == "worker"
+    with pytest.raises(pyone.OneInternalException) as info:
+        cloud.one.template.allocate("CPU = 1\nMEMORY = 64\n")
+    assert str(info.value) == "[one.template.allocate] Invalid NAME, it cannot be empty"
+    with pytest.raises(pyone.OneInternalException) as info:
+        cloud.one.template.allocate('NAME = "a|b"\nCPU = 1\n')
+    assert str(info.value) == "[one.template.allocate] Invalid NAME, char '|' is not allowed"
     assert [t.ID for t in cloud.one.templatepool.info(-2, -1, -1).VMTEMPLATE] == [tid]
     vm_id = cloud.one.template.instantiate(tid, "", True, 'MEMORY = 256\nCONTEXT = [ C = "3" ]')
     vm = cloud.one.vm.info(vm_id)
@@ -175,14 +195,23 @@ def test_update_replaces_or_merges_user_template(cloud: Running) -> None:
     assert dict(cloud.one.vm.info(vm_id).USER_TEMPLATE) == {"A": "1", "B": "3", "C": "4"}
     cloud.one.vm.update(vm_id, "D = 5", 0)
     assert dict(cloud.one.vm.info(vm_id).USER_TEMPLATE) == {"D": "5"}
+    assert cloud.raw.one.vm.update(AUTH, vm_id, "E = 6", 2) == [
+        False, "[one.vm.update] Wrong update type", 0x1000, -1, -1]
+    assert cloud.raw.one.vm.update(AUTH, 999, "E = 6", 2)[1:3] == [
+        "[one.vm.update] Error getting virtual machine [999].", 0x400]
+    answer = cloud.raw.one.vm.update(AUTH, vm_id, "E = [", 1)
+    assert answer[1].startswith("[one.vm.update] Parse error: syntax error")
+    assert answer[2] == 0x800  # ACTION: oned's update answers a parse error so
 
 
 def test_hosts(cloud: Running) -> None:
     hid = cloud.one.host.allocate("extra", "dummy", "dummy", -1)
     assert hid == 2
-    with pytest.raises(pyone.OneInternalException,
-                       match=r"NAME is already taken by HOST 2\."):
-        cloud.one.host.allocate("extra", "dummy", "dummy", -1)
+    assert cloud.raw.one.host.allocate(AUTH, "extra", "dummy", "dummy", -1) == [
+        False, "[one.host.allocate] Error allocating a new host. NAME is already taken by "
+        "HOST 2.", 0x4000, -1, -1]
+    assert cloud.raw.one.host.allocate(AUTH, "other", "dummy", "dummy", 5) == [
+        False, "[one.host.allocate] Error getting cluster [5].", 0x400, 5, -1]
     hosts = cloud.one.hostpool.info().HOST
     assert [h.NAME for h in hosts] == ["extra", "host1", "host0"]
     host = cloud.one.host.info(0)
@@ -215,13 +244,52 @@ def test_network_leases_and_context(cloud: Running) -> None:
     assert cloud.one.vn.info(0).USED_LEASES == 1
 
 
-def test_instantiate_reads_hold_and_extra_together(cloud: Running) -> None:
+def test_instantiate_reads_each_optional_parameter_alone(cloud: Running) -> None:
+    # oned 7.4 reads hold, extra and persistent each when present (6.x read hold and extra
+    # together: hold alone was "Not enough parameters")
     tid = cloud.one.template.allocate('NAME = "pair"\nCPU = 1\nMEMORY = 64\n')
-    assert _fault(lambda: cloud.raw.one.template.instantiate(AUTH, tid, "x", True)) == (
-        -501, "Not enough parameters")
-    answer = cloud.raw.one.template.instantiate(AUTH, tid, "x", True, "")
+    answer = cloud.raw.one.template.instantiate(AUTH, tid, "x", True)
     assert answer[0] is True and answer[2] == 0
-    assert cloud.raw.one.template.instantiate(AUTH, tid, "y")[0] is True
+    assert cloud.one.vm.info(answer[1]).STATE == 2  # HOLD: the flag was read
+    answer = cloud.raw.one.template.instantiate(AUTH, tid, "y", True, "", False)
+    assert answer[0] is True
+    assert cloud.raw.one.template.instantiate(AUTH, tid, "z")[0] is True
+    assert _fault(lambda: cloud.raw.one.template.instantiate(AUTH, tid, "w", True, 1)) == (
+        -501, "Parameter that is supposed to be a string is not")
+
+
+def test_failures_carry_the_replication_index_as_i8(cloud: Running) -> None:
+    """oned's 5th element is its replication index, UINT64_MAX outside a raft log, sent as
+    an xmlrpc-c ``<i8>``: -1 on the wire."""
+    import urllib.request
+
+    body = xmlrpc.client.dumps((AUTH, 4242), "one.vm.info").encode()
+    request = urllib.request.Request(cloud.server.endpoint, data=body,
+                                     headers={"Content-Type": "text/xml"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    assert "<value><int>4242</int></value>\n<value><i8>-1</i8></value>" in text
+
+
+def test_vnet_allocate_needs_a_vn_mad_and_a_known_cluster(cloud: Running) -> None:
+    assert cloud.raw.one.vn.allocate(AUTH, 'NAME = "n1"', -1) == [
+        False, "[one.vn.allocate] No VN_MAD in template for Virtual Network.", 0x2000, -1, -1]
+    assert cloud.raw.one.vn.allocate(AUTH, 'NAME = "n1"\nVN_MAD = "bridge"', 3)[1:4] == [
+        "[one.vn.allocate] Error getting cluster [3].", 0x400, 3]
+    answer = cloud.raw.one.vn.allocate(AUTH, 'NAME = "n1"\nVN_MAD = "bridge"', -1)
+    assert answer[0] is True
+    assert cloud.one.vn.info(answer[1]).VN_MAD == "bridge"
+
+
+def test_vm_names_are_checked_as_oned_checks_them(cloud: Running) -> None:
+    with pytest.raises(pyone.OneInternalException) as info:
+        cloud.one.vm.allocate('NAME = "a;b"\nMEMORY = 0\n')   # the name, before MEMORY
+    assert str(info.value) == "[one.vm.allocate] Invalid NAME, char ';' is not allowed"
+    with pytest.raises(pyone.OneException) as raised:
+        cloud.one.template.instantiate(
+            cloud.one.template.allocate('NAME = "t"\n' + VM_TEXT), "x" * 129, True, "")
+    assert str(raised.value) == ("[one.template.instantiate] Error allocating a new virtual "
+                                 "machine template. Invalid NAME, max length is 128 chars")
 
 
 def test_nic_on_a_missing_network(cloud: Running) -> None:

@@ -33,7 +33,7 @@ from vcluster.testbed.cloud.model import (
     Host,
     now_s,
 )
-from vcluster.testbed.cloud.resources import Resources
+from vcluster.testbed.cloud.resources import Resources, check_name
 from vcluster.testbed.cloud.settings import (
     ACTION,
     INTERNAL,
@@ -133,6 +133,7 @@ class Cloud(Resources):
     def allocate_vm(self, tmpl: Template, *, hold: bool, name: str = "",
                     template_id: int | None = None) -> int:
         """oned's VirtualMachinePool::allocate. Errors are INTERNAL with oned's texts."""
+        check_name(name or tmpl.get_str("NAME"), required=False)  # before MEMORY, as oned
         _check_capacity_attrs(tmpl)
         fault_text = tmpl.get_str("TESTBED_FAULT")
         try:
@@ -246,7 +247,8 @@ class Cloud(Resources):
             except ActionRefused as exc:
                 raise OneRequestError(ACTION, str(exc)) from None
             if vm.hid == host_id:
-                raise OneRequestError(ACTION, f"VM is already running on host [{host_id}]")
+                raise OneRequestError(ACTION, f"VM is already running on host [{host_id}] "
+                                      f"and datastore [{vm.history[-1].ds_id}]")
             if enforce and not fits(vm, host):
                 raise OneRequestError(ACTION, f"virtual machine [{vm_id}] does not fit in host "
                                       f"[{host_id}]. {capacity_error(vm, host)}")

@@ -112,6 +112,8 @@ class Resources:
                 if vnet.name == name:
                     raise OneRequestError(
                         INTERNAL, f"NAME is already taken by NET {vnet.vnet_id}.")
+            if not tmpl.get_str("VN_MAD"):
+                raise OneRequestError(INTERNAL, "No VN_MAD in template for Virtual Network.")
             bridge = tmpl.get_str("BRIDGE")
             ars = []
             for i, ar in enumerate(tmpl.vectors("AR")):
@@ -128,7 +130,7 @@ class Resources:
                         network_address=tmpl.get_str("NETWORK_ADDRESS"),
                         netmask=tmpl.get_str("NETWORK_MASK"), gateway=tmpl.get_str("GATEWAY"),
                         dns=tmpl.get_str("DNS"), template=stored, ars=ars,
-                        vn_mad=tmpl.get_str("VN_MAD") or "bridge")
+                        vn_mad=tmpl.get_str("VN_MAD"))
             self.vnets[vnet_id] = vnet
             self.store.put_vnet(vnet)
             return vnet_id
@@ -222,15 +224,16 @@ class Resources:
     def allocate_template(self, tmpl: Template) -> int:
         with self.lock:
             name = tmpl.get_str("NAME")
+            check_name(name, required=True)  # VMTemplatePool::allocate: before duplicates
             for existing in self.templates.values():
-                if name and existing.name == name:
+                if existing.name == name:
                     raise OneRequestError(
                         INTERNAL, f"NAME is already taken by TEMPLATE {existing.tmpl_id}.")
             tmpl_id = self.store.next_id("template")
             stored = tmpl.copy()
             stored.remove("NAME")
-            vmt = VMTemplate(tmpl_id=tmpl_id, name=name or f"template-{tmpl_id}",
-                             template=stored, uname=self.settings.user)
+            vmt = VMTemplate(tmpl_id=tmpl_id, name=name, template=stored,
+                             uname=self.settings.user)
             self.templates[tmpl_id] = vmt
             self.store.put_template(vmt)
             return tmpl_id
@@ -254,6 +257,24 @@ class Resources:
                 vm.name = f"{stored.name}-{vm_id}"
                 self.store.put_vm(vm)
             return vm_id
+
+
+INVALID_NAME_CHARS = "&|:\\\";/'#{}$<>\t\n\v\f\r"
+"""oned's PoolObjectSQL::INVALID_NAME_CHARS."""
+
+
+def check_name(name: str, *, required: bool) -> None:
+    """oned's PoolObjectSQL::name_is_valid (INTERNAL errors); an empty name passes when
+    not ``required`` (oned then names the object itself, e.g. a VM ``one-<id>``)."""
+    if not name:
+        if required:
+            raise OneRequestError(INTERNAL, "Invalid NAME, it cannot be empty")
+        return
+    bad = next((c for c in name if c in INVALID_NAME_CHARS), None)
+    if bad is not None:
+        raise OneRequestError(INTERNAL, f"Invalid NAME, char '{bad}' is not allowed")
+    if len(name) > 128:
+        raise OneRequestError(INTERNAL, "Invalid NAME, max length is 128 chars")
 
 
 _VNET_FIELDS = {"GATEWAY": "gateway", "DNS": "dns", "NETWORK_ADDRESS": "network_address",

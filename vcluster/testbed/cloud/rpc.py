@@ -4,7 +4,11 @@ Why this exists: pyone and vcluster must not be able to tell the testbed from on
 module checks the session first (``[one.vm.info] User couldn't be authenticated, aborting
 call.``), then reads parameters the way xmlrpc-c does (wrong type or too few: fault -501 with
 xmlrpc-c's text; unknown method: fault -506; extra parameters ignored), and answers
-``[True, value, 0]`` or ``[False, "[method] message", code, resp_id, 0]``.
+``[True, value, 0]`` or ``[False, "[method] message", code, resp_id, -1]`` (the last is
+oned's replication index, UINT64_MAX sent as ``<i8>``: -1).
+
+Parameters are read as oned 7.4's ``src/rm/xml-rpc/*XRPC.cc`` read them: each optional one
+when it is there (``paramList.size() > n``), in the order oned reads them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 from vcluster.testbed.cloud import xmlgen
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.settings import (
+    ACTION,
+    ALLOCATE,
     AUTHENTICATION,
     INTERNAL,
+    NO_EXISTS,
     XML_RPC_API,
     OneRequestError,
 )
@@ -45,10 +52,35 @@ class Method:
     """Optional parameter groups, comma-separated, read only when their first parameter is
     there; a group of several is read together (template.instantiate's hold and extra)."""
     handler: Callable[..., Any]
+    read_first: int = 0
+    """A required parameter oned reads before the others (vm.action reads the id, its
+    second, first), so a wrong type there is the fault reported; 0: none."""
 
 
-def read_params(params: Sequence[Any], spec: str, optional: str) -> list[Any]:
+class I8(int):
+    """An integer sent as ``<i8>`` (xmlrpc-c's value_i8), as oned sends the replication
+    index of a failure."""
+
+
+def _dump_i8(marshaller: xmlrpc.client.Marshaller, value: int, write: Callable[[str], Any]
+             ) -> None:
+    write(f"<value><i8>{int(value)}</i8></value>\n")
+
+
+xmlrpc.client.Marshaller.dispatch[I8] = _dump_i8
+NO_REPLICATION = I8(-1)
+"""oned's replication_idx of a failure outside a raft log: UINT64_MAX, as an i8."""
+
+# oned 7.4's VirtualMachinePoolAPI::info (the JSON query needs MySQL; the testbed is SQLite)
+NO_JSON_QUERY = "JSON query search is not supported by the SQL backend"
+
+
+def read_params(params: Sequence[Any], spec: str, optional: str, read_first: int = 0
+                ) -> list[Any]:
     """xmlrpc-c's paramList::getInt/getString/getBoolean, in order; raise its faults."""
+    if read_first and read_first < len(params) and \
+            type(params[read_first]) is not _TYPES[spec[read_first - 1]]:
+        raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT[spec[read_first - 1]])
     groups = [list(spec)] + [list(g) for g in optional.split(",") if g]
     values: list[Any] = []
     position = 1
@@ -85,22 +117,22 @@ class OneApi:
             "one.system.config": Method("", "", lambda: xmlgen.config_xml(self.config)),
             "one.hostpool.info": Method("", "", self._hostpool),
             "one.host.info": Method("i", "b", self._host_info),
-            "one.host.allocate": Method("sss", "i", c.allocate_host),
+            "one.host.allocate": Method("sssi", "", self._host_allocate),
             "one.vm.allocate": Method("s", "b", self._vm_allocate),
             "one.vm.info": Method("i", "b", self._vm_info),
             "one.vmpool.info": Method("iiii", "s", self._vmpool),
             "one.vmpool.infoextended": Method("iiii", "s", self._vmpool_extended),
-            "one.vm.action": Method("si", "", c.vm_action),
+            "one.vm.action": Method("si", "", c.vm_action, read_first=2),
             "one.vm.deploy": Method("ii", "b,i,s", self._vm_deploy),
             "one.vm.migrate": Method("iib", "b,i,i", self._vm_migrate),
             "one.vm.update": Method("is", "i", self._vm_update),
             "one.template.allocate": Method("s", "", self._template_allocate),
             "one.template.info": Method("i", "b,b", self._template_info),
-            "one.template.instantiate": Method("is", "bs,b", self._instantiate),
+            "one.template.instantiate": Method("is", "b,s,b", self._instantiate),
             "one.templatepool.info": Method("iii", "", self._templatepool),
             "one.vnpool.info": Method("iii", "", self._vnpool),
             "one.vn.info": Method("i", "b", self._vn_info),
-            "one.vn.allocate": Method("s", "i", self._vn_allocate),
+            "one.vn.allocate": Method("si", "", self._vn_allocate),
         }
 
     def dispatch(self, method_name: str, params: Sequence[Any]) -> list[Any]:
@@ -113,15 +145,16 @@ class OneApi:
             raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT["s"])
         if params[0] != self.cloud.settings.auth:
             return [False, f"[{method_name}] User couldn't be authenticated, aborting call.",
-                    AUTHENTICATION, -1, 0]
-        args = read_params(params, method.required, method.optional)
+                    AUTHENTICATION, -1, NO_REPLICATION]
+        args = read_params(params, method.required, method.optional, method.read_first)
         try:
             return [True, method.handler(*args), 0]
         except OneRequestError as exc:
-            return [False, f"[{method_name}] {exc.message}", exc.code, exc.resp_id, 0]
+            return [False, f"[{method_name}] {exc.message}", exc.code, exc.resp_id,
+                    NO_REPLICATION]
         except Exception:
             log.exception("%s failed", method_name)
-            return [False, f"[{method_name}] Internal error", INTERNAL, -1, 0]
+            return [False, f"[{method_name}] Internal error", INTERNAL, -1, NO_REPLICATION]
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -134,6 +167,15 @@ class OneApi:
         with self.cloud.lock:
             return xmlgen.host_xml(self.cloud.get_host(host_id))
 
+    def _host_allocate(self, name: str, im_mad: str, vmm_mad: str, cluster_id: int) -> int:
+        # oned 7.4 (HostAllocateAPI): the cluster first; the pool's refusal is ALLOCATE
+        check_cluster(cluster_id)
+        try:
+            return self.cloud.allocate_host(name, im_mad, vmm_mad, max(cluster_id, 0))
+        except OneRequestError as exc:
+            raise OneRequestError(ALLOCATE, f"Error allocating a new host. {exc.message}") \
+                from None
+
     def _vm_allocate(self, text: str, hold: bool = False) -> int:
         return self.cloud.allocate_vm(parse_template(text), hold=hold)
 
@@ -141,17 +183,20 @@ class OneApi:
         with self.cloud.lock:
             return xmlgen.vm_xml(self.cloud.get_vm(vm_id))
 
-    def _vmpool(self, flt: int, start: int, end: int, state: int, _query: str = "") -> str:
-        return self._vmpool_any(flt, start, end, state, extended=False)
+    def _vmpool(self, flt: int, start: int, end: int, state: int, query: str = "") -> str:
+        return self._vmpool_any(flt, start, end, state, query, extended=False)
 
     def _vmpool_extended(self, flt: int, start: int, end: int, state: int,
-                         _query: str = "") -> str:
-        return self._vmpool_any(flt, start, end, state, extended=True)
+                         query: str = "") -> str:
+        return self._vmpool_any(flt, start, end, state, query, extended=True)
 
-    def _vmpool_any(self, flt: int, start: int, end: int, state: int, *, extended: bool) -> str:
-        # oned (RequestManagerPoolInfoFilter.cc) checks the state before the filter flag
+    def _vmpool_any(self, flt: int, start: int, end: int, state: int, query: str, *,
+                    extended: bool) -> str:
+        # oned 7.4 (VirtualMachinePoolAPI.cc): the query, then the state, then the filter flag
+        if query:
+            raise OneRequestError(INTERNAL, NO_JSON_QUERY)
         if state < -2 or state > 11:
-            raise OneRequestError(XML_RPC_API, "Incorrect filter_flag, state")
+            raise OneRequestError(XML_RPC_API, f"Incorrect state filter {state}")
         with self.cloud.lock:
             vms = [vm for vm in self.cloud.vms.values()
                    if (state == -2 or (state == -1 and vm.state != 6) or vm.state == state)]
@@ -167,9 +212,17 @@ class OneApi:
         return self.cloud.migrate(vm_id, host_id, live=live, enforce=enforce)
 
     def _vm_update(self, vm_id: int, text: str, append: int = 0) -> int:
+        # oned 7.4 (VirtualMachineAPI::update): the VM, the update type, then the template,
+        # whose parse error is an ACTION failure here (INTERNAL at allocate)
         with self.cloud.lock:
             self.cloud.get_vm(vm_id)
-        return self.cloud.update_vm(vm_id, parse_template(text), append)
+        if append not in (0, 1):
+            raise OneRequestError(XML_RPC_API, "Wrong update type")
+        try:
+            tmpl = parse_str_or_xml(text)
+        except TemplateParseError as exc:
+            raise OneRequestError(ACTION, str(exc)) from None
+        return self.cloud.update_vm(vm_id, tmpl, append)
 
     def _template_allocate(self, text: str) -> int:
         return self.cloud.allocate_template(parse_template(text))
@@ -202,8 +255,16 @@ class OneApi:
         with self.cloud.lock:
             return xmlgen.vnet_xml(self.cloud.get_vnet(vnet_id))
 
-    def _vn_allocate(self, text: str, _cluster_id: int = -1) -> int:
-        return self.cloud.allocate_vnet(parse_template(text))
+    def _vn_allocate(self, text: str, cluster_id: int) -> int:
+        tmpl = parse_template(text)
+        check_cluster(cluster_id)
+        return self.cloud.allocate_vnet(tmpl)
+
+
+def check_cluster(cluster_id: int) -> None:
+    """The testbed has one cluster, ``default`` (0); -1 means it too (oned's NONE_CLUSTER)."""
+    if cluster_id not in (-1, 0):
+        raise OneRequestError(NO_EXISTS, f"Error getting cluster [{cluster_id}].", cluster_id)
 
 
 def select(objs: list[Any], key: Callable[[Any], int], owner: Callable[[Any], int],
