@@ -76,6 +76,8 @@ python=$(target_python)
 if [ "$python" = "$venv/bin/python" ] && [ ! -x "$python" ]; then
   echo "install-deps: python3 is externally managed (PEP 668): installing into $venv"
   "$(command -v python3)" -m venv "$venv"
+  # Debian 12's bundled pip (23.0) still builds sdists such as python-hostlist's the legacy way
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 fi
 "$python" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
   -c requirements/constraints.txt -e '.[dev,postgres]'
