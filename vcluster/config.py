@@ -63,8 +63,9 @@ class OpenNebulaSettings:
     """Timeout of one XML-RPC call, seconds."""
     retry_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0)
     """Backoff before each retry of a temporary error, seconds; empty means no retry."""
-    onegate_endpoint: str = ""
-    """OneGate URL given to VMs when oned does not set one (optional)."""
+    # No OneGate setting: oned itself puts ONEGATE_ENDPOINT (from oned.conf) into the CONTEXT
+    # of every VM with TOKEN=YES, replacing any value vcluster would set, and refuses such a
+    # VM when oned.conf has none (VirtualMachine::generate_token_context, oned 6.10 and 7.x).
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,12 @@ def parse_config(
         auth_file=_env_or(env, "ONE_AUTH", one_r.get("auth_file", str, "~/.one/one_auth")),
         timeout_s=one_r.positive("timeout_s", float, 30.0),
         retry_delays_s=tuple(float(x) for x in one_r.get("retry_delays_s", list, [1, 2, 5])),
-        onegate_endpoint=one_r.get("onegate_endpoint", str, ""),
     )
+    if "onegate_endpoint" in one_r.table:
+        raise one_r.err(
+            "onegate_endpoint", "is not used: oned gives every VM the ONEGATE_ENDPOINT of "
+            "oned.conf (and refuses a VM with TOKEN=YES when it has none); set it there and "
+            "remove this key")
     if "password" in one_r.table or "secret" in one_r.table:
         raise one_r.err(
             "password", "secrets do not belong in this file; put user:password in auth_file"
