@@ -12,6 +12,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run integration tests (real slurmctld, slurmd, munge, testbed cloud; root)",
     )
+    pytest_addoption_slurm(parser)
+
+
+def pytest_addoption_slurm(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slurm",
+        default="host",
+        choices=("host", "other", "both"),
+        help="which Slurm the end-to-end tests run against: the host's (Debian 12: 22.05), "
+             "the other Debian release's from a debootstrapped root (24.11 on Debian 12, 22.05 "
+             "on Debian 13), or both, one after the other",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use the end-to-end site run once per Slurm that ``--slurm`` asks for."""
+    if "slurm_flavor" not in metafunc.fixturenames:
+        return
+    choice = metafunc.config.getoption("--slurm")
+    flavors = {"host": ["host"], "other": ["other"], "both": ["host", "other"]}[choice]
+    metafunc.parametrize("slurm_flavor", flavors, indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from vcluster.config import Config, load_config
 from vcluster.one import VM, OneClient
 from vcluster.slurm import Job, Node, Slurm
-from vcluster.testbed import netns, site
+from vcluster.testbed import netns, site, slurm_root
 
 E2E_NAME = "vce"
 E2E_SUBNET = "10.115.0.0/24"
@@ -125,7 +125,18 @@ def wait_clean(s: Site, timeout_s: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def e2e_site() -> Iterator[Site]:
+def slurm_flavor(request: pytest.FixtureRequest) -> str:
+    """The Slurm root the site runs from: "" for the host's Slurm, else the other Debian
+    release's root (built once with debootstrap, then reused). Parametrized by ``--slurm``."""
+    if request.param == "host":
+        return ""
+    if os.geteuid() != 0:
+        pytest.skip("building the other Slurm's root needs root")
+    return slurm_root.build().path
+
+
+@pytest.fixture(scope="session")
+def e2e_site(slurm_flavor: str) -> Iterator[Site]:
     if os.geteuid() != 0:
         pytest.skip("the testbed needs root")
     # munged wants every directory above its socket world-executable, and job output is
@@ -138,7 +149,8 @@ def e2e_site() -> Iterator[Site]:
     spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
                          slurm_port=6917, one_port=2733, onegate_port=5130,
                          per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60,
-                         heartbeat_stale_s=10, extra_templates=("vcluster-broken",))
+                         heartbeat_stale_s=10, extra_templates=("vcluster-broken",),
+                         slurm_root=slurm_flavor)
     site.down(spec)
     try:
         site.up(spec)

@@ -57,9 +57,48 @@ def _spec(**kwargs: Any) -> Any:
     return SiteSpec(**kwargs)
 
 
+def _slurm_root_for(release: str) -> str:
+    """``--slurm``: "host" -> "" (the host's Slurm), else the root of that Slurm (built once)."""
+    from vcluster.testbed import slurm_root
+
+    if release in ("", "host"):
+        return ""
+    suites = {version: suite for suite, version in slurm_root.SUITE_SLURM.items()}
+    suite = suites.get(release, release)
+    if suite not in slurm_root.SUITE_SLURM:
+        raise click.BadParameter(
+            f"{release!r}: choose host, " + ", ".join(sorted(suites)) + " or a Debian release "
+            "(" + ", ".join(sorted(slurm_root.SUITE_SLURM)) + ")", param_hint="--slurm")
+    if suite == slurm_root.host_suite():
+        return ""
+    return slurm_root.build(suite, say=click.echo).path
+
+
+@testbed.command("slurm-root")
+@click.option("--suite", default="", metavar="RELEASE",
+              help="Debian release whose Slurm to install [default: the other one than the "
+              "host's: trixie (24.11) on Debian 12, bookworm (22.05) on Debian 13].")
+def slurm_root_cmd(suite: str) -> None:
+    """Build (once) a Debian root with another release's Slurm, for ``up --slurm``.
+
+    \b
+    Example:
+      vcluster testbed slurm-root --suite trixie
+    """
+    from vcluster.testbed import slurm_root
+
+    root = slurm_root.build(suite or None, say=click.echo)
+    click.echo(f"{root.path}: Slurm {root.version()}")
+
+
 @testbed.command("up")
 @_site_options
-def up_cmd(**kwargs: Any) -> None:
+@click.option("--slurm", "slurm_release", default="host", show_default=True,
+              metavar="host|22.05|24.11",
+              help="Which Slurm runs the site: the host's, or the other Debian release's "
+              "from a root built once with debootstrap (its slurmctld chrooted there, its VMs "
+              "booted from it as their image).")
+def up_cmd(slurm_release: str, **kwargs: Any) -> None:
     """Start the local Slurm, the cloud (netns VMs) and the controller, in the background.
 
     Leftovers of an earlier run of the same instance are removed first.
@@ -78,7 +117,8 @@ def up_cmd(**kwargs: Any) -> None:
     fixed = {name for name in ("one_port", "onegate_port")
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT,
                                                        ParameterSource.DEFAULT_MAP)}
-    site.up(_spec(**kwargs), say=click.echo, fixed_ports=fixed)
+    site.up(_spec(slurm_root=_slurm_root_for(slurm_release), **kwargs), say=click.echo,
+            fixed_ports=fixed)
 
 
 @testbed.command("down")

@@ -110,11 +110,19 @@ def listen_error_text(exc: ListenError) -> str:
               help="Simulated seconds of every other step (PROLOG, SHUTDOWN, EPILOG...).")
 @click.option("--monitor-s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="How often running VMs are checked (dead ones go UNKNOWN).")
+@click.option("--image", "images", multiple=True, metavar="NAME=SOURCE",
+              help="An image of the datastore (repeatable; ids in this order). With the netns "
+                   "driver a SOURCE that is a directory is the root filesystem of the VMs "
+                   "whose DISK names the image.")
+@click.option("--share", "shares", multiple=True, metavar="PATH",
+              help="A host path that VMs booted from an image root see at the same place "
+                   "(repeatable; default /home, /tmp, /etc/passwd, /etc/group).")
 def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
           auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
           onegate_host: str, bridge: str, subnet: str, lease_start: int, network_name: str,
           prefix: str, sched_window_s: float, sched_window_length: int, boot_s: float,
-          step_s: float, monitor_s: float) -> None:
+          step_s: float, monitor_s: float, images: tuple[str, ...],
+          shares: tuple[str, ...]) -> None:
     """Serve OpenNebula's XML-RPC API (and OneGate) until SIGTERM or Ctrl-C.
 
     \b
@@ -132,7 +140,14 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
             from exc
     if lease_start >= network.num_addresses - 1:
         raise UserInputError(f"--lease-start {lease_start} is outside {network}")
+    image_pairs = []
+    for item in images:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise UserInputError(f"--image {item!r}: expected NAME=SOURCE")
+        image_pairs.append((name, source))
     settings = CloudSettings(
+        images=tuple(image_pairs), guest_shares=shares,
         state_dir=state_dir, driver=driver, prefix=prefix, auth=_read_auth(auth, auth_file),
         host=bind_host, port=port, onegate_host=onegate_host, onegate_port=onegate_port,
         hosts=hosts, host_cpu_pct=host_cpu, host_mem_kb=host_mem,

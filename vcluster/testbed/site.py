@@ -38,6 +38,7 @@ from vcluster.testbed import slurm_local
 from vcluster.testbed.free_ports import choose_port
 from vcluster.testbed.slurm_files import STATE_ROOT, TestbedSpec
 from vcluster.testbed.slurm_procs import is_ours, quiet, read_pid
+from vcluster.testbed.slurm_root import SlurmRoot
 
 Say = Callable[[str], None]
 
@@ -70,6 +71,16 @@ class SiteSpec:
     heartbeat_stale_s: int = 30
     extra_templates: tuple[str, ...] = ()
     """Other OpenNebula templates jobs of the per-job class may pick (fsub --vm-template)."""
+    slurm_root: str = ""
+    """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
+    from it, and the worker template boots VMs from it as their image. "" for the host's."""
+
+    @property
+    def image_name(self) -> str:
+        """The worker image in the cloud's datastore ("" when VMs share the host's root)."""
+        if not self.slurm_root:
+            return ""
+        return "debian-slurm-" + (SlurmRoot(self.slurm_root).version() or "root")
 
     @property
     def root(self) -> Path:
@@ -95,7 +106,7 @@ class SiteSpec:
     def slurm(self) -> TestbedSpec:
         return TestbedSpec(name=self.name, subnet=self.subnet, port=self.slurm_port,
                            state_dir=str(self.root / "slurm"),
-                           config_path=str(self.config_path))
+                           config_path=str(self.config_path), slurm_root=self.slurm_root)
 
     def pid_file(self, what: str) -> Path:
         return self.root / "run" / f"{what}.pid"
@@ -126,6 +137,7 @@ retry_delays_s = [0.5, 1, 2]
 
 [slurm]
 conf = "{slurm.conf}"
+bin_dir = "{slurm.client_bin_dir}"
 partitions = ["vcluster", "pool"]
 command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
@@ -176,7 +188,8 @@ def worker_template_text(spec: SiteSpec) -> str:
         f'NAME = "{WORKER_TEMPLATE}"\n'
         'CPU = "1"\nVCPU = "1"\nMEMORY = "512"\n'
         'NIC = [ NETWORK = "vcluster" ]\n'
-        'CONTEXT = [ NETWORK = "YES" ]\n'
+        + (f'DISK = [ IMAGE = "{spec.image_name}" ]\n' if spec.image_name else "")
+        + 'CONTEXT = [ NETWORK = "YES" ]\n'
         'DESCRIPTION = "vcluster worker: an image with one-context, slurmd and munge"\n'
     )
 
@@ -289,6 +302,10 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
     )
+    if spec.image_name:
+        argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
+        for shared in ("/home", "/tmp", "/etc/passwd", "/etc/group", str(spec.root)):
+            argv += ["--share", shared]
     log = spec.log_file("cloud")
     proc = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))
     pid = proc.pid

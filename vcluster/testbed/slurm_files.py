@@ -22,7 +22,9 @@ from pathlib import Path
 
 from vcluster.config import Config, load_config, parse_config
 from vcluster.errors import UserInputError
+from vcluster.slurm_parse import expand_hostlist
 from vcluster.slurmconf import PROGRAM_NAMES, HookPrograms, default_program_dir, generate
+from vcluster.testbed.slurm_root import DONE_MARKER, SlurmRoot
 
 DEFAULT_NAME = "vc"
 DEFAULT_SUBNET = "10.111.0.0/24"
@@ -52,6 +54,9 @@ class TestbedSpec:
     """A vcluster.toml whose node classes become CLOUD nodes; "" for none."""
     program_dir: str = ""
     """Where the hook wrappers are written; default ``<state_dir>/bin``."""
+    slurm_root: str = ""
+    """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`); "" for the
+    host's own Slurm."""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -150,6 +155,25 @@ class TestbedSpec:
         return self.root / "testbed.json"
 
     @property
+    def slurm_install(self) -> SlurmRoot:
+        return SlurmRoot(self.slurm_root or "/")
+
+    @property
+    def client_bin_dir(self) -> Path:
+        """Where the Slurm client commands of this instance's Slurm are (``slurm.bin_dir``)."""
+        if self.slurm_install.is_host:
+            return Path("/usr/bin")
+        return self.root / "slurm-bin"
+
+    @property
+    def shared_paths(self) -> list[str]:
+        """Host paths a chrooted Slurm daemon sees at the same place (NFS and accounts)."""
+        paths = [str(self.root), "/etc/passwd", "/etc/group", "/etc/hosts"]
+        if self.hook_dir != self.root / "bin":
+            paths.append(str(self.hook_dir))
+        return paths
+
+    @property
     def hook_dir(self) -> Path:
         return Path(self.program_dir).absolute() if self.program_dir else self.root / "bin"
 
@@ -174,6 +198,21 @@ def load_cloud_config(spec: TestbedSpec) -> Config:
     return parse_config({"slurm": {"configless": True}})
 
 
+def cgroup_conf(spec: TestbedSpec) -> str | None:
+    """cgroup.conf beside slurm.conf (configless slurmd fetches it too), or None.
+
+    slurmd 23.02 and later initialise a cgroup plugin even with proctrack/linuxproc and
+    fail where no cgroup filesystem is mounted for them (a namespace VM): ``disabled``
+    (a value 22.05 does not know) turns that off.
+    """
+    version = spec.slurm_install.version() or "0"
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    if major < 23:
+        return None
+    return ("# Written by `vcluster testbed slurm up`: namespace nodes have no cgroup of "
+            "their own\nCgroupPlugin=disabled\n")
+
+
 def make_dirs(spec: TestbedSpec) -> None:
     """Create the state directory tree with the modes munged and slurmd want."""
     for sub in ("", "run", "log", "spool", "ctld", "munge"):
@@ -189,6 +228,15 @@ def make_dirs(spec: TestbedSpec) -> None:
                 f"munged needs every directory above its socket world-executable, and "
                 f"{parent} is mode {mode & 0o777:o}; choose another --state-dir"
             )
+
+
+def make_spool_dirs(spec: TestbedSpec, config: Config) -> None:
+    """Each node's SlurmdSpoolDir (``spool/slurmd-%n``): slurmd 24.11 does not create it."""
+    names = spec.static_node_names()
+    for node_class in config.node_classes:
+        names += expand_hostlist(node_class.hostlist)
+    for name in names:
+        (spec.root / "spool" / f"slurmd-{name}").mkdir(parents=True, exist_ok=True)
 
 
 def ensure_munge_key(spec: TestbedSpec) -> None:
@@ -215,6 +263,8 @@ def write_hook_wrappers(spec: TestbedSpec, installed_dir: str | None = None) -> 
             "#!/bin/sh\n"
             f"# Written by `vcluster testbed slurm up` for instance {spec.name}:\n"
             "# slurmctld runs hook programs with an almost empty environment.\n"
+            "# A slurmctld chrooted in another Slurm's root runs the host's program.\n"
+            f"[ -e /{DONE_MARKER} ] && [ -d /.host/proc ] && exec chroot /.host \"$0\" \"$@\"\n"
             f"export VCLUSTER_CONFIG={shlex.quote(config)}\n"
             f"export SLURM_CONF=\"${{SLURM_CONF:-{spec.conf}}}\"\n"
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
@@ -263,6 +313,8 @@ def instance_conf(spec: TestbedSpec, config: Config, programs: HookPrograms | No
         "TreeWidth=65533",
         "SlurmdParameters=config_overrides",
     ]
+    if spec.slurm_install.plugin_dir:
+        lines.append(f"PluginDir={spec.slurm_install.plugin_dir}")
     if spec.static_nodes:
         lines.append(f"SuspendExcNodes={spec.static_hostlist}")
         lines.append(f"SuspendExcParts={STATIC_PARTITION}")

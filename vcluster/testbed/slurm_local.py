@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcluster.errors import UserInputError
-from vcluster.testbed import netns
+from vcluster.testbed import netns, slurm_root
 from vcluster.testbed.slurm_files import (
     STATIC_PARTITION,
     TestbedSpec,
+    cgroup_conf,
     ensure_munge_key,
     instance_conf,
     load_cloud_config,
     make_dirs,
+    make_spool_dirs,
     write_hook_wrappers,
 )
 from vcluster.testbed.slurm_procs import (
@@ -86,8 +88,9 @@ def run_slurm(spec: TestbedSpec, argv: Sequence[str], *, timeout_s: float = COMM
               check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a Slurm client command against this instance (SLURM_CONF set)."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
-                              env=slurm_env(spec), stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(spec.slurm_install.client_argv(argv), capture_output=True,
+                              text=True, timeout=timeout_s, env=slurm_env(spec),
+                              stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         raise TestbedError(f"`{' '.join(argv)}` timed out after {timeout_s:g} s; "
                            f"see {spec.log_dir}/slurmctld.log") from None
@@ -171,7 +174,8 @@ def _start_slurmctld(spec: TestbedSpec, env: dict[str, str]) -> int:
     if not port_free(spec.port):
         raise TestbedError(f"port {spec.port} is in use (another slurmctld?); "
                            "choose another --port")
-    spawn_daemon(["slurmctld", "-c", "-f", str(spec.conf)], log, env)
+    argv = ["slurmctld", "-c", "-f", str(spec.conf)]
+    spawn_daemon(spec.slurm_install.daemon_argv(argv, spec.shared_paths), log, env)
     started = time.monotonic()
 
     def ready() -> bool:
@@ -195,7 +199,8 @@ def _start_static_node(spec: TestbedSpec, index: int, env: dict[str, str]) -> No
     netns.add_host(node, bridge=spec.bridge,
                    ip_cidr=f"{spec.static_node_ip(index)}/{spec.network.prefixlen}",
                    gateway=spec.gateway, veth_host=node)
-    argv = netns.host_argv(node, ["slurmd", "-b", "-N", node, "-f", str(spec.conf)],
+    slurmd = ["slurmd", "-b", "-N", node, "-f", str(spec.conf)]
+    argv = netns.host_argv(node, spec.slurm_install.daemon_argv(slurmd, spec.shared_paths),
                            hostname=node)
     spawn_daemon(argv, spec.log_dir / f"slurmd-{node}.out", env)
 
@@ -235,13 +240,26 @@ def up(spec: TestbedSpec, say: Say = quiet) -> TestbedSpec:
     if _running_as(spec) == spec and read_text(spec.conf) == conf_text:
         say(f"testbed {spec.name} already up: slurmctld at {spec.controller_address}")
         return spec
-    ensure_packages(say)
+    ensure_packages(say)  # the host's munged serves either Slurm
+    if not spec.slurm_install.is_host and not slurm_root.is_complete(Path(spec.slurm_root)):
+        raise TestbedError(f"{spec.slurm_root} is not a complete Slurm root; build it with "
+                           "`vcluster testbed slurm-root build`")
     down(spec, say)
     t0 = time.monotonic()
     make_dirs(spec)
+    make_spool_dirs(spec, config)
     ensure_munge_key(spec)
     spec.conf.write_text(conf_text, encoding="utf-8")
     os.chmod(spec.conf, 0o644)
+    cgroup_path = spec.conf.with_name("cgroup.conf")
+    cgroup_text = cgroup_conf(spec)
+    if cgroup_text is None:
+        cgroup_path.unlink(missing_ok=True)
+    else:
+        cgroup_path.write_text(cgroup_text, encoding="utf-8")
+        os.chmod(cgroup_path, 0o644)
+    if not spec.slurm_install.is_host:
+        slurm_root.write_client_wrappers(spec.slurm_install, spec.client_bin_dir)
     spec.spec_file.write_text(spec.to_json(), encoding="utf-8")
     env = slurm_env(spec)
     netns.ensure_bridge(spec.bridge, spec.gateway_cidr)

@@ -77,7 +77,8 @@ class CloudServer:
         self.settings = settings
         self.store = Store(settings.state_dir)
         self.driver = driver or make_driver(settings.driver, state_dir=settings.state_dir,
-                                            prefix=settings.prefix)
+                                            prefix=settings.prefix,
+                                            guest_shares=settings.guest_shares or None)
         self.cloud = Cloud(settings, self.store, self.driver)
         self.engine = Engine(self.cloud)
         self.scheduler = Scheduler(self.cloud)

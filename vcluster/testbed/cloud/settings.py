@@ -99,6 +99,12 @@ class CloudSettings:
     timings: Timings = field(default_factory=Timings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     version: str = "7.4.0"
+    images: tuple[tuple[str, str], ...] = ()
+    """The image datastore: (name, source) pairs, image ids in this order. For the netns
+    driver a source that is a directory is the VM's root filesystem (a Debian root with its
+    own Slurm, :mod:`vcluster.testbed.slurm_root`); VMs without an image share the host's."""
+    guest_shares: tuple[str, ...] = ()
+    """Host paths image VMs see at the same place (netns driver); () for its default."""
 
     @property
     def user(self) -> str:

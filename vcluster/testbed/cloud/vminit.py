@@ -73,6 +73,10 @@ class InitConfig:
     cgroup_procs: str
     context: dict[str, str]
     token: str
+    image_root: str = ""
+    """The VM's image: a root directory the VM runs on (copy-on-write), "" for the host's."""
+    shares: tuple[str, ...] = ()
+    """Host paths an image VM sees at the same place (like NFS and NIS on a cluster)."""
 
     @classmethod
     def load(cls, path: Path) -> InitConfig:
@@ -83,6 +87,8 @@ class InitConfig:
             cgroup_procs=str(data["cgroup_procs"]),
             context={str(k): str(v) for k, v in data["context"].items()},
             token=str(data["token"]),
+            image_root=str(data.get("image_root", "")),
+            shares=tuple(str(p) for p in data.get("shares", ())),
         )
 
 
@@ -93,6 +99,18 @@ def private_source(vm_dir: Path, target: str) -> Path:
 
 def context_dir(vm_dir: Path) -> Path:
     return vm_dir / "context"
+
+
+def rootfs_dir(vm_dir: Path) -> Path:
+    """Mount point of an image VM's root (an overlay: the image below, the VM's disk above)."""
+    return vm_dir / "rootfs"
+
+
+def in_guest(config: InitConfig, vm_dir: Path, path: str) -> Path:
+    """Guest path ``path`` as the init (on the host's root) reaches it."""
+    if not config.image_root:
+        return Path(path)
+    return rootfs_dir(vm_dir) / path.lstrip("/")
 
 
 def shell_quote(value: str) -> str:
@@ -112,7 +130,7 @@ def render_context_sh(context: dict[str, str]) -> str:
 
 def prepare_vm_dir(
     vm_dir: Path, *, vm_id: int, hostname: str, ip: str, context: dict[str, str], token: str,
-    cgroup_procs: Path,
+    cgroup_procs: Path, image_root: str = "", shares: tuple[str, ...] = (),
 ) -> None:
     """Write what :func:`main` mounts and reads: the context (as oned writes it), the VM's own
     copies of the private host paths, and ``init.json``. Called by the driver on the host;
@@ -126,8 +144,12 @@ def prepare_vm_dir(
     write_file(context_path / "context.sh", render_context_sh(context), 0o600)
     if token:
         write_file(context_path / "token.txt", token + "\n", 0o600)
-    for target in PRIVATE_DIRS:
-        _private_dir(private_source(vm_dir, target), Path(target))
+    if image_root:
+        for sub in ("rootfs", "upper", "work"):
+            (vm_dir / sub).mkdir(mode=0o755, exist_ok=True)
+    else:
+        for target in PRIVATE_DIRS:
+            _private_dir(private_source(vm_dir, target), Path(target))
     hosts = (
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         f"{ip}\t{hostname}\n"
@@ -140,10 +162,13 @@ def prepare_vm_dir(
             write_file(source, contents[target], 0o644)
         elif not source.exists():
             write_file(source, "", 0o644)
-        _ensure_mountpoint(Path(target), is_dir=False)
-    _ensure_mountpoint(Path(CONTEXT_MOUNT), is_dir=True)
+        if not image_root:
+            _ensure_mountpoint(Path(target), is_dir=False)
+    if not image_root:
+        _ensure_mountpoint(Path(CONTEXT_MOUNT), is_dir=True)
     init = {"vm_id": vm_id, "hostname": hostname, "cgroup_procs": str(cgroup_procs),
-            "context": context, "token": token}
+            "context": context, "token": token, "image_root": image_root,
+            "shares": list(shares)}
     write_file(vm_dir / "init.json", json.dumps(init, indent=1) + "\n", 0o600)
 
 
@@ -214,14 +239,51 @@ def setup_filesystem(vm_dir: Path) -> None:
         _mount("--bind", "/run", "/var/run")
 
 
-def write_one_env(config: InitConfig) -> None:
+def setup_image_filesystem(vm_dir: Path, config: InitConfig) -> None:
+    """An image VM's own root: the image under a copy-on-write layer kept in the VM's dir
+    (its disk: it survives a power cycle), /proc, /dev and /sys, the shared host paths, its
+    own /etc/hosts and /etc/hostname, read-only /context and a private /run."""
+    root = rootfs_dir(vm_dir)
+    if not Path(config.image_root, "usr").is_dir():
+        raise InitError(f"image {config.image_root} is not a root filesystem (no /usr)")
+    _mount("--make-rprivate", "/")
+    _mount("-t", "overlay", "overlay", "-o",
+           f"lowerdir={config.image_root},upperdir={vm_dir / 'upper'},workdir={vm_dir / 'work'}",
+           str(root))
+    _mount("-t", "proc", "proc", str(root / "proc"))
+    _mount("--rbind", "/dev", str(root / "dev"))
+    _mount("--rbind", "/sys", str(root / "sys"))
+    for shared in config.shares:
+        host_path = Path(shared)
+        target = root / shared.lstrip("/")
+        if host_path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif host_path.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(exist_ok=True)
+        else:
+            continue
+        _mount("--rbind", shared, str(target))
+    for own_file in ("/etc/hosts", "/etc/hostname"):
+        _mount("--bind", str(private_source(vm_dir, own_file)), str(root / own_file.lstrip("/")))
+    (root / "context").mkdir(exist_ok=True)
+    _mount("--bind", str(context_dir(vm_dir)), str(root / "context"))
+    _mount("-o", "remount,bind,ro", str(root / "context"))
+    _mount("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev,size=64m", "tmpfs", str(root / "run"))
+    os.makedirs(root / "run/lock", exist_ok=True)
+    os.chmod(root / "run/lock", 0o1777)
+    os.makedirs(root / "run/one-context", mode=0o700, exist_ok=True)
+
+
+def write_one_env(config: InitConfig, vm_dir: Path) -> None:
     """one-context's env file: the context plus TOKENTXT, readable by root only."""
     values = dict(config.context)
     values["TOKENTXT"] = config.token
     lines = [
         f"export {k}={shell_quote(v)}\n" for k, v in sorted(values.items()) if _ENV_NAME.match(k)
     ]
-    fd = os.open(ONE_ENV_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    fd = os.open(in_guest(config, vm_dir, ONE_ENV_PATH), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 0o400)
     with os.fdopen(fd, "w") as env_file:
         env_file.writelines(lines)
 
@@ -244,20 +306,31 @@ def guest_environment(context: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_start_script(config: InitConfig) -> int | None:
-    """Run the start script as root like one-context's net-97-start-script; its exit code."""
+def run_start_script(config: InitConfig, vm_dir: Path) -> int | None:
+    """Run the start script as root like one-context's net-97-start-script; its exit code.
+
+    In an image VM it runs chrooted in the VM's root, as everything the guest starts."""
     script = start_script_text(config.context)
     if script is None:
         log.info("no START_SCRIPT in the context")
         return None
-    fd = os.open(START_SCRIPT_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    fd = os.open(in_guest(config, vm_dir, START_SCRIPT_PATH),
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
     with os.fdopen(fd, "wb") as script_file:
         script_file.write(script)
     argv = [START_SCRIPT_PATH] if script.startswith(b"#!") else ["/bin/sh", START_SCRIPT_PATH]
     log.info("running the start script (%d bytes)", len(script))
     started = time.monotonic()
+    guest_root = str(rootfs_dir(vm_dir)) if config.image_root else "/"
+
+    def enter_guest_root() -> None:
+        if guest_root != "/":
+            os.chroot(guest_root)
+            os.chdir("/")
+
     proc = subprocess.Popen(
-        argv, cwd="/", env=guest_environment(config.context), stdin=subprocess.DEVNULL
+        argv, cwd="/", env=guest_environment(config.context), stdin=subprocess.DEVNULL,
+        preexec_fn=enter_guest_root,  # the init runs no threads: a preexec chroot is safe
     )
     returncode = proc.wait()
     log.info("start script exited with %d after %.1f s", returncode, time.monotonic() - started)
@@ -319,7 +392,10 @@ def boot(vm_dir: Path, status_fd: int) -> InitConfig:
     try:
         config = InitConfig.load(vm_dir / "init.json")
         _join_cgroup(config.cgroup_procs)
-        setup_filesystem(vm_dir)
+        if config.image_root:
+            setup_image_filesystem(vm_dir, config)
+        else:
+            setup_filesystem(vm_dir)
         socket.sethostname(config.hostname)
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -351,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("boot failed: %s", err)
         return 1
     try:
-        write_one_env(config)
-        run_start_script(config)
+        write_one_env(config, vm_dir)
+        run_start_script(config, vm_dir)
     except (InitError, OSError) as err:
         log.error("contextualization failed: %s", err)
     report_ready(config)

@@ -14,7 +14,8 @@ from vcluster.testbed.cloud.drivers.base import VMDriver
 DRIVER_NAMES = ("dummy", "netns")
 
 
-def make_driver(name: str, *, state_dir: Path, prefix: str) -> VMDriver:
+def make_driver(name: str, *, state_dir: Path, prefix: str,
+                guest_shares: tuple[str, ...] | None = None) -> VMDriver:
     """Build the driver called ``name`` keeping its files under ``state_dir``."""
     if name == "dummy":
         from vcluster.testbed.cloud.drivers.dummy import DummyDriver
@@ -23,7 +24,10 @@ def make_driver(name: str, *, state_dir: Path, prefix: str) -> VMDriver:
     if name == "netns":
         from vcluster.testbed.cloud.drivers.netns import NetnsDriver
 
-        driver: VMDriver = NetnsDriver(state_dir=state_dir, prefix=prefix)
+        if guest_shares is None:
+            driver: VMDriver = NetnsDriver(state_dir=state_dir, prefix=prefix)
+        else:
+            driver = NetnsDriver(state_dir=state_dir, prefix=prefix, guest_shares=guest_shares)
         return driver
     raise ConfigError(f"unknown VM driver {name!r}; use one of: {', '.join(DRIVER_NAMES)}",
                       key="driver")

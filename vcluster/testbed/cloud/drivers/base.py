@@ -77,6 +77,8 @@ class VMSpec:
     token: str = ""
     """OneGate token (token.txt), when CONTEXT has TOKEN=YES."""
     fault: Fault = field(default_factory=Fault)
+    image_source: str = ""
+    """SOURCE of the VM's first DISK (an image of the datastore), "" without one."""
 
 
 class VMDriver(Protocol):

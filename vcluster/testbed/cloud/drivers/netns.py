@@ -43,6 +43,9 @@ from vcluster.testbed.cloud.drivers.base import DriverError, Nic, VMSpec
 log = logging.getLogger(__name__)
 
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
+DEFAULT_GUEST_SHARES = ("/home", "/tmp", "/etc/passwd", "/etc/group")
+"""Host paths a VM booted from an image root sees at the same place (NFS and NIS of a
+cluster): users' files and accounts. VMs without an image share the host's whole tree."""
 DEFAULT_NETMASK = "255.255.255.0"
 """one-context's default when a network has no mask."""
 _HOSTNAME_BAD = re.compile(r"[^A-Za-z0-9-]+")
@@ -75,6 +78,7 @@ class NetnsDriver:
         stop_timeout_s: float = 5.0,
         init_timeout_s: float = 20.0,
         freeze_timeout_s: float = 5.0,
+        guest_shares: tuple[str, ...] = DEFAULT_GUEST_SHARES,
     ) -> None:
         netns.check_name(f"{prefix}-vm0", "namespace")
         self.state_dir = Path(state_dir)
@@ -82,6 +86,7 @@ class NetnsDriver:
         self.stop_timeout_s = stop_timeout_s
         self.init_timeout_s = init_timeout_s
         self.freeze_timeout_s = freeze_timeout_s
+        self.guest_shares = guest_shares
         self._bridge_lock = threading.Lock()
         self._timers: dict[int, threading.Timer] = {}
         self._timers_lock = threading.Lock()
@@ -179,6 +184,11 @@ class NetnsDriver:
 
     def _prepare_dir(self, spec: VMSpec) -> Path:
         vm_dir = self.vm_dir(spec.vm_id)
+        if spec.image_source and not Path(spec.image_source, "usr").is_dir():
+            raise DriverError(
+                f"VM {spec.vm_id}: image source {spec.image_source} is not a root directory: "
+                "the netns driver boots images that are Debian roots "
+                "(vcluster testbed slurm-root build)")
         vminit.prepare_vm_dir(
             vm_dir,
             vm_id=spec.vm_id,
@@ -187,6 +197,8 @@ class NetnsDriver:
             context=spec.context,
             token=spec.token,
             cgroup_procs=self.cgroup_dir(spec.vm_id) / "cgroup.procs",
+            image_root=spec.image_source,
+            shares=self.guest_shares,
         )
         return vm_dir
 
@@ -208,7 +220,8 @@ class NetnsDriver:
         read_fd, write_fd = os.pipe()
         argv = netns.host_argv(
             self.netns_name(vm_id),
-            [sys.executable, "-m", "vcluster.testbed.cloud.vminit", str(vm_dir), str(write_fd)],
+            [*own_boot_time_argv(),
+             sys.executable, "-m", "vcluster.testbed.cloud.vminit", str(vm_dir), str(write_fd)],
         )
         package_root = str(Path(vcluster.__file__).resolve().parent.parent)
         env = {"PATH": vminit.GUEST_PATH, "PYTHONPATH": package_root, "LANG": "C.UTF-8"}
@@ -288,10 +301,10 @@ class NetnsDriver:
     def _archive_logs(self, vm_id: int) -> None:
         """Keep the console and join logs of a terminated VM in ``<state_dir>/logs``."""
         vm_dir = self.vm_dir(vm_id)
-        logs = {
-            "console.log": vm_dir / "console.log",
-            "join.log": vminit.private_source(vm_dir, "/var/log/vcluster-join.log"),
-        }
+        join_log = vminit.private_source(vm_dir, "/var/log/vcluster-join.log")
+        if not join_log.is_file() or join_log.stat().st_size == 0:
+            join_log = vm_dir / "upper" / "var/log/vcluster-join.log"  # an image VM's disk
+        logs = {"console.log": vm_dir / "console.log", "join.log": join_log}
         for suffix, source in logs.items():
             if source.is_file() and source.stat().st_size > 0:
                 (self.state_dir / "logs").mkdir(exist_ok=True)
@@ -353,6 +366,18 @@ class NetnsDriver:
 
 
 # --- small helpers ---------------------------------------------------------------------------
+
+
+def own_boot_time_argv() -> list[str]:
+    """``unshare --time --boottime -N``: the VM's processes see it booted now, as a real
+    VM's do. slurmctld 24.11 accepts a powering-up node's registration only if the node
+    booted after the power-up request; a namespace would otherwise show the host's uptime."""
+    try:
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            seconds = int(float(uptime.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return []
+    return ["unshare", "--time", "--boottime", str(-seconds)] if seconds > 0 else []
 
 
 def _read_line(fd: int, timeout_s: float) -> str:
