@@ -116,9 +116,11 @@ class Cloud(Resources):
                 dns=n.get("DNS", ""))
             for n in vm.template.vectors("NIC"))
         context = vm.template.get("CONTEXT")
+        disks = vm.template.vectors("DISK")
         return VMSpec(vm_id=vm.vm_id, name=vm.name, cpu=vm.cpu, memory_mb=vm.memory_mb,
                       nics=nics, context=dict(context) if isinstance(context, dict) else {},
-                      token=vm.token, fault=self.fault(vm))
+                      token=vm.token, fault=self.fault(vm),
+                      image_source=disks[0].get("SOURCE", "") if disks else "")
 
     @staticmethod
     def fault(vm: VM) -> Fault:
@@ -153,6 +155,7 @@ class Cloud(Resources):
                 known.replace("TEMPLATE_ID", str(template_id))
             vm = VM(vm_id=vm_id, name=vm_name, uid=0, gid=0, uname=self.settings.user,
                     gname="oneadmin", template=known, user_template=user)
+            self.attach_disks(vm)
             leased = self.lease_nics(vm)
             # oned's automatic requirements: the clusters of the VM's networks (all cluster 0)
             if vm.template.vectors("NIC"):
