@@ -99,8 +99,21 @@ class VM:
 
     @property
     def is_ready(self) -> bool:
-        """The guest reported READY=YES through OneGate."""
+        """The guest reported READY=YES through OneGate (OneGate merges it into
+        USER_TEMPLATE)."""
         return self.user_template.get("READY", "").upper() == "YES"
+
+    @property
+    def wants_ready(self) -> bool:
+        """Its CONTEXT asks the guest to report READY through OneGate (REPORT_READY=YES, as
+        vcluster's worker VMs do): then READY tells a finished contextualization apart."""
+        return self.context.get("REPORT_READY", "").upper() == "YES"
+
+    @property
+    def awaiting_ready(self) -> bool:
+        """RUNNING, asked to report READY, and has not yet: still contextualizing, or its
+        contextualization failed or cannot reach OneGate."""
+        return self.is_running and self.wants_ready and not self.is_ready
 
     @property
     def is_failed(self) -> bool:

@@ -7,7 +7,7 @@ import pyone.bindings
 from tests.unit.fake_oned import running_fake_oned, vm_xml
 from vcluster.config import OpenNebulaSettings
 from vcluster.one import OneClient
-from vcluster.one_vm import LcmState, VmState, state_name, vm_from_binding
+from vcluster.one_vm import VM, LcmState, VmState, state_name, vm_from_binding
 
 
 def test_state_names_follow_oned() -> None:
@@ -56,6 +56,24 @@ def test_vm_from_pyone_binding() -> None:
     assert vm.context == {"SET_HOSTNAME": "vc-small-001", "TOKEN": "YES"}
     assert vm.sched_message == "Cannot dispatch VM"
     assert (vm.start_time, vm.end_time) == (1763700000, 0)
+
+
+def test_readiness_read_from_context_and_user_template() -> None:
+    def read(state: int, lcm: int, context: str, ready: bool) -> VM:
+        return vm_from_binding(pyone.bindings.parseString(vm_xml(
+            5, "vc-small-002", state=state, lcm_state=lcm, context=context,
+            user_template="<READY><![CDATA[YES]]></READY>" if ready else "").encode()))
+
+    asks = "<TOKEN><![CDATA[YES]]></TOKEN><REPORT_READY><![CDATA[YES]]></REPORT_READY>"
+    contextualizing = read(3, 3, asks, ready=False)
+    assert contextualizing.wants_ready and not contextualizing.is_ready
+    assert contextualizing.awaiting_ready
+    ready = read(3, 3, asks, ready=True)
+    assert ready.is_ready and not ready.awaiting_ready
+    booting = read(3, 2, asks, ready=False)  # BOOT: not RUNNING yet, so not awaiting READY
+    assert booting.wants_ready and not booting.awaiting_ready
+    not_asked = read(3, 3, "<TOKEN><![CDATA[YES]]></TOKEN>", ready=False)
+    assert not not_asked.wants_ready and not not_asked.awaiting_ready
 
 
 def test_failed_and_gone_vms() -> None:

@@ -41,6 +41,8 @@ from vcluster.slurm_parse import compress_hostlist
 
 CONFIG = make_config()
 S1, S2, B1 = "vc-small-001", "vc-small-002", "vc-big-001"
+ASKS = {"TOKEN": "YES", "REPORT_READY": "YES", "ONEGATE_ENDPOINT": "http://10.9.0.1:5030"}
+"""The CONTEXT of a VM that reports READY through OneGate (as vcluster's workers do)."""
 
 
 def picture(**kw: object) -> Observed:
@@ -140,6 +142,45 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                                       created_s_ago=61),)),
      [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; "
                "VM RUNNING)", 1, 7, None)]),
+    ("RUNNING without READY at ResumeTimeout, READY asked for: contextualization/OneGate",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: replace(vm(7, S1), context=ASKS)},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10", job_id=12,
+                                      created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; VM "
+               "RUNNING but it never reported READY: its contextualization failed or cannot "
+               "reach OneGate at http://10.9.0.1:5030)", 1, 7, 12)]),
+    ("RUNNING and READY at ResumeTimeout: it is slurmd that did not register",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     vms={7: replace(vm(7, S1), context=ASKS,
+                                     user_template={**vm(7, S1).user_template, "READY": "YES"})},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; VM "
+               "RUNNING and READY, but its slurmd did not register with slurmctld)", 1, 7,
+               None)]),
+    ("RUNNING without READY before ResumeTimeout: still contextualizing, wait",
+     lambda: picture(nodes={S1: powering_up(S1)}, vms={7: replace(vm(7, S1), context=ASKS)},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=59),)),
+     []),
+    ("a registered node is up even if READY has not arrived yet",
+     lambda: picture(nodes={S1: node(S1, "IDLE")}, vms={7: replace(vm(7, S1), context=ASKS)},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=4),)),
+     [MarkUp(1, S1, 7, 4.0)]),
+    ("READY not asked for: the reason names only the VM's state",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     vms={7: replace(vm(7, S1), context={"REPORT_READY": "NO"})},
+                     launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
+                                      created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; "
+               "VM RUNNING)", 1, 7, None)]),
+    ("PENDING with READY asked for: placement, not contextualization, is named",
+     lambda: picture(nodes={S1: powering_up(S1)},
+                     vms={7: replace(vm(7, S1, "PENDING"), context=ASKS)},
+                     launches=(launch(1, S1, "booting", vm_id=7, created_s_ago=61),)),
+     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; "
+               "VM PENDING)", 1, 7, None)]),
     ("a VM OpenNebula could not place says why in the node's reason",
      lambda: picture(nodes={S1: powering_up(S1)},
                      vms={7: replace(vm(7, S1, "PENDING"), sched_message=(

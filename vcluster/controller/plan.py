@@ -148,6 +148,21 @@ def _tag_job(vm: VM) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _not_working_reason(vm: VM, timeout_s: int) -> str:
+    """Why ``vm`` was no working node within ResumeTimeout; how far it got says where to
+    look: placement (PENDING, with the scheduler's message), contextualization (RUNNING, but
+    no READY through OneGate although its CONTEXT asks for it), or slurmd (READY)."""
+    head = f"vcluster: VM {vm.vm_id} was not a working node within {timeout_s} s (ResumeTimeout"
+    if vm.awaiting_ready:
+        gate = vm.context.get("ONEGATE_ENDPOINT") or "no ONEGATE_ENDPOINT"
+        return (f"{head}; VM RUNNING but it never reported READY: its contextualization "
+                f"failed or cannot reach OneGate at {gate})")
+    if vm.is_running and vm.wants_ready:
+        return f"{head}; VM RUNNING and READY, but its slurmd did not register with slurmctld)"
+    why = f"; {vm.sched_message}" if vm.sched_message else ""
+    return f"{head}; VM {vm.state_name}{why})"
+
+
 def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node | None,
                  tagged: list[VM], jobs_by_node: Mapping[str, Job],
                  given_up: set[str]) -> list[Action]:
@@ -209,10 +224,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         if not node.powering_up:
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
         if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
-            why = f"; {vm.sched_message}" if vm.sched_message else ""
-            return [FailNode(name, f"vcluster: VM {vm_id} was not a working node within "
-                             f"{config.controller.resume_timeout_s} s (ResumeTimeout; VM "
-                             f"{vm.state_name}{why})", launch.id, vm_id, launch.job_id)]
+            return [FailNode(name, _not_working_reason(vm, config.controller.resume_timeout_s),
+                             launch.id, vm_id, launch.job_id)]
         if launch.ip is None and vm.ips:
             return [SetNodeAddr(launch.id, name, vm.ips[0])]
         return []
