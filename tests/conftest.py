@@ -12,10 +12,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run integration tests (real slurmctld, slurmd, munge, testbed cloud; root)",
     )
-    pytest_addoption_slurm(parser)
+    _add_slurm_option(parser)
 
 
-def pytest_addoption_slurm(parser: pytest.Parser) -> None:
+def _add_slurm_option(parser: pytest.Parser) -> None:
     parser.addoption(
         "--slurm",
         default="host",
