@@ -162,7 +162,8 @@ def test_deploy_and_migrate_by_hand(start_cloud: Callable[..., Running]) -> None
         cloud.one.vm.deploy(vm_id, 0)
     cloud.wait_state(vm_id, *S["RUNNING"])
     with pytest.raises(pyone.OneActionException,
-                       match=r"^\[one.vm.migrate\] VM is already running on host \[1\] and datastore \[0\]$"):
+                       match=r"^\[one.vm.migrate\] VM is already running on host \[1\] "
+                             r"and datastore \[0\]$"):
         cloud.one.vm.migrate(vm_id, 1, False)
     assert cloud.one.vm.migrate(vm_id, 0, True) == vm_id
     assert cloud.vm_state(vm_id) == (3, 4)  # MIGRATE
