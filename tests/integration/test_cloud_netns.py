@@ -21,7 +21,7 @@ import pyone
 import pytest
 
 from tests.integration.site_fixtures import wait_for
-from vcluster.testbed import netns
+from vcluster.testbed import netns, slurm_root
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +40,15 @@ def cloud() -> Iterator[tuple[pyone.OneServer, Path]]:
     auth = root / "one_auth"
     auth.write_text(AUTH + "\n")
     auth.chmod(0o600)
+    image = slurm_root.build()  # the other Debian release's root (kept between runs)
     netns.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
     log = open(root / "cloud.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "vcluster", "testbed", "cloud", "serve", "--driver", "netns",
          "--port", str(PORT), "--state-dir", str(root / "state"), "--auth-file", str(auth),
          "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", "10.118.0.0/24",
-         "--onegate-host", GATEWAY, "--onegate-port", str(GATE_PORT)],
+         "--onegate-host", GATEWAY, "--onegate-port", str(GATE_PORT),
+         "--image", f"other-debian={image.path}", "--share", str(root)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         one = pyone.OneServer(f"http://127.0.0.1:{PORT}/RPC2", session=AUTH)
@@ -108,6 +110,39 @@ def test_netns_vm_boots_reports_ready_and_leaves_nothing(
     assert f"{PREFIX}-vm{vm_id}" not in netns.list_hosts(f"{PREFIX}-")
     assert not netns.list_links(f"{PREFIX}-v{vm_id}")
     assert not Path(f"/sys/fs/cgroup/freezer/{PREFIX}-vm{vm_id}").exists()
+
+
+def test_netns_vm_of_an_image_runs_that_root_with_its_own_boot_time(
+        cloud: tuple[pyone.OneServer, Path]) -> None:
+    one, root = cloud
+    out = root / "guest.out"
+    script = (
+        "#!/bin/sh\n"
+        f"{{ cat /etc/os-release; cut -d' ' -f1 /proc/uptime; slurmd -V; ls /context; "
+        f"touch /etc/written-in-the-vm; }} > {out} 2>&1\n"
+    )
+    template = (
+        'NAME = "image-probe"\nCPU = "0.5"\nMEMORY = "128"\n'
+        'NIC = [ NETWORK = "vcluster" ]\nDISK = [ IMAGE = "other-debian" ]\n'
+        'CONTEXT = [ NETWORK = "YES", TOKEN = "YES", REPORT_READY = "YES", '
+        f'START_SCRIPT_BASE64 = "{base64.b64encode(script.encode()).decode()}" ]\n'
+    )
+    vm_id = one.vm.allocate(template)
+    wait_for("VM RUNNING and READY", lambda: (
+        (v := one.vm.info(vm_id)).STATE == 3 and v.LCM_STATE == 3
+        and (v.USER_TEMPLATE or {}).get("READY") == "YES"), 60)
+    lines = out.read_text().splitlines()
+    image = slurm_root.build()
+    codename = slurm_root.other_suite()
+    assert f"VERSION_CODENAME={codename}" in lines  # the image's release, not the host's
+    uptime = float(next(line for line in lines if line.replace(".", "").isdigit()))
+    assert uptime < 30, f"the VM sees the host's uptime ({uptime} s), not its own boot"
+    assert f"slurm-wlm {image.version()}" in lines
+    assert "context.sh" in lines and "token.txt" in lines
+    assert not Path(image.path, "etc/written-in-the-vm").exists()  # copy-on-write
+    one.vm.action("terminate-hard", vm_id)
+    wait_for("VM DONE", lambda: one.vm.info(vm_id).STATE == 6, 30)
+    assert f"{PREFIX}-vm{vm_id}" not in netns.list_hosts(f"{PREFIX}-")
 
 
 def _get(url: str) -> bytes | None:
