@@ -20,6 +20,7 @@ from tests.integration.site_fixtures import (
     Site,
     e2e_site,
     job_id_of,
+    slurm_flavor,
     system_fsub,
     wait_clean,
     wait_for,
@@ -27,7 +28,7 @@ from tests.integration.site_fixtures import (
 from vcluster.config import read_one_auth
 from vcluster.testbed import netns, site
 
-__all__ = ["e2e_site", "system_fsub"]
+__all__ = ["e2e_site", "slurm_flavor", "system_fsub"]
 
 pytestmark = pytest.mark.integration
 
