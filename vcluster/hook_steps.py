@@ -23,7 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from vcluster import db, wake
 from vcluster.config import Config
 from vcluster.errors import ControllerStale, UserInputError, VclusterError
-from vcluster.slurm_parse import Node, compress_hostlist, expand_hostlist
+from vcluster.slurm_parse import (
+    Node,
+    canonical_resume_data,
+    compress_hostlist,
+    expand_hostlist,
+)
 
 log = logging.getLogger("vcluster.hooks")
 
@@ -97,7 +102,7 @@ def parse_vcluster_nodes(text: str | None, config: Config, *, only_ours: bool = 
 
 
 def read_resume_file(path: str) -> dict[str, Any]:
-    """Read and check SLURM_RESUME_FILE's JSON (``{"jobs":[{"job_id":..,"nodes":..}]..}``)."""
+    """Read and check SLURM_RESUME_FILE's JSON (see :func:`parse_resume_json`)."""
     try:
         raw = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -106,6 +111,13 @@ def read_resume_file(path: str) -> dict[str, Any]:
 
 
 def parse_resume_json(raw: str, path: str = "SLURM_RESUME_FILE") -> dict[str, Any]:
+    """Check SLURM_RESUME_FILE's JSON and give it 22.05's field names whatever the version.
+
+    22.05: ``{"jobs": [{"job_id", "nodes"}], "all_nodes"}``; 23.02+: ``{"jobs": [{"job_id",
+    "nodes_alloc", "nodes_resume", "features", "partition", ...}], "all_nodes_resume"}``.
+    The result keeps every field and has ``nodes`` / ``all_nodes`` (see
+    :func:`~vcluster.slurm_parse.canonical_resume_data`).
+    """
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -113,10 +125,13 @@ def parse_resume_json(raw: str, path: str = "SLURM_RESUME_FILE") -> dict[str, An
     jobs = data.get("jobs", []) if isinstance(data, dict) else None
     if not isinstance(jobs, list) or not all(
         isinstance(j, dict) and isinstance(j.get("job_id"), int) and j["job_id"] > 0
-        and isinstance(j.get("nodes", ""), str) for j in jobs
+        and all(isinstance(j.get(key) or "", str)
+                for key in ("nodes", "nodes_resume", "nodes_alloc"))
+        for j in jobs
     ):
-        raise UserInputError(f"{path} does not hold a jobs list of {{job_id, nodes}}")
-    return data
+        raise UserInputError(
+            f"{path} does not hold a jobs list of {{job_id, nodes or nodes_resume}}")
+    return canonical_resume_data(data)
 
 
 # --- heartbeat -----------------------------------------------------------------------------

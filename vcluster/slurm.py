@@ -1,7 +1,10 @@
 """The one door to Slurm: every Slurm command vcluster runs goes through :meth:`Slurm.run`.
 
-Slurm 22.05 has no usable Python binding here (pyslurm needs a matching major.minor), so
-vcluster drives Slurm's own CLI, as ParallelCluster and slurm-gcp do. ``run()`` takes an argv
+Slurm has no usable Python binding here (pyslurm needs a matching major.minor), so
+vcluster drives Slurm's own CLI, as ParallelCluster and slurm-gcp do. Slurm 22.05 and every
+later version are read: the version is read once per :class:`Slurm` (``scontrol --version``,
+cached; older than 22.05 is refused) and chooses the commands (:meth:`Slurm.jobs`,
+:meth:`Slurm.nodes`); the parsers read every version's JSON. ``run()`` takes an argv
 list (never a shell string), resolves the command in ``settings.bin_dir`` (hooks run with no
 PATH), sets ``SLURM_CONF``, applies a timeout, logs the command and its duration, and turns
 every failure into :class:`~vcluster.errors.SlurmCommandError` carrying argv, exit code,
@@ -14,9 +17,11 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from vcluster.config import SlurmSettings
 from vcluster.errors import SlurmCommandError, SlurmParseError
@@ -24,12 +29,17 @@ from vcluster.slurm_parse import (
     FINISHED_JOB_STATES,
     Job,
     Node,
+    SlurmVersion,
+    UnsupportedSlurm,
+    check_supported,
     compress_hostlist,
     expand_hostlist,
     node_from_record,
+    parse_nodes_json,
     parse_scontrol_record,
     parse_scontrol_records,
     parse_sinfo_json,
+    parse_slurm_version,
     parse_squeue_json,
 )
 
@@ -39,8 +49,11 @@ __all__ = [
     "Job",
     "Node",
     "Slurm",
+    "SlurmVersion",
+    "UnsupportedSlurm",
     "compress_hostlist",
     "expand_hostlist",
+    "parse_nodes_json",
     "parse_scontrol_record",
     "parse_scontrol_records",
     "parse_sinfo_json",
@@ -53,6 +66,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What scontrol prints (exit 1) for a node / job it does not know.
 _NODE_NOT_FOUND = "not found"
 _JOB_NOT_FOUND = "Invalid job id specified"
+PROBE_CONF = "ClusterName=probe\nSlurmctldHost=localhost\n"
+"""The least slurm.conf with which ``scontrol --version`` starts (it reads a config first)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class Slurm:
         if not env.get("PATH"):
             env["PATH"] = DEFAULT_PATH
         self.env = env
+        self._version: SlurmVersion | None = None
 
     # --- the one helper -------------------------------------------------------------------
 
@@ -139,9 +155,35 @@ class Slurm:
 
     # --- reading ---------------------------------------------------------------------------
 
+    def version(self) -> SlurmVersion:
+        """The Slurm version (``scontrol --version``), read at first use and kept.
+
+        Raises :class:`UnsupportedSlurm` (one line naming the version and the supported
+        range) for a Slurm older than 22.05 or a version text vcluster cannot read, and
+        :class:`SlurmCommandError` if scontrol cannot be run (not kept: tried again).
+        """
+        if self._version is None:
+            if os.path.exists(self.settings.conf):
+                text = self.run(["scontrol", "--version"]).stdout
+            else:  # no slurm.conf yet (a site generating it): scontrol refuses to start
+                with tempfile.TemporaryDirectory(prefix="vcluster-slurm-") as tmp:
+                    probe = os.path.join(tmp, "slurm.conf")
+                    Path(probe).write_text(PROBE_CONF, encoding="utf-8")
+                    prober = Slurm(replace(self.settings, conf=probe), environ=self.env)
+                    text = prober.run(["scontrol", "--version"]).stdout
+            self._version = check_supported(parse_slurm_version(text))
+            log.info("Slurm %s at %s", self._version, self.settings.bin_dir)
+        return self._version
+
     def jobs(self) -> list[Job]:
-        """Every job slurmctld knows (one ``squeue --json``); filter in Python."""
-        return parse_squeue_json(self.run(["squeue", "--json"]).stdout)
+        """Every job slurmctld knows, finished ones included until MinJobAge (one
+        ``squeue --json --states=all``; filter in Python).
+
+        ``--states=all``: 23.02+ apply squeue's default filter to JSON too and leave
+        finished jobs out; 22.05 accepts the flag and lists the same jobs with or without it.
+        """
+        argv = ["squeue", "--json", "--states=all"]
+        return parse_squeue_json(self.run(argv).stdout, " ".join(argv))
 
     def job(self, job_id: int) -> Job | None:
         """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it.
@@ -152,11 +194,14 @@ class Slurm:
         return next((j for j in self.jobs() if j.job_id == job_id), None)
 
     def nodes(self) -> list[Node]:
-        """Every node (one ``sinfo --json``), one entry per node name, sorted by name.
+        """Every node, one entry per node name, sorted by name: ``sinfo --json`` on 22.05,
+        ``scontrol show node --json`` on 23.02+ (whose sinfo JSON lacks addresses).
 
         Powered-down CLOUD nodes are listed only if slurm.conf has ``PrivateData=cloud``.
         """
-        return parse_sinfo_json(self.run(["sinfo", "--json"]).stdout)
+        argv = (["scontrol", "show", "node", "--json"] if self.version().has_scontrol_json
+                else ["sinfo", "--json"])
+        return parse_nodes_json(self.run(argv).stdout, " ".join(argv))
 
     def node(self, name: str) -> Node | None:
         """One node (``scontrol show node NAME -o``); None if Slurm does not know it."""

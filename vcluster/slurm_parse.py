@@ -1,13 +1,21 @@
-"""Pure readers of Slurm 22.05 command output: no I/O, tested on captured real output.
+"""Pure readers of Slurm command output (22.05 to 24.11 and later): no I/O, tested on
+captured real output.
 
 Kept apart from :mod:`vcluster.slurm` (which runs the commands) so that every parser is a
-function of text alone and can be tested against the files in ``tests/data/slurm/``.
+function of text alone and can be tested against the captures of each Slurm version in
+``tests/data/slurm/<version>/``. One reader per concept serves every version:
 
-Formats read here:
-
-* ``squeue --json`` and ``sinfo --json`` (openapi v0.0.38 in 22.05). They ignore filters
-  such as ``-j``: the caller always gets every job/node and filters in Python.
-* ``scontrol show job|node X -o``: one line per record of ``Key=Value`` pairs.
+* ``squeue --json`` (openapi v0.0.38 in 22.05; data_parser v0.0.40-v0.0.42 in 23.x-25.x)
+  and the node listing: ``sinfo --json`` in 22.05, ``scontrol show node --json`` from 23.02
+  (whose ``sinfo --json`` groups nodes by partition and state, without addresses). Both
+  listings have a ``nodes`` list of the same records.
+* Numbers are plain (22.05) or ``{"set", "infinite", "number"}`` objects (23.02+); job and
+  node states are strings (22.05: ``"CONFIGURING"``, ``"idle"`` plus ``state_flags``) or
+  lists of a base state and flags (23.02+: ``["RUNNING", "CONFIGURING", "POWER_UP_NODE"]``);
+  features are a comma string or a list; ``exit_code`` is a raw wait status or
+  ``{"status", "return_code", "signal"}``.
+* ``scontrol show job|node X -o``: one line per record of ``Key=Value`` pairs (unchanged).
+* ``scontrol --version`` (``slurm-wlm 22.05.8``, ``slurm 24.11.5``).
 * Slurm hostlists (``vc-small-[001-004],gpu1``) through python-hostlist.
 
 Units: memory in MB (Slurm's own unit), times as epoch seconds (float).
@@ -26,13 +34,24 @@ from typing import Any
 
 import hostlist
 
-from vcluster.errors import SlurmParseError
+from vcluster.errors import SlurmError, SlurmParseError
 
 # Job states after which the job will not run again (unless requeued by hand).
 FINISHED_JOB_STATES = frozenset({
     "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
     "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED",
 })
+# Job state flags in the order Slurm's job_state_string() lets them stand for the whole state
+# (slurm_protocol_defs.c, 22.05 and 24.11 alike): a job RUNNING+CONFIGURING reads CONFIGURING,
+# CANCELLED+COMPLETING reads COMPLETING. POWER_UP_NODE (24.11: the job's nodes are powering
+# up; CONFIGURING is normally set too) reads as CONFIGURING, as 22.05 shows such a job.
+_JOB_FLAG_PRECEDENCE = (
+    ("COMPLETING", "COMPLETING"), ("STAGE_OUT", "STAGE_OUT"), ("CONFIGURING", "CONFIGURING"),
+    ("POWER_UP_NODE", "CONFIGURING"), ("RESIZING", "RESIZING"), ("REQUEUED", "REQUEUED"),
+    ("REQUEUE_FED", "REQUEUE_FED"), ("REQUEUE_HOLD", "REQUEUE_HOLD"),
+    ("SPECIAL_EXIT", "SPECIAL_EXIT"), ("STOPPED", "STOPPED"), ("REVOKED", "REVOKED"),
+    ("RESV_DEL_HOLD", "RESV_DEL_HOLD"), ("SIGNALING", "SIGNALING"),
+)
 # Base node states (slurm.h ``node_states``); anything else in a state list is a flag.
 BASE_NODE_STATES = frozenset({
     "UNKNOWN", "DOWN", "IDLE", "ALLOCATED", "ERROR", "MIXED", "FUTURE", "END",
@@ -55,7 +74,11 @@ class Job:
     user: str
     user_id: int
     state: str
-    """``PENDING``, ``CONFIGURING``, ``RUNNING``, ``COMPLETING``, ``COMPLETED``, ``FAILED``..."""
+    """``PENDING``, ``CONFIGURING``, ``RUNNING``, ``COMPLETING``, ``COMPLETED``, ``FAILED``...
+
+    One word as Slurm's ``scontrol show job`` prints it: a flag that stands for the whole
+    state wins over the base state (``["CANCELLED", "COMPLETING"]`` -> ``COMPLETING``,
+    ``["RUNNING", "CONFIGURING", "POWER_UP_NODE"]`` -> ``CONFIGURING``)."""
     state_reason: str
     partition: str
     nodes: tuple[str, ...]
@@ -79,10 +102,19 @@ class Job:
     work_dir: str
     array_task_string: str = ""
     """Pending array tasks still folded into the master record, e.g. ``"3-4"``; else ``""``."""
+    state_words: tuple[str, ...] = ()
+    """Every word Slurm gave: base state then flags (``RUNNING, CONFIGURING, POWER_UP_NODE``)
+    on 23.02+; the one word on 22.05."""
 
     @property
     def is_finished(self) -> bool:
+        """Ended for good: a final state, and not still COMPLETING (epilogs running)."""
         return self.state in FINISHED_JOB_STATES
+
+    @property
+    def is_booting(self) -> bool:
+        """Allocated nodes that are still being powered up (or configured)."""
+        return self.state == "CONFIGURING"
 
 
 @dataclass(frozen=True)
@@ -123,6 +155,88 @@ class Node:
     def is_drained(self) -> bool:
         """Drained or draining: Slurm will start no new job on it."""
         return "DRAIN" in self.flags
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+class UnsupportedSlurm(SlurmError):
+    """The Slurm installed is older than vcluster supports, or prints an unknown format."""
+
+
+@dataclass(frozen=True, order=True)
+class SlurmVersion:
+    """A Slurm release: ``24.11.5`` is ``SlurmVersion(24, 11, 5)``."""
+
+    major: int
+    minor: int
+    micro: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor:02d}.{self.micro}"
+
+    @property
+    def release(self) -> str:
+        """``24.11``: what slurm.conf's parameters depend on."""
+        return f"{self.major}.{self.minor:02d}"
+
+    @property
+    def has_scontrol_json(self) -> bool:
+        """``scontrol show node|job --json`` exists (23.02+), and ``sinfo --json`` has no
+        ``nodes`` list any more."""
+        return self >= SLURM_23_02
+
+
+MIN_SLURM = SlurmVersion(22, 5, 0)
+"""The oldest Slurm vcluster reads and drives."""
+SLURM_23_02 = SlurmVersion(23, 2, 0)
+SUPPORTED_SLURM = "Slurm 22.05 and later (tested with 22.05 and 24.11)"
+_VERSION_TEXT = re.compile(r"^\s*slurm(?:-wlm)?\s+(\d+)\.(\d+)(?:\.(\d+))?", re.I)
+
+
+def parse_slurm_version(text: str) -> SlurmVersion:
+    """``scontrol --version`` output (``slurm-wlm 22.05.8``, ``slurm 24.11.5``) -> version.
+
+    Raises :class:`UnsupportedSlurm` for text that is not a Slurm version.
+    """
+    match = _VERSION_TEXT.match(text)
+    if match is None:
+        first = (text.strip().splitlines() or ["nothing"])[0][:80]
+        raise UnsupportedSlurm(f"cannot read a Slurm version from {first!r}; vcluster "
+                               f"supports {SUPPORTED_SLURM}")
+    major, minor, micro = match.groups()
+    return SlurmVersion(int(major), int(minor), int(micro or 0))
+
+
+def check_supported(version: SlurmVersion) -> SlurmVersion:
+    """``version`` if vcluster supports it, else :class:`UnsupportedSlurm` (one line)."""
+    if version < MIN_SLURM:
+        raise UnsupportedSlurm(f"Slurm {version} is not supported: vcluster supports "
+                               f"{SUPPORTED_SLURM}")
+    return version
+
+
+# --- the resume file --------------------------------------------------------------------------
+
+
+def canonical_resume_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """SLURM_RESUME_FILE's JSON with the 22.05 names filled in from 23.02+'s, so one reader
+    serves both: per job ``nodes`` (23.02+: ``nodes_resume``, the job's nodes resumed now;
+    ``nodes_alloc`` is all its nodes) and top-level ``all_nodes`` (``all_nodes_resume``).
+
+    Every field Slurm gave is kept; a missing hostlist becomes ``""``.
+    """
+    result = dict(data)
+    jobs = []
+    for raw in data.get("jobs") or []:
+        job = dict(raw)
+        if job.get("nodes") is None:
+            job["nodes"] = _str(job.get("nodes_resume"))
+        jobs.append(job)
+    result["jobs"] = jobs
+    if result.get("all_nodes") is None:
+        result["all_nodes"] = _str(data.get("all_nodes_resume"))
+    return result
 
 
 # --- hostlists ------------------------------------------------------------------------------
@@ -221,13 +335,26 @@ def _state_words(value: Any) -> list[str]:
     return [w.strip().upper() for w in words if w.strip()]
 
 
+def job_state_name(words: Iterable[str]) -> str:
+    """The one word Slurm's job_state_string() prints for a base state and its flags.
+
+    ``["RUNNING", "CONFIGURING", "POWER_UP_NODE"]`` -> ``CONFIGURING``; ``["CANCELLED",
+    "COMPLETING"]`` -> ``COMPLETING``; ``["PENDING"]`` or 22.05's ``"PENDING"`` -> itself.
+    """
+    items = [w.upper() for w in words if w]
+    for flag, name in _JOB_FLAG_PRECEDENCE:
+        if flag in items:
+            return name
+    return items[0] if items else "UNKNOWN"
+
+
 # --- squeue --json ------------------------------------------------------------------------------
 
 
 def job_from_json(raw: Mapping[str, Any]) -> Job:
     """One entry of ``squeue --json``'s ``jobs`` list."""
     states = _state_words(raw.get("job_state"))
-    state = states[0] if states else "UNKNOWN"
+    state = job_state_name(states)
     finished = state in FINISHED_JOB_STATES
     array_job_id = _number(raw.get("array_job_id")) or None
     array_task_id = _number(raw.get("array_task_id")) if array_job_id else None
@@ -256,6 +383,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         end_time=_time(raw.get("end_time")) if finished else None,
         work_dir=_str(raw.get("current_working_directory")),
         array_task_string=_str(raw.get("array_task_string")),
+        state_words=tuple(states),
     )
 
 
@@ -273,14 +401,24 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
     return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
-def parse_squeue_json(text: str) -> list[Job]:
-    """All jobs in ``squeue --json`` output, in Slurm's order."""
-    data = _load_json(text, "squeue --json")
+def parse_squeue_json(text: str, command: str = "squeue --json") -> list[Job]:
+    """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
+    data = _load_json(text, command)
     raw_jobs = data.get("jobs")
     if raw_jobs is None:
-        errors = data.get("errors") or []
-        raise SlurmParseError(f"`squeue --json` gave no job list; errors: {errors!r}")
+        raise SlurmParseError(f"`{command}` gave no job list; errors: {_errors(data)}")
     return [job_from_json(raw) for raw in raw_jobs if isinstance(raw, Mapping)]
+
+
+def _errors(data: Mapping[str, Any]) -> str:
+    """The ``errors`` of a JSON reply, one line (22.05: ``error``; 23.02+: ``description``)."""
+    texts = []
+    for item in data.get("errors") or []:
+        if isinstance(item, Mapping):
+            texts.append(_str(item.get("description") or item.get("error") or dict(item)))
+        else:
+            texts.append(_str(item))
+    return "; ".join(texts) or "none"
 
 
 # --- sinfo --json / scontrol show node -------------------------------------------------------
@@ -309,7 +447,8 @@ def _csv(value: Any) -> tuple[str, ...]:
 
 
 def node_from_json(raw: Mapping[str, Any]) -> Node:
-    """One entry of ``sinfo --json``'s ``nodes`` list."""
+    """One entry of the ``nodes`` list (``sinfo --json`` 22.05, ``scontrol show node
+    --json`` 23.02+): ``state`` a word plus ``state_flags`` (22.05) or a list (23.02+)."""
     words = _state_words(raw.get("state")) + _state_words(raw.get("state_flags"))
     state, flags = split_node_state(words)
     return Node(
@@ -326,13 +465,19 @@ def node_from_json(raw: Mapping[str, Any]) -> Node:
     )
 
 
-def parse_sinfo_json(text: str) -> list[Node]:
-    """All nodes in ``sinfo --json`` output, one per name (first seen wins), sorted by name."""
-    data = _load_json(text, "sinfo --json")
+def parse_nodes_json(text: str, command: str) -> list[Node]:
+    """All nodes of a JSON node listing, one per name (first seen wins), sorted by name.
+
+    ``command`` is what printed it: ``sinfo --json`` (22.05) or ``scontrol show node
+    --json`` (23.02+). 23.02+'s ``sinfo --json`` has no ``nodes`` list (records grouped by
+    partition and state, without addresses) and is refused with the command to use instead.
+    """
+    data = _load_json(text, command)
     raw_nodes = data.get("nodes")
     if raw_nodes is None:
-        errors = data.get("errors") or []
-        raise SlurmParseError(f"`sinfo --json` gave no node list; errors: {errors!r}")
+        hint = ("; Slurm 23.02 and later list nodes with `scontrol show node --json`"
+                if "sinfo" in data else "")
+        raise SlurmParseError(f"`{command}` gave no node list; errors: {_errors(data)}{hint}")
     by_name: dict[str, Node] = {}
     for raw in raw_nodes:
         if isinstance(raw, Mapping):
@@ -340,6 +485,11 @@ def parse_sinfo_json(text: str) -> list[Node]:
             if node.name and node.name not in by_name:
                 by_name[node.name] = node
     return [by_name[name] for name in sorted(by_name)]
+
+
+def parse_sinfo_json(text: str) -> list[Node]:
+    """``sinfo --json`` of Slurm 22.05 (see :func:`parse_nodes_json`)."""
+    return parse_nodes_json(text, "sinfo --json")
 
 
 def node_from_record(record: Mapping[str, str]) -> Node:

@@ -268,7 +268,7 @@ def test_sbatch_refusal_is_relayed_with_its_exit_code(site: Path) -> None:
 
 # --- --wait: following the job ------------------------------------------------------------------
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
+DATA = Path(__file__).resolve().parent.parent / "data" / "slurm" / "22.05"
 
 
 def captured(kind: str, key: str, value: object) -> dict[str, Any]:
@@ -392,6 +392,9 @@ def test_wait_end_to_end_exits_with_the_jobs_code(site: Path,
             f"(d / 'step').write_text(str(step))\n"
             f"print((d / ('{command}.%d' % step)).read_text())\n")
         program.chmod(0o755)
+    scontrol = site / "bin" / "scontrol"  # vcluster reads the Slurm version once
+    scontrol.write_text(f"#!/bin/sh\ncat {DATA / 'scontrol-version.txt'}\n")
+    scontrol.chmod(0o755)
     monkeypatch.setenv("FSUB_WAIT_INTERVAL_S", "0.05")
     result = run_fsub(["--wait", "-N2", "job.sh"])
     assert result.stdout == "Submitted batch job 42\n"

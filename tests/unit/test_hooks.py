@@ -230,7 +230,29 @@ def test_resume_refuses_a_broken_resume_file(env: hooks.HookEnv, tmp_path: Path)
     action = hooks.hook_action("resume", ["r", "vc-small-001"], {"SLURM_RESUME_FILE": str(bad)})
     with pytest.raises(UserInputError) as info:
         action(env)
-    assert str(info.value) == f"{bad} does not hold a jobs list of {{job_id, nodes}}"
+    assert str(info.value) == (
+        f"{bad} does not hold a jobs list of {{job_id, nodes or nodes_resume}}")
+
+
+@pytest.mark.parametrize("version", ["22.05", "24.11"])
+def test_resume_reads_the_real_resume_file_of_each_slurm(
+        env: hooks.HookEnv, tmp_path: Path, version: str) -> None:
+    capture = Path(__file__).resolve().parents[1] / "data" / "slurm" / version / "resume-file.json"
+    raw = json.loads(capture.read_text())
+    names = {"vca-c1": "vc-small-001"}  # the capture's node, as this config names it
+    text = capture.read_text().replace("vca-c1", names["vca-c1"])
+    resume_file = tmp_path / "resume.json"
+    resume_file.write_text(text)
+    action = hooks.hook_action("resume", ["vcluster-resume", "vc-small-001"],
+                               {"SLURM_RESUME_FILE": str(resume_file)})
+    assert action(env) == hooks.EXIT_OK
+    assert requests(env) == [("resume", "vc-small-001", [12])]
+    with env.sessions() as s:
+        payload = s.scalars(select(db.HookRequest)).one().payload
+    # what the controller reads (plan: jobs[].nodes), whichever names Slurm used
+    assert [(j["job_id"], j["nodes"]) for j in payload["jobs"]] == [(12, "vc-small-001")]
+    assert payload["all_nodes"] == "vc-small-001"
+    assert ("nodes_resume" in payload["jobs"][0]) == ("nodes_resume" in raw["jobs"][0])
 
 
 def test_epilog_powers_down_per_job_nodes_only(env: hooks.HookEnv) -> None:

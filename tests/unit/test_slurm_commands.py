@@ -1,8 +1,9 @@
 """Slurm's command runner against real small programs standing in for Slurm's CLI.
 
 ``bin_dir`` points at a temporary directory of executable shell scripts named squeue,
-sinfo, scontrol, sbatch... that log their argv and print captured 22.05 output, fail like
-Slurm does, or hang: real processes, real pipes, real timeouts.
+sinfo, scontrol, sbatch... that log their argv and print captured output of Slurm 22.05 and
+of 24.11 (every test runs on both), fail like Slurm does, or hang: real processes, real
+pipes, real timeouts.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pytest
 
 from vcluster.config import SlurmSettings
 from vcluster.errors import SlurmCommandError, SlurmParseError
-from vcluster.slurm import CommandResult, Slurm
+from vcluster.slurm import CommandResult, Slurm, UnsupportedSlurm
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
+DATA_ROOT = Path(__file__).resolve().parents[1] / "data" / "slurm"
+VERSIONS = ("22.05", "24.11")
 
 # Each fake logs "name arg1 arg2..." (shell-quoted) and its SLURM_CONF / PATH, then acts.
 PROLOGUE = """#!/bin/sh
@@ -28,6 +30,8 @@ echo "SLURM_CONF=$SLURM_CONF PATH=$PATH" >> {log}.env
 
 SCONTROL = """
 case "$*" in
+  "--version") cat {data}/scontrol-version.txt ;;
+  "show node --json") cat {data}/scontrol-show-node.json ;;
   "show node nosuch -o") echo "Node nosuch not found"; exit 1 ;;
   "show node broken -o")
      echo "slurm_load_node error: Unable to contact slurm controller (connect failure)" >&2
@@ -43,15 +47,19 @@ esac
 
 
 class FakeSlurm:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, version: str) -> None:
+        self.version = version
+        self.data = DATA_ROOT / version
         self.bin_dir = root / "bin"
         self.bin_dir.mkdir()
         self.log = root / "calls.log"
         self.conf = str(root / "etc" / "slurm.conf")
+        Path(self.conf).parent.mkdir()
+        Path(self.conf).write_text("ClusterName=fake\n")
 
     def script(self, name: str, body: str) -> None:
         path = self.bin_dir / name
-        path.write_text(PROLOGUE.format(log=self.log) + body.format(data=DATA))
+        path.write_text(PROLOGUE.format(log=self.log) + body.format(data=self.data))
         path.chmod(0o755)
 
     def calls(self) -> list[list[str]]:
@@ -68,10 +76,10 @@ class FakeSlurm:
         return Slurm(settings, environ={} if environ is None else environ)
 
 
-@pytest.fixture()
-def fake(tmp_path: Path) -> FakeSlurm:
-    f = FakeSlurm(tmp_path)
-    f.script("squeue", "cat {data}/squeue.json\n")
+@pytest.fixture(params=VERSIONS)
+def fake(tmp_path: Path, request: pytest.FixtureRequest) -> FakeSlurm:
+    f = FakeSlurm(tmp_path, str(request.param))
+    f.script("squeue", "cat {data}/squeue-all.json\n")
     f.script("sinfo", "cat {data}/sinfo.json\n")
     f.script("scontrol", SCONTROL)
     f.script("sbatch", 'cat > "$(dirname "$0")/../stdin.txt"\necho "42;vca"\n')
@@ -88,7 +96,7 @@ def test_run_sets_slurm_conf_and_a_path_when_the_caller_has_none(fake: FakeSlurm
     assert isinstance(result, CommandResult)
     assert result.argv == (str(fake.bin_dir / "squeue"), "--json")
     assert result.returncode == 0
-    assert result.stdout == (DATA / "squeue.json").read_text()
+    assert result.stdout == (fake.data / "squeue-all.json").read_text()
     assert result.stderr == ""
     assert 0 < result.duration_s < 5
     assert fake.env_lines() == [
@@ -136,9 +144,9 @@ def test_timeout_kills_the_command_and_its_children(fake: FakeSlurm) -> None:
 
 
 def test_timeout_defaults_to_settings_command_timeout(fake: FakeSlurm) -> None:
-    fake.script("sinfo", "exec sleep 30\n")
+    fake.script("squeue", "exec sleep 30\n")
     with pytest.raises(SlurmCommandError) as caught:
-        fake.slurm(timeout_s=0.3).nodes()
+        fake.slurm(timeout_s=0.3).jobs()
     assert caught.value.timed_out
     assert caught.value.timeout_s == 0.3
 
@@ -170,13 +178,41 @@ def test_jobs_and_job(fake: FakeSlurm) -> None:
     assert task is not None
     assert (task.array_job_id, task.array_task_id, task.nodes) == (5, 1, ("vca-r2",))
     assert slurm.job(999) is None
-    assert fake.calls() == [["squeue", "--json"]] * 3
+    # finished jobs too: 23.02+ leave them out of plain `squeue --json`; 22.05 accepts the flag
+    assert [j.job_id for j in slurm.jobs() if j.is_finished] == [1, 2, 3, 9]
+    assert fake.calls() == [["squeue", "--json", "--states=all"]] * 4
 
 
-def test_nodes(fake: FakeSlurm) -> None:
-    names = [n.name for n in fake.slurm().nodes()]
+def test_nodes_from_the_listing_of_each_version_and_the_version_read_once(
+        fake: FakeSlurm) -> None:
+    slurm = fake.slurm()
+    names = [n.name for n in slurm.nodes()]
     assert names[:2] == ["vca-c1", "vca-c2"] and len(names) == 10
-    assert fake.calls() == [["sinfo", "--json"]]
+    assert slurm.nodes() == slurm.nodes()
+    listing = (["sinfo", "--json"] if fake.version == "22.05"
+               else ["scontrol", "show", "node", "--json"])
+    assert fake.calls() == [["scontrol", "--version"], listing, listing, listing]
+    assert str(slurm.version()) == {"22.05": "22.05.8", "24.11": "24.11.5"}[fake.version]
+
+
+def test_an_unsupported_slurm_is_refused_in_one_line(fake: FakeSlurm) -> None:
+    fake.script("scontrol", 'echo "slurm 21.08.8-2"\n')
+    with pytest.raises(UnsupportedSlurm) as caught:
+        fake.slurm().nodes()
+    assert str(caught.value) == ("Slurm 21.08.8 is not supported: vcluster supports Slurm "
+                                 "22.05 and later (tested with 22.05 and 24.11)")
+    assert fake.calls() == [["scontrol", "--version"]]
+
+
+def test_version_without_a_slurm_conf_yet_uses_a_probe_config(fake: FakeSlurm) -> None:
+    Path(fake.conf).unlink()  # a site generating its first slurm.conf
+    fake.script("scontrol", 'cat "$SLURM_CONF" > "$(dirname "$0")/../probe.conf"\n'
+                            "cat {data}/scontrol-version.txt\n")
+    assert fake.slurm().version().release == fake.version
+    (env,) = fake.env_lines()
+    assert env.startswith("SLURM_CONF=/") and fake.conf not in env
+    assert (fake.bin_dir.parent / "probe.conf").read_text() == (
+        "ClusterName=probe\nSlurmctldHost=localhost\n")
 
 
 def test_node_found_missing_and_failing(fake: FakeSlurm) -> None:

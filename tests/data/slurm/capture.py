@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""Capture the real Slurm 22.05 outputs under tests/data/slurm/ (and the throwaway cluster).
+"""Capture real Slurm outputs under tests/data/slurm/<major.minor>/ (and the throwaway cluster).
 
-Run as root from the repository root:  python3 tests/data/slurm/capture.py
+Run as root from the repository root:
+
+    python3 tests/data/slurm/capture.py                 # the host's Slurm (22.05 on Debian 12)
+    python3 tests/data/slurm/capture.py --root /var/cache/vcluster-testbed/roots/trixie  # 24.11
+
+``--root DIR`` uses the Slurm of a Debian root built by ``vcluster.testbed.slurm_root.build``:
+its client commands run on the host through their own loader and libraries (wrapper scripts
+in /tmp/vca-slurm/bin, see ``SlurmRoot.client_argv``), slurmctld and slurmd run chrooted in
+it (``SlurmRoot.daemon_argv``) with /tmp/vca-slurm shared, slurm.conf names the root's
+PluginDir, and cgroup.conf says ``CgroupPlugin=disabled``.
 
 It starts a private Slurm under /tmp/vca-slurm (own munged with its own key and socket,
 slurmctld on port 7817, one slurmd per real node on the host with ``-N NAME`` and its own
-port from 7818 up, CLOUD nodes whose ResumeProgram does nothing so they stay POWERING_UP),
-puts jobs and nodes in every state the parsers must read, saves each command's output
-verbatim, writes README.md (one line per file), and stops every process it started by PID.
+port from 7818 up, CLOUD nodes whose ResumeProgram only copies its SLURM_RESUME_FILE so they
+stay POWERING_UP, an Epilog that is slow while a marker file exists), puts jobs and nodes in
+every state the parsers must read, saves each command's output verbatim, writes README.md (one
+line per file), and stops every process it started by PID.
 
 ``ThrowawaySlurm`` is also what tests/integration/test_slurm_adapter.py runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,6 +38,7 @@ from pathlib import Path
 
 from vcluster.config import SlurmSettings
 from vcluster.slurm import Slurm
+from vcluster.testbed.slurm_root import SlurmRoot, write_client_wrappers
 
 ROOT = "/tmp/vca-slurm"
 CTLD_PORT = 7817
@@ -43,8 +55,11 @@ class ThrowawaySlurm:
         cloud_nodes: Sequence[str] = ("vca-c1", "vca-c2"),
         *,
         real_features: dict[str, str] | None = None,
+        slurm_root: str = "/",
     ) -> None:
         self.root = Path(root)
+        self.slurm_root = SlurmRoot(slurm_root)
+        """The Slurm installation run: the host's (``/``) or a Debian root's."""
         self.real_nodes = list(real_nodes)
         self.cloud_nodes = list(cloud_nodes)
         self.real_features = real_features or {}
@@ -55,15 +70,19 @@ class ThrowawaySlurm:
             "SLURM_CONF": self.conf,
             "LANG": "C.UTF-8",
         }
-        self.slurm = Slurm(SlurmSettings(conf=self.conf, command_timeout_s=20), environ=self.env)
+        bin_dir = "/usr/bin" if self.slurm_root.is_host else str(self.root / "bin")
+        self.slurm = Slurm(SlurmSettings(conf=self.conf, bin_dir=bin_dir, command_timeout_s=20),
+                           environ=self.env)
 
     # --- files -----------------------------------------------------------------------------
 
     def _write_files(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root)
-        for sub in ("munge", "state", "log", "run", "spool"):
+        for sub in ("munge", "state", "log", "run", "spool", "resume-files"):
             (self.root / sub).mkdir(parents=True)
+        for name in self.real_nodes:  # slurmd 24.11 does not create its SlurmdSpoolDir
+            (self.root / "spool" / f"slurmd-{name}").mkdir()
         os.chmod(self.root, 0o755)
         os.chmod(self.root / "munge", 0o755)
         key = self.root / "munge" / "munge.key"
@@ -71,10 +90,22 @@ class ThrowawaySlurm:
         os.chmod(key, 0o600)
         for name in ("resume", "suspend"):
             script = self.root / f"{name}.sh"
-            # Does nothing: a resumed CLOUD node stays POWERING_UP until ResumeTimeout.
-            script.write_text(f"#!/bin/sh\necho \"$(date +%s) {name} $1\" >> {self.root}/log/"
-                              f"{name}.log\nexit 0\n")
+            # Does nothing else: a resumed CLOUD node stays POWERING_UP until ResumeTimeout.
+            # slurmctld holds SLURM_RESUME_FILE open only while ResumeProgram runs: copy it.
+            copy = ('[ -n "$SLURM_RESUME_FILE" ] && /bin/cp "$SLURM_RESUME_FILE" '
+                    f'{self.root}/resume-files/resume-$$.json\n') if name == "resume" else ""
+            script.write_text(f"#!/bin/sh\n{copy}echo \"$(date +%s) {name} $1\" >> "
+                              f"{self.root}/log/{name}.log\nexit 0\n")
             os.chmod(script, 0o755)
+        epilog = self.root / "epilog.sh"
+        # Keeps a job COMPLETING for a while, only while the marker file exists.
+        epilog.write_text(f"#!/bin/sh\n[ -e {self.root}/slow-epilog ] && /bin/sleep 15\n"
+                          "exit 0\n")
+        os.chmod(epilog, 0o755)
+        if not self.slurm_root.is_host:
+            # slurmd 24.11 needs a cgroup plugin unless told there is none.
+            (self.root / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
+            write_client_wrappers(self.slurm_root, self.root / "bin")
         lines = [
             "ClusterName=vca",
             # slurmctld only starts on the host SlurmctldHost names.
@@ -112,7 +143,10 @@ class ThrowawaySlurm:
             "SuspendRate=0",
             "ResumeRate=0",
             "MinJobAge=600",
+            f"Epilog={self.root}/epilog.sh",
         ]
+        if not self.slurm_root.is_host:
+            lines.append(f"PluginDir={self.slurm_root.plugin_dir}")
         if self.real_nodes:
             lines.append("SuspendExcNodes=" + ",".join(self.real_nodes))
         port = FIRST_SLURMD_PORT
@@ -153,11 +187,17 @@ class ThrowawaySlurm:
             f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed",
         ])
         wait_until(lambda: (m / "munge.socket").exists(), 10, "munged socket")
-        self._spawn("slurmctld", ["/usr/sbin/slurmctld", "-D", "-c", "-f", self.conf])
+        self._spawn("slurmctld", self._daemon(["/usr/sbin/slurmctld", "-D", "-c", "-f",
+                                               self.conf]))
         wait_until(self._ctld_up, 20, "slurmctld to answer")
         for name in self.real_nodes:
-            self._spawn(f"slurmd-{name}", ["/usr/sbin/slurmd", "-D", "-f", self.conf, "-N", name])
+            self._spawn(f"slurmd-{name}", self._daemon(["/usr/sbin/slurmd", "-D", "-f", self.conf,
+                                                        "-N", name]))
         wait_until(self._real_nodes_idle, 30, "slurmd nodes to register")
+
+    def _daemon(self, argv: list[str]) -> list[str]:
+        """The daemon's argv: as is for the host's Slurm, chrooted in a Debian root else."""
+        return self.slurm_root.daemon_argv(argv, [str(self.root)])
 
     def _ctld_up(self) -> bool:
         self._check_alive()
@@ -239,14 +279,18 @@ REAL = ["vca-r1", "vca-r2", "vca-r3", "vca-r4", "vca-r5", "vca-r6"]
 CLOUD = ["vca-c1", "vca-c2", "vca-c3", "vca-c4"]
 
 
-def capture(out_dir: Path) -> None:
+def capture(base_dir: Path, slurm_root: str = "/") -> Path:
+    """Capture into ``base_dir/<major.minor>/`` of the Slurm in ``slurm_root``; return it."""
     readme: list[str] = []
-    for old in out_dir.iterdir():
-        if old.suffix in (".json", ".txt", ".stderr"):
-            old.unlink()
     with ThrowawaySlurm(real_nodes=REAL, cloud_nodes=CLOUD,
-                        real_features={"vca-r1": "fast,big"}) as cluster:
+                        real_features={"vca-r1": "fast,big"}, slurm_root=slurm_root) as cluster:
         s = cluster.slurm
+        version = s.version()
+        out_dir = base_dir / version.release
+        out_dir.mkdir(exist_ok=True)
+        for old in out_dir.iterdir():
+            if old.suffix in (".json", ".txt", ".stderr"):
+                old.unlink()
 
         def save(name: str, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
             result = s.run(argv, check=False)
@@ -262,6 +306,9 @@ def capture(out_dir: Path) -> None:
         save("squeue-empty.json", ["squeue", "--json"], "no jobs at all")
         save("sinfo-start.json", ["sinfo", "--json"],
              "6 real nodes idle, 4 CLOUD nodes idle~ (powered down), before any job")
+        if version.has_scontrol_json:
+            save("scontrol-show-node-start.json", ["scontrol", "show", "node", "--json"],
+                 "the same moment, as vcluster lists nodes on 23.02+")
         ids: dict[str, int] = {}
         work = cluster.root / "work"
         work.mkdir()
@@ -305,10 +352,23 @@ def capture(out_dir: Path) -> None:
              "completed, failed (exit 3), killed (SIGKILL), running (-c2 --mem=200 "
              "--constraint --comment --chdir), array 1-4 (2 running, 3-4 pending), "
              "mem-per-cpu, held, pending Resources, cancelled, held -n2 --ntasks-per-node=2, "
-             "held -n2 -c3, CONFIGURING on a CLOUD node")
+             "held -n2 -c3, CONFIGURING on a CLOUD node (23.02+: finished jobs left out)")
+        save("squeue-all.json", ["squeue", "--json", "--states=all"],
+             "the same moment with every state: what vcluster runs on 23.02+")
         save("sinfo.json", ["sinfo", "--json"],
              "allocated r1+r2, mixed r3, idle r4, drained r5, down r6 with reason, "
-             "c1 powering up, c2-c4 powered down")
+             "c1 powering up, c2-c4 powered down (23.02+: grouped, no `nodes` list)")
+        save("scontrol-show-node.json", ["scontrol", "show", "node", "--json"],
+             "the same nodes, one record each: what vcluster runs on 23.02+ (none in 22.05)")
+        save("scontrol-show-job.json", ["scontrol", "show", "job", "--json"],
+             "every job as JSON (none in 22.05)")
+        wait_until(lambda: any((cluster.root / "resume-files").glob("*.json")), 10,
+                   "ResumeProgram's copy of SLURM_RESUME_FILE")
+        copies = sorted((cluster.root / "resume-files").glob("*.json"))
+        if copies:
+            shutil.copyfile(copies[0], out_dir / "resume-file.json")
+            readme.append("- `resume-file.json`: a copy of `$SLURM_RESUME_FILE` made by "
+                          "ResumeProgram when the CLOUD job was allocated vca-c1")
         save("scontrol-show-job.txt", ["scontrol", "show", "job", "-o"], "every job, one line each")
         save("scontrol-show-job-big.txt", ["scontrol", "show", "job", str(ids["big"]), "-o"],
              "the running job with a comment holding spaces")
@@ -336,20 +396,50 @@ def capture(out_dir: Path) -> None:
         wait_until(lambda: any(n.powering_down for n in s.nodes()), 10, "c1 to power down")
         save("sinfo-powering-down.json", ["sinfo", "--json"],
              "after `scontrol update nodename=vca-c1 state=POWER_DOWN_FORCE`: c1 powering down")
+        if version.has_scontrol_json:
+            save("scontrol-show-node-powering-down.json", ["scontrol", "show", "node", "--json"],
+                 "the same moment, as vcluster lists nodes on 23.02+")
         save("squeue-requeued.json", ["squeue", "--json"],
              "the same moment: the CLOUD job requeued by the forced power down")
+        (cluster.root / "slow-epilog").touch()
+        ids["completing"] = s.sbatch([f"--chdir={work}", "-J", "completing", "-w", "vca-r4",
+                                      "--wrap", "sleep 600"])
+        wait_until(lambda: _state(s, ids["completing"]) == "RUNNING", 20, "a job on r4 to run")
+        s.cancel(ids["completing"])
+        wait_until(lambda: _state(s, ids["completing"]) == "COMPLETING", 10, "COMPLETING")
+        save("squeue-completing.json", ["squeue", "--json"],
+             f"job {ids['completing']} cancelled while running, its Epilog still running "
+             "(15 s): COMPLETING")
+        (cluster.root / "slow-epilog").unlink()
     header = [
-        "# Captured Slurm 22.05 outputs",
+        f"# Captured Slurm {version.release} outputs",
         "",
-        "Written by `python3 tests/data/slurm/capture.py` (run as root from the repository root);",
-        "each file is the verbatim stdout of the command (stderr, if any, in `NAME.stderr`).",
-        "Re-capturing keeps the job ids but changes the times that test_slurm_parse.py asserts.",
-        "The cluster: see `ThrowawaySlurm` in capture.py (nodes vca-r[1-6] with 2 CPUs,",
-        "1000 MB, r1 Feature=fast,big; CLOUD nodes vca-c[1-4] 2 CPUs, 2000 MB, Feature=cloud).",
+        "Written by `python3 tests/data/slurm/capture.py"
+        + ("" if cluster.slurm_root.is_host else f" --root {slurm_root}")
+        + "` (run as root from the",
+        f"repository root) against Slurm {version}; each file is the verbatim stdout of the",
+        "command (stderr, if any, in `NAME.stderr`). Re-capturing keeps the job ids but changes",
+        "the times. The cluster: see `ThrowawaySlurm` in capture.py (nodes vca-r[1-6] with 2",
+        "CPUs, 1000 MB, r1 Feature=fast,big; CLOUD nodes vca-c[1-4] 2 CPUs, 2000 MB,",
+        "Feature=cloud).",
         "",
     ]
     (out_dir / "README.md").write_text("\n".join(header + readme) + "\n")
+    return out_dir
+
+
+def _state(s: Slurm, job_id: int) -> str:
+    job = s.job(job_id)
+    return job.state if job is not None else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="a Debian root with another Slurm (default: the host's Slurm)")
+    args = parser.parse_args()
+    print(f"captured into {capture(Path(__file__).resolve().parent, args.root)}")
 
 
 if __name__ == "__main__":
-    capture(Path(__file__).resolve().parent)
+    main()
