@@ -111,13 +111,89 @@ def test_without_programs_and_configless_off() -> None:
     assert "SlurmctldParameters=cloud_reg_addrs,power_save_interval=1\n" in text
 
 
-def test_cli_prints_the_lines(tmp_path: Path) -> None:
+def test_lines_for_each_slurm_version() -> None:
+    cfg = _config()
+    programs = HookPrograms.in_dir("/opt/vcluster/bin")
+    for_2205 = generate(cfg, programs, slurm_version="22.05")
+    assert for_2205 == EXPECTED.replace(
+        "see slurm/README.md\n", "see slurm/README.md\n"
+        "# For Slurm 22.05: regenerate for another version\n")
+    # 23.02 shows powered-down CLOUD nodes without PrivateData=cloud (and ignores the word)
+    for_2302 = generate(cfg, programs, slurm_version="23.02")
+    assert "PrivateData=cloud" not in for_2302
+    assert "SlurmctldParameters=cloud_reg_addrs,power_save_interval=1," in for_2302
+    # 23.11 made cloud_reg_addrs defunct (slurmctld logs an error for it)
+    for_2411 = generate(cfg, programs, slurm_version="24.11.5")
+    assert for_2411 == for_2205.replace(
+        "For Slurm 22.05", "For Slurm 24.11").replace(
+        "# Powered-down CLOUD nodes are invisible to sinfo/scontrol without this\n"
+        "PrivateData=cloud\n", "").replace("cloud_reg_addrs,", "")
+    assert generate(cfg, programs, slurm_version="25.11") == for_2411.replace("24.11", "25.11")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("21.08", "Slurm 21.08 is not supported: vcluster supports Slurm 22.05 and later "
+              "(tested with 22.05 and 24.11)"),
+    ("24", "--slurm-version '24' is not a Slurm version such as 24.11"),
+    ("latest", "--slurm-version 'latest' is not a Slurm version such as 24.11"),
+])
+def test_unsupported_or_unreadable_target_version(text: str, message: str) -> None:
+    with pytest.raises(UserInputError) as info:
+        generate(_config(), None, slurm_version=text)
+    assert str(info.value) == message
+
+
+def test_cli_prints_the_lines_for_the_version_given(tmp_path: Path) -> None:
     conf = tmp_path / "vcluster.toml"
     conf.write_text(TWO_CLASSES_TOML)
     result = CliRunner().invoke(
-        cli, ["--config", str(conf), "slurm-conf", "--program-dir", "/opt/vcluster/bin"])
+        cli, ["--config", str(conf), "slurm-conf", "--program-dir", "/opt/vcluster/bin",
+              "--slurm-version", "24.11"])
     assert result.exit_code == 0, result.output
-    assert result.output == EXPECTED.replace("/etc/vcluster/vcluster.toml", str(conf))
+    assert result.output == generate(_config(path=str(conf)),
+                                     HookPrograms.in_dir("/opt/vcluster/bin"),
+                                     slurm_version="24.11")
+
+
+def _fake_slurm_toml(tmp_path: Path, version_text: str | None) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if version_text is not None:
+        scontrol = bin_dir / "scontrol"
+        scontrol.write_text(f"#!/bin/sh\necho '{version_text}'\n")
+        scontrol.chmod(0o755)
+    conf = tmp_path / "vcluster.toml"
+    conf.write_text(TWO_CLASSES_TOML.replace(
+        "configless = true", f'configless = true\nbin_dir = "{bin_dir}"\n'
+        f'conf = "{tmp_path}/slurm.conf"'))
+    return conf
+
+
+def test_cli_writes_for_the_installed_slurm_by_default(tmp_path: Path) -> None:
+    conf = _fake_slurm_toml(tmp_path, "slurm 24.11.5")
+    result = CliRunner().invoke(cli, ["--config", str(conf), "slurm-conf"])
+    assert result.exit_code == 0, result.output
+    assert "# For Slurm 24.11: regenerate for another version\n" in result.output
+    assert "PrivateData" not in result.output and "cloud_reg_addrs" not in result.output
+
+
+def test_cli_without_slurm_installed_asks_for_the_version(tmp_path: Path) -> None:
+    conf = _fake_slurm_toml(tmp_path, None)
+    result = CliRunner().invoke(cli, ["--config", str(conf), "slurm-conf"],
+                                prog_name="vcluster")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"vcluster: error: no Slurm installed here (cannot run {tmp_path}/bin/scontrol); say "
+        "which Slurm the lines are for with --slurm-version, e.g. --slurm-version 24.11\n")
+
+
+def test_cli_refuses_an_installed_slurm_too_old(tmp_path: Path) -> None:
+    conf = _fake_slurm_toml(tmp_path, "slurm-wlm 20.11.7")
+    result = CliRunner().invoke(cli, ["--config", str(conf), "slurm-conf"],
+                                prog_name="vcluster")
+    assert (result.exit_code, result.output) == (1, (
+        "vcluster: error: Slurm 20.11.7 is not supported: vcluster supports Slurm 22.05 and "
+        "later (tested with 22.05 and 24.11)\n"))
 
 
 def test_cli_missing_config_is_one_line(tmp_path: Path) -> None:
