@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from vcluster import db
 from vcluster.config import Config
 from vcluster.slurm import Node
+from vcluster.versions import SiteVersions
 
 RECENT_JOBS_S = 3600.0
 """Finished jobs stay in ``vcluster status`` this long after they end, seconds."""
@@ -116,6 +117,12 @@ class StatusReport:
     events: tuple[EventRow, ...]
     slurm_error: str = ""
     """Why Slurm's node states are missing, if they are."""
+    slurm_version: str = ""
+    """The Slurm vcluster talks to (``24.11.5``); ``""`` if it could not be read."""
+    opennebula_version: str = ""
+    """The OpenNebula (oned) vcluster talks to (``7.4.0``); ``""`` if it could not be read."""
+    opennebula_error: str = ""
+    """Why oned's version is missing, if it is."""
 
 
 def node_state_label(node: Node) -> str:
@@ -155,8 +162,10 @@ def build_status(
     slurm_error: str = "",
     all_jobs: bool = False,
     event_limit: int = STATUS_EVENTS,
+    versions: SiteVersions | None = None,
 ) -> StatusReport:
-    """The whole picture from the database and Slurm's nodes (None if sinfo failed)."""
+    """The whole picture from the database and Slurm's nodes (None if sinfo failed), with
+    the versions of Slurm and OpenNebula if they were read."""
     by_name = {n.name: n for n in nodes or ()}
     job_query = select(db.Job).order_by(db.Job.job_id)
     if not all_jobs:
@@ -203,6 +212,9 @@ def build_status(
         pool_vms=pool_vms,
         events=tuple(query_events(session, limit=event_limit)),
         slurm_error=slurm_error,
+        slurm_version=versions.slurm if versions else "",
+        opennebula_version=versions.opennebula if versions else "",
+        opennebula_error=versions.opennebula_error if versions else "",
     )
 
 
@@ -282,6 +294,19 @@ def controller_line(c: ControllerStatus) -> Text:
                 style="bold red")
 
 
+def version_lines(report: StatusReport) -> list[Text]:
+    """``versions: Slurm 24.11.5, OpenNebula 7.4.0``, and why one is missing."""
+    if not (report.slurm_version or report.opennebula_version or report.opennebula_error):
+        return []  # not read (a report built without them)
+    slurm = report.slurm_version or "unknown"
+    one = report.opennebula_version or "unknown"
+    lines = [Text(f"versions: Slurm {slurm}, OpenNebula {one}")]
+    if report.opennebula_error:
+        lines.append(Text(f"opennebula: version unavailable: {report.opennebula_error}",
+                          style="yellow"))
+    return lines
+
+
 def _table(title: str, *columns: str) -> Table:
     table = Table(title=title, title_justify="left", title_style="bold", box=None,
                   header_style="bold", pad_edge=False)
@@ -309,6 +334,8 @@ def events_table(title: str, events: Sequence[EventRow]) -> Table:
 
 def render_status(report: StatusReport, console: Console) -> None:
     console.print(controller_line(report.controller))
+    for line in version_lines(report):
+        console.print(line)
     if report.slurm_error:
         console.print(Text(f"slurm: node states unavailable: {report.slurm_error}",
                            style="yellow"))

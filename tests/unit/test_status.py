@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
@@ -14,16 +17,21 @@ from click.testing import CliRunner
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.unit.fake_oned import FakeOned
 from vcluster import db
 from vcluster.cli import cli
 from vcluster.config import Config, load_config
 from vcluster.report import build_status, format_age, render_status
 from vcluster.slurm import Node, parse_sinfo_json
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
+DATA = Path(__file__).resolve().parent.parent / "data" / "slurm" / "22.05"
 NOW = datetime(2026, 11, 21, 8, 0, 0, tzinfo=UTC)
 
 CONFIG = """
+[opennebula]
+xmlrpc = "{one_url}"
+auth_file = "{tmp}/one_auth"
+
 [slurm]
 bin_dir = "{tmp}/bin"
 conf = "{tmp}/slurm.conf"
@@ -61,11 +69,50 @@ def sinfo_json() -> str:
                                  if n["name"] in RENAMES]})
 
 
+class Oned(FakeOned):
+    """The test's oned: reports ``version`` from one.system.version."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        super().__init__()
+
+    def _system_version(self) -> Any:
+        return [True, self.version, 0]
+
+
+@contextmanager
+def serving(oned: FakeOned) -> Iterator[FakeOned]:
+    thread = threading.Thread(target=oned.server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield oned
+    finally:
+        oned.server.shutdown()
+        oned.server.server_close()
+        thread.join(timeout=5)
+
+
 @pytest.fixture()
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+def oned() -> Iterator[FakeOned]:
+    with serving(Oned("7.4.0")) as fake:
+        yield fake
+
+
+def install_scontrol(tmp_path: Path, version_text: str) -> None:
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho '{version_text}'\n")
+    scontrol.chmod(0o755)
+
+
+@pytest.fixture()
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, oned: FakeOned) -> Config:
     (tmp_path / "bin").mkdir()
+    (tmp_path / "slurm.conf").write_text("ClusterName=test\n")
+    (tmp_path / "one_auth").write_text("oneadmin:opensesame\n")
+    install_scontrol(tmp_path, (DATA / "scontrol-version.txt").read_text().strip())
     path = tmp_path / "vcluster.toml"
-    path.write_text(CONFIG.format(tmp=tmp_path))
+    path.write_text(CONFIG.format(tmp=tmp_path, one_url=oned.url))
     monkeypatch.setenv("VCLUSTER_CONFIG", str(path))
     monkeypatch.setenv("COLUMNS", "160")
     (tmp_path / "sinfo.json").write_text(sinfo_json())
@@ -266,7 +313,47 @@ def test_status_json_for_scripts(site: Config) -> None:
              "message": "vc-small-001 registered with Slurm"},
         ],
         "slurm_error": "",
+        "slurm_version": "22.05.8",
+        "opennebula_version": "7.4.0",
+        "opennebula_error": "",
     }
+
+
+def test_status_shows_the_versions_it_talks_to(site: Config) -> None:
+    fill(site, db.utcnow(), heartbeat_age_s=3)
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "versions: Slurm 22.05.8, OpenNebula 7.4.0"
+
+
+def test_status_says_why_the_opennebula_version_is_missing(site: Config,
+                                                             tmp_path: Path) -> None:
+    fill(site, db.utcnow(), heartbeat_age_s=3)
+    (tmp_path / "one_auth").write_text("oneadmin:wrong\n")
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1] == "versions: Slurm 22.05.8, OpenNebula unknown"
+    assert lines[2].startswith("opennebula: version unavailable: ")
+    assert "one_auth" in lines[2]
+
+
+@pytest.mark.parametrize(("slurm", "one", "message"), [
+    ("slurm-wlm 21.08.5", "7.4.0", "Slurm 21.08.5 is not supported: vcluster supports Slurm "
+                                   "22.05 and later (tested with 22.05 and 24.11)"),
+    ("slurm 24.11.5", "6.8.2", "OpenNebula 6.8.2 is not supported: vcluster supports "
+                               "OpenNebula 6.10 and later (6.10 LTS and 7.x)"),
+])
+def test_status_refuses_a_version_it_does_not_drive(site: Config, tmp_path: Path,
+                                                    oned: FakeOned, slurm: str, one: str,
+                                                    message: str) -> None:
+    fill(site, db.utcnow(), heartbeat_age_s=3)
+    install_scontrol(tmp_path, slurm)
+    assert isinstance(oned, Oned)
+    oned.version = one
+    result = CliRunner().invoke(cli, ["status"], prog_name="vcluster")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"vcluster: error: {message}\n"
 
 
 def test_status_without_a_database_says_how_to_get_one(site: Config) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # SQLAlchemy and rich load only when a command runs (fsub imp
     from sqlalchemy import Engine
 
     from vcluster.slurm import Node
+    from vcluster.versions import SiteVersions
 
 
 def _config(ctx: click.Context) -> Config:
@@ -42,13 +43,25 @@ def _open_database(config: Config) -> Engine:
     return db.make_engine(config.database, migrate=False)
 
 
-def _slurm_nodes(config: Config) -> tuple[list[Node] | None, str]:
-    from vcluster.slurm import Slurm
+def _site(config: Config) -> tuple[SiteVersions, list[Node] | None, str]:
+    """The versions of Slurm and OpenNebula (refusing unsupported ones), and Slurm's nodes
+    (None with the reason if they cannot be read)."""
+    from dataclasses import replace
 
+    from vcluster.one import OneClient
+    from vcluster.slurm import Slurm
+    from vcluster.versions import read_versions
+
+    slurm = Slurm(config.slurm)
+    # One attempt: an admin asking for the status should not wait out the backoff.
+    one = OneClient(replace(config.opennebula, retry_delays_s=()))
+    versions = read_versions(slurm, one)
+    if versions.slurm_error:
+        return versions, None, versions.slurm_error
     try:
-        return Slurm(config.slurm).nodes(), ""
+        return versions, slurm.nodes(), ""
     except VclusterError as exc:
-        return None, str(exc)
+        return versions, None, str(exc)
 
 
 @click.command("status")
@@ -58,11 +71,13 @@ def _slurm_nodes(config: Config) -> tuple[list[Node] | None, str]:
               help="Also show jobs that ended more than an hour ago.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
-    """Show the controller's heartbeat, node classes, jobs with their VMs, and last events.
+    """Show the controller's heartbeat, the Slurm and OpenNebula versions, node classes,
+    jobs with their VMs, and last events.
 
-    Node states come from Slurm (sinfo); launches, jobs and events from vcluster's
-    database. A node class's "hidden" nodes are powered-down CLOUD nodes that sinfo does
-    not list (slurm.conf without PrivateData=cloud).
+    Node states come from Slurm (sinfo, or scontrol on 23.02+); launches, jobs and events
+    from vcluster's database. A node class's "hidden" nodes are powered-down CLOUD nodes
+    that Slurm does not list (22.05's slurm.conf without PrivateData=cloud). A Slurm older
+    than 22.05 or an OpenNebula older than 6.10 is refused.
 
     \b
     Example:
@@ -75,10 +90,10 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
     config = _config(ctx)
     engine = _open_database(config)
     try:
-        nodes, slurm_error = _slurm_nodes(config)
+        versions, nodes, slurm_error = _site(config)
         with db.session_factory(engine)() as session:
             report = build_status(session, config, nodes, db.utcnow(), slurm_error=slurm_error,
-                                  all_jobs=all_jobs)
+                                  all_jobs=all_jobs, versions=versions)
     finally:
         engine.dispose()
     if as_json:
