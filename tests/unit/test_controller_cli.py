@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tests.unit.fake_oned import running_fake_oned
 from vcluster import db
 from vcluster.cli import cli
 from vcluster.config import load_config
@@ -102,3 +103,46 @@ def test_hook_command_records_once_the_controller_beats(tmp_path: Path) -> None:
             assert [(r.kind, r.job_ids) for r in rows] == [("job-finished", [42])]
     finally:
         engine.dispose()
+
+
+def _site_with_versions(tmp_path: Path, url: str, slurm_version: str) -> Path:
+    config_path = write_site(tmp_path)
+    (tmp_path / "one_auth").write_text("oneadmin:opensesame\n")
+    bin_dir = tmp_path / "no-slurm-here"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho '{slurm_version}'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    config_path.write_text(config_path.read_text().replace("http://127.0.0.1:9/RPC2", url))
+    return config_path
+
+
+def test_run_logs_the_slurm_and_opennebula_versions_at_start(tmp_path: Path) -> None:
+    with running_fake_oned() as oned:
+        config_path = _site_with_versions(tmp_path, oned.url, "slurm 24.11.5")
+        result = CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                          "--once"], prog_name="vcluster")
+    assert result.exit_code == 0, result.output
+    log_text = (tmp_path / "log" / "controller.log").read_text()
+    assert f"OpenNebula 7.4.0 at {oned.url}, Slurm 24.11.5 with slurm.conf" in log_text
+
+
+def test_run_without_oned_logs_why_and_runs(tmp_path: Path) -> None:
+    config_path = write_site(tmp_path)
+    result = CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                      "--once"], prog_name="vcluster")
+    assert result.exit_code == 0, result.output
+    log_text = (tmp_path / "log" / "controller.log").read_text()
+    assert "cannot read the Slurm version at start (passes wait for it): cannot run" in log_text
+    assert "cannot read the OpenNebula version at start (passes wait for it): " in log_text
+    assert "OpenNebula (version unknown) at http://127.0.0.1:9/RPC2" in log_text
+
+
+def test_run_refuses_a_slurm_too_old_in_one_line(tmp_path: Path) -> None:
+    with running_fake_oned() as oned:
+        config_path = _site_with_versions(tmp_path, oned.url, "slurm 21.08.8")
+        result = CliRunner().invoke(cli, ["--config", str(config_path), "controller", "run",
+                                          "--once"], prog_name="vcluster")
+    assert (result.exit_code, result.output) == (1, (
+        "vcluster: error: Slurm 21.08.8 is not supported: vcluster supports Slurm 22.05 and "
+        "later (tested with 22.05 and 24.11)\n"))
+

@@ -76,6 +76,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.one import OneClient
     from vcluster.slurm import Slurm
     from vcluster.slurmconf import default_program_dir
+    from vcluster.versions import read_versions
     from vcluster.wake import WakeListener, send_wake
 
     state_dir = config.controller.state_dir
@@ -87,6 +88,12 @@ def _run(config: Config, once: bool) -> None:
     try:
         sessions = db.session_factory(engine)
         slurm, one = Slurm(config.slurm), OneClient(config.opennebula)
+        versions = read_versions(slurm, one)  # refuses a Slurm or oned it does not drive
+        for side, error in (("Slurm", versions.slurm_error),
+                            ("OpenNebula", versions.opennebula_error)):
+            if error:
+                log.warning("cannot read the %s version at start (passes wait for it): %s",
+                            side, error)
         actor = Actor(config, sessions, slurm, one, guest)
         controller = Controller(config, sessions, slurm, one, actor)
         listener = WakeListener(state_dir)
@@ -98,10 +105,12 @@ def _run(config: Config, once: bool) -> None:
             send_wake(state_dir)
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s, "
-                 "slurm.conf %s, pass every %g s", os.getpid(),
-                 config.controller.cluster_name, engine.url, config.opennebula.xmlrpc,
-                 config.slurm.conf, config.controller.interval_s)
+        log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s at %s, "
+                 "Slurm %s with slurm.conf %s, pass every %g s", os.getpid(),
+                 config.controller.cluster_name, engine.url,
+                 versions.opennebula or "(version unknown)", config.opennebula.xmlrpc,
+                 versions.slurm or "(version unknown)", config.slurm.conf,
+                 config.controller.interval_s)
         try:
             passes = run_loop(controller, listener, interval_s=config.controller.interval_s,
                               stop=stop, once=once)
