@@ -176,7 +176,8 @@ def system_fsub() -> Iterator[str]:
         subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)],
                        check=True, timeout=120)
         subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                        "install", "-q", "--disable-pip-version-check", str(REPO)],
+                        "install", "-q", "--disable-pip-version-check",
+                        "-c", str(REPO / "requirements" / "constraints.txt"), str(REPO)],
                        check=True, timeout=900)
         yield str(venv / "bin" / "fsub")
     finally:
