@@ -116,7 +116,7 @@ def listen_error_text(exc: ListenError) -> str:
                    "whose DISK names the image.")
 @click.option("--share", "shares", multiple=True, metavar="PATH",
               help="A host path that VMs booted from an image root see at the same place "
-                   "(repeatable; default /home, /tmp, /etc/passwd, /etc/group).")
+                   "(repeatable; default /home and /tmp).")
 def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
           auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
           onegate_host: str, bridge: str, subnet: str, lease_start: int, network_name: str,

@@ -304,7 +304,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
     )
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
-        for shared in ("/home", "/tmp", "/etc/passwd", "/etc/group", str(spec.root)):
+        for shared in ("/home", "/tmp", str(spec.root)):
             argv += ["--share", shared]
     log = spec.log_file("cloud")
     proc = _spawn(argv, log, spec.pid_file("cloud"), _env(spec))

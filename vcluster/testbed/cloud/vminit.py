@@ -76,7 +76,9 @@ class InitConfig:
     image_root: str = ""
     """The VM's image: a root directory the VM runs on (copy-on-write), "" for the host's."""
     shares: tuple[str, ...] = ()
-    """Host paths an image VM sees at the same place (like NFS and NIS on a cluster)."""
+    """Host paths an image VM sees at the same place (like NFS on a cluster)."""
+    nameserver: str = ""
+    """What an image VM's /etc/resolv.conf names (the network's DNS, else its gateway)."""
 
     @classmethod
     def load(cls, path: Path) -> InitConfig:
@@ -89,6 +91,7 @@ class InitConfig:
             token=str(data["token"]),
             image_root=str(data.get("image_root", "")),
             shares=tuple(str(p) for p in data.get("shares", ())),
+            nameserver=str(data.get("nameserver", "")),
         )
 
 
@@ -131,6 +134,7 @@ def render_context_sh(context: dict[str, str]) -> str:
 def prepare_vm_dir(
     vm_dir: Path, *, vm_id: int, hostname: str, ip: str, context: dict[str, str], token: str,
     cgroup_procs: Path, image_root: str = "", shares: tuple[str, ...] = (),
+    nameserver: str = "",
 ) -> None:
     """Write what :func:`main` mounts and reads: the context (as oned writes it), the VM's own
     copies of the private host paths, and ``init.json``. Called by the driver on the host;
@@ -168,7 +172,7 @@ def prepare_vm_dir(
         _ensure_mountpoint(Path(CONTEXT_MOUNT), is_dir=True)
     init = {"vm_id": vm_id, "hostname": hostname, "cgroup_procs": str(cgroup_procs),
             "context": context, "token": token, "image_root": image_root,
-            "shares": list(shares)}
+            "shares": list(shares), "nameserver": nameserver}
     write_file(vm_dir / "init.json", json.dumps(init, indent=1) + "\n", 0o600)
 
 
@@ -264,6 +268,14 @@ def setup_image_filesystem(vm_dir: Path, config: InitConfig) -> None:
         else:
             continue
         _mount("--rbind", shared, str(target))
+    add_host_users(root)
+    if config.nameserver:
+        # the image's resolv.conf names the build host's resolver, which a VM on the bridge
+        # cannot reach: every lookup would wait for its timeout (Slurm 24.11 makes several)
+        resolv = root / "etc/resolv.conf"
+        if resolv.is_symlink():
+            resolv.unlink()
+        resolv.write_text(f"nameserver {config.nameserver}\n", encoding="ascii")
     for own_file in ("/etc/hosts", "/etc/hostname"):
         _mount("--bind", str(private_source(vm_dir, own_file)), str(root / own_file.lstrip("/")))
     (root / "context").mkdir(exist_ok=True)
@@ -273,6 +285,26 @@ def setup_image_filesystem(vm_dir: Path, config: InitConfig) -> None:
     os.makedirs(root / "run/lock", exist_ok=True)
     os.chmod(root / "run/lock", 0o1777)
     os.makedirs(root / "run/one-context", mode=0o700, exist_ok=True)
+
+
+def add_host_users(root: Path) -> None:
+    """The host's ordinary users and groups (ids 1000-65533) added to the image's own files,
+    as a cluster's directory service adds them: jobs run as their users in the VM, while the
+    image's system accounts (munge, slurm) keep the ids its files are owned by."""
+    for name in ("passwd", "group"):
+        try:
+            host_lines = Path("/etc", name).read_text(encoding="utf-8").splitlines()
+            image_file = root / "etc" / name
+            image_lines = image_file.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise InitError(f"cannot merge /etc/{name} into the image: {err}") from err
+        known = {line.split(":", 1)[0] for line in image_lines}
+        extra = [line for line in host_lines
+                 if len(fields := line.split(":")) > 3 and fields[0] not in known
+                 and fields[2].isdigit() and 1000 <= int(fields[2]) < 65534]
+        if extra:
+            with open(image_file, "a", encoding="utf-8") as out:
+                out.write("".join(f"{line}\n" for line in extra))
 
 
 def write_one_env(config: InitConfig, vm_dir: Path) -> None:

@@ -43,9 +43,10 @@ from vcluster.testbed.cloud.drivers.base import DriverError, Nic, VMSpec
 log = logging.getLogger(__name__)
 
 FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
-DEFAULT_GUEST_SHARES = ("/home", "/tmp", "/etc/passwd", "/etc/group")
-"""Host paths a VM booted from an image root sees at the same place (NFS and NIS of a
-cluster): users' files and accounts. VMs without an image share the host's whole tree."""
+DEFAULT_GUEST_SHARES = ("/home", "/tmp")
+"""Host paths a VM booted from an image root sees at the same place (NFS of a cluster);
+the host's ordinary users are added to the image's accounts (vminit.add_host_users). VMs
+without an image share the host's whole tree."""
 DEFAULT_NETMASK = "255.255.255.0"
 """one-context's default when a network has no mask."""
 _HOSTNAME_BAD = re.compile(r"[^A-Za-z0-9-]+")
@@ -199,6 +200,7 @@ class NetnsDriver:
             cgroup_procs=self.cgroup_dir(spec.vm_id) / "cgroup.procs",
             image_root=spec.image_source,
             shares=self.guest_shares,
+            nameserver=(spec.nics[0].dns.split() or [spec.nics[0].gateway])[0],
         )
         return vm_dir
 
