@@ -23,8 +23,13 @@ from vcluster.one import VM, OneClient
 from vcluster.slurm import Job, Node, Slurm
 from vcluster.testbed import netns, site, slurm_root
 
-E2E_NAME = "vce"
-E2E_SUBNET = "10.115.0.0/24"
+# VCLUSTER_TEST_SLOT=N (1-9) gives a second suite run on the same machine its own site:
+# name vceN, subnet 10.(115+10N).0.0/24, ports +10N. Default: vce, 10.115.0.0/24.
+_SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
+E2E_NAME = f"vce{_SLOT}" if _SLOT else "vce"
+E2E_SUBNET = f"10.{115 + 10 * _SLOT}.0.0/24"
+E2E_PORTS = {"slurm_port": 6917 + 10 * _SLOT, "one_port": 2733 + 10 * _SLOT,
+             "onegate_port": 5130 + 10 * _SLOT}
 
 
 @dataclass
@@ -147,7 +152,7 @@ def e2e_site(slurm_flavor: str) -> Iterator[Site]:
     work.mkdir()
     os.chmod(work, 0o1777)
     spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
-                         slurm_port=6917, one_port=2733, onegate_port=5130,
+                         **E2E_PORTS,
                          per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60,
                          heartbeat_stale_s=10, extra_templates=("vcluster-broken",),
                          slurm_root=slurm_flavor)

@@ -17,6 +17,9 @@ import pyone
 import pytest
 
 from tests.integration.site_fixtures import (
+    E2E_NAME,
+    E2E_PORTS,
+    E2E_SUBNET,
     Site,
     e2e_site,
     job_id_of,
@@ -71,7 +74,7 @@ def test_one_node_job_prints_the_vm_hostname(s: Site) -> None:
     job_id = job_id_of(proc)
     (node,) = vms_ever(s, job_id=job_id).values()
     assert out.read_text().split() == [node, node]
-    assert node.startswith("vce-small-")
+    assert node.startswith(f"{E2E_NAME}-small-")
 
 
 def test_two_node_job_runs_srun_across_two_vms(s: Site) -> None:
@@ -108,7 +111,7 @@ def test_job_array_runs_each_task_on_fresh_vms(s: Site) -> None:
     assert len(vm_ids) == 3, "one fresh VM per task"
     for task in range(3):
         text = (s.work / f"array-{task}.out").read_text().strip()
-        assert text.startswith("vce-small-")
+        assert text.startswith(f"{E2E_NAME}-small-")
 
 
 def test_dependency_afterok_runs_after_its_parent(s: Site) -> None:
@@ -151,7 +154,7 @@ def test_boot_failure_on_one_vm_requeues_and_completes(s: Site) -> None:
                     JOB_TIMEOUT_S, 1)
     assert done
     assert len(vm_ids_for_job(s, job_id)) >= 2, "a second VM was booted after the failure"
-    assert out.read_text().strip().startswith("vce-small-")
+    assert out.read_text().strip().startswith(f"{E2E_NAME}-small-")
 
 
 def test_vm_crash_under_a_running_job_requeues_and_completes(s: Site) -> None:
@@ -163,13 +166,13 @@ def test_vm_crash_under_a_running_job_requeues_and_completes(s: Site) -> None:
     wait_for("job running", lambda: marker.exists(), JOB_TIMEOUT_S, 0.5)
     (vm_id,) = vm_ids_for_job(s, job_id)
     # the VM crashes: every process of it dies at once, nothing gets to say goodbye
-    for pid in netns.pids_in(f"vce-vm{vm_id}"):
+    for pid in netns.pids_in(f"{E2E_NAME}-vm{vm_id}"):
         os.kill(pid, signal.SIGKILL)
     done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
                     JOB_TIMEOUT_S, 1)
     assert done
     assert len(vm_ids_for_job(s, job_id)) >= 2
-    assert out.read_text().strip().splitlines()[-1].startswith("vce-small-")
+    assert out.read_text().strip().splitlines()[-1].startswith(f"{E2E_NAME}-small-")
 
 
 def test_pool_class_serves_two_jobs_with_one_boot(s: Site) -> None:
@@ -178,7 +181,7 @@ def test_pool_class_serves_two_jobs_with_one_boot(s: Site) -> None:
         proc = s.fsub("--vm-class=pool", "-N1", "--wait", f"--output={out}", "--wrap", "hostname")
         assert proc.returncode == 0, proc.stderr
     hosts = [o.read_text().strip() for o in outs]
-    assert hosts[0] == hosts[1] and hosts[0].startswith("vce-pool-")
+    assert hosts[0] == hosts[1] and hosts[0].startswith(f"{E2E_NAME}-pool-")
     assert len(vms_ever(s, node=hosts[0])) == 1, "one boot served both jobs"
     wait_clean(s, 120)  # idles out after SuspendTime
 
@@ -194,7 +197,7 @@ def test_job_submitted_by_a_non_root_user(s: Site, system_fsub: str) -> None:
                   fsub=system_fsub)
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().split()
-    assert lines[0] == user and lines[1].startswith("vce-small-")
+    assert lines[0] == user and lines[1].startswith(f"{E2E_NAME}-small-")
     assert out.stat().st_uid == pwd.getpwnam(user).pw_uid
 
 
@@ -235,7 +238,7 @@ def test_job_submitted_while_the_controller_is_down_runs_when_it_returns(s: Site
                     JOB_TIMEOUT_S, 1)
     assert done
     assert time.monotonic() - started < 60, "not held back by Slurm's requeue deferral"
-    assert out.read_text().strip().startswith("vce-small-")
+    assert out.read_text().strip().startswith(f"{E2E_NAME}-small-")
 
 
 def test_a_job_whose_vms_always_fail_is_held_with_the_reason(s: Site) -> None:
@@ -267,7 +270,8 @@ def test_orphan_vms_of_this_cluster_are_terminated_others_left_alone(s: Site) ->
     template_id = s.one.template_id("vcluster-worker")
     ours = server.template.instantiate(
         template_id, "stray", False,
-        'VCLUSTER_CLUSTER = "vce"\nVCLUSTER_NODE = "vce-small-006"\nVCLUSTER_JOB = "999"', False)
+        f'VCLUSTER_CLUSTER = "{E2E_NAME}"\nVCLUSTER_NODE = "{E2E_NAME}-small-006"\n'
+        'VCLUSTER_JOB = "999"', False)
     theirs = server.template.instantiate(
         template_id, "neighbour", False, 'VCLUSTER_CLUSTER = "other"', False)
     try:
@@ -283,9 +287,11 @@ def test_orphan_vms_of_this_cluster_are_terminated_others_left_alone(s: Site) ->
 
 def test_testbed_status_lists_the_parts(e2e_site: Site) -> None:
     proc = subprocess.run(
-        ["vcluster", "testbed", "status", "--name", "vce", "--state-dir",
-         str(e2e_site.spec.root), "--subnet", "10.115.0.0/24", "--slurm-port", "6917",
-         "--one-port", "2733", "--onegate-port", "5130"],
+        ["vcluster", "testbed", "status", "--name", E2E_NAME, "--state-dir",
+         str(e2e_site.spec.root), "--subnet", E2E_SUBNET,
+         "--slurm-port", str(E2E_PORTS["slurm_port"]),
+         "--one-port", str(E2E_PORTS["one_port"]),
+         "--onegate-port", str(E2E_PORTS["onegate_port"])],
         capture_output=True, text=True, check=False, env=e2e_site.env)
     assert proc.returncode == 0, proc.stderr
     assert "cloud server" in proc.stdout and "running" in proc.stdout
