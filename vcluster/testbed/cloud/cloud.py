@@ -123,6 +123,11 @@ class Cloud(Resources):
                       image_source=disks[0].get("SOURCE", "") if disks else "")
 
     @staticmethod
+    def hard_action(vm: VM) -> bool:
+        """The VM's last action was a ``-hard`` one (a power cut, no signal to the guest)."""
+        return _previous_action(vm).endswith("-hard")
+
+    @staticmethod
     def fault(vm: VM) -> Fault:
         text = vm.template.get_str("TESTBED_FAULT") or vm.user_template.get_str("TESTBED_FAULT")
         try:

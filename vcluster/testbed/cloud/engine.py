@@ -3,7 +3,8 @@
 Why this exists: oned's transitions take time (PROLOG, BOOT, SHUTDOWN, EPILOG...) and the RPC
 thread must never wait for them. Each transitional phase gets a timer; when it fires, the
 phase's driver call runs on a small worker pool (outside the cloud's lock, one call at a
-time per VM), then the VM moves on (or to the failure state, with ERROR in its template).
+time per VM; a power cut for ``-hard`` actions and for VMs that are not running), then the
+VM moves on (or to the failure state, with ERROR in its template).
 A monitoring thread asks the driver whether RUNNING VMs are alive: a dead one goes UNKNOWN,
 an UNKNOWN one that is alive again goes back to RUNNING.
 """
@@ -20,9 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.drivers.base import DriverError
 from vcluster.testbed.cloud.lifecycle import PHASES, RUNNING, UNKNOWN
-from vcluster.testbed.cloud.model import ACTIVE, VM, now_s
+from vcluster.testbed.cloud.model import ACTIVE, DONE, VM, now_s
 
 log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 10.0
+"""How often the leftovers of DONE VMs are looked for (and removed)."""
 
 ERROR_PREFIX = {"boot": "Error deploying virtual machine", "resume": "Error restoring VM",
                 "shutdown": "Error shutting down VM", "poweroff": "Error powering off VM",
@@ -107,10 +111,11 @@ class Engine:
                 if phase is None:
                     return
                 spec = cloud.spec(vm) if phase.driver_op == "boot" else None
+                hard = phase.power_cut or cloud.hard_action(vm)
             error = ""
             if phase.driver_op:
                 try:
-                    self._call_driver(phase.driver_op, vm_id, spec)
+                    self._call_driver(phase.driver_op, vm_id, spec, hard=hard)
                 except DriverError as exc:
                     error = f"{ERROR_PREFIX[phase.driver_op]}: {exc}"
                 except Exception as exc:  # a driver bug must not kill the engine
@@ -130,14 +135,14 @@ class Engine:
                 with self._cond:
                     self._vm_locks.pop(vm_id, None)
 
-    def _call_driver(self, op: str, vm_id: int, spec: object) -> None:
+    def _call_driver(self, op: str, vm_id: int, spec: object, *, hard: bool) -> None:
         driver = self.cloud.driver
         if op == "boot":
             driver.boot(spec)  # type: ignore[arg-type]
         elif op == "shutdown":
-            driver.shutdown(vm_id)
+            driver.shutdown(vm_id, hard=hard)
         elif op == "poweroff":
-            driver.poweroff(vm_id)
+            driver.poweroff(vm_id, hard=hard)
         elif op == "suspend":
             driver.suspend(vm_id)
         elif op == "resume":
@@ -150,7 +155,7 @@ class Engine:
         def run() -> None:
             with self._vm_lock(vm.vm_id):
                 try:
-                    self.cloud.driver.poweroff(vm.vm_id)
+                    self.cloud.driver.poweroff(vm.vm_id, hard=self.cloud.hard_action(vm))
                     self.cloud.driver.boot(spec)
                 except DriverError as exc:
                     log.warning("reboot of VM %s failed: %s", vm.vm_id, exc)
@@ -161,11 +166,22 @@ class Engine:
 
     def _monitor_loop(self) -> None:
         interval = self.cloud.settings.timings.monitor_interval_s
+        swept = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 self.monitor_once()
+                if time.monotonic() - swept >= SWEEP_INTERVAL_S:
+                    swept = time.monotonic()
+                    self.sweep_once()
             except Exception:  # keep monitoring whatever one pass did
                 log.exception("monitoring pass failed")
+
+    def sweep_once(self) -> None:
+        """Remove whatever the driver still holds of VMs that are DONE (or unknown): a DONE
+        VM leaves nothing behind, whatever went wrong while it was torn down."""
+        with self.cloud.lock:
+            known = {vm.vm_id for vm in self.cloud.vms.values() if vm.state != DONE}
+        self.cloud.driver.cleanup_stale(known)
 
     def monitor_once(self) -> None:
         cloud = self.cloud

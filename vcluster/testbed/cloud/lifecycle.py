@@ -60,6 +60,10 @@ class Phase:
     """"" (none), "boot", "shutdown", "poweroff", "suspend" or "resume"."""
     next_ok: tuple[int, int]
     next_fail: tuple[int, int] | None = None
+    power_cut: bool = False
+    """The driver call is a power cut whatever the action was: the guest is not running (a
+    suspended, powered-off or failed VM's leftovers are cleaned up) or its state is saved
+    by the hypervisor (stop), so it gets no signal. Otherwise ``-hard`` actions cut."""
 
 
 def _a(name: str) -> tuple[int, int]:
@@ -78,15 +82,15 @@ PHASES: dict[int, Phase] = {
     LCM["BOOT_SUSPENDED"]: Phase("boot", "resume", _a("RUNNING"), (SUSPENDED, 0)),
     LCM["BOOT_MIGRATE"]: Phase("boot", "boot", _a("RUNNING"), _a("BOOT_MIGRATE_FAILURE")),
     LCM["SHUTDOWN"]: Phase("shutdown", "shutdown", _a("EPILOG")),
-    LCM["EPILOG"]: Phase("epilog", "", (DONE, 0)),
-    LCM["CLEANUP_DELETE"]: Phase("epilog", "shutdown", (DONE, 0)),
+    LCM["EPILOG"]: Phase("epilog", "shutdown", (DONE, 0), power_cut=True),
+    LCM["CLEANUP_DELETE"]: Phase("epilog", "shutdown", (DONE, 0), power_cut=True),
     LCM["SHUTDOWN_POWEROFF"]: Phase("shutdown", "poweroff", (POWEROFF, 0)),
     LCM["SHUTDOWN_UNDEPLOY"]: Phase("shutdown", "poweroff", _a("EPILOG_UNDEPLOY")),
-    LCM["EPILOG_UNDEPLOY"]: Phase("epilog", "", (UNDEPLOYED, 0)),
-    LCM["SAVE_STOP"]: Phase("save", "poweroff", _a("EPILOG_STOP")),
-    LCM["EPILOG_STOP"]: Phase("epilog", "", (STOPPED, 0)),
+    LCM["EPILOG_UNDEPLOY"]: Phase("epilog", "poweroff", (UNDEPLOYED, 0), power_cut=True),
+    LCM["SAVE_STOP"]: Phase("save", "poweroff", _a("EPILOG_STOP"), power_cut=True),
+    LCM["EPILOG_STOP"]: Phase("epilog", "poweroff", (STOPPED, 0), power_cut=True),
     LCM["SAVE_SUSPEND"]: Phase("save", "suspend", (SUSPENDED, 0)),
-    LCM["SAVE_MIGRATE"]: Phase("save", "poweroff", _a("PROLOG_MIGRATE")),
+    LCM["SAVE_MIGRATE"]: Phase("save", "poweroff", _a("PROLOG_MIGRATE"), power_cut=True),
     LCM["PROLOG_MIGRATE"]: Phase("prolog", "", _a("BOOT_MIGRATE")),
     LCM["MIGRATE"]: Phase("migrate", "", _a("RUNNING")),
     LCM["PROLOG_MIGRATE_POWEROFF"]: Phase("prolog", "", (POWEROFF, 0)),

@@ -87,8 +87,10 @@ class VMDriver(Protocol):
     def boot(self, spec: VMSpec) -> None:
         """Start the VM (BOOT, BOOT_POWEROFF, BOOT_UNKNOWN...). Raise DriverError on failure."""
 
-    def shutdown(self, vm_id: int) -> None:
-        """Stop the VM for good and free everything it holds. Idempotent."""
+    def shutdown(self, vm_id: int, *, hard: bool = False) -> None:
+        """Stop the VM for good and free everything it holds, frozen or not: nothing of it
+        may survive (its next VM for the same node must not meet it). ``hard``: a power cut
+        (no signal the guest could act on); else an ACPI shutdown. Idempotent."""
 
     def suspend(self, vm_id: int) -> None:
         """Freeze the VM's processes (SAVE_SUSPEND)."""
@@ -96,8 +98,9 @@ class VMDriver(Protocol):
     def resume(self, vm_id: int) -> None:
         """Thaw a suspended VM (BOOT_SUSPENDED)."""
 
-    def poweroff(self, vm_id: int) -> None:
-        """Stop the VM's processes but keep its identity (disk, IP lease). Idempotent."""
+    def poweroff(self, vm_id: int, *, hard: bool = False) -> None:
+        """Stop the VM's processes (frozen ones too) but keep its identity (disk, IP lease);
+        ``hard`` as for :meth:`shutdown`. Idempotent."""
 
     def alive(self, vm_id: int) -> bool:
         """Monitoring: are the VM's processes running?"""

@@ -48,13 +48,13 @@ class DummyDriver:
             self._vms[spec.vm_id] = {"state": "running", "crash_at": crash_at}
             self._save()
 
-    def shutdown(self, vm_id: int) -> None:
+    def shutdown(self, vm_id: int, *, hard: bool = False) -> None:
         with self._lock:
             if self._vms.pop(vm_id, None) is not None:
                 self._save()
 
-    def poweroff(self, vm_id: int) -> None:
-        self.shutdown(vm_id)
+    def poweroff(self, vm_id: int, *, hard: bool = False) -> None:
+        self.shutdown(vm_id, hard=hard)
 
     def suspend(self, vm_id: int) -> None:
         self._set_state(vm_id, "suspended")

@@ -14,6 +14,14 @@ is ``eth0``), cgroup-v1 freezer ``/sys/fs/cgroup/freezer/<prefix>-vm<ID>`` (ever
 is in it: suspend/resume freeze/thaw it), and the directory ``<state_dir>/vm<ID>``. The mounts
 live in the VM's own mount namespace and vanish with its last process.
 
+Stopping is what a hypervisor does: a ``hard`` shutdown or poweroff is a power cut (every
+process SIGKILLed while still frozen if it was, then thawed so the kill lands: the guest gets
+no signal it could act on, so slurmstepd cannot report "killed by SIGTERM"); a soft one is an
+ACPI shutdown (SIGTERM, then SIGKILL). Either way nothing of the VM survives: its processes
+are found by freezer cgroup, network namespace and mount namespace (``mntns`` in its
+directory records which), so a frozen or escaped slurmd never holds the paths of the next
+VM of the same node.
+
 Faults (``spec.fault``): boot-fail raises :class:`DriverError`; crash-after:N SIGKILLs the
 VM's processes N s after ``boot`` returned (a timer in this process); slow-boot is left to
 the server's state machine (this driver does not sleep).
@@ -137,13 +145,13 @@ class NetnsDriver:
             )
         try:
             netns.check_name(self.veth_name(vm_id), "veth")
-            self._teardown(vm_id, keep_dir=True)  # leftovers of an earlier boot
+            self._teardown(vm_id, keep_dir=True, hard=True)  # leftovers of an earlier boot
             vm_dir = self._prepare_dir(spec)
             self._wire(vm_id, nic)
             self.cgroup_dir(vm_id).mkdir(exist_ok=True)
             self._start_init(vm_id, vm_dir)
         except (netns.NetnsError, OSError, DriverError) as err:
-            self._teardown(vm_id, keep_dir=True)
+            self._teardown(vm_id, keep_dir=True, hard=True)
             if isinstance(err, DriverError):
                 raise
             raise DriverError(f"VM {vm_id} could not boot: {err}") from err
@@ -151,11 +159,11 @@ class NetnsDriver:
             self._arm_crash(vm_id, spec.fault.crash_after_s)
         log.info("VM %d booted: %s on %s (%s)", vm_id, nic.ip, nic.bridge, self.netns_name(vm_id))
 
-    def shutdown(self, vm_id: int) -> None:
-        self._teardown(vm_id, keep_dir=False)
+    def shutdown(self, vm_id: int, *, hard: bool = False) -> None:
+        self._teardown(vm_id, keep_dir=False, hard=hard)
 
-    def poweroff(self, vm_id: int) -> None:
-        self._teardown(vm_id, keep_dir=True)
+    def poweroff(self, vm_id: int, *, hard: bool = False) -> None:
+        self._teardown(vm_id, keep_dir=True, hard=hard)
 
     def suspend(self, vm_id: int) -> None:
         self._set_freezer(vm_id, "FROZEN")
@@ -179,7 +187,7 @@ class NetnsDriver:
             found |= self._ids("dir", [p.name for p in self.state_dir.iterdir() if p.is_dir()])
         for vm_id in sorted(found - known_vm_ids):
             log.info("removing leftovers of unknown VM %d (prefix %s)", vm_id, self.prefix)
-            self.shutdown(vm_id)
+            self.shutdown(vm_id, hard=True)
 
     # --- boot steps ------------------------------------------------------------------------
 
@@ -255,6 +263,19 @@ class NetnsDriver:
                 f"VM {vm_id} could not start its init: {reason} (see {vm_dir / 'console.log'})"
             )
         vminit.write_file(vm_dir / "init.pid", f"{proc.pid}\n", 0o644)
+        self._record_mount_ns(vm_id)
+
+    def _record_mount_ns(self, vm_id: int) -> None:
+        """Write which mount namespace the VM's processes share (``mnt:[inode]``)."""
+        host_ns = os.readlink("/proc/self/ns/mnt")
+        for pid in self._cgroup_pids(vm_id):
+            try:
+                ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            except OSError:
+                continue
+            if ns != host_ns:
+                vminit.write_file(self.vm_dir(vm_id) / "mntns", f"{ns}\n", 0o644)
+                return
 
     def _arm_crash(self, vm_id: int, after_s: float) -> None:
         timer = threading.Timer(after_s, self._crash, args=(vm_id,))
@@ -268,34 +289,35 @@ class NetnsDriver:
         with self._timers_lock:
             self._timers.pop(vm_id, None)
         log.info("VM %d crashes now (injected fault crash-after)", vm_id)
-        self._write_freezer(vm_id, "THAWED")
-        for _ in range(20):
-            pids = self._pids(vm_id)
-            if not pids:
-                return
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        try:
+            self._cut_power(vm_id)
+        except DriverError as err:
+            log.warning("crash of VM %d: %s", vm_id, err)
 
     # --- stopping --------------------------------------------------------------------------
 
-    def _teardown(self, vm_id: int, *, keep_dir: bool) -> None:
-        """Stop every process of the VM and remove its kernel objects (and dir). Idempotent."""
+    def _teardown(self, vm_id: int, *, keep_dir: bool, hard: bool) -> None:
+        """Stop every process of the VM and remove its kernel objects (and dir). Idempotent.
+
+        ``hard``: a power cut; else SIGTERM first (an ACPI shutdown), then the cut."""
         with self._timers_lock:
             timer = self._timers.pop(vm_id, None)
         if timer is not None:
             timer.cancel()
-        self._write_freezer(vm_id, "THAWED")  # frozen processes cannot act on signals
-        for _ in range(3):
-            pids = self._pids(vm_id)
-            if not pids:
-                break
-            netns.terminate_pids(pids, self.stop_timeout_s)
+        if not hard:
+            self._write_freezer(vm_id, "THAWED")  # frozen processes cannot act on signals
+            for _ in range(3):
+                pids = self._pids(vm_id)
+                if not pids:
+                    break
+                netns.terminate_pids(pids, self.stop_timeout_s)
+        self._cut_power(vm_id)
         try:
             netns.delete_host(self.netns_name(vm_id), self.veth_name(vm_id), kill_timeout_s=1.0)
         except netns.NetnsError as err:
             raise DriverError(f"VM {vm_id}: could not remove its namespace: {err}") from err
         self._remove_cgroup(vm_id)
+        (self.vm_dir(vm_id) / "mntns").unlink(missing_ok=True)  # its inode may be reused
         if not keep_dir:
             self._archive_logs(vm_id)
             shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
@@ -328,12 +350,41 @@ class NetnsDriver:
                     ) from err
                 time.sleep(0.1)
 
+    def _cut_power(self, vm_id: int) -> None:
+        """SIGKILL every process of the VM at once, while still frozen if it is (none runs
+        another instruction), then thaw so the kills land; again for any forked meanwhile."""
+        deadline = time.monotonic() + self.stop_timeout_s
+        while pids := self._pids(vm_id):
+            for pid in pids:
+                _signal(pid, signal.SIGKILL)
+            self._write_freezer(vm_id, "THAWED")
+            if time.monotonic() > deadline:
+                raise DriverError(f"VM {vm_id}: processes {pids} survive SIGKILL")
+            time.sleep(0.05)
+
     # --- processes and the freezer ---------------------------------------------------------
 
     def _pids(self, vm_id: int) -> list[int]:
-        """Live processes of the VM: its freezer cgroup's tasks plus ``ip netns pids``."""
+        """Live processes of the VM: its freezer cgroup's tasks, ``ip netns pids``, and every
+        process in its mount namespace (one that left both still holds the VM's mounts)."""
         pids = set(netns.pids_in(self.netns_name(vm_id))) | set(self._cgroup_pids(vm_id))
-        return sorted(pid for pid in pids if _running(pid))
+        pids |= set(self._mount_ns_pids(vm_id))
+        return sorted(pid for pid in pids if _running(pid) and pid != os.getpid())
+
+    def _mount_ns_pids(self, vm_id: int) -> list[int]:
+        try:
+            ns = (self.vm_dir(vm_id) / "mntns").read_text().strip()
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return found
 
     def _cgroup_pids(self, vm_id: int) -> list[int]:
         try:
