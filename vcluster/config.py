@@ -137,6 +137,9 @@ class NodeClass:
     """Extra attributes merged into each VM's template (e.g. ``SCHED_REQUIREMENTS``)."""
     templates: tuple[str, ...] = ()
     """Other templates (names or ids) a job may pick with ``fsub --vm-template``."""
+    cost_per_hour: float = 0.0
+    """What one VM of this class costs per hour, in the site's currency, for ``vcluster
+    usage``; 0 (the default) shows no cost."""
 
     @property
     def allowed_templates(self) -> tuple[str, ...]:
@@ -409,9 +412,12 @@ def _parse_node_class(
         first_index=r.get("first_index", int, 1),
         vm_options={str(k): str(v) for k, v in vm_options.items()},
         templates=tuple(str(t).strip() for t in templates),
+        cost_per_hour=float(r.get("cost_per_hour", (int, float), 0.0)),
     )
     if nc.first_index < 0:
         raise r.err("first_index", "must be >= 0")
+    if nc.cost_per_hour < 0:
+        raise r.err("cost_per_hour", f"must be >= 0, got {nc.cost_per_hour!r}")
     r.finish()
     return nc
 

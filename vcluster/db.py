@@ -50,7 +50,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -113,6 +113,20 @@ class Launch(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     """Set by whoever changes the row (with its own clock: tests inject one)."""
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the VM was, for usage accounting (``vcluster usage``): None until known.
+    cpus: Mapped[int | None] = mapped_column(Integer)
+    """VCPUs asked of OpenNebula."""
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
+    """Memory asked of OpenNebula, MB."""
+    template: Mapped[str | None] = mapped_column(String(256))
+    """The OpenNebula template (name or id) the VM was booted from."""
+    host: Mapped[str | None] = mapped_column(String(256))
+    """The OpenNebula host the VM last ran on (its last history record)."""
+    vm_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the VM existed: OpenNebula's STIME (else when the allocation returned)."""
+    vm_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the VM ended: OpenNebula's ETIME (else when vcluster terminated it or saw it
+    gone); None while it lives."""
 
     __table_args__ = (
         UniqueConstraint("vm_id", name="uq_launch_vm_id"),
@@ -139,6 +153,8 @@ class Job(Base):
     template: Mapped[str | None] = mapped_column(String(256))
     """VM template override from the job comment (``vcluster[template=NAME]``), if any."""
     user: Mapped[str] = mapped_column(String(64), default="")
+    account: Mapped[str] = mapped_column(String(64), default="")
+    """The job's Slurm account (``""`` where Slurm keeps no accounts)."""
     state: Mapped[str] = mapped_column(String(32), default="PENDING")
     nodes: Mapped[str] = mapped_column(Text, default="")
     """The job's nodes as a Slurm hostlist."""

@@ -92,6 +92,8 @@ class VM:
     start_time: int = 0
     end_time: int = 0
     sched_message: str = ""
+    host: str = ""
+    """The host of its last placement (last HISTORY record's HOSTNAME); "" if never placed."""
 
     @property
     def is_running(self) -> bool:
@@ -156,6 +158,15 @@ def _vectors(node: Any, name: str) -> list[Mapping[str, Any]]:
     return []
 
 
+def _last_host(obj: Any) -> str:
+    """HOSTNAME of the VM's last history record (``vm.info`` and ``infoextended`` list them
+    oldest first); "" before its first placement."""
+    records = getattr(getattr(obj, "HISTORY_RECORDS", None), "HISTORY", None) or []
+    if not isinstance(records, list):
+        records = [records]
+    return str(getattr(records[-1], "HOSTNAME", "") or "") if records else ""
+
+
 def vm_from_binding(obj: Any) -> VM:
     """A :class:`VM` from pyone's parsed ``<VM>`` (from vm.info or vmpool.infoextended)."""
     template = obj.TEMPLATE if isinstance(obj.TEMPLATE, Mapping) else {}
@@ -179,4 +190,5 @@ def vm_from_binding(obj: Any) -> VM:
         start_time=int(obj.STIME or 0),
         end_time=int(obj.ETIME or 0),
         sched_message=user_template.get("SCHED_MESSAGE", ""),
+        host=_last_host(obj),
     )

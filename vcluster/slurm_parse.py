@@ -105,6 +105,8 @@ class Job:
     state_words: tuple[str, ...] = ()
     """Every word Slurm gave: base state then flags (``RUNNING, CONFIGURING, POWER_UP_NODE``)
     on 23.02+; the one word on 22.05."""
+    account: str = ""
+    """The job's Slurm account; ``""`` where Slurm keeps no accounts."""
 
     @property
     def is_finished(self) -> bool:
@@ -384,6 +386,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         work_dir=_str(raw.get("current_working_directory")),
         array_task_string=_str(raw.get("array_task_string")),
         state_words=tuple(states),
+        account=_str(raw.get("account")),
     )
 
 

@@ -20,20 +20,24 @@ AUTHENTICATION, NO_EXISTS, ACTION, INTERNAL = 0x100, 0x400, 0x800, 0x2000
 
 def vm_xml(vm_id: int, name: str, *, state: int = 3, lcm_state: int = 3,
            user_template: str = "", nics: tuple[str, ...] = ("10.111.0.100",),
-           context: str = "") -> str:
+           context: str = "", hosts: tuple[str, ...] = (), stime: int = 1763700000,
+           etime: int = 0) -> str:
     nic_xml = "".join(
         f"<NIC><IP><![CDATA[{ip}]]></IP><NETWORK><![CDATA[vnet]]></NETWORK>"
         f"<NIC_ID><![CDATA[{i}]]></NIC_ID></NIC>" for i, ip in enumerate(nics)
     )
+    history = "<HISTORY_RECORDS>" + "".join(
+        f"<HISTORY><OID>{vm_id}</OID><SEQ>{seq}</SEQ><HOSTNAME>{host}</HOSTNAME></HISTORY>"
+        for seq, host in enumerate(hosts)) + "</HISTORY_RECORDS>" if hosts else ""
     return (
         f"<VM><ID>{vm_id}</ID><UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME>"
         f"<GNAME>oneadmin</GNAME><NAME>{name}</NAME><LAST_POLL>0</LAST_POLL>"
         f"<STATE>{state}</STATE><LCM_STATE>{lcm_state}</LCM_STATE><PREV_STATE>{state}</PREV_STATE>"
         f"<PREV_LCM_STATE>{lcm_state}</PREV_LCM_STATE><RESCHED>0</RESCHED>"
-        f"<STIME>1763700000</STIME><ETIME>0</ETIME><DEPLOY_ID></DEPLOY_ID><MONITORING/>"
+        f"<STIME>{stime}</STIME><ETIME>{etime}</ETIME><DEPLOY_ID></DEPLOY_ID><MONITORING/>"
         f"<TEMPLATE><CONTEXT>{context}</CONTEXT><CPU><![CDATA[1]]></CPU>"
         f"<MEMORY><![CDATA[512]]></MEMORY>{nic_xml}<VMID><![CDATA[{vm_id}]]></VMID></TEMPLATE>"
-        f"<USER_TEMPLATE>{user_template}</USER_TEMPLATE></VM>"
+        f"<USER_TEMPLATE>{user_template}</USER_TEMPLATE>{history}</VM>"
     )
 
 

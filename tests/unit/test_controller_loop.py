@@ -104,8 +104,8 @@ class FakeOne:
         return self.vms_by_id[vm_id]
 
     def vms(self, *, cluster: str | None = None) -> list[VM]:
-        return [v for v in self.vms_by_id.values()
-                if cluster is None or v.user_template.get("VCLUSTER_CLUSTER") == cluster]
+        return [v for v in self.vms_by_id.values() if not v.is_gone  # as oned lists them
+                and (cluster is None or v.user_template.get("VCLUSTER_CLUSTER") == cluster)]
 
     def terminate(self, vm_id: int, *, hard: bool = False) -> None:
         self.terminated.append(vm_id)
@@ -215,6 +215,51 @@ def test_a_job_from_resume_to_terminated_vm(world: World) -> None:
     with w.sessions() as s:
         row = s.get(db.Job, 12)
         assert row is not None and (row.state, row.nodes) == ("COMPLETED", S1)
+
+
+def test_a_launch_records_what_usage_accounting_needs(world: World) -> None:
+    """Size and template from the plan, account from Slurm, host and lifetime from oned's
+    record of the VM (STIME and ETIME) once it is DONE."""
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1, memory_per_node_mb=1024, account="physics")}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}
+    w.controller.run_pass()
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERING_DOWN")}
+    w.slurm.jobs_by_id = {12: job(12, S1, state="COMPLETED", account="physics")}
+    w.clock.advance(60)
+    w.controller.run_pass()
+    with w.sessions() as s:
+        row = s.scalars(select(db.Launch)).one()
+        assert (row.cpus, row.memory_mb, row.template, row.host) == (1, 1024, "worker", None)
+        assert (row.vm_started_at, row.vm_ended_at) == (T0, None)
+    started, ended = int(T0.timestamp()) - 1, int(T0.timestamp()) + 62
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=6, lcm_state=0, state_name="DONE",
+                                  start_time=started, end_time=ended, host="kvm-3")
+    w.slurm.nodes_by_name = {S1: powered_down(S1)}
+    w.controller.run_pass()
+    with w.sessions() as s:
+        row = s.scalars(select(db.Launch)).one()
+        assert (row.state, row.host) == ("terminated", "kvm-3")
+        assert (row.vm_started_at, row.vm_ended_at) == (T0 - timedelta(seconds=1),
+                                                        T0 + timedelta(seconds=62))
+        job_row = s.get(db.Job, 12)
+        assert job_row is not None and (job_row.user, job_row.account) == ("alice", "physics")
+
+
+def test_a_vm_oned_cannot_show_ends_on_vclusters_clock(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.controller.run_pass()
+    w.clock.advance(30)
+    w.one.vms_by_id.clear()  # gone behind vcluster's back, and purged
+    w.controller.run_pass()
+    with w.sessions() as s:
+        row = s.scalars(select(db.Launch)).one()
+        assert (row.state, row.vm_started_at, row.vm_ended_at) == (
+            "failed", T0, T0 + timedelta(seconds=30))
 
 
 def test_temporary_allocation_error_is_retried_after_its_backoff(world: World) -> None:

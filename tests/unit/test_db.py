@@ -110,7 +110,8 @@ def test_hooks_open_without_migrating_and_refuse_an_unmigrated_database(tmp_path
     with pytest.raises(db.DatabaseError) as info:
         db.make_engine(DatabaseSettings(url=url), migrate=False)
     assert str(info.value) == (
-        f"database sqlite:///{tmp_path}/empty.db is at schema none, expected 0001; "
+        f"database sqlite:///{tmp_path}/empty.db is at schema none, expected "
+        f"{db.HEAD_REVISION}; "
         "start the controller (`vcluster controller run`) once to migrate it"
     )
     db.upgrade(url)
@@ -125,5 +126,32 @@ def test_upgrade_is_idempotent_and_downgrade_empties(tmp_path: Path) -> None:
     eng = db.create_db_engine(url)
     try:
         assert set(inspect(eng).get_table_names()) == {"alembic_version"}
+    finally:
+        eng.dispose()
+
+
+def test_usage_columns_arrive_on_a_database_with_history(tmp_path: Path) -> None:
+    """0002 adds the VM's size, template, host and lifetime to launches and the account to
+    jobs; rows written before it keep their values (account "", the rest unknown)."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    db.upgrade(url, "0001")
+    eng = db.create_db_engine(url)
+    try:
+        with eng.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO job (job_id, user, state, nodes, first_seen) "
+                "VALUES (7, 'alice', 'COMPLETED', 'vc-small-001', '2026-11-21 06:00:00')"))
+            conn.execute(text(
+                "INSERT INTO launch (node_name, node_class, job_id, vm_id, state, reason, "
+                "attempts, created_at, updated_at) VALUES ('vc-small-001', 'small', 7, 3, "
+                "'terminated', '', 1, '2026-11-21 06:00:00', '2026-11-21 06:00:00')"))
+        db.upgrade_engine(eng)
+        with db.session_factory(eng)() as s:
+            job = s.get(db.Job, 7)
+            launch = s.scalars(db.select(db.Launch)).one()
+        assert job is not None and (job.user, job.account) == ("alice", "")
+        assert (launch.vm_id, launch.cpus, launch.memory_mb, launch.template, launch.host,
+                launch.vm_started_at, launch.vm_ended_at) == (3, None, None, None, None,
+                                                              None, None)
     finally:
         eng.dispose()

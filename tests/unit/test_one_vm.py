@@ -58,6 +58,16 @@ def test_vm_from_pyone_binding() -> None:
     assert (vm.start_time, vm.end_time) == (1763700000, 0)
 
 
+def test_vm_host_is_its_last_placement() -> None:
+    def host(*hosts: str) -> str:
+        return vm_from_binding(pyone.bindings.parseString(
+            vm_xml(3, "vc-small-001", hosts=hosts).encode())).host
+
+    assert host() == ""
+    assert host("node-a") == "node-a"
+    assert host("node-a", "node-b") == "node-b"  # migrated
+
+
 def test_readiness_read_from_context_and_user_template() -> None:
     def read(state: int, lcm: int, context: str, ready: bool) -> VM:
         return vm_from_binding(pyone.bindings.parseString(vm_xml(

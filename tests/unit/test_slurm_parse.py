@@ -426,3 +426,13 @@ def test_hostlist_empty_values() -> None:
 def test_bad_hostlist_says_what() -> None:
     with pytest.raises(SlurmParseError, match=r"not a valid Slurm hostlist: 'n\[1-'"):
         expand_hostlist("n[1-")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_job_account_is_read_for_usage_accounting(version: str) -> None:
+    import json
+
+    data = json.loads((DATA / version / "squeue.json").read_text())
+    assert {j.account for j in parse_squeue_json(json.dumps(data))} == {""}  # no accounts kept
+    data["jobs"][0]["account"] = "physics"
+    assert parse_squeue_json(json.dumps(data))[0].account == "physics"

@@ -73,6 +73,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "slurm-conf": ("vcluster.cli.slurmconf", "slurm_conf"),
     "status": ("vcluster.cli.status", "status"),
     "testbed": ("vcluster.cli.testbed", "testbed"),
+    "usage": ("vcluster.cli.usage", "usage"),
 }
 
 

@@ -39,6 +39,7 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import OneNotFound, VclusterError
+from vcluster.one_vm import VM
 from vcluster.slurm_parse import compress_hostlist
 from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extra
 
@@ -55,6 +56,17 @@ class ActResult:
 
 def _epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _record_lifetime(row: db.Launch, vm: VM | None, now: datetime) -> None:
+    """An ending launch's VM lifetime and host: OpenNebula's STIME/ETIME when it has them
+    (ETIME is 0 until the VM is DONE: then the terminate just sent ends it, ``now``)."""
+    if vm is not None:
+        row.vm_started_at = _epoch(vm.start_time or None) or row.vm_started_at
+        row.host = vm.host or row.host
+    if row.vm_id is not None and row.vm_started_at is not None:
+        row.vm_ended_at = _epoch(vm.end_time or None) if vm is not None else None
+        row.vm_ended_at = row.vm_ended_at or now
 
 
 class Actor:
@@ -103,16 +115,34 @@ class Actor:
             raise LookupError(f"launch {launch_id} vanished")
         return row
 
+    def _vm_record(self, launch_id: int | None, vm_id: int | None) -> VM | None:
+        """The launch's VM as OpenNebula last knew it (its STIME, ETIME and host for usage
+        accounting), read outside any transaction; None if there is none or it is unreadable."""
+        if vm_id is None and launch_id is not None:
+            with self.sessions() as s:
+                vm_id = self._launch(s, launch_id).vm_id
+        if vm_id is None:
+            return None
+        try:
+            return self.one.vm(vm_id)
+        except VclusterError as exc:
+            log.info("VM %d unreadable for usage accounting (times from vcluster's clock): %s",
+                     vm_id, exc)
+            return None
+
     def _close(self, launch_id: int | None, state: str, reason: str, kind: str,
                node_name: str, vm_id: int | None = None) -> None:
+        ending = launch_id is not None and state in ("terminated", "failed")
+        vm = self._vm_record(launch_id, vm_id) if ending else None
         with db.transaction(self.sessions) as s:
             job_id = None
             if launch_id is not None:
                 row = self._launch(s, launch_id)
                 row.state, row.reason, row.updated_at = state, reason, self.now()
                 job_id = row.job_id
-                if state in ("terminated", "failed"):
+                if ending:
                     row.ended_at = self.now()
+                    _record_lifetime(row, vm, self.now())
             db.record_event(s, kind, reason, node_name=node_name, vm_id=vm_id, job_id=job_id,
                             at=self.now())
 
@@ -137,6 +167,7 @@ class Actor:
                     row = self._launch(s, a.launch_id)
                     row.state, row.attempts, row.updated_at = "allocating", row.attempts + 1, now
                     row.job_id = row.job_id if a.job_id is None else a.job_id
+                row.cpus, row.memory_mb, row.template = a.cpus, a.memory_mb, a.template
                 launch_id, attempt = row.id, row.attempts
                 db.record_event(s, "vm.allocating",
                                 f"attempt {attempt}: {a.cpus} CPUs, {a.memory_mb} MB from "
@@ -163,6 +194,7 @@ class Actor:
         with db.transaction(self.sessions) as s:
             row = self._launch(s, launch_id)
             row.vm_id, row.state, row.reason, row.updated_at = vm_id, "booting", "", self.now()
+            row.vm_started_at = self.now()  # oned's STIME replaces it when the launch ends
             db.record_event(s, "vm.allocated", f"VM {vm_id} allocated", node_name=a.node_name,
                             job_id=a.job_id, vm_id=vm_id, at=self.now())
         try:
@@ -272,13 +304,14 @@ class Actor:
             row = s.get(db.Job, a.job_id)
             if row is None:
                 row = db.Job(job_id=a.job_id, first_seen=now, user=a.user, state=a.state,
-                             nodes=a.nodes)
+                             nodes=a.nodes, account=a.account)
                 s.add(row)
             if a.gone:
                 row.ended_at = row.ended_at or now
                 return
             row.state, row.nodes, row.exit_code = a.state, a.nodes, a.exit_code
             row.user = a.user or row.user
+            row.account = a.account or row.account
             row.node_class = a.node_class or row.node_class
             row.template = a.template or row.template
             row.started_at = _epoch(a.started_at) or row.started_at

@@ -124,6 +124,8 @@ class UpsertJob:
     ended_at: float | None
     gone: bool = False
     """Slurm forgot the job (past MinJobAge): close its row with the last state seen."""
+    account: str = ""
+    """The job's Slurm account (usage accounting)."""
 
 
 @dataclass(frozen=True)

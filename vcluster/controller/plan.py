@@ -278,7 +278,7 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
         actions.append(UpsertJob(
             job.job_id, nc.name if nc else None, choose_template(job, nc) if nc else None,
             job.user, job.state, nodes, job.exit_code, job.start_time,
-            job.end_time if job.is_finished else None))
+            job.end_time if job.is_finished else None, account=job.account))
     for known in sorted(obs.known_jobs.values(), key=lambda k: k.job_id):
         if known.job_id not in seen and not known.ended:
             actions.append(UpsertJob(known.job_id, None, known.template, "", known.state,
