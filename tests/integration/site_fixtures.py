@@ -44,6 +44,8 @@ class Site:
         env["VCLUSTER_CONFIG"] = str(self.spec.config_path)
         env["SLURM_CONF"] = str(self.spec.slurm.conf)
         env["FSUB_WAIT_INTERVAL_S"] = "0.5"
+        # the site's Slurm client commands first (the other Slurm's, from its root)
+        env["PATH"] = f"{self.config.slurm.bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
     @property
