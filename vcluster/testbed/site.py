@@ -292,6 +292,9 @@ def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -
         raise
     say(f"testbed {spec.name} up in {time.monotonic() - t0:.1f} s")
     say(f"  export VCLUSTER_CONFIG={spec.config_path} SLURM_CONF={spec.slurm.conf}")
+    if spec.slurm_root:
+        say(f"  export PATH={spec.slurm.client_bin_dir}:$PATH   # Slurm "
+            f"{spec.slurm.slurm_install.version()}'s commands (sinfo, squeue...)")
 
 
 def _start_cloud(spec: SiteSpec, say: Say) -> None:
