@@ -315,10 +315,16 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def add_plain_row(table: Table, *cells: str) -> None:
+    """A row of plain text: oned's ``[one.template.instantiate]``, a user's job name or a
+    Slurm reason is shown as written, never read as rich markup."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def vm_table(title: str, vms: Sequence[VmStatus]) -> Table:
     table = _table(title, "NODE", "CLASS", "JOB", "VM", "LAUNCH", "SLURM", "IP", "AGE", "REASON")
     for v in vms:
-        table.add_row(v.node_name, v.node_class, _opt(v.job_id), _opt(v.vm_id),
+        add_plain_row(table, v.node_name, v.node_class, _opt(v.job_id), _opt(v.vm_id),
                       v.launch_state, _opt(v.slurm_state), _opt(v.ip), format_age(v.age_s),
                       v.reason)
     return table
@@ -327,8 +333,8 @@ def vm_table(title: str, vms: Sequence[VmStatus]) -> Table:
 def events_table(title: str, events: Sequence[EventRow]) -> Table:
     table = _table(title, "TIME (UTC)", "KIND", "NODE", "JOB", "VM", "MESSAGE")
     for e in events:
-        table.add_row(_time(e.at), e.kind, _opt(e.node_name), _opt(e.job_id), _opt(e.vm_id),
-                      e.message)
+        add_plain_row(table, _time(e.at), e.kind, _opt(e.node_name), _opt(e.job_id),
+                      _opt(e.vm_id), e.message)
     return table
 
 
@@ -345,14 +351,14 @@ def render_status(report: StatusReport, console: Console) -> None:
     for c in report.classes:
         template = ", ".join((c.template, *c.templates))
         states = ", ".join(f"{k} {v}" for k, v in c.node_states.items()) or "-"
-        classes.add_row(c.name, c.policy, c.partition, template, f"{c.nodes} ({c.count})",
-                        str(c.open_launches), states)
+        add_plain_row(classes, c.name, c.policy, c.partition, template,
+                      f"{c.nodes} ({c.count})", str(c.open_launches), states)
     console.print(classes)
     console.print()
     jobs = _table("Jobs", "JOB", "USER", "STATE", "CLASS", "TEMPLATE", "NODES", "AGE", "EXIT")
     for j in report.jobs:
-        jobs.add_row(str(j.job_id), _opt(j.user), j.state, _opt(j.node_class),
-                     _opt(j.template), _opt(j.nodes), format_age(j.age_s), _opt(j.exit_code))
+        add_plain_row(jobs, str(j.job_id), _opt(j.user), j.state, _opt(j.node_class),
+                      _opt(j.template), _opt(j.nodes), format_age(j.age_s), _opt(j.exit_code))
     console.print(jobs if report.jobs else Text("Jobs: none", style="bold"))
     vms = [v for j in report.jobs for v in j.vms] + list(report.pool_vms)
     console.print()

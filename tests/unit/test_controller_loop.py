@@ -293,6 +293,25 @@ def test_permanent_allocation_error_puts_the_node_down_with_the_reason(world: Wo
     assert w.one.instantiated == []
 
 
+def test_a_long_refusal_keeps_oneds_advice_for_slurm_and_all_of_it_in_events(
+        world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    refusal = ("[one.template.instantiate] Error allocating a new virtual machine template. "
+               "Cannot get IP/MAC lease from virtual network 0. User 2 does not own a network "
+               "with name: vcnet . Set NETWORK_UNAME or NETWORK_UID")
+    w.one.errors = [OneAuthorizationError(refusal)]
+    w.controller.run_pass()
+    whole = f"vcluster: cannot boot a VM: {refusal}"
+    assert len(whole) > 200
+    shown = ("vcluster: cannot boot a VM: [one.template.instantiate] Error alloc ... Cannot get "
+             "IP/MAC lease from virtual network 0. User 2 does not own a network with name: "
+             "vcnet . Set NETWORK_UNAME or NETWORK_UID")
+    assert len(shown) == 200
+    assert w.slurm.updates[0] == f"nodename={S1} state=DOWN reason={shown}"
+    assert ("node.failed", S1, whole) in w.events()
+
+
 def test_a_vm_dying_under_a_running_job_sets_its_node_down(world: World) -> None:
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1)}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -384,3 +387,71 @@ def test_events_filtered_by_job_and_node(site: Config) -> None:
         "job_id": 12, "vm_id": 17, "message": "vc-small-001 registered with Slurm"}]
     result = CliRunner().invoke(cli, ["events", "--job", "99"])
     assert (result.exit_code, result.stdout) == (0, "no events for job 99\n")
+
+
+def invoke_as_nobody(args: list[str]) -> tuple[int, str, str]:
+    """Run the CLI in a child process that dropped root for ``nobody`` (what an ordinary
+    user gets); what it needs is imported before, as /root is closed to nobody."""
+    import vcluster.cli.status  # noqa: F401 (imported while still root)
+    import vcluster.report  # noqa: F401
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            result = CliRunner().invoke(cli, args, prog_name="vcluster")
+            os.write(write_end, json.dumps([result.exit_code, result.stdout,
+                                            result.stderr]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    code, out, err = json.loads(data)
+    return code, out, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to nobody needs root")
+@pytest.mark.parametrize("command", ["status", "events"])
+def test_an_ordinary_user_is_told_in_one_line_who_may_read_the_database(
+        site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    fill(site, NOW, heartbeat_age_s=3)
+    root = Path(tempfile.mkdtemp(prefix="vcluster-perm-"))  # pytest's own are closed to nobody
+    try:
+        root.chmod(0o755)
+        state = root / "state"
+        state.mkdir(mode=0o700)
+        (tmp_path / "state.db").rename(state / "state.db")
+        config = (tmp_path / "vcluster.toml").read_text()
+        (root / "vcluster.toml").write_text(config.replace(f"{tmp_path}/state.db",
+                                                           f"{state}/state.db"))
+        (root / "vcluster.toml").chmod(0o644)
+        monkeypatch.setenv("VCLUSTER_CONFIG", str(root / "vcluster.toml"))
+        code, out, err = invoke_as_nobody([command])
+    finally:
+        shutil.rmtree(root)
+    assert (code, out) == (1, "")
+    assert err == (f"vcluster: error: permission denied: {state / 'state.db'} can be read "
+                   "only by the controller's user; run this command as root or as that user "
+                   "(e.g. with sudo)\n")
+
+
+def test_brackets_in_messages_and_reasons_are_shown_as_written(site: Config) -> None:
+    refusal = ("vcluster: cannot boot a VM: [one.template.instantiate] User 2 does not own a "
+               "network with name: vcnet . Set NETWORK_UNAME or NETWORK_UID")
+    engine = db.make_engine(site.database)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            db.record_event(s, "node.failed", refusal, node_name="vc-small-001", at=NOW)
+            s.add(db.Launch(node_name="vc-small-001", node_class="small", state="booting",
+                            vm_id=5, reason="[bold]not bold[/bold]", created_at=NOW))
+    finally:
+        engine.dispose()
+    result = CliRunner().invoke(cli, ["events"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2].rstrip() == (
+        f"2026-11-21 08:00:00  node.failed  vc-small-001  -    -   {refusal}")
+    assert "[bold]not bold[/bold]" in rendered(site)

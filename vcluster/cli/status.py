@@ -7,6 +7,7 @@ spirit (never migrating it), ask Slurm for its nodes once, and print tables or `
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,10 +37,20 @@ def _open_database(config: Config) -> Engine:
 
     url = make_url(config.database.url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not Path(url.database).exists():
+        path = Path(url.database)
+        try:
+            exists = path.exists()
+        except PermissionError:
+            exists = True  # a directory above it is closed to this user: said below
+        if not exists:
             raise db.DatabaseError(
                 f"no database at {url.database}; start the controller "
                 "(`vcluster controller run`) to create it, or fix database.url")
+        if not (os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK)):
+            # SQLite in WAL mode writes beside the file even to read it.
+            raise db.DatabaseError(
+                f"permission denied: {url.database} can be read only by the controller's "
+                "user; run this command as root or as that user (e.g. with sudo)")
     return db.make_engine(config.database, migrate=False)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,7 @@ from vcluster.controller.actions import (
     Action,
     AdoptVM,
     BootVM,
+    ClearReason,
     CloseLaunch,
     FailNode,
     HoldJob,
@@ -32,6 +33,7 @@ from vcluster.controller.actions import (
     MarkUp,
     PowerDown,
     ResetNode,
+    ResumeVM,
     SetNodeAddr,
     StartNow,
     TerminateVM,
@@ -46,6 +48,22 @@ from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extr
 log = logging.getLogger(__name__)
 
 SLURM_REASON_MAX = 200
+LOST_EVENT = "vm.lost"
+"""A VM reached a state vcluster did not ask for: what was seen, which rule, what was done."""
+RECOVERED_EVENT = "vm.recovered"
+"""The job of a lost VM has a working node again: how long recovery took."""
+"""Longest node reason or AdminComment vcluster gives Slurm; events keep the whole text."""
+_ELIDED = " ... "
+
+
+def slurm_reason(text: str, limit: int = SLURM_REASON_MAX) -> str:
+    """``text`` within ``limit`` characters for Slurm: its start (what failed) and its end
+    (where oned's message says what to do: "Set NETWORK_UNAME or NETWORK_UID") are kept, the
+    middle is elided."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head].rstrip() + _ELIDED + text[len(text) - (limit - head - len(_ELIDED)):]
 
 
 @dataclass
@@ -247,6 +265,22 @@ class Actor:
             db.record_event(s, "node.up", f"node up {a.boot_s:.1f} s after its launch",
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())
+            if row.job_id is not None:
+                self._record_recovery(s, row.job_id, a)
+
+    def _record_recovery(self, s: Session, job_id: int, a: MarkUp) -> None:
+        """If a VM of this job was lost (``vm.lost``) since the job last recovered, record
+        how long it took until the job had a working node again."""
+        lost = s.scalars(select(db.Event).where(
+            db.Event.job_id == job_id, db.Event.kind.in_((LOST_EVENT, RECOVERED_EVENT)))
+            .order_by(db.Event.at.desc(), db.Event.id.desc()).limit(1)).first()
+        if lost is None or lost.kind != LOST_EVENT:
+            return
+        took_s = (self.now() - lost.at).total_seconds()
+        db.record_event(s, RECOVERED_EVENT, f"job {job_id} has a working node again on VM "
+                        f"{a.vm_id}, {took_s:.1f} s after VM {lost.vm_id} was lost "
+                        f"(recovery {took_s:.1f} s)", node_name=a.node_name, vm_id=a.vm_id,
+                        job_id=job_id, at=self.now())
 
     # --- ending ------------------------------------------------------------------------------
 
@@ -261,24 +295,58 @@ class Actor:
         self._close(a.launch_id, a.state, a.reason, "launch.closed", a.node_name)
 
     def _FailNode(self, a: FailNode) -> None:
-        reason = a.reason[:SLURM_REASON_MAX]
-        if a.vm_id is not None:
-            try:
-                self.one.terminate(a.vm_id)
-            except VclusterError as exc:  # the orphan sweep terminates it later
-                log.warning("cannot terminate VM %d of failed node %s: %s", a.vm_id,
-                            a.node_name, exc)
+        reason = slurm_reason(a.reason)
         slurm_error = ""
         try:
-            # DOWN makes Slurm requeue the node's job; POWER_DOWN_FORCE then returns the
-            # node to the powered-down pool (reason kept) so it can be resumed again.
+            # DOWN first, while the VM's processes may still run: Slurm requeues the node's
+            # job for a node failure, so it never ends FAILED because its VM is torn down.
             self.slurm.update_nodes(a.node_name, state="DOWN", reason=reason)
-            self.slurm.update_nodes(a.node_name, state="POWER_DOWN_FORCE", reason=reason)
         except VclusterError as exc:
             slurm_error = f" (could not tell Slurm: {exc})"
             log.warning("cannot set node %s down: %s", a.node_name, exc)
-        self._close(a.launch_id, "failed", reason + slurm_error, "node.failed", a.node_name,
+        if a.vm_id is not None:
+            try:  # nothing of a failed node's VM is worth a clean shutdown: a power cut
+                self.one.terminate(a.vm_id, hard=True)
+            except VclusterError as exc:  # the orphan sweep terminates it later
+                log.warning("cannot terminate VM %d of failed node %s: %s", a.vm_id,
+                            a.node_name, exc)
+        if not slurm_error:
+            try:
+                # POWER_DOWN_FORCE returns the node to the powered-down pool (reason kept)
+                # so it can be resumed again.
+                self.slurm.update_nodes(a.node_name, state="POWER_DOWN_FORCE", reason=reason)
+            except VclusterError as exc:
+                slurm_error = f" (could not power it down: {exc})"
+                log.warning("cannot power node %s down: %s", a.node_name, exc)
+        if a.event:
+            job = f"job {a.job_id} requeued by Slurm" if a.job_id is not None else "no job"
+            self._event(LOST_EVENT, f"VM {a.vm_id if a.vm_id is not None else '?'} seen "
+                        f"{a.seen} (not asked by vcluster); rule {a.event}=fail: node set DOWN "
+                        f"({job}), VM terminated", a.node_name, a.job_id, a.vm_id)
+        self._close(a.launch_id, "failed", a.reason + slurm_error, "node.failed", a.node_name,
                     a.vm_id)
+
+    def _ResumeVM(self, a: ResumeVM) -> None:
+        self.one.action("resume", a.vm_id)
+        job_id = None
+        if a.launch_id is not None:
+            with self.sessions() as s:
+                job_id = self._launch(s, a.launch_id).job_id
+        self._event(LOST_EVENT, f"VM {a.vm_id} seen {a.seen} (not asked by vcluster); rule "
+                    f"{a.event}=resume: VM resumed", a.node_name, job_id, a.vm_id)
+
+    def _event(self, kind: str, message: str, node_name: str, job_id: int | None,
+               vm_id: int | None) -> None:
+        with db.transaction(self.sessions) as s:
+            db.record_event(s, kind, message, node_name=node_name, job_id=job_id, vm_id=vm_id,
+                            at=self.now())
+
+    def _ClearReason(self, a: ClearReason) -> None:
+        # RESUME lifts the drain of the prolog's POWER_DOWN_ASAP and its reason; the node
+        # stays powered down
+        self.slurm.update_nodes(a.node_name, state="RESUME")
+        self._event_safely("node.reason_cleared", f"cleared stale reason {a.reason!r}",
+                           node_name=a.node_name)
 
     def _PowerDown(self, a: PowerDown) -> None:
         self.slurm.update_nodes(list(a.node_names), state="POWER_DOWN_ASAP")
@@ -292,7 +360,7 @@ class Actor:
             message = f"returned to service, powered down (was DOWN: {a.reason})"
         else:
             self.slurm.update_nodes(a.node_name, state=a.state,
-                                    reason=a.reason[:SLURM_REASON_MAX])
+                                    reason=slurm_reason(a.reason))
             message = f"powering down (DOWN: {a.reason})"
         self._event_safely("node.reset", message, node_name=a.node_name)
 
@@ -325,7 +393,7 @@ class Actor:
     def _HoldJob(self, a: HoldJob) -> None:
         self.slurm.hold(a.job_id)
         try:
-            self.slurm.update_job(a.job_id, AdminComment=a.reason[:SLURM_REASON_MAX])
+            self.slurm.update_job(a.job_id, AdminComment=slurm_reason(a.reason))
         except VclusterError as exc:  # held is what matters; the reason is in the event log
             log.warning("job %d held, but its AdminComment was refused: %s", a.job_id, exc)
         self._event_safely("job.held", f"job {a.job_id} held: {a.reason}; release it with "
