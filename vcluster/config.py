@@ -116,6 +116,13 @@ class ControllerSettings:
     """Events, ended launches and ended jobs older than this are pruned, days."""
 
 
+VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE")
+"""States a VM can reach without vcluster asking (FAILURE: any ``*_FAILURE``; DONE: terminated
+or deleted), the keys of a node class's ``on_vm_event``."""
+RESUMABLE_VM_EVENTS = ("POWEROFF", "SUSPENDED")
+"""Events a class may answer with ``resume`` (OpenNebula's ``resume`` brings the VM back)."""
+
+
 @dataclass(frozen=True)
 class NodeClass:
     """A named range of Slurm CLOUD nodes booted from one OpenNebula template."""
@@ -140,6 +147,15 @@ class NodeClass:
     cost_per_hour: float = 0.0
     """What one VM of this class costs per hour, in the site's currency, for ``vcluster
     usage``; 0 (the default) shows no cost."""
+    on_vm_event: Mapping[str, str] = field(default_factory=dict)
+    """What to do when a VM reaches a state vcluster did not ask for (key: one of
+    ``VM_EVENTS``; value: ``fail`` or, for ``RESUMABLE_VM_EVENTS``, ``resume``). Unlisted
+    events fail the node: DOWN with a ``vcluster:`` reason (Slurm requeues its job), VM
+    terminated."""
+
+    def vm_event_rule(self, event: str) -> str:
+        """The rule for ``event`` (a key of ``VM_EVENTS``): ``fail`` unless set."""
+        return self.on_vm_event.get(event, "fail")
 
     @property
     def allowed_templates(self) -> tuple[str, ...]:
@@ -413,6 +429,7 @@ def _parse_node_class(
         vm_options={str(k): str(v) for k, v in vm_options.items()},
         templates=tuple(str(t).strip() for t in templates),
         cost_per_hour=float(r.get("cost_per_hour", (int, float), 0.0)),
+        on_vm_event=_vm_event_rules(r),
     )
     if nc.first_index < 0:
         raise r.err("first_index", "must be >= 0")
@@ -420,6 +437,19 @@ def _parse_node_class(
         raise r.err("cost_per_hour", f"must be >= 0, got {nc.cost_per_hour!r}")
     r.finish()
     return nc
+
+
+def _vm_event_rules(r: _Reader) -> dict[str, str]:
+    rules = r.get("on_vm_event", dict, {})
+    for event, rule in rules.items():
+        if event not in VM_EVENTS:
+            raise r.err("on_vm_event", f"unknown event {event!r}; events: "
+                        f"{', '.join(VM_EVENTS)}")
+        allowed = ("fail", "resume") if event in RESUMABLE_VM_EVENTS else ("fail",)
+        if rule not in allowed:
+            raise r.err("on_vm_event", f"{event} = {rule!r}: must be "
+                        f"{' or '.join(repr(a) for a in allowed)}")
+    return {str(k): str(v) for k, v in rules.items()}
 
 
 def _check_classes(classes: tuple[NodeClass, ...], path: str) -> None:

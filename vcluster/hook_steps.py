@@ -24,6 +24,7 @@ from vcluster import db, wake
 from vcluster.config import Config
 from vcluster.errors import ControllerStale, UserInputError, VclusterError
 from vcluster.slurm_parse import (
+    PER_JOB_REASON_PREFIX,
     Node,
     canonical_resume_data,
     compress_hostlist,
@@ -291,7 +292,9 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
     else:
         log.info("job %d: nodes %s up after %.1f s", job_id, compress_hostlist(nodes), waited_s)
         _record_nodes_up(env, job_id, nodes, waited_s)
-    _reserve_per_job_nodes(env, job_id, nodes)
+    # only nodes that came up: a failed one keeps the reason that says why (oned's
+    # SCHED_MESSAGE, a boot failure), which POWER_DOWN_ASAP with our reason would overwrite
+    _reserve_per_job_nodes(env, job_id, [n for n in nodes if n not in pending])
     return EXIT_OK
 
 
@@ -314,7 +317,7 @@ def _reserve_per_job_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> N
         return
     try:
         env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP",
-                               reason=f"vcluster: per-job VM of job {job_id}")
+                               reason=f"{PER_JOB_REASON_PREFIX}{job_id}")
     except VclusterError as exc:  # the epilog powers them down at the job's end anyway
         log.warning("job %d: cannot reserve per-job nodes %s: %s", job_id,
                     compress_hostlist(per_job), exc)

@@ -53,6 +53,10 @@ _JOB_FLAG_PRECEDENCE = (
     ("RESV_DEL_HOLD", "RESV_DEL_HOLD"), ("SIGNALING", "SIGNALING"),
 )
 # Base node states (slurm.h ``node_states``); anything else in a state list is a flag.
+PER_JOB_REASON_PREFIX = "vcluster: per-job VM of job "
+"""The reason the prolog gives a per-job job's nodes (followed by the job id); the controller
+clears it once the node is powered down and no job holds it."""
+
 BASE_NODE_STATES = frozenset({
     "UNKNOWN", "DOWN", "IDLE", "ALLOCATED", "ERROR", "MIXED", "FUTURE", "END",
 })

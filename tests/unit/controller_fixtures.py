@@ -58,7 +58,12 @@ def job(job_id: int, *nodes: str, state: str = "CONFIGURING", **fields: Any) -> 
 def vm(vm_id: int, node_name: str, state_name: str = "RUNNING", ip: str = "10.9.0.10",
        job_id: int | None = None, cluster: str = "vc") -> VM:
     state, lcm = {"PENDING": (1, 0), "BOOT": (3, 2), "RUNNING": (3, 3), "BOOT_FAILURE": (3, 36),
-                  "UNKNOWN": (3, 16), "SHUTDOWN": (3, 12), "POWEROFF": (8, 0)}[state_name]
+                  "UNKNOWN": (3, 16), "SHUTDOWN": (3, 12), "POWEROFF": (8, 0),
+                  "SUSPENDED": (5, 0), "STOPPED": (4, 0), "UNDEPLOYED": (9, 0),
+                  "SHUTDOWN_POWEROFF": (3, 18), "SAVE_SUSPEND": (3, 6), "SAVE_STOP": (3, 5),
+                  "SHUTDOWN_UNDEPLOY": (3, 29), "EPILOG": (3, 11), "EPILOG_FAILURE": (3, 40),
+                  "CLONING_FAILURE": (11, 0), "MIGRATE": (3, 4), "HOTPLUG_NIC": (3, 25),
+                  "BOOT_SUSPENDED": (3, 21), "BOOT_POWEROFF": (3, 20)}[state_name]
     return VM(vm_id=vm_id, name=node_name, state=state, lcm_state=lcm, state_name=state_name,
               ips=(ip,) if ip else (),
               user_template={"VCLUSTER_NODE": node_name, "VCLUSTER_CLUSTER": cluster,

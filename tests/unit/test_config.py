@@ -71,6 +71,13 @@ def test_environment_overrides_endpoint(tmp_path: Path) -> None:
          "database.urll: unknown key (known keys here: url)"),
         (('xmlrpc = "http://127.0.0.1:2633/RPC2"', 'xmlrpc = "127.0.0.1:2633"'),
          "opennebula.xmlrpc: must be an http:// or https:// URL, got '127.0.0.1:2633'"),
+        (("count = 4", 'count = 4\non_vm_event = { PAUSED = "fail" }'),
+         "node_class[0].on_vm_event: unknown event 'PAUSED'; events: POWEROFF, SUSPENDED, "
+         "STOPPED, UNDEPLOYED, UNKNOWN, FAILURE, DONE"),
+        (("count = 4", 'count = 4\non_vm_event = { STOPPED = "resume" }'),
+         "node_class[0].on_vm_event: STOPPED = 'resume': must be 'fail'"),
+        (("count = 4", 'count = 4\non_vm_event = { SUSPENDED = "ignore" }'),
+         "node_class[0].on_vm_event: SUSPENDED = 'ignore': must be 'fail' or 'resume'"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -79,6 +79,7 @@ class FakeOne:
     vms_by_id: dict[int, VM] = field(default_factory=dict)
     instantiated: list[tuple[int, str, str]] = field(default_factory=list)
     terminated: list[int] = field(default_factory=list)
+    actions: list[tuple[str, int]] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
     """Raised, in order, by the next instantiate calls."""
     next_id: int = 40
@@ -112,6 +113,11 @@ class FakeOne:
         if vm_id in self.vms_by_id:
             self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=12,
                                             state_name="SHUTDOWN")
+
+    def action(self, action: str, vm_id: int) -> None:
+        self.actions.append((action, vm_id))
+        if action == "resume":
+            self.run(vm_id)
 
     def run(self, vm_id: int) -> None:
         self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=3,
@@ -328,6 +334,73 @@ def test_a_vm_dying_under_a_running_job_sets_its_node_down(world: World) -> None
                                     f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
     assert w.events()[-1] == ("node.failed", S1, reason)
+
+
+def _job_running_on_vm_40(w: World) -> None:
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}
+    w.slurm.jobs_by_id = {12: job(12, S1, state="RUNNING")}
+    w.controller.run_pass()
+
+
+def test_a_vm_powered_off_behind_vclusters_back_fails_its_node_first(world: World) -> None:
+    w = world
+    _job_running_on_vm_40(w)
+    updates_at_terminate: list[list[str]] = []
+    terminate = w.one.terminate
+
+    def terminate_noting_slurm(vm_id: int, *, hard: bool = False) -> None:
+        updates_at_terminate.append(list(w.slurm.updates))
+        assert hard, "a failed node's VM is cut, not shut down"
+        terminate(vm_id, hard=hard)
+
+    w.one.terminate = terminate_noting_slurm  # type: ignore[method-assign]
+    # an admin's `onevm poweroff --hard`: seen while oned still shuts it down
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=3, lcm_state=18,
+                                  state_name="SHUTDOWN_POWEROFF")
+    w.controller.run_pass()
+    reason = "vcluster: VM 40 SHUTDOWN_POWEROFF behind vcluster's back"
+    down = f"nodename={S1} state=DOWN reason={reason}"
+    assert updates_at_terminate == [w.slurm.updates[:-1]] and w.slurm.updates[-2:] == [
+        down, f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
+    assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
+    assert w.events()[-2:] == [
+        ("vm.lost", S1, "VM 40 seen SHUTDOWN_POWEROFF (not asked by vcluster); rule "
+                        "POWEROFF=fail: node set DOWN (job 12 requeued by Slurm), VM terminated"),
+        ("node.failed", S1, reason)]
+    # Slurm requeued the job and resumes a node for it: a fresh VM, and the recovery time
+    w.one.finish_terminations()
+    w.slurm.nodes_by_name = {S2: powering_up(S2)}
+    w.slurm.jobs_by_id = {12: job(12, S2)}
+    w.clock.advance(2)
+    w.controller.run_pass()
+    w.one.run(41)
+    w.slurm.nodes_by_name = {S2: node(S2, "ALLOCATED")}
+    w.clock.advance(3)
+    w.controller.run_pass()
+    assert w.events()[-1] == (
+        "vm.recovered", S2, "job 12 has a working node again on VM 41, 5.0 s after VM 40 "
+                            "was lost (recovery 5.0 s)")
+
+
+def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:
+    w = world
+    w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(
+        replace(w.config.node_classes[0], on_vm_event={"SUSPENDED": "resume"}),))
+    _job_running_on_vm_40(w)
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=5, lcm_state=0,
+                                  state_name="SUSPENDED")
+    w.controller.run_pass()
+    assert w.one.actions == [("resume", 40)]
+    assert w.one.vm(40).is_running
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+    assert w.events()[-1] == ("vm.lost", S1, "VM 40 seen SUSPENDED (not asked by vcluster); "
+                                             "rule SUSPENDED=resume: VM resumed")
+    w.controller.run_pass()
+    assert w.one.actions == [("resume", 40)], "resumed once"
 
 
 def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> None:

@@ -323,6 +323,21 @@ def test_prolog_gives_up_waiting_after_prolog_wait_s(env: hooks.HookEnv) -> None
     assert (waited_s, pending) == (10.0, ["vc-small-001"])
 
 
+def test_a_failed_prolog_wait_keeps_the_reason_that_says_why(env: hooks.HookEnv) -> None:
+    slurm: FakeSlurm = env.slurm  # type: ignore[assignment]
+    oned_said = ("vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; VM "
+                 "PENDING; Cannot dispatch VM: No host meets SCHED_REQUIREMENTS)")
+    slurm.script = {
+        "vc-small-001": [node("vc-small-001", "ALLOCATED")],
+        "vc-small-002": [node("vc-small-002", "ALLOCATED", "POWERING_UP")] * 2
+        + [node("vc-small-002", "DOWN", reason=oned_said)],
+    }
+    assert hooks.do_prolog(env, "12", "vc-small-[001-002]") == hooks.EXIT_OK
+    # only the node that came up is reserved: the DOWN one keeps oned's SCHED_MESSAGE
+    assert slurm.updates == [("vc-small-001", {
+        "state": "POWER_DOWN_ASAP", "reason": "vcluster: per-job VM of job 12"})]
+
+
 def test_prolog_stops_waiting_when_the_controller_gave_up_the_vm(env: hooks.HookEnv) -> None:
     slurm: FakeSlurm = env.slurm  # type: ignore[assignment]
     slurm.script = {"vc-small-001": [node("vc-small-001", "ALLOCATED", "POWERING_UP")]}

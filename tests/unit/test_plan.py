@@ -23,6 +23,7 @@ from vcluster.controller.actions import (
     Action,
     AdoptVM,
     BootVM,
+    ClearReason,
     CloseLaunch,
     FailNode,
     HoldJob,
@@ -30,6 +31,7 @@ from vcluster.controller.actions import (
     MarkUp,
     PowerDown,
     ResetNode,
+    ResumeVM,
     SetNodeAddr,
     StartNow,
     TerminateVM,
@@ -135,7 +137,8 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("a VM in BOOT_FAILURE: node given up, VM terminated",
      lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1, "BOOT_FAILURE")},
                      launches=(launch(1, S1, "booting", vm_id=7, job_id=12),)),
-     [FailNode(S1, "vcluster: VM 7 failed to boot (BOOT_FAILURE)", 1, 7, 12)]),
+     [FailNode(S1, "vcluster: VM 7 failed to boot (BOOT_FAILURE)", 1, 7, 12, "FAILURE",
+               "BOOT_FAILURE")]),
     ("not a node within ResumeTimeout: node given up",
      lambda: picture(nodes={S1: powering_up(S1)}, vms={7: vm(7, S1)},
                      launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
@@ -192,11 +195,11 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("a VM that dies under a running job: node DOWN with a reason",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
                      launches=(launch(1, S1, "up", vm_id=7, job_id=12, ip="10.9.0.10"),)),
-     [FailNode(S1, "vcluster: VM 7 died (gone)", 1, None, 12)]),
+     [FailNode(S1, "vcluster: VM 7 died (gone)", 1, None, 12, "DONE", "gone")]),
     ("a VM lost by monitoring (UNKNOWN) is a dead node too",
      lambda: picture(nodes={S1: node(S1, "IDLE")}, vms={7: vm(7, S1, "UNKNOWN")},
                      launches=(launch(1, S1, "up", vm_id=7),)),
-     [FailNode(S1, "vcluster: VM 7 died (UNKNOWN)", 1, 7, None)]),
+     [FailNode(S1, "vcluster: VM 7 died (UNKNOWN)", 1, 7, None, "UNKNOWN", "UNKNOWN")]),
     ("Slurm powers a node down: its VM is terminated",
      lambda: picture(nodes={B1: node(B1, "IDLE", "POWERING_DOWN")}, vms={7: vm(7, B1)},
                      launches=(launch(1, B1, "up", vm_id=7),),
@@ -250,10 +253,41 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
                      vms={7: vm(7, S1)}, launches=(launch(1, S1, "up", vm_id=7, job_id=12),)),
      []),
-    ("a per-job node already told to power down is left alone",
+    ("a per-job node told to power down (IDLE+DRAIN+POWER_DOWN) reads as off",
      lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}, vms={7: vm(7, S1)},
                      launches=(launch(1, S1, "up", vm_id=7, job_id=12),)),
+     [TerminateVM(7, S1, "Slurm powered the node down", 1)]),
+    ("a node still completing its job with POWER_DOWN (the epilog's) keeps its VM",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN", "COMPLETING")},
+                     vms={7: vm(7, S1)}, launches=(launch(1, S1, "up", vm_id=7, job_id=12),)),
      []),
+    ("a repeated power-down request (IDLE+DRAIN+POWER_DOWN, no VM) is off, not a node "
+     "without a VM",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}), []),
+    ("a powering-up node whose power-down is pending (job cancelled) gets no VM",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN", "POWERING_UP")}),
+     []),
+    ("a job cancelled while its VM cannot be placed: the PENDING VM is terminated",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN", "POWERING_UP")},
+                     vms={7: vm(7, S1, "PENDING")}, jobs=jobs(job(12, state="CANCELLED")),
+                     launches=(launch(1, S1, "booting", vm_id=7, job_id=12),)),
+     [TerminateVM(7, S1, "Slurm powered the node down", 1)]),
+    ("a per-job VM whose job ended before it was up is terminated, whatever its state",
+     lambda: picture(nodes={S1: powering_up(S1), S2: powering_up(S2)},
+                     vms={7: vm(7, S1, "PENDING"), 8: vm(8, S2, "BOOT")},
+                     jobs=jobs(job(12, state="CANCELLED"), job(13, state="FAILED")),
+                     launches=(launch(1, S1, "booting", vm_id=7, job_id=12),
+                               launch(2, S2, "booting", vm_id=8, job_id=13))),
+     [TerminateVM(7, S1, "job 12 ended before its VM was up (PENDING)", 1),
+      TerminateVM(8, S2, "job 13 ended before its VM was up (BOOT)", 2)]),
+    ("a stale per-job reason on a powered-down node is cleared; one of a held node stays",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "POWERED_DOWN",
+                                     reason="vcluster: per-job VM of job 12"),
+                            S2: node(S2, "IDLE", "POWERED_DOWN", "POWERING_UP",
+                                     reason="vcluster: per-job VM of job 13")},
+                     jobs=jobs(job(13, S2))),
+     [ClearReason(S1, "vcluster: per-job VM of job 12"),
+      BootVM(S2, "small", 13, 1, 2048, "worker")]),
     ("a node vcluster set DOWN is powered down once its VM is gone; an admin's DOWN stays",
      lambda: picture(nodes={S1: node(S1, "DOWN", reason="vcluster: VM 7 died (gone)"),
                             S2: node(S2, "DOWN", reason="disk check")}),
@@ -311,6 +345,76 @@ def test_plan(observed: Callable[[], Observed], expected: list[Action]) -> None:
 @pytest.mark.parametrize("build", [b for _, b, _ in CASES])
 def test_plan_is_deterministic(build: Callable[[], Observed]) -> None:
     assert plan(build(), CONFIG) == plan(build(), CONFIG)
+
+
+# --- VMs acted on behind vcluster's back: every state, both rules ----------------------------
+
+RESUMING = make_config()
+RESUMING = replace(RESUMING, node_classes=tuple(
+    replace(nc, on_vm_event={"SUSPENDED": "resume", "POWEROFF": "resume"})
+    for nc in RESUMING.node_classes))
+BACK = "behind vcluster's back"
+
+# VM state seen under a running job -> (on_vm_event key, reason of the default rule "fail");
+# None: not an event (vcluster leaves the VM alone)
+SEEN_UNDER_A_JOB: list[tuple[str, tuple[str, str] | None]] = [
+    ("RUNNING", None),
+    ("MIGRATE", None),
+    ("HOTPLUG_NIC", None),
+    ("BOOT_SUSPENDED", None),
+    ("BOOT_POWEROFF", None),
+    ("SHUTDOWN_POWEROFF", ("POWEROFF", f"vcluster: VM 7 SHUTDOWN_POWEROFF {BACK}")),
+    ("POWEROFF", ("POWEROFF", f"vcluster: VM 7 POWEROFF {BACK}")),
+    ("SAVE_SUSPEND", ("SUSPENDED", f"vcluster: VM 7 SAVE_SUSPEND {BACK}")),
+    ("SUSPENDED", ("SUSPENDED", f"vcluster: VM 7 SUSPENDED {BACK}")),
+    ("SAVE_STOP", ("STOPPED", f"vcluster: VM 7 SAVE_STOP {BACK}")),
+    ("STOPPED", ("STOPPED", f"vcluster: VM 7 STOPPED {BACK}")),
+    ("SHUTDOWN_UNDEPLOY", ("UNDEPLOYED", f"vcluster: VM 7 SHUTDOWN_UNDEPLOY {BACK}")),
+    ("UNDEPLOYED", ("UNDEPLOYED", f"vcluster: VM 7 UNDEPLOYED {BACK}")),
+    ("UNKNOWN", ("UNKNOWN", "vcluster: VM 7 died (UNKNOWN)")),
+    ("EPILOG_FAILURE", ("FAILURE", "vcluster: VM 7 died (EPILOG_FAILURE)")),
+    ("CLONING_FAILURE", ("FAILURE", "vcluster: VM 7 died (CLONING_FAILURE)")),
+    ("SHUTDOWN", ("DONE", "vcluster: VM 7 died (SHUTDOWN)")),
+    ("EPILOG", ("DONE", "vcluster: VM 7 died (EPILOG)")),
+]
+
+
+def _under_a_job(state_name: str) -> Observed:
+    return picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
+                   vms={7: vm(7, S1, state_name)},
+                   launches=(launch(1, S1, "up", vm_id=7, job_id=12, ip="10.9.0.10"),))
+
+
+@pytest.mark.parametrize(("state_name", "expected"), SEEN_UNDER_A_JOB,
+                         ids=[s for s, _ in SEEN_UNDER_A_JOB])
+def test_a_vm_state_not_asked_for_fails_the_node_by_default(
+        state_name: str, expected: tuple[str, str] | None) -> None:
+    actions = plan(_under_a_job(state_name), CONFIG)
+    if expected is None:
+        assert actions == []
+    else:
+        event, reason = expected
+        assert actions == [FailNode(S1, reason, 1, 7, 12, event, state_name)]
+
+
+@pytest.mark.parametrize(("state_name", "expected"), [
+    ("SUSPENDED", [ResumeVM(7, S1, "SUSPENDED", "SUSPENDED", 1)]),
+    ("POWEROFF", [ResumeVM(7, S1, "POWEROFF", "POWEROFF", 1)]),
+    ("SAVE_SUSPEND", []),  # resumed once it has settled
+    ("SHUTDOWN_POWEROFF", []),
+    ("STOPPED", [FailNode(S1, f"vcluster: VM 7 STOPPED {BACK}", 1, 7, 12, "STOPPED",
+                          "STOPPED")]),
+])
+def test_a_class_may_resume_a_suspended_or_powered_off_vm(
+        state_name: str, expected: list[Action]) -> None:
+    assert plan(_under_a_job(state_name), RESUMING) == expected
+
+
+def test_a_vm_deleted_while_it_boots_fails_the_node_naming_it() -> None:
+    observed = picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                       launches=(launch(1, S1, "booting", vm_id=7, job_id=12),))
+    assert plan(observed, CONFIG) == [
+        FailNode(S1, "vcluster: VM 7 failed to boot (gone)", 1, None, 12, "DONE", "gone")]
 
 
 @pytest.mark.parametrize(("comment", "wishes"), [

@@ -73,6 +73,19 @@ class TerminateVM:
 
 
 @dataclass(frozen=True)
+class ResumeVM:
+    """Bring back a VM suspended or powered off behind vcluster's back (the class's rule for
+    ``event`` is ``resume``); its launch stays open."""
+
+    vm_id: int
+    node_name: str
+    event: str
+    seen: str
+    """The state the VM was seen in (``SUSPENDED``, ``POWEROFF``)."""
+    launch_id: int | None = None
+
+
+@dataclass(frozen=True)
 class CloseLaunch:
     launch_id: int
     node_name: str
@@ -82,14 +95,17 @@ class CloseLaunch:
 
 @dataclass(frozen=True)
 class FailNode:
-    """Give a node up: terminate its VM, close its launch as failed, set it DOWN (the job is
-    requeued) and power it down, all with ``reason``."""
+    """Give a node up: set it DOWN (the job is requeued) before anything else, terminate its
+    VM, close its launch as failed and power it down, all with ``reason``. ``event`` and
+    ``seen`` name a VM state vcluster did not ask for (the class's rule said ``fail``)."""
 
     node_name: str
     reason: str
     launch_id: int | None = None
     vm_id: int | None = None
     job_id: int | None = None
+    event: str = ""
+    seen: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,9 +164,19 @@ class HoldJob:
 
 
 @dataclass(frozen=True)
+class ClearReason:
+    """Clear a reason vcluster set that is no longer true (a powered-down node still showing
+    ``vcluster: per-job VM of job N``)."""
+
+    node_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
-Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | CloseLaunch | FailNode
-          | PowerDown | ResetNode | UpsertJob | StartNow | HoldJob | MarkHandled)
+Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
+          | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
+          | MarkHandled)

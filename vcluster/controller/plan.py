@@ -22,6 +22,7 @@ from vcluster.controller.actions import (
     Action,
     AdoptVM,
     BootVM,
+    ClearReason,
     CloseLaunch,
     FailNode,
     HoldJob,
@@ -29,6 +30,7 @@ from vcluster.controller.actions import (
     MarkUp,
     PowerDown,
     ResetNode,
+    ResumeVM,
     SetNodeAddr,
     StartNow,
     TerminateVM,
@@ -36,7 +38,13 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.observe import LaunchView, Observed
 from vcluster.one_vm import VM
-from vcluster.slurm_parse import Job, Node, compress_hostlist, expand_hostlist
+from vcluster.slurm_parse import (
+    PER_JOB_REASON_PREFIX,
+    Job,
+    Node,
+    compress_hostlist,
+    expand_hostlist,
+)
 
 MIN_VM_MEMORY_MB = 512
 """Smallest VM booted for a job that asks for less (or only Slurm's DefMemPerCPU)."""
@@ -51,6 +59,18 @@ SLURM_RESUME_TIMEOUT_REASON = "ResumeTimeout reached"
 _WISH_RE = re.compile(r"vcluster\[([^\]]*)\]")
 _BUSY_FLAGS = frozenset({"POWERING_UP", "POWERING_DOWN", "POWER_DOWN", "POWERED_DOWN",
                          "DRAIN", "COMPLETING"})
+_EVENT_OF_STATE = {
+    # settled states (oned's STATE, or LCM_STATE when ACTIVE)
+    "POWEROFF": "POWEROFF", "SUSPENDED": "SUSPENDED", "STOPPED": "STOPPED",
+    "UNDEPLOYED": "UNDEPLOYED", "DONE": "DONE", "UNKNOWN": "UNKNOWN",
+    # on their way there: seen before the guest's processes are gone
+    "SHUTDOWN_POWEROFF": "POWEROFF", "SAVE_SUSPEND": "SUSPENDED", "SAVE_STOP": "STOPPED",
+    "EPILOG_STOP": "STOPPED", "SHUTDOWN_UNDEPLOY": "UNDEPLOYED",
+    "EPILOG_UNDEPLOY": "UNDEPLOYED", "SHUTDOWN": "DONE", "EPILOG": "DONE",
+    "CLEANUP_DELETE": "DONE",
+}
+"""What a VM's state means when vcluster did not ask for it: the ``on_vm_event`` key."""
+_CRASH_EVENTS = frozenset({"DONE", "UNKNOWN", "FAILURE"})
 
 
 # --- what a job asks for -----------------------------------------------------------------------
@@ -124,7 +144,27 @@ def _age_s(now: datetime, then: datetime) -> float:
 
 def _is_off(node: Node | None) -> bool:
     """Powered down or on its way (a node Slurm hides counts as powered down)."""
-    return node is None or node.powered_down or node.powering_down
+    return node is None or node.powered_down or node.powering_down or _power_down_pending(node)
+
+
+def _power_down_pending(node: Node) -> bool:
+    """IDLE with POWER_DOWN: no job holds it and Slurm powers it down within a second. A
+    repeated power-down request (a late epilog) leaves a powered-down node
+    ``IDLE+DRAIN+POWER_DOWN`` for a moment; a job cancelled while its node was powering up
+    leaves it ``IDLE+DRAIN+POWER_DOWN+POWERING_UP``."""
+    return node.state == "IDLE" and "POWER_DOWN" in node.flags and "COMPLETING" not in node.flags
+
+
+def vm_event(vm: VM | None) -> str | None:
+    """The ``on_vm_event`` key of the state of a VM vcluster believes booting or up, or None
+    while that state is one vcluster asked for (or one that passes: a migration, a hotplug).
+    A VM missing from the listing was terminated or deleted: ``DONE``."""
+    if vm is None:
+        return "DONE"
+    event = _EVENT_OF_STATE.get(vm.state_name)
+    if event is None and vm.is_failed:
+        return "FAILURE"
+    return event
 
 
 def _should_boot(obs: Observed, name: str) -> bool:
@@ -213,11 +253,16 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     if _is_off(node):
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
+    event = vm_event(vm)
+    if event is not None:
+        return _plan_vm_event(nc, launch, vm_id, vm, event)
+    assert vm is not None
     if state == "booting":
-        if vm is None or vm.is_failed:
-            what = vm.state_name if vm else "gone"
-            return [FailNode(name, f"vcluster: VM {vm_id} failed to boot ({what})", launch.id,
-                             vm_id if vm else None, launch.job_id)]
+        job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
+        if (nc.policy == "per-job" and job is not None and job.is_finished
+                and name not in jobs_by_node):
+            return [TerminateVM(vm_id, name, f"job {launch.job_id} ended before its VM was "
+                                f"up ({vm.state_name})", launch.id)]
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
@@ -231,14 +276,28 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         return []
 
     # state == "up"
-    if vm is None or vm.is_failed:
-        what = vm.state_name if vm else "gone"
-        return [FailNode(name, f"vcluster: VM {vm_id} died ({what})", launch.id,
-                         vm_id if vm else None, launch.job_id)]
     if node.is_down:
         return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                             launch.id, close_as="failed")]
     return []
+
+
+def _plan_vm_event(nc: NodeClass, launch: LaunchView, vm_id: int, vm: VM | None,
+                   event: str) -> list[Action]:
+    """A VM reached a state vcluster did not ask for: the class's rule for it. ``resume``
+    waits for the state to settle (SAVE_SUSPEND, SHUTDOWN_POWEROFF), then resumes; ``fail``
+    acts at once, before the guest's processes are gone where it can."""
+    name, seen = launch.node_name, vm.state_name if vm else "gone"
+    if nc.vm_event_rule(event) == "resume" and vm is not None:
+        if seen in ("SUSPENDED", "POWEROFF"):
+            return [ResumeVM(vm_id, name, event, seen, launch.id)]
+        return []
+    if event in _CRASH_EVENTS:
+        what = "failed to boot" if launch.state == "booting" else "died"
+        reason = f"vcluster: VM {vm_id} {what} ({seen})"
+    else:
+        reason = f"vcluster: VM {vm_id} {seen} behind vcluster's back"
+    return [FailNode(name, reason, launch.id, vm_id if vm else None, launch.job_id, event, seen)]
 
 
 def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
@@ -314,7 +373,10 @@ def plan(obs: Observed, config: Config) -> list[Action]:
         if nc is None or name in open_by_node:
             continue
         tagged = unclaimed_by_node[name]
-        if node.powering_up and not node.is_down:
+        if (node.powered_down and not node.powering_up and not node.is_down
+                and node.reason.startswith(PER_JOB_REASON_PREFIX) and name not in jobs_by_node):
+            actions.append(ClearReason(name, node.reason))
+        if node.powering_up and not node.is_down and not _power_down_pending(node):
             if tagged:  # the map is rebuilt from the VM's tags
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
                                        "booting", tagged[0].ips[0] if tagged[0].ips else None))
