@@ -122,7 +122,11 @@ def host_suite() -> str:
 
 
 def other_suite(host: str | None = None) -> str:
-    """The Debian release whose Slurm is the *other* one: trixie beside bookworm and back."""
+    """The Debian release whose Slurm is the *other* one: trixie beside bookworm and back.
+
+    ``VCLUSTER_OTHER_SUITE`` overrides it (to try the root of the host's own release)."""
+    if host is None and os.environ.get("VCLUSTER_OTHER_SUITE"):
+        return os.environ["VCLUSTER_OTHER_SUITE"]
     host = host_suite() if host is None else host
     return "bookworm" if host == "trixie" else "trixie"
 
