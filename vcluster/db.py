@@ -50,7 +50,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -199,6 +199,28 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_event_at", "at"), Index("ix_event_node", "node_name"))
+
+
+DRAIN_KINDS = ("class", "node")
+
+
+class Drain(Base):
+    """An admin's ``vcluster drain``: no new VMs for a node class or one node until
+    ``vcluster undrain``; the controller's plan keeps Slurm's DRAIN flag in line with it."""
+
+    __tablename__ = "drain"
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The node class's name or the node's name."""
+    kind: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str] = mapped_column(String(64), default="")
+    """Who drained it (the login name of the admin)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in DRAIN_KINDS) + ")",
+                        name="ck_drain_kind"),
+    )
 
 
 class Heartbeat(Base):

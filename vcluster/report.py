@@ -315,6 +315,11 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def plain_table(title: str, *columns: str) -> Table:
+    """An empty table in the style of ``vcluster status`` (fill it with add_plain_row)."""
+    return _table(title, *columns)
+
+
 def add_plain_row(table: Table, *cells: str) -> None:
     """A row of plain text: oned's ``[one.template.instantiate]``, a user's job name or a
     Slurm reason is shown as written, never read as rich markup."""

@@ -28,7 +28,8 @@ def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_migrations_create_parent_dirs_and_all_tables(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert (tmp_path / "sub" / "dir" / "state.db").exists()
     tables = set(inspect(engine).get_table_names())
-    assert tables == {"alembic_version", "launch", "job", "hook_request", "event", "heartbeat"}
+    assert tables == {"alembic_version", "launch", "job", "hook_request", "event", "heartbeat",
+                      "drain"}
     assert db.current_revision(engine) == db.HEAD_REVISION
 
 

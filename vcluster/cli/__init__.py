@@ -67,12 +67,17 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 # Subcommands, imported only when used: `fsub` and `vcluster --help` stay fast, and a
 # command's heavy imports (SQLAlchemy, the testbed) load only for that command.
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "cleanup": ("vcluster.cli.admin", "cleanup"),
     "controller": ("vcluster.cli.controller", "controller_group"),
+    "drain": ("vcluster.cli.admin", "drain"),
     "events": ("vcluster.cli.status", "events"),
     "hook": ("vcluster.cli.hook", "hook"),
+    "nodes": ("vcluster.cli.admin", "nodes"),
     "slurm-conf": ("vcluster.cli.slurmconf", "slurm_conf"),
     "status": ("vcluster.cli.status", "status"),
+    "terminate": ("vcluster.cli.admin", "terminate"),
     "testbed": ("vcluster.cli.testbed", "testbed"),
+    "undrain": ("vcluster.cli.admin", "undrain"),
     "usage": ("vcluster.cli.usage", "usage"),
 }
 

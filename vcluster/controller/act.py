@@ -34,6 +34,7 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     ResumeVM,
+    SetDrain,
     SetNodeAddr,
     StartNow,
     TerminateVM,
@@ -399,6 +400,17 @@ class Actor:
         self._event_safely("job.held", f"job {a.job_id} held: {a.reason}; release it with "
                            f"`scontrol release {a.job_id}` once the cause is fixed",
                            job_id=a.job_id)
+
+    def _SetDrain(self, a: SetDrain) -> None:
+        if a.drain:
+            self.slurm.update_nodes(list(a.node_names), state="DRAIN",
+                                    reason=slurm_reason(a.reason))
+        else:
+            self.slurm.update_nodes(list(a.node_names), state="RESUME")
+        for name in a.node_names:
+            self._event_safely("node.drain" if a.drain else "node.undrain",
+                               a.reason if a.drain else "drain lifted: DRAIN cleared",
+                               node_name=name)
 
     def _MarkHandled(self, a: MarkHandled) -> None:
         with db.transaction(self.sessions) as s:

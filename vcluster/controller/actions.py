@@ -173,10 +173,20 @@ class ClearReason:
 
 
 @dataclass(frozen=True)
+class SetDrain:
+    """Set nodes DRAIN in Slurm with ``reason`` (``drain``), or lift vcluster's DRAIN
+    (``RESUME``): the admin's ``vcluster drain``, kept in line by the plan."""
+
+    node_names: tuple[str, ...]
+    drain: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | MarkHandled)
+          | SetDrain | MarkHandled)

@@ -83,6 +83,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class DrainView:
+    """A node class or node an admin drained (``vcluster drain``)."""
+
+    target: str
+    kind: str
+    reason: str
+    by: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one pass of the planner looks at."""
 
@@ -104,6 +114,8 @@ class Observed:
     """Per job, how many of its launches failed recently, and the last reason."""
     known_jobs: Mapping[int, JobRecord] = field(default_factory=dict)
     """Job rows not ended, or ended within JOB_MEMORY_S."""
+    drains: Mapping[str, DrainView] = field(default_factory=dict)
+    """Drained node classes and nodes, by class or node name."""
 
 
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
@@ -149,7 +161,9 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
             "last_failure_at": last_failure, "failed_jobs": failed_jobs,
             "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
-            "known_jobs": known_jobs}
+            "known_jobs": known_jobs,
+            "drains": {d.target: DrainView(d.target, d.kind, d.reason, d.by)
+                       for d in session.scalars(select(db.Drain))}}
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,

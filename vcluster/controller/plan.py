@@ -36,6 +36,7 @@ from vcluster.controller.actions import (
     TerminateVM,
     UpsertJob,
 )
+from vcluster.controller.drain import holds_back, plan_drains
 from vcluster.controller.observe import LaunchView, Observed
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import (
@@ -381,7 +382,8 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
                                        "booting", tagged[0].ips[0] if tagged[0].ips else None))
                 adopted.add(tagged[0].vm_id)
-            elif name not in given_up and _should_boot(obs, name):
+            elif (name not in given_up and _should_boot(obs, name)
+                  and not holds_back(obs, nc, name, jobs_by_node)):
                 actions.append(_boot(config, nc, name, jobs_by_node.get(name)))
         elif not _is_off(node) and not node.is_down and node.state != "FUTURE":
             if tagged:
@@ -408,6 +410,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
 
     if power_down:
         actions.append(PowerDown(tuple(sorted(power_down)), "per-job node's job ended"))
+    actions += plan_drains(obs, config)
     actions += _plan_jobs(config, obs)
     if obs.requests:
         actions.append(MarkHandled(tuple(r.id for r in obs.requests)))
