@@ -333,7 +333,10 @@ def test_a_vm_dying_under_a_running_job_sets_its_node_down(world: World) -> None
     assert w.slurm.updates[-2:] == [f"nodename={S1} state=DOWN reason={reason}",
                                     f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
-    assert w.events()[-1] == ("node.failed", S1, reason)
+    assert w.events()[-2:] == [
+        ("vm.lost", S1, "VM 40 seen gone (not asked by vcluster); rule DONE=fail: node set "
+                        "DOWN (job 12 requeued by Slurm), VM terminated"),
+        ("node.failed", S1, reason)]
 
 
 def _job_running_on_vm_40(w: World) -> None:

@@ -320,10 +320,14 @@ class Actor:
                 slurm_error = f" (could not power it down: {exc})"
                 log.warning("cannot power node %s down: %s", a.node_name, exc)
         if a.event:
+            vm_id = a.vm_id
+            if vm_id is None and a.launch_id is not None:  # gone: its launch still names it
+                with self.sessions() as s:
+                    vm_id = self._launch(s, a.launch_id).vm_id
             job = f"job {a.job_id} requeued by Slurm" if a.job_id is not None else "no job"
-            self._event(LOST_EVENT, f"VM {a.vm_id if a.vm_id is not None else '?'} seen "
-                        f"{a.seen} (not asked by vcluster); rule {a.event}=fail: node set DOWN "
-                        f"({job}), VM terminated", a.node_name, a.job_id, a.vm_id)
+            self._event(LOST_EVENT, f"VM {vm_id} seen {a.seen} (not asked by vcluster); rule "
+                        f"{a.event}=fail: node set DOWN ({job}), VM terminated", a.node_name,
+                        a.job_id, vm_id)
         self._close(a.launch_id, "failed", a.reason + slurm_error, "node.failed", a.node_name,
                     a.vm_id)
 

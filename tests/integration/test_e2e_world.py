@@ -1,0 +1,152 @@
+"""The world acts on VMs behind vcluster's back, end to end: an admin powers off, suspends or
+terminates a running job's VM through OpenNebula's API; a job is cancelled while its VM
+cannot be placed. The real slurmctld, the testbed cloud's netns VMs, the controller.
+
+What a user must see: the job requeued and completed on a fresh VM, never FAILED; nothing of
+the lost VM left (no VM, namespace, freezer cgroup or process). Each recovery time is printed
+(`pytest -s`) and appended to ``$VCLUSTER_RECOVERY_LOG`` when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pyone
+import pytest
+
+from tests.integration.site_fixtures import (
+    E2E_NAME,
+    Site,
+    e2e_site,
+    job_id_of,
+    slurm_flavor,
+    wait_clean,
+    wait_for,
+)
+from vcluster.config import read_one_auth
+from vcluster.testbed import netns
+from vcluster.testbed.cloud.drivers.netns import FREEZER_ROOT
+
+__all__ = ["e2e_site", "slurm_flavor"]
+
+pytestmark = pytest.mark.integration
+
+JOB_TIMEOUT_S = 240
+DONE = 6
+
+
+@pytest.fixture()
+def s(e2e_site: Site) -> Iterator[Site]:
+    wait_clean(e2e_site)
+    yield e2e_site
+    wait_clean(e2e_site)
+
+
+def server(s: Site) -> pyone.OneServer:
+    return pyone.OneServer(s.config.opennebula.xmlrpc,
+                           session=read_one_auth(s.config.opennebula.auth_file))
+
+
+def vms_of_job(s: Site, job_id: int) -> dict[int, int]:
+    """{VM id: STATE} of every VM ever booted for the job (DONE ones included)."""
+    return {int(vm.ID): int(vm.STATE)
+            for vm in server(s).vmpool.infoextended(-2, -1, -1, -2).VM or []
+            if str((vm.USER_TEMPLATE or {}).get("VCLUSTER_JOB", "")) == str(job_id)}
+
+
+def report(what: str, seconds: float) -> None:
+    line = f"{what}: {seconds:.1f} s"
+    print(line)
+    path = os.environ.get("VCLUSTER_RECOVERY_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{line}\n")
+
+
+def events(s: Site) -> str:
+    return subprocess.run(["vcluster", "events", "-n", "300"], capture_output=True, text=True,
+                          env=s.env, check=True).stdout
+
+
+def nothing_left_of(s: Site, vm_id: int) -> str:
+    """'' once the VM is DONE and no namespace or freezer cgroup of it is left."""
+    if server(s).vm.info(vm_id).STATE != DONE:
+        return f"VM {vm_id} not DONE"
+    if netns.host_exists(f"{E2E_NAME}-vm{vm_id}"):
+        return f"namespace of VM {vm_id} left"
+    if (FREEZER_ROOT / f"{E2E_NAME}-vm{vm_id}").exists():
+        return f"freezer cgroup of VM {vm_id} left"
+    return ""
+
+
+@pytest.mark.parametrize(("action", "seen"), [
+    ("poweroff-hard", "POWEROFF"),
+    ("suspend", "SUSPENDED"),
+    ("terminate-hard", "DONE"),
+])
+def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
+        s: Site, action: str, seen: str) -> None:
+    out = s.work / f"world-{action}.out"
+    marker = s.work / f"world-{action}.marker"
+    marker.unlink(missing_ok=True)
+    script = f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.2)
+    (vm_id,) = vms_of_job(s, job_id)
+    acted = time.monotonic()
+    s.one.action(action, vm_id)
+    states: list[str] = []
+
+    def node_failed() -> bool:
+        return f"VM {vm_id} seen" in events(s)
+
+    wait_for("the VM's loss handled by its class's rule", node_failed, 30, 0.2)
+    handled_s = time.monotonic() - acted
+
+    def completed() -> bool:
+        job = s.job(job_id)
+        if job is not None and (not states or states[-1] != job.state):
+            states.append(job.state)
+        return job is not None and job.state == "COMPLETED"
+
+    wait_for("job completed", completed, JOB_TIMEOUT_S, 0.5)
+    recovered_s = time.monotonic() - acted
+    assert "FAILED" not in states, f"the job went through {states}"
+    assert out.read_text().strip().splitlines()[-1].startswith(f"{E2E_NAME}-small-")
+    assert len(vms_of_job(s, job_id)) >= 2, "the rerun had a fresh VM"
+    wait_for("nothing of the lost VM left", lambda: not nothing_left_of(s, vm_id), 60, 0.5)
+    log = events(s)
+    assert f"VM {vm_id} seen" in log and f"rule {seen}=fail" in log
+    assert f"job {job_id} has a working node again" in log
+    report(f"{action}: handled (node DOWN, rule applied)", handled_s)
+    report(f"{action}: job completed on a fresh VM", recovered_s)
+
+
+def test_a_job_cancelled_while_its_vm_cannot_be_placed_leaves_no_vm(s: Site) -> None:
+    one = server(s)
+    # fill every host, so that the job's VM stays PENDING ("Not enough CPU")
+    fillers = []
+    for host in one.hostpool.info().HOST:
+        share = host.HOST_SHARE
+        cpu = (int(share.MAX_CPU) - int(share.CPU_USAGE)) / 100
+        mem_mb = (int(share.MAX_MEM) - int(share.MEM_USAGE)) // 1024
+        fillers.append(one.vm.allocate(f'NAME = "filler"\nCPU = "{cpu}"\nMEMORY = "{mem_mb}"\n'
+                                       f'SCHED_REQUIREMENTS = "ID = {int(host.ID)}"\n', False))
+    try:
+        job_id = job_id_of(s.fsub("-N1", f"--output={s.work / 'unplaced.out'}", "--wrap",
+                                  "hostname"))
+        wait_for("the job's VM unplaced (PENDING with a SCHED_MESSAGE)", lambda: any(
+            state == 1 and "SCHED_MESSAGE" in (one.vm.info(vm_id).USER_TEMPLATE or {})
+            for vm_id, state in vms_of_job(s, job_id).items()), 60, 0.2)
+        subprocess.run(["scancel", str(job_id)], env=s.env, check=True)
+        cancelled = time.monotonic()
+        wait_for("no VM of the job left", lambda: all(
+            state == DONE for state in vms_of_job(s, job_id).values()), 5, 0.1)
+        report("cancelled job's unplaceable VM terminated", time.monotonic() - cancelled)
+    finally:
+        for vm_id in fillers:
+            one.vm.action("terminate-hard", vm_id)
+    wait_clean(s, 120)
