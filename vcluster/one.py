@@ -54,6 +54,7 @@ from vcluster.errors import (
     OneNotFound,
     OneUnavailable,
 )
+from vcluster.one_site import VNetInfo, template_nics, vnet_from_binding
 from vcluster.one_vm import VM, LcmState, VmState, state_name, vm_from_binding
 from vcluster.vmtemplate import render_template
 
@@ -403,6 +404,19 @@ class OneClient:
             if not (vm.is_gone or vm.is_terminating):
                 raise
             logger.info("VM %s is already %s", vm_id, vm.state_name)
+
+    def template_nics(self, template_id: int) -> list[dict[str, str]]:
+        """The NICs of VM template ``template_id`` (for ``vcluster doctor``)."""
+        body = self._call("template.info", int(template_id), False, False,
+                          doing=f"read VM template {template_id}",
+                          subject=f"VM template {template_id}", hint="check the template id")
+        return template_nics(body)
+
+    def vnets(self) -> list[VNetInfo]:
+        """Every virtual network the user can see, with its lease counts."""
+        pool = self._call("vnpool.info", -2, -1, -1, doing="list virtual networks",
+                          subject="virtual network pool", hint="check the user's permissions")
+        return [vnet_from_binding(v) for v in (pool.VNET or [])]
 
     def update_user_template(self, vm_id: int, attrs: Mapping[str, str]) -> None:
         """Merge ``attrs`` into the VM's USER_TEMPLATE (other attributes are kept)."""

@@ -61,8 +61,13 @@ class FakeOned:
         self.server = SimpleXMLRPCServer(("127.0.0.1", 0), requestHandler=_QuietHandler,
                                          logRequests=False)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
+        self.template_bodies: dict[int, str] = {}
+        """Template id -> the XML inside its <TEMPLATE> (NICs...)."""
+        self.vnets: list[str] = []
+        """<VNET> elements of one.vnpool.info."""
         for name in ("system.version", "vm.info", "vm.allocate", "vm.action",
-                     "vmpool.infoextended", "templatepool.info"):
+                     "vmpool.infoextended", "templatepool.info", "template.info",
+                     "vnpool.info"):
             self.server.register_function(self._wrap(name), f"one.{name}")
 
     def fail_next(self, method: str, message: str, code: int, times: int = 1) -> None:
@@ -118,6 +123,28 @@ class FakeOned:
             for i, name in sorted(self.templates.items(), reverse=True)
         )
         return [True, f"<VMTEMPLATE_POOL>{body}</VMTEMPLATE_POOL>", 0]
+
+
+    def _template_info(self, tmpl_id: int, extended: bool = False,
+                       decrypt: bool = False) -> list[Any]:
+        if tmpl_id not in self.templates:
+            return [False, f"[one.template.info] Error getting VM template [{tmpl_id}].",
+                    NO_EXISTS, tmpl_id, 0]
+        return [True, f"<VMTEMPLATE><ID>{tmpl_id}</ID><UID>0</UID><GID>0</GID>"
+                f"<UNAME>oneadmin</UNAME><GNAME>oneadmin</GNAME>"
+                f"<NAME>{self.templates[tmpl_id]}</NAME><REGTIME>0</REGTIME>"
+                f"<TEMPLATE>{self.template_bodies.get(tmpl_id, '')}</TEMPLATE></VMTEMPLATE>", 0]
+
+    def _vnpool_info(self, flt: int, start: int, end: int) -> list[Any]:
+        return [True, f"<VNET_POOL>{''.join(self.vnets)}</VNET_POOL>", 0]
+
+
+def vnet_xml(vnet_id: int, name: str, owner: str, size: int, used: int) -> str:
+    """A <VNET> of one.vnpool.info with one address range of ``size`` and ``used`` leases."""
+    return (f"<VNET><ID>{vnet_id}</ID><UID>0</UID><GID>0</GID><UNAME>{owner}</UNAME>"
+            f"<GNAME>oneadmin</GNAME><NAME>{name}</NAME><USED_LEASES>{used}</USED_LEASES>"
+            f"<AR_POOL><AR><AR_ID>0</AR_ID><IP>10.1.0.2</IP><SIZE>{size}</SIZE>"
+            f"<TYPE>IP4</TYPE></AR></AR_POOL></VNET>")
 
 
 @contextmanager

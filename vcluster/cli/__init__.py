@@ -69,6 +69,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("vcluster.cli.admin", "cleanup"),
     "controller": ("vcluster.cli.controller", "controller_group"),
+    "doctor": ("vcluster.cli.doctor", "doctor"),
     "drain": ("vcluster.cli.admin", "drain"),
     "events": ("vcluster.cli.status", "events"),
     "hook": ("vcluster.cli.hook", "hook"),
