@@ -176,11 +176,23 @@ def _hooks(config: Config) -> Iterator[Check]:
             yield Check(FAIL, name, f"SlurmUser {slurm_user} cannot run {path}: {why}; install "
                         "vcluster where it can (e.g. a venv under /opt) and rerun "
                         "`vcluster slurm-conf`")
-        elif os.path.realpath(path) != os.path.realpath(expected):
+        elif os.path.realpath(path) == os.path.realpath(expected):
+            yield Check(OK, name, path)
+        elif _wraps(path, expected):
+            yield Check(OK, name, f"{path} (a wrapper of {expected})")
+        else:
             yield Check(WARN, name, f"slurm.conf runs {path}, this vcluster's is {expected}; "
                         f"if that is not a wrapper of it, {fix}")
-        else:
-            yield Check(OK, name, path)
+
+
+def _wraps(path: str, program: str) -> bool:
+    """``path`` is a small script that execs ``program`` (as the testbed's wrappers do)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and f"exec {program} ".encode() in head
 
 
 def cannot_run(path: str, user: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,3 +78,80 @@ def test_usage_reports_a_jobs_vm_hours_as_its_vms_lifetime(s: Site) -> None:
     core_s = sum((int(vm.ETIME) - int(vm.STIME)) * int(vm.TEMPLATE["VCPU"]) for vm in vms)
     assert abs(row["core_hours"] * 3600 - core_s) <= 1.0 * int(vms[0].TEMPLATE["VCPU"])
     assert (row["user"], row["node_class"]) == ("root", "small")
+
+
+JOB_TIMEOUT_S = 240
+
+
+def test_doctor_finds_only_the_sites_deliberately_missing_template(s: Site) -> None:
+    proc = vcluster(s, "doctor")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    # the e2e site offers "vcluster-broken" on purpose (jobs asking for it must fail)
+    assert [line for line in lines if not line.startswith("ok ")] == [
+        "FAIL  template vcluster-broken: OpenNebula has no VM template named 'vcluster-broken' "
+        "that user 'oneadmin' can use; create it or fix node_class.template (class small, "
+        "node_class[0].templates)"]
+    assert "ok    template vcluster-worker: exists (id 0, class small, 1 NIC)" in lines
+    assert any(line.startswith("ok    network of vcluster-worker: network ") for line in lines)
+    assert any(line.startswith("ok    hook ResumeProgram: ") and "a wrapper of" in line
+               for line in lines)
+
+
+def test_a_drained_class_boots_nothing_until_undrained(s: Site) -> None:
+    proc = vcluster(s, "drain", "small", "--reason", "e2e drain")
+    assert proc.returncode == 0, proc.stderr
+    small = s.config.node_class("small")
+    assert proc.stdout == (f"class small drained: {small.hostlist} "
+                           "(vcluster drain: e2e drain (by root))\n")
+    try:
+        nodes = {n["name"]: n for n in vcluster_json(s, "nodes")["nodes"]}
+        assert all(nodes[name]["drained"] for name in small.node_names())
+        job_id = job_id_of(s.fsub("-N1", f"--output={s.work / 'drained.out'}", "--wrap",
+                                  "hostname"))
+        time.sleep(8)  # several passes of the controller
+        job = s.job(job_id)
+        assert job is not None and job.state == "PENDING", job
+        assert not oned_vms_of_job(s, job_id)
+    finally:
+        proc = vcluster(s, "undrain", "small")
+    assert proc.returncode == 0, proc.stderr
+    wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+             JOB_TIMEOUT_S, 1)
+    assert not any(n.is_drained for n in s.cloud_nodes())
+
+
+def test_terminate_a_running_jobs_vm_requeues_the_job(s: Site) -> None:
+    marker = s.work / "terminate.marker"
+    out = s.work / "terminate.out"
+    script = f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.5)
+    (vm,) = oned_vms_of_job(s, job_id)
+    node = str(vm.USER_TEMPLATE["VCLUSTER_NODE"])
+    row = {n["name"]: n for n in vcluster_json(s, "nodes")["nodes"]}[node]
+    assert (row["vm_id"], row["vm_state"], row["job_id"]) == (int(vm.ID), "RUNNING", job_id)
+    proc = vcluster(s, "terminate", node, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"VM {vm.ID} terminated; node {node} set DOWN, so Slurm requeues "
+                           "its job\n")
+    wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
+             JOB_TIMEOUT_S, 1)
+    assert len(oned_vms_of_job(s, job_id)) == 2
+    events = vcluster_json(s, "events", "--job", str(job_id))
+    assert any(e["kind"] == "admin.terminate" and e["vm_id"] == int(vm.ID) for e in events)
+
+
+def test_cleanup_leaves_a_vm_booted_just_now_alone(s: Site) -> None:
+    tags = {"VCLUSTER_NODE": "nowhere-001", "VCLUSTER_CLUSTER": s.config.controller.cluster_name}
+    one = s.one
+    template_id = one.template_id(s.config.node_class("small").template)
+    vm_id = one.instantiate(template_id, "orphan", "\n".join(
+        f'{k} = "{v}"' for k, v in tags.items()), hold=True)
+    try:
+        proc = vcluster(s, "cleanup", "--dry-run", "--json")
+        assert proc.returncode == 0, proc.stderr
+        # younger than cleanup's grace: left alone (the running controller sweeps it anyway)
+        assert all(item["vm_id"] != vm_id for item in json.loads(proc.stdout)["leftovers"])
+    finally:
+        one.terminate(vm_id)

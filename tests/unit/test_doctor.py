@@ -171,13 +171,17 @@ def open_to_others(directory: Path) -> bool:
     return bool(mode & 0o001)
 
 
-def test_a_hook_that_is_a_wrapper_elsewhere_is_a_warning(site: Path) -> None:
+def test_a_hook_elsewhere_is_ok_if_it_wraps_this_vclusters_else_a_warning(site: Path) -> None:
+    installed = f"{default_program_dir()}/vcluster-epilog"
     wrapper = site / "wrappers" / "vcluster-epilog"
     wrapper.parent.mkdir()
-    wrapper.write_text(f"#!/bin/sh\nexec {default_program_dir()}/vcluster-epilog \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\nexport VCLUSTER_CONFIG=/x\nexec {installed} \"$@\"\n")
     wrapper.chmod(0o755)
     conf = site / "slurm.conf"
     conf.write_text(conf.read_text() + f"EpilogSlurmctld={wrapper}\n")
+    assert (f"ok    hook EpilogSlurmctld: {wrapper} (a wrapper of {installed})"
+            in doctor().stdout.splitlines())
+    wrapper.write_text("#!/bin/sh\nexec /opt/other/vcluster-epilog \"$@\"\n")
     out = doctor().stdout.splitlines()
     assert (f"warn  hook EpilogSlurmctld: slurm.conf runs {wrapper}, this vcluster's is "
             f"{default_program_dir()}/vcluster-epilog; if that is not a wrapper of it, run "
