@@ -9,6 +9,7 @@ the lost VM left (no VM, namespace, freezer cgroup or process). Each recovery ti
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -67,8 +68,10 @@ def report(what: str, seconds: float) -> None:
 
 
 def events(s: Site) -> str:
-    return subprocess.run(["vcluster", "events", "-n", "300"], capture_output=True, text=True,
-                          env=s.env, check=True).stdout
+    """The messages `vcluster events` shows, one a line (from --json: a table wraps them)."""
+    out = subprocess.run(["vcluster", "events", "-n", "300", "--json"], capture_output=True,
+                         text=True, env=s.env, check=True).stdout
+    return "\n".join(f"{e['kind']} {e['message']}" for e in json.loads(out))
 
 
 def nothing_left_of(s: Site, vm_id: int) -> str:

@@ -42,7 +42,7 @@ from vcluster.controller.plan import job_wishes, plan
 from vcluster.slurm_parse import compress_hostlist
 
 CONFIG = make_config()
-S1, S2, B1 = "vc-small-001", "vc-small-002", "vc-big-001"
+S1, S2, S3, B1 = "vc-small-001", "vc-small-002", "vc-small-003", "vc-big-001"
 ASKS = {"TOKEN": "YES", "REPORT_READY": "YES", "ONEGATE_ENDPOINT": "http://10.9.0.1:5030"}
 """The CONTEXT of a VM that reports READY through OneGate (as vcluster's workers do)."""
 
@@ -280,9 +280,12 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                                launch(2, S2, "booting", vm_id=8, job_id=13))),
      [TerminateVM(7, S1, "job 12 ended before its VM was up (PENDING)", 1),
       TerminateVM(8, S2, "job 13 ended before its VM was up (BOOT)", 2)]),
-    ("a stale per-job reason on a powered-down node is cleared; one of a held node stays",
-     lambda: picture(nodes={S1: node(S1, "IDLE", "POWERED_DOWN",
+    ("a stale per-job drain on a powered-down node is lifted; one of a held node stays; a "
+     "reason without a drain waits for the node's next registration (24.11 keeps it)",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "POWERED_DOWN", "DRAIN",
                                      reason="vcluster: per-job VM of job 12"),
+                            S3: node(S3, "IDLE", "POWERED_DOWN",
+                                     reason="vcluster: per-job VM of job 11"),
                             S2: node(S2, "IDLE", "POWERED_DOWN", "POWERING_UP",
                                      reason="vcluster: per-job VM of job 13")},
                      jobs=jobs(job(13, S2))),

@@ -165,8 +165,9 @@ class HoldJob:
 
 @dataclass(frozen=True)
 class ClearReason:
-    """Clear a reason vcluster set that is no longer true (a powered-down node still showing
-    ``vcluster: per-job VM of job N``)."""
+    """Lift the drain, and with it the reason, that vcluster set and that is no longer true
+    (a powered-down node still drained with ``vcluster: per-job VM of job N``). Slurm 24.11
+    keeps the reason of a node that is not drained until it registers again: left alone."""
 
     node_name: str
     reason: str

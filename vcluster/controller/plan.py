@@ -374,8 +374,9 @@ def plan(obs: Observed, config: Config) -> list[Action]:
         if nc is None or name in open_by_node:
             continue
         tagged = unclaimed_by_node[name]
-        if (node.powered_down and not node.powering_up and not node.is_down
-                and node.reason.startswith(PER_JOB_REASON_PREFIX) and name not in jobs_by_node):
+        if (node.powered_down and node.is_drained and not node.powering_up
+                and not node.is_down and node.reason.startswith(PER_JOB_REASON_PREFIX)
+                and name not in jobs_by_node):
             actions.append(ClearReason(name, node.reason))
         if node.powering_up and not node.is_down and not _power_down_pending(node):
             if tagged:  # the map is rebuilt from the VM's tags
