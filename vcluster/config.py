@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vcluster.errors import ConfigError
+from vcluster.paths import DEFAULT_CONFIG_PATH, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
-DEFAULT_CONFIG_PATH = "/etc/vcluster/vcluster.toml"
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -108,9 +108,9 @@ class ControllerSettings:
     """Slurm's SuspendTimeout, seconds."""
     prolog_wait_s: float = 300.0
     """How long PrologSlurmctld waits for the job's nodes to come up, seconds."""
-    state_dir: str = "/var/lib/vcluster"
+    state_dir: str = DEFAULT_STATE_DIR
     """Where the controller keeps its wake-up socket and files."""
-    log_dir: str = "/var/log/vcluster"
+    log_dir: str = DEFAULT_LOG_DIR
     """Where hooks and the controller write their logs."""
     history_days: int = 90
     """Events, ended launches and ended jobs older than this are pruned, days."""
@@ -364,8 +364,8 @@ def parse_config(
         resume_timeout_s=c_r.positive("resume_timeout_s", int, 600),
         suspend_timeout_s=c_r.positive("suspend_timeout_s", int, 30),
         prolog_wait_s=c_r.positive("prolog_wait_s", float, 300.0),
-        state_dir=c_r.get("state_dir", str, "/var/lib/vcluster"),
-        log_dir=c_r.get("log_dir", str, "/var/log/vcluster"),
+        state_dir=c_r.get("state_dir", str, DEFAULT_STATE_DIR),
+        log_dir=c_r.get("log_dir", str, DEFAULT_LOG_DIR),
         history_days=c_r.positive("history_days", int, 90),
     )
     c_r.finish()

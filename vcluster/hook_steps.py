@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vcluster import db, wake
 from vcluster.config import Config
 from vcluster.errors import ControllerStale, UserInputError, VclusterError
+from vcluster.hook_wire import EXIT_OK
 from vcluster.slurm_parse import (
     PER_JOB_REASON_PREFIX,
     Node,
@@ -33,7 +34,6 @@ from vcluster.slurm_parse import (
 
 log = logging.getLogger("vcluster.hooks")
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_STALE, EXIT_CONFIG, EXIT_FAILED = 0, 2, 3, 4, 5
 MAX_HOSTLIST_CHARS = 65536
 PROLOG_POLL_S = 0.25
 """How often the prolog asks Slurm whether the job's nodes are up: the job starts at most
@@ -66,6 +66,14 @@ class HookEnv:
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
     wake: Callable[[str], bool] = field(default=wake.send_wake)
+    recorded: Callable[[int], None] = field(default=lambda _request_id: None)
+    """Told the request's id once it is in the database (the controller answers the hook)."""
+    wait_nodes: Callable[[HookEnv, int, Sequence[str]], tuple[float, list[str]]] | None = None
+    """How the prolog waits for the job's nodes: :func:`wait_for_nodes` unless the
+    controller gives its shared wait (one read of Slurm for every waiting job)."""
+    refusal: str = ""
+    """Set when the controller did not answer: every request is refused with this message,
+    as if its heartbeat were stale."""
 
 
 # --- input validation --------------------------------------------------------------------
@@ -159,6 +167,8 @@ def check_heartbeat(session: Session, config: Config, now: datetime) -> None:
 def record_request(env: HookEnv, kind: str, nodes: Sequence[str], job_ids: Sequence[int],
                    message: str, payload: Mapping[str, Any] | None = None) -> int:
     """Check the heartbeat, store the request and its event in one transaction, wake."""
+    if env.refusal:
+        raise ControllerStale(env.refusal)
     now = env.now()
     with db.transaction(env.sessions) as s:
         check_heartbeat(s, env.config, now)
@@ -169,6 +179,7 @@ def record_request(env: HookEnv, kind: str, nodes: Sequence[str], job_ids: Seque
                         node_name=nodes[0] if len(nodes) == 1 else None, at=now)
         s.flush()
         request_id = req.id
+    env.recorded(request_id)
     env.wake(env.config.controller.state_dir)
     return request_id
 
@@ -242,19 +253,22 @@ def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
         return EXIT_OK
     per_job = [n for n in nodes
                if (nc := env.config.class_of_node(n)) is not None and nc.policy == "per-job"]
-    if per_job:
-        # Done before the heartbeat check: Slurm's side must not wait for a dead controller.
-        # If Slurm refuses (a node still powering up), the controller powers it down later.
-        try:
-            env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
-            log.info("job %d ended: powering down per-job nodes %s", job_id,
-                     compress_hostlist(per_job))
-        except VclusterError as exc:
-            log.warning("job %d ended: cannot power down %s now: %s", job_id,
-                        compress_hostlist(per_job), exc)
-    record_request(env, "epilog", nodes, [job_id],
-                   f"job {job_id} ended (exit {exit_code or '?'}) on {compress_hostlist(nodes)}",
-                   payload={"exit_code": exit_code or ""})
+    try:
+        record_request(env, "epilog", nodes, [job_id], f"job {job_id} ended (exit "
+                       f"{exit_code or '?'}) on {compress_hostlist(nodes)}",
+                       payload={"exit_code": exit_code or ""})
+    finally:
+        # Done even if the request was refused: Slurm's side must not wait for a dead
+        # controller. If Slurm refuses (a node still powering up), the controller powers it
+        # down later.
+        if per_job:
+            try:
+                env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
+                log.info("job %d ended: powering down per-job nodes %s", job_id,
+                         compress_hostlist(per_job))
+            except VclusterError as exc:
+                log.warning("job %d ended: cannot power down %s now: %s", job_id,
+                            compress_hostlist(per_job), exc)
     return EXIT_OK
 
 
@@ -275,6 +289,12 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
     except ControllerStale as exc:
         log.warning("job %d: %s; letting Slurm start the job without waiting", job_id, exc)
         return EXIT_OK
+    return finish_prolog(env, job_id, nodes)
+
+
+def finish_prolog(env: HookEnv, job_id: int, nodes: Sequence[str]) -> int:
+    """The prolog once its request is recorded: the strigger backup, the wait, the nodes
+    reserved for the job. (A hook whose controller stopped while it waited does this.)"""
     program = job_finished_wrapper_path(env.config)
     if not os.access(program, os.X_OK):
         program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)
@@ -285,7 +305,7 @@ def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:
             log.warning("job %d: cannot register the job-end trigger: %s", job_id, exc)
     else:
         log.warning("job %d: %s not found; no job-end trigger registered", job_id, program)
-    waited_s, pending = wait_for_nodes(env, job_id, nodes)
+    waited_s, pending = (env.wait_nodes or wait_for_nodes)(env, job_id, nodes)
     if pending:
         log.warning("job %d: %s not up after %.1f s; leaving it to Slurm's ResumeTimeout",
                     job_id, compress_hostlist(pending), waited_s)
@@ -337,16 +357,26 @@ def wait_for_nodes(env: HookEnv, job_id: int, nodes: Sequence[str]) -> tuple[flo
                 log.debug("job %d: reading node %s failed: %s", job_id, name, exc)
                 still.append(name)
                 continue
-            if node is None or node.powering_up or node.powered_down:
+            verdict = node_wait_state(node)
+            if verdict == "pending":
                 still.append(name)
-            elif node.is_down:
-                log.warning("job %d: node %s is DOWN (%s)", job_id, name, node.reason)
+            elif verdict == "down":
+                log.warning("job %d: node %s is DOWN (%s)", job_id, name,
+                            node.reason if node else "")
                 return env.monotonic() - start, [name]
         pending = still
         waited_s = env.monotonic() - start
         if not pending or waited_s >= limit_s or _launch_failed(env, job_id, started_at):
             return waited_s, pending
         env.sleep(min(PROLOG_POLL_S, max(0.0, limit_s - waited_s)))
+
+
+def node_wait_state(node: Node | None) -> str:
+    """What the prolog makes of one node: ``pending`` (unknown, powering up, still powered
+    down), ``down`` (it failed: stop waiting) or ``up``."""
+    if node is None or node.powering_up or node.powered_down:
+        return "pending"
+    return "down" if node.is_down else "up"
 
 
 def _launch_failed(env: HookEnv, job_id: int, since: datetime) -> bool:

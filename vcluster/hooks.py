@@ -1,4 +1,9 @@
-"""The programs slurmctld runs: record what Slurm asked, wake the controller, return.
+"""Slurm's hooks run in one process: record what Slurm asked, wake the controller, return.
+
+The programs slurmctld runs (:mod:`vcluster.hook_client`) hand their request to the
+controller, which runs it through :mod:`vcluster.hook_steps` and records it; this module is
+how a hook does the same work itself, with its own database connection, when no controller
+takes its request (then the heartbeat decides, as below), and what ``vcluster hook`` replays.
 
 Why it exists: ResumeProgram, SuspendProgram, ResumeFailProgram, PrologSlurmctld,
 EpilogSlurmctld and the ``strigger --fini`` program are run by slurmctld with a bare
@@ -27,14 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from vcluster import db
-from vcluster.config import DEFAULT_CONFIG_PATH, Config, load_config
+from vcluster.config import Config, load_config
 from vcluster.errors import ConfigError, ControllerStale, UserInputError, VclusterError
 from vcluster.hook_steps import (
-    EXIT_BAD_INPUT,
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_STALE,
     JOB_FINISHED_PROGRAM,
     HookEnv,
     HookSlurm,
@@ -45,6 +45,7 @@ from vcluster.hook_steps import (
     do_resume,
     do_resume_fail,
     do_suspend,
+    finish_prolog,
     job_finished_wrapper_path,
     parse_job_id,
     parse_resume_json,
@@ -53,11 +54,14 @@ from vcluster.hook_steps import (
     record_request,
     wait_for_nodes,
 )
+from vcluster.hook_wire import EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STALE
+from vcluster.paths import hook_config_path
 
 __all__ = [
     "EXIT_BAD_INPUT", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STALE", "HookEnv",
     "HookSlurm", "check_heartbeat", "do_epilog", "do_job_finished", "do_prolog", "do_resume",
-    "do_resume_fail", "do_suspend", "hook_action", "hook_config_path", "parse_job_id",
+    "do_resume_fail", "do_suspend", "exit_code_of", "hook_action", "hook_config_path",
+    "parse_job_id",
     "parse_resume_json", "parse_vcluster_nodes", "read_resume_file", "record_request",
     "run_hook", "wait_for_nodes", "write_job_finished_wrapper",
 ]
@@ -85,17 +89,6 @@ def write_job_finished_wrapper(config: Config, program_dir: str) -> str:
 # --- process entry points ----------------------------------------------------------------------
 
 
-def hook_config_path(environ: Mapping[str, str]) -> str:
-    """VCLUSTER_CONFIG, else the default file, else ``vcluster.toml`` beside SLURM_CONF."""
-    if environ.get("VCLUSTER_CONFIG"):
-        return environ["VCLUSTER_CONFIG"]
-    if not os.path.exists(DEFAULT_CONFIG_PATH) and environ.get("SLURM_CONF"):
-        beside = os.path.join(os.path.dirname(environ["SLURM_CONF"]), "vcluster.toml")
-        if os.path.exists(beside):
-            return beside
-    return DEFAULT_CONFIG_PATH
-
-
 def _setup_logging(config: Config, program: str) -> None:
     root = logging.getLogger("vcluster")
     root.setLevel(logging.INFO)
@@ -110,13 +103,28 @@ def _setup_logging(config: Config, program: str) -> None:
     root.addHandler(handler)
 
 
-def make_env(config: Config, argv0: str) -> HookEnv:
+def make_env(config: Config, argv0: str, *, refusal: str = "") -> HookEnv:
+    """The hook's own database and Slurm; with ``refusal`` every request is refused with
+    that message, as if the heartbeat were stale (the controller did not answer)."""
     from vcluster.slurm import Slurm
 
     engine = db.make_engine(config.database, migrate=False)
     return HookEnv(config=config, sessions=db.session_factory(engine),
                    slurm=Slurm(config.slurm),
-                   program_dir=os.path.dirname(os.path.abspath(argv0)))
+                   program_dir=os.path.dirname(os.path.abspath(argv0)), refusal=refusal)
+
+
+def exit_code_of(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one-line message a hook gives for ``exc``."""
+    if isinstance(exc, UserInputError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, ControllerStale):
+        return EXIT_STALE, str(exc)
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, VclusterError):
+        return EXIT_FAILED, str(exc)
+    return EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}"
 
 
 def run_hook(program: str, action: Callable[[HookEnv], int], *,
@@ -134,17 +142,10 @@ def run_hook(program: str, action: Callable[[HookEnv], int], *,
     code, message = EXIT_FAILED, ""
     try:
         code = action(env_factory(config, argv0 or program))
-    except UserInputError as exc:
-        code, message = EXIT_BAD_INPUT, str(exc)
-    except ControllerStale as exc:
-        code, message = EXIT_STALE, str(exc)
-    except ConfigError as exc:
-        code, message = EXIT_CONFIG, str(exc)
-    except VclusterError as exc:
-        code, message = EXIT_FAILED, str(exc)
     except Exception as exc:  # a hook must always exit with a defined code and a log line
-        log.exception("%s failed unexpectedly", program)
-        code, message = EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}"
+        if not isinstance(exc, VclusterError):
+            log.exception("%s failed unexpectedly", program)
+        code, message = exit_code_of(exc)
     if code != EXIT_OK and message:
         log.error("%s: %s (exit %d)", program, message, code)
         print(f"{program}: error: {message}", file=sys.stderr)
@@ -196,6 +197,18 @@ def hook_action(kind: str, argv: Sequence[str], environ: Mapping[str, str]
                                      environ.get("SLURM_JOB_NODELIST"),
                                      environ.get("SLURM_JOB_EXIT_CODE"))
     raise ValueError(f"unknown hook {kind!r}")
+
+
+def prolog_finish_action(environ: Mapping[str, str]) -> Callable[[HookEnv], int]:
+    """The prolog's wait, for a hook whose request the controller recorded but which lost
+    the controller before its answer (it stopped): the hook waits for the nodes itself."""
+    def action(env: HookEnv) -> int:
+        job_id = parse_job_id(environ.get("SLURM_JOB_ID"))
+        nodes = parse_vcluster_nodes(environ.get("SLURM_JOB_NODELIST"), env.config,
+                                     only_ours=False)
+        return finish_prolog(env, job_id, nodes) if nodes else EXIT_OK
+
+    return action
 
 
 def _main(kind: str) -> None:

@@ -216,6 +216,21 @@ class Slurm:
                 return node_from_record(record)
         return None
 
+    def show_nodes(self, names: Sequence[str]) -> list[Node]:
+        """The named nodes Slurm knows, in one ``scontrol show node HOSTLIST -o`` (nodes it
+        does not know are left out: scontrol prints the others and exits 1)."""
+        if not names:
+            return []
+        result = self.run(["scontrol", "show", "node", compress_hostlist(names), "-o"],
+                          check=False)
+        records = parse_scontrol_records(result.stdout)
+        if result.returncode != 0 and not records and \
+                _NODE_NOT_FOUND not in result.stdout + result.stderr:
+            raise SlurmCommandError(list(result.argv), result.returncode, result.stdout,
+                                    result.stderr)
+        wanted = set(names)
+        return [node_from_record(r) for r in records if r.get("NodeName") in wanted]
+
     def show_job(self, job_id: int) -> dict[str, str] | None:
         """``scontrol show job J -o`` as Key=Value pairs; None if Slurm does not know J.
 

@@ -50,7 +50,8 @@ def controller_group() -> None:
 def run(ctx: click.Context, once: bool) -> None:
     """Run the controller in the foreground until SIGTERM (or one pass with --once).
 
-    Slurm's hooks wake it through <state_dir>/wake.sock; it also runs a pass every
+    Slurm's hooks hand it their requests through <state_dir>/hooks.sock (it records them
+    and answers) and wake it through <state_dir>/wake.sock; it also runs a pass every
     controller.interval_s seconds. Logs go to stderr and <log_dir>/controller.log.
 
     \b
@@ -71,6 +72,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
     from vcluster.controller.guest import guest_context
+    from vcluster.controller.hook_server import HookServer
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
     from vcluster.hooks import write_job_finished_wrapper
     from vcluster.one import OneClient
@@ -97,6 +99,9 @@ def _run(config: Config, once: bool) -> None:
         actor = Actor(config, sessions, slurm, one, guest)
         controller = Controller(config, sessions, slurm, one, actor)
         listener = WakeListener(state_dir)
+        controller.beat()  # alive before the first request is taken (hooks check it)
+        hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir())
+        hook_server.start()
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -115,6 +120,7 @@ def _run(config: Config, once: bool) -> None:
             passes = run_loop(controller, listener, interval_s=config.controller.interval_s,
                               stop=stop, once=once)
         finally:
+            hook_server.stop()
             listener.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,7 +1,9 @@
 """``vcluster hook KIND ...``: run one of Slurm's hooks by hand, exactly as slurmctld would.
 
 The installed programs (``vcluster-resume``, ``vcluster-prolog``...) are what slurm.conf
-names; this command is the same code for an admin who wants to replay or test a hook.
+names; this command is the same code (:mod:`vcluster.hook_client`: the request goes to the
+controller, or is recorded here when none takes it) for an admin who wants to replay or test
+a hook.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 
 import click
 
-from vcluster import hooks
+from vcluster import hook_client
 
 HOOK_KINDS = ("resume", "suspend", "resume-fail", "prolog", "epilog", "job-finished")
 
@@ -49,10 +51,7 @@ def hook(ctx: click.Context, kind: str, target: str | None, nodes: str | None,
             environ["SLURM_JOB_EXIT_CODE"] = exit_code
     elif target is not None:
         argv.append(target)
-    action = hooks.hook_action(kind, argv, environ)
-    code = hooks.run_hook(f"vcluster-{kind}", action, environ=environ,
-                          argv0=_program_dir_hint())
-    ctx.exit(code)
+    ctx.exit(hook_client.run(kind, argv, environ, argv0=_program_dir_hint()))
 
 
 def _program_dir_hint() -> str:

@@ -1,0 +1,182 @@
+"""The programs slurmctld runs (``vcluster-resume``, ``-suspend``, ``-resume-fail``,
+``-prolog``, ``-epilog``, ``-job-finished``): hand the request to the controller, return.
+
+Why it exists: these programs sit on every job's critical path, 5-6 of them per job, on the
+controller host, and 50 jobs may start at once. So each must start and finish in tens of
+milliseconds of CPU: it imports only the standard library and :mod:`vcluster.hook_wire`
+(no SQLAlchemy, pyone, click or rich), reads from the config file only where the
+controller's socket and the log are, copies what Slurm gave it (argv, the SLURM_JOB_*
+variables, SLURM_RESUME_FILE) and sends it to the controller, which checks it, records it in
+the database and answers (the prolog's answer comes when the job's nodes are up).
+
+When no controller takes the request (no socket: it is not running, or this user may not
+use it) the hook does the work itself (:mod:`vcluster.hooks`): the heartbeat decides, exactly
+as before. A controller that took the connection but did not record the request within
+:data:`~vcluster.hook_wire.RECORD_ANSWER_S` is treated as one whose heartbeat is stale: the
+same one-line refusal, the same outcome on Slurm's side (resumed nodes failed so the jobs
+are requeued at once, an ended job's nodes powered down, a starting job let start).
+
+Exit codes: 0 done, 2 invalid input, 3 controller not running, 4 configuration error,
+5 other failure. Every run is logged to ``<log_dir>/hooks.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vcluster import hook_wire
+from vcluster.hook_wire import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from vcluster.paths import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, hook_config_path, hook_socket_path
+
+JOB_ENV = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_EXIT_CODE")
+
+
+def build_request(kind: str, argv: Sequence[str], environ: Mapping[str, str]
+                  ) -> tuple[dict[str, Any], str]:
+    """The request for the controller, and an error ("" if none). SLURM_RESUME_FILE is
+    copied here, first: slurmctld holds it open only while the program runs."""
+    request: dict[str, Any] = {"kind": kind, "arg": argv[1] if len(argv) > 1 else None,
+                               "env": {k: environ[k] for k in JOB_ENV if k in environ}}
+    path = environ.get("SLURM_RESUME_FILE", "") if kind == "resume" else ""
+    if path:
+        request["resume_path"] = path
+        try:
+            with open(path, encoding="utf-8") as handle:
+                request["resume"] = handle.read()
+        except OSError as exc:
+            return request, f"cannot read SLURM_RESUME_FILE {path}: {exc.strerror}"
+    return request, ""
+
+
+def hook_dirs(config_path: str) -> tuple[str, str] | None:
+    """``controller.state_dir`` and ``controller.log_dir`` from the config file; None if it
+    cannot be read (the full check in :mod:`vcluster.hooks` then says why)."""
+    try:
+        with open(config_path, "rb") as handle:
+            controller = tomllib.load(handle).get("controller", {})
+    except (OSError, ValueError):
+        return None
+    state_dir = controller.get("state_dir", DEFAULT_STATE_DIR)
+    log_dir = controller.get("log_dir", DEFAULT_LOG_DIR)
+    if not isinstance(state_dir, str) or not isinstance(log_dir, str):
+        return None
+    return state_dir, log_dir
+
+
+class HookLog:
+    """Lines in ``hooks.log`` in the format of the logging module's, without importing it."""
+
+    def __init__(self, log_dir: str, program: str) -> None:
+        self.path = os.path.join(log_dir, "hooks.log")
+        self.prefix = f"{program}[{os.getpid()}]"
+
+    def write(self, level: str, message: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        line = f"{stamp},{int(now % 1 * 1000):03d} {self.prefix} {level} {message}\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError:
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+            except OSError:
+                sys.stderr.write(line)
+
+
+def stale_message(exc: hook_wire.NoAnswer) -> str:
+    return (f"the vcluster controller is not answering: {exc}; check its log, or restart it "
+            "with `vcluster controller run` (request not recorded)")
+
+
+def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: str = "",
+        record_answer_s: float = hook_wire.RECORD_ANSWER_S) -> int:
+    """Run hook ``kind`` as slurmctld would; return its exit code."""
+    started = time.monotonic()
+    program = f"vcluster-{kind}"
+    request, error = build_request(kind, argv, environ)
+    dirs = hook_dirs(hook_config_path(environ))
+    if dirs is None:
+        return in_process(kind, argv, environ, argv0)
+    state_dir, log_dir = dirs
+    log = HookLog(log_dir, program)
+    if error:
+        return _finish(log, program, EXIT_BAD_INPUT, error, started)
+    path = hook_socket_path(state_dir)
+    try:
+        answer = hook_wire.ask(path, request, record_answer_s=record_answer_s)
+    except hook_wire.NotListening as exc:
+        log.write("INFO", f"{exc}: the hook records the request itself")
+        return in_process(kind, argv, environ, argv0)
+    except hook_wire.NoAnswer as exc:
+        if exc.hung_up:  # the controller stopped: the heartbeat decides, as without one
+            log.write("WARNING", f"{exc}: the hook records the request itself")
+            return in_process(kind, argv, environ, argv0)
+        log.write("ERROR", str(exc))
+        return in_process(kind, argv, environ, argv0, refusal=stale_message(exc))
+    except hook_wire.AnswerLost as exc:
+        log.write("WARNING", str(exc))
+        if kind == "prolog":  # the job must not wait for Slurm's 30 s check: wait here
+            return in_process(kind, argv, environ, argv0, finish_prolog=True)
+        return _finish(log, program, EXIT_OK, "", started)
+    code, message = answer.get("code"), answer.get("message", "")
+    if not isinstance(code, int):
+        code, message = EXIT_FAILED, f"the controller answered {answer!r}"
+    return _finish(log, program, code, str(message), started)
+
+
+def _finish(log: HookLog, program: str, code: int, message: str, started: float) -> int:
+    if code != EXIT_OK and message:
+        log.write("ERROR", f"{program}: {message} (exit {code})")
+        sys.stderr.write(f"{program}: error: {message}\n")
+    log.write("INFO", f"{program} done in {time.monotonic() - started:.3f} s (exit {code})")
+    return code
+
+
+def in_process(kind: str, argv: Sequence[str], environ: Mapping[str, str], argv0: str, *,
+               refusal: str = "", finish_prolog: bool = False) -> int:
+    """Do the hook's work in this process (its own database connection and Slurm calls)."""
+    from functools import partial
+
+    from vcluster import hooks
+
+    action = (hooks.prolog_finish_action(environ) if finish_prolog
+              else hooks.hook_action(kind, argv, environ))
+    return hooks.run_hook(f"vcluster-{kind}", action, environ=environ,
+                          argv0=argv0 or (argv[0] if argv else ""),
+                          env_factory=partial(hooks.make_env, refusal=refusal))
+
+
+def _main(kind: str) -> None:
+    sys.exit(run(kind, list(sys.argv), os.environ))
+
+
+def resume_main() -> None:
+    _main("resume")
+
+
+def suspend_main() -> None:
+    _main("suspend")
+
+
+def resume_fail_main() -> None:
+    _main("resume-fail")
+
+
+def prolog_main() -> None:
+    _main("prolog")
+
+
+def epilog_main() -> None:
+    _main("epilog")
+
+
+def job_finished_main() -> None:
+    _main("job-finished")
