@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.unit.controller_fixtures import T0, job, node, powered_down, powering_up
 from vcluster import db
@@ -583,3 +583,23 @@ def test_the_heartbeat_goes_on_during_a_slow_pass() -> None:
     heart.stop()
     assert not heart.is_alive()
     assert len(beats) >= 5
+
+
+def test_a_drain_changed_since_the_pass_read_it_is_not_undone(world: World) -> None:
+    """`vcluster drain` writes the table before it tells Slurm; a pass that read the table
+    before that and Slurm after must not lift the new DRAIN (nor redo a lifted one)."""
+    from vcluster.controller.actions import SetDrain
+
+    w = world
+    actor = w.controller.actor
+    with db.transaction(w.sessions) as s:
+        s.add(db.Drain(target="small", kind="class", reason="r", by="alice", created_at=T0))
+    actor.act([SetDrain((S1, S2), False, "drain lifted")])  # planned before the drain
+    assert w.slurm.updates == []
+    actor.act([SetDrain((S1,), True, "vcluster drain: r (by alice)")])
+    assert w.slurm.updates == [f"nodename={S1} state=DRAIN reason=vcluster drain: r (by alice)"]
+    with db.transaction(w.sessions) as s:
+        s.execute(delete(db.Drain))
+    actor.act([SetDrain((S2,), True, "vcluster drain: r (by alice)")])  # planned before undrain
+    actor.act([SetDrain((S1,), False, "drain lifted")])
+    assert w.slurm.updates[1:] == [f"nodename={S1} state=RESUME"]

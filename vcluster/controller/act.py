@@ -406,12 +406,19 @@ class Actor:
                            job_id=a.job_id)
 
     def _SetDrain(self, a: SetDrain) -> None:
+        # `vcluster drain`/`undrain` may have changed the table since this pass read it
+        # (they write it before telling Slurm): act only where it still says the same.
+        with self.sessions() as s:
+            drained = set(s.scalars(select(db.Drain.target)))
+        names = [n for n in a.node_names if a.drain == bool(
+            {n, getattr(self.config.class_of_node(n), "name", "")} & drained)]
+        if not names:
+            return
         if a.drain:
-            self.slurm.update_nodes(list(a.node_names), state="DRAIN",
-                                    reason=slurm_reason(a.reason))
+            self.slurm.update_nodes(names, state="DRAIN", reason=slurm_reason(a.reason))
         else:
-            self.slurm.update_nodes(list(a.node_names), state="RESUME")
-        for name in a.node_names:
+            self.slurm.update_nodes(names, state="RESUME")
+        for name in names:
             self._event_safely("node.drain" if a.drain else "node.undrain",
                                a.reason if a.drain else "drain lifted: DRAIN cleared",
                                node_name=name)
