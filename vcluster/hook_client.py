@@ -136,8 +136,17 @@ def _finish(log: HookLog, program: str, code: int, message: str, started: float)
     if code != EXIT_OK and message:
         log.write("ERROR", f"{program}: {message} (exit {code})")
         sys.stderr.write(f"{program}: error: {message}\n")
-    log.write("INFO", f"{program} done in {time.monotonic() - started:.3f} s (exit {code})")
+    log.write("INFO", f"{program} done in {time.monotonic() - started:.3f} s, "
+                      f"cpu {cpu_ms():.1f} ms (exit {code})")
     return code
+
+
+def cpu_ms() -> float:
+    """CPU this process used so far (and its finished children: Slurm commands), in ms;
+    the sh wrapper slurmctld may exec it through is counted too (exec keeps the process's
+    CPU clock)."""
+    children = os.times()  # clock ticks (10 ms): only Slurm commands of a hook's own
+    return (time.process_time() + children.children_user + children.children_system) * 1000.0
 
 
 def in_process(kind: str, argv: Sequence[str], environ: Mapping[str, str], argv0: str, *,

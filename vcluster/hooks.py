@@ -149,7 +149,10 @@ def run_hook(program: str, action: Callable[[HookEnv], int], *,
     if code != EXIT_OK and message:
         log.error("%s: %s (exit %d)", program, message, code)
         print(f"{program}: error: {message}", file=sys.stderr)
-    log.info("%s done in %.3f s (exit %d)", program, time.monotonic() - started, code)
+    children = os.times()
+    log.info("%s done in %.3f s, cpu %.1f ms (exit %d)", program, time.monotonic() - started,
+             (time.process_time() + children.children_user + children.children_system) * 1000,
+             code)
     return code
 
 
