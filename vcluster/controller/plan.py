@@ -148,6 +148,11 @@ def _is_off(node: Node | None) -> bool:
     return node is None or node.powered_down or node.powering_down or _power_down_pending(node)
 
 
+def _slurm_state(node: Node) -> str:
+    """``IDLE+CLOUD+DRAIN+POWER_DOWN``: the node as sinfo -N -o %T shows it."""
+    return "+".join([node.state, *sorted(node.flags)])
+
+
 def _power_down_pending(node: Node) -> bool:
     """IDLE with POWER_DOWN: no job holds it and Slurm powers it down within a second. A
     repeated power-down request (a late epilog) leaves a powered-down node
@@ -392,7 +397,8 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                                        "up", tagged[0].ips[0] if tagged[0].ips else None))
                 adopted.add(tagged[0].vm_id)
             else:
-                actions.append(FailNode(name, "vcluster: no VM backs this node",
+                actions.append(FailNode(name, "vcluster: no VM backs this node "
+                                        f"(Slurm: {_slurm_state(node)})",
                                         job_id=jobs_by_node[name].job_id
                                         if name in jobs_by_node else None))
         elif node.is_down and (node.reason.startswith(REASON_PREFIX)
