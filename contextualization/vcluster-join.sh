@@ -11,11 +11,14 @@
 #   SET_HOSTNAME, ETH0_IP, VCLUSTER_JOB, VCLUSTER_CLUSTER (optional)
 # from its environment or, when VCLUSTER_NODE is not set there, from /context/context.sh or
 # one-context's /var/run/one-context/one_env. Then it sets the hostname, installs the munge
-# key, starts munged at its default socket, starts slurmd for the node, and waits (bounded)
-# until slurmd runs. Log: /var/log/vcluster-join.log (and stderr). Exit 0 when slurmd runs;
-# 1 with an "ERROR:" line saying what to fix otherwise.
+# key, starts munged at its default socket, starts slurmd for the node the moment munged
+# answers, and waits (bounded) until slurmd runs. Waits are short polls (every
+# VCLUSTER_JOIN_POLL_S, 0.05 s) with a bound, not 1 s sleeps: this script is on the job's
+# critical path. Log: /var/log/vcluster-join.log (and stderr), times to the millisecond.
+# Exit 0 when slurmd runs; 1 with an "ERROR:" line saying what to fix otherwise.
 #
-# Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30).
+# Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30),
+# VCLUSTER_JOIN_POLL_S (default 0.05).
 
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -23,12 +26,13 @@ export PATH
 
 LOG=${VCLUSTER_JOIN_LOG:-/var/log/vcluster-join.log}
 WAIT_S=${VCLUSTER_JOIN_WAIT_S:-30}
+POLL_S=${VCLUSTER_JOIN_POLL_S:-0.05}
 MUNGE_SOCKET_DIR=/run/munge
 MUNGE_SOCKET=$MUNGE_SOCKET_DIR/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
 
 log() {
-    line="$(date -u '+%Y-%m-%dT%H:%M:%SZ') vcluster-join[$$]: $*"
+    line="$(date -u '+%Y-%m-%dT%H:%M:%S.%3NZ') vcluster-join[$$]: $*"
     printf '%s\n' "$line" >&2
     printf '%s\n' "$line" >>"$LOG" 2>/dev/null || true
 }
@@ -36,6 +40,22 @@ log() {
 die() {
     log "ERROR: $*"
     exit 1
+}
+
+# wait_until SECONDS COMMAND...: run COMMAND every POLL_S until it succeeds (0) or SECONDS
+# passed (1). A sleep that takes no fraction (an old busybox) sleeps 1 s: slower, still right.
+wait_until() {
+    limit_s=$1
+    shift
+    started=$(date +%s)
+    until "$@"; do
+        [ $(($(date +%s) - started)) -lt "$limit_s" ] || return 1
+        sleep "$POLL_S" 2>/dev/null || sleep 1
+    done
+}
+
+process_gone() {
+    ! kill -0 "$1" 2>/dev/null
 }
 
 load_context() {
@@ -116,8 +136,8 @@ start_munged() {
         if [ -r "$MUNGE_SOCKET_DIR/munged.pid" ]; then
             old=$(cat "$MUNGE_SOCKET_DIR/munged.pid")
             if [ -n "$old" ] && kill "$old" 2>/dev/null; then
+                wait_until 5 process_gone "$old" || log "munged pid $old did not exit within 5 s"
                 log "stopped the munged started before the key was installed (pid $old)"
-                sleep 1
             fi
         fi
         mkdir -p "$MUNGE_SOCKET_DIR" && chmod 0755 "$MUNGE_SOCKET_DIR" || die "cannot create $MUNGE_SOCKET_DIR"
@@ -126,34 +146,51 @@ start_munged() {
         fi
         as_munge munged </dev/null >>"$LOG" 2>&1 || die "munged did not start: see /var/log/munge/munged.log and $LOG"
     fi
-    waited=0
-    until [ -S "$MUNGE_SOCKET" ]; do
-        [ "$waited" -lt "$WAIT_S" ] || die "munged socket $MUNGE_SOCKET did not appear within $WAIT_S s: see /var/log/munge/munged.log"
-        sleep 1
-        waited=$((waited + 1))
-    done
+    wait_until "$WAIT_S" test -S "$MUNGE_SOCKET" \
+        || die "munged socket $MUNGE_SOCKET did not appear within $WAIT_S s: see /var/log/munge/munged.log"
+    log "munged runs at $MUNGE_SOCKET"
+}
+
+# A credential that round-trips: checked once slurmd is on its way (it needs the same).
+check_munge() {
     if command -v munge >/dev/null 2>&1 && command -v unmunge >/dev/null 2>&1; then
         munge -n </dev/null 2>>"$LOG" | unmunge >/dev/null 2>>"$LOG" \
             || die "munged answers but a credential does not decode: see /var/log/munge/munged.log"
     fi
-    log "munged runs at $MUNGE_SOCKET"
 }
 
 # PIDs of the slurmd processes of this VM (same network namespace: testbed VMs share one
-# process table with the host and with each other).
+# process table with the host and with each other). Shell builtins only for each process
+# (no fork per process: the scan runs every POLL_S).
+SELF_NET=$(readlink /proc/self/ns/net 2>/dev/null)
 slurmd_pids() {
-    self_net=$(readlink /proc/self/ns/net 2>/dev/null)
     for dir in /proc/[0-9]*; do
-        [ "$(cat "$dir/comm" 2>/dev/null)" = slurmd ] || continue
-        [ "$(readlink "$dir/ns/net" 2>/dev/null)" = "$self_net" ] || continue
+        comm=
+        { read -r comm <"$dir/comm"; } 2>/dev/null
+        [ "$comm" = slurmd ] || continue
+        [ "$(readlink "$dir/ns/net" 2>/dev/null)" = "$SELF_NET" ] || continue
         printf '%s ' "${dir#/proc/}"
     done
 }
 
+slurmd_runs() {
+    [ -n "$(slurmd_pids)" ]
+}
+
+# True when no slurmd of this VM lives. The processes seen last are looked at first (no
+# scan); once they are gone the scan looks again (slurmd forks while it daemonizes).
+slurmd_gone() {
+    for pid in $SLURMD_PIDS; do
+        kill -0 "$pid" 2>/dev/null && return 1
+    done
+    SLURMD_PIDS=$(slurmd_pids)
+    [ -z "$SLURMD_PIDS" ]
+}
+
 start_slurmd() {
-    running=$(slurmd_pids)
-    if [ -n "$running" ]; then
-        log "slurmd already runs in this VM (pid ${running% }); leaving it"
+    SLURMD_PIDS=$(slurmd_pids)
+    if [ -n "$SLURMD_PIDS" ]; then
+        log "slurmd already runs in this VM (pid ${SLURMD_PIDS% }); leaving it"
         return 0
     fi
     if [ -n "${SLURM_CONF_PATH:-}" ]; then
@@ -174,20 +211,22 @@ start_slurmd() {
         fi
         die "slurmd for $VCLUSTER_NODE did not start (exit $rc): ${first_error:-no error printed}; $hint"
     fi
-    waited=0
-    while :; do
-        running=$(slurmd_pids)
-        if [ -n "$running" ]; then
-            sleep 1
-            if [ -n "$(slurmd_pids)" ]; then
-                log "slurmd runs for node $VCLUSTER_NODE (pid ${running% })"
-                return 0
-            fi
-        fi
-        [ "$waited" -lt "$WAIT_S" ] || die "slurmd for $VCLUSTER_NODE is not running $WAIT_S s after start: see $LOG and the slurmd log"
-        sleep 1
-        waited=$((waited + 1))
+    wait_until "$WAIT_S" slurmd_runs \
+        || die "slurmd for $VCLUSTER_NODE is not running $WAIT_S s after start: see $LOG and the slurmd log"
+    SLURMD_PIDS=$(slurmd_pids)
+    log "slurmd started for node $VCLUSTER_NODE (pid ${SLURMD_PIDS% })"
+}
+
+# A slurmd that dies at once (a config it cannot use) does so within moments of its start:
+# ten looks, POLL_S apart, after the munge check.
+check_slurmd_stays() {
+    looks=0
+    while [ "$looks" -lt 10 ]; do
+        slurmd_gone && die "slurmd for $VCLUSTER_NODE exited right after it started: see $LOG and the slurmd log"
+        sleep "$POLL_S" 2>/dev/null || sleep 1
+        looks=$((looks + 1))
     done
+    log "slurmd runs for node $VCLUSTER_NODE"
 }
 
 mkdir -p "$(dirname "$LOG")" 2>/dev/null || true
@@ -198,5 +237,7 @@ set_hostname
 install_munge_key
 start_munged
 start_slurmd
+check_munge
+check_slurmd_stays
 log "done: node $VCLUSTER_NODE joined"
 exit 0
