@@ -237,7 +237,7 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                   close_as="terminated")]),
     ("an up node without any VM is given up",
      lambda: picture(nodes={S1: node(S1, "IDLE")}),
-     [FailNode(S1, "vcluster: no VM backs this node (Slurm: IDLE)")]),
+     [FailNode(S1, "vcluster: no VM backs this node (Slurm: IDLE+CLOUD)")]),
     ("a per-job node whose job ended is powered down; a pool node stays",
      lambda: picture(nodes={S1: node(S1, "IDLE"), B1: node(B1, "IDLE")},
                      jobs=jobs(job(12, state="COMPLETED")),
