@@ -410,6 +410,30 @@ def record_event(
     return ev
 
 
+VM_LOST_EVENT = "vm.lost"
+"""A VM reached a state vcluster did not ask for: what was seen, which rule, what was done."""
+VM_RECOVERED_EVENT = "vm.recovered"
+"""The job of a lost VM has a working node again: how long recovery took."""
+
+
+def record_recovery(session: Session, job_id: int, on: str, *, at: datetime,
+                    node_name: str | None = None, vm_id: int | None = None) -> Event | None:
+    """If a VM of the job was lost (``vm.lost``) since the job last recovered, record how
+    long it took until the job had a working node again (``on``: "VM 7", "nodes vc-[1-2]").
+    The controller's node-up and the prolog's wait both call it: a rerun that ends before
+    the controller's next pass is seen only by the prolog."""
+    last = session.scalars(select(Event).where(
+        Event.job_id == job_id, Event.kind.in_((VM_LOST_EVENT, VM_RECOVERED_EVENT)))
+        .order_by(Event.at.desc(), Event.id.desc()).limit(1)).first()
+    if last is None or last.kind != VM_LOST_EVENT:
+        return None
+    took_s = (at - last.at).total_seconds()
+    return record_event(session, VM_RECOVERED_EVENT, f"job {job_id} has a working node again "
+                        f"on {on}, {took_s:.1f} s after VM {last.vm_id} was lost (recovery "
+                        f"{took_s:.1f} s)", node_name=node_name, vm_id=vm_id, job_id=job_id,
+                        at=at)
+
+
 def beat(session: Session, *, at: datetime | None = None) -> Heartbeat:
     hb = session.get(Heartbeat, 1)
     now = at or utcnow()

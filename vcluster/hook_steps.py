@@ -323,6 +323,8 @@ def _record_nodes_up(env: HookEnv, job_id: int, nodes: Sequence[str], waited_s: 
         with db.transaction(env.sessions) as s:
             db.record_event(s, "job.nodes_up", f"nodes {compress_hostlist(nodes)} up; the "
                             f"prolog waited {waited_s:.2f} s", job_id=job_id, at=env.now())
+            # a rerun after a lost VM may end before the controller sees its node up
+            db.record_recovery(s, job_id, f"nodes {compress_hostlist(nodes)}", at=env.now())
     except Exception as exc:  # the event is for people; the job must start regardless
         log.warning("job %d: cannot record that its nodes are up: %s", job_id, exc)
 

@@ -89,6 +89,8 @@ def nothing_left_of(s: Site, vm_id: int) -> str:
     ("poweroff-hard", "POWEROFF"),
     ("suspend", "SUSPENDED"),
     ("terminate-hard", "DONE"),
+    ("stop", "STOPPED"),
+    ("undeploy-hard", "UNDEPLOYED"),
 ])
 def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
         s: Site, action: str, seen: str) -> None:
@@ -126,6 +128,47 @@ def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
     assert f"job {job_id} has a working node again" in log
     report(f"{action}: handled (node DOWN, rule applied)", handled_s)
     report(f"{action}: job completed on a fresh VM", recovered_s)
+
+
+def test_a_suspended_vm_of_a_class_whose_rule_is_resume_is_resumed_and_its_job_completes_on_it(
+        s: Site) -> None:
+    # the e2e site's pool class has on_vm_event SUSPENDED = "resume"; small keeps "fail"
+    out = s.work / "world-resume.out"
+    marker = s.work / "world-resume.marker"
+    marker.unlink(missing_ok=True)
+    script = f"hostname; touch {marker}; sleep 20; hostname"
+    job_id = job_id_of(s.fsub("--vm-class=pool", "-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.2)
+    job = s.job(job_id)
+    assert job is not None
+    (node_name,) = job.nodes
+    (vm_id,) = [vm.vm_id for vm in s.live_vms()
+                if vm.user_template.get("VCLUSTER_NODE") == node_name]
+    acted = time.monotonic()
+    s.one.action("suspend", vm_id)
+    wait_for("the VM resumed by its class's rule",
+             lambda: f"VM {vm_id} seen SUSPENDED" in events(s), 30, 0.2)
+    wait_for("the VM RUNNING again", lambda: server(s).vm.info(vm_id).LCM_STATE == 3, 30, 0.2)
+    resumed_s = time.monotonic() - acted
+    states: list[str] = []
+
+    def completed() -> bool:
+        job = s.job(job_id)
+        if job is not None and (not states or states[-1] != job.state):
+            states.append(job.state)
+        return job is not None and job.state == "COMPLETED"
+
+    wait_for("job completed", completed, JOB_TIMEOUT_S, 0.5)
+    completed_s = time.monotonic() - acted
+    assert not {"PENDING", "REQUEUED", "FAILED", "NODE_FAIL"} & set(states), \
+        f"the job went through {states}"
+    assert out.read_text().split() == [node_name, node_name], "ran once, on the same node"
+    assert server(s).vm.info(vm_id).STATE == 3, "the same VM still ACTIVE"
+    log = events(s)
+    assert f"VM {vm_id} seen SUSPENDED (not asked by vcluster); rule SUSPENDED=resume: " \
+        "VM resumed" in log
+    report("suspend (rule resume): VM RUNNING again", resumed_s)
+    report("suspend (rule resume): job completed on the same VM", completed_s)
 
 
 def test_a_job_cancelled_while_its_vm_cannot_be_placed_leaves_no_vm(s: Site) -> None:

@@ -307,6 +307,23 @@ def test_prolog_waits_until_nodes_are_up_and_registers_the_trigger(env: hooks.Ho
         "state": "POWER_DOWN_ASAP", "reason": "vcluster: per-job VM of job 12"})]
 
 
+def test_prolog_of_a_rerun_after_a_lost_vm_records_the_recovery(env: hooks.HookEnv) -> None:
+    # the rerun may end before the controller's next pass sees its node up: the prolog's
+    # wait is then the only sign that the job has a working node again
+    with db.transaction(env.sessions) as s:
+        db.record_event(s, "vm.lost", "VM 40 seen STOPPED (not asked by vcluster)",
+                        job_id=12, vm_id=40, at=NOW - timedelta(seconds=8))
+    slurm: FakeSlurm = env.slurm  # type: ignore[assignment]
+    slurm.script = {"vc-small-002": [node("vc-small-002")]}
+    assert hooks.do_prolog(env, "12", "vc-small-002") == hooks.EXIT_OK
+    assert hooks.do_prolog(env, "12", "vc-small-002") == hooks.EXIT_OK  # once per loss
+    with env.sessions() as session:
+        recovered = [(e.job_id, e.message) for e in session.query(db.Event).filter_by(
+            kind="vm.recovered")]
+    assert recovered == [(12, "job 12 has a working node again on nodes vc-small-002, 8.0 s "
+                              "after VM 40 was lost (recovery 8.0 s)")]
+
+
 def test_prolog_never_fails_a_job_for_a_stale_controller(env: hooks.HookEnv,
                                                          tmp_path: Path) -> None:
     with db.transaction(env.sessions) as s:

@@ -48,11 +48,8 @@ from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extr
 
 log = logging.getLogger(__name__)
 
+LOST_EVENT = db.VM_LOST_EVENT
 SLURM_REASON_MAX = 200
-LOST_EVENT = "vm.lost"
-"""A VM reached a state vcluster did not ask for: what was seen, which rule, what was done."""
-RECOVERED_EVENT = "vm.recovered"
-"""The job of a lost VM has a working node again: how long recovery took."""
 """Longest node reason or AdminComment vcluster gives Slurm; events keep the whole text."""
 _ELIDED = " ... "
 
@@ -267,21 +264,8 @@ class Actor:
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())
             if row.job_id is not None:
-                self._record_recovery(s, row.job_id, a)
-
-    def _record_recovery(self, s: Session, job_id: int, a: MarkUp) -> None:
-        """If a VM of this job was lost (``vm.lost``) since the job last recovered, record
-        how long it took until the job had a working node again."""
-        lost = s.scalars(select(db.Event).where(
-            db.Event.job_id == job_id, db.Event.kind.in_((LOST_EVENT, RECOVERED_EVENT)))
-            .order_by(db.Event.at.desc(), db.Event.id.desc()).limit(1)).first()
-        if lost is None or lost.kind != LOST_EVENT:
-            return
-        took_s = (self.now() - lost.at).total_seconds()
-        db.record_event(s, RECOVERED_EVENT, f"job {job_id} has a working node again on VM "
-                        f"{a.vm_id}, {took_s:.1f} s after VM {lost.vm_id} was lost "
-                        f"(recovery {took_s:.1f} s)", node_name=a.node_name, vm_id=a.vm_id,
-                        job_id=job_id, at=self.now())
+                db.record_recovery(s, row.job_id, f"VM {a.vm_id}", at=self.now(),
+                                   node_name=a.node_name, vm_id=a.vm_id)
 
     # --- ending ------------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class SiteSpec:
     heartbeat_stale_s: int = 30
     extra_templates: tuple[str, ...] = ()
     """Other OpenNebula templates jobs of the per-job class may pick (fsub --vm-template)."""
+    pool_on_vm_event: tuple[tuple[str, str], ...] = ()
+    """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
+    ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -179,7 +182,14 @@ template = "{WORKER_TEMPLATE}"
 policy = "pool"
 partition = "pool"
 suspend_time_s = {spec.pool_idle_s}
-"""
+{_vm_event_rules_line(spec.pool_on_vm_event)}"""
+
+
+def _vm_event_rules_line(rules: tuple[tuple[str, str], ...]) -> str:
+    if not rules:
+        return ""
+    pairs = ", ".join(f'{event} = "{rule}"' for event, rule in rules)
+    return f"on_vm_event = {{ {pairs} }}\n"
 
 
 def worker_template_text(spec: SiteSpec) -> str:
