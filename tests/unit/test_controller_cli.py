@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -146,3 +148,18 @@ def test_run_refuses_a_slurm_too_old_in_one_line(tmp_path: Path) -> None:
         "vcluster: error: Slurm 21.08.8 is not supported: vcluster supports Slurm 22.05 and "
         "later (tested with 22.05 and 24.11)\n"))
 
+
+
+def test_controller_log_holds_each_line_once_when_stderr_is_that_file(tmp_path: Path) -> None:
+    # the testbed (and an admin's `>> controller.log 2>&1`) sends stderr to controller.log
+    config_path = write_site(tmp_path)
+    log_path = tmp_path / "log" / "controller.log"
+    log_path.parent.mkdir()
+    with open(log_path, "ab") as out:
+        subprocess.run([sys.executable, "-m", "vcluster", "--config", str(config_path),
+                        "controller", "run", "--once"], stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=subprocess.STDOUT, check=True, timeout=60)
+    messages = [line.split(" INFO ", 1)[-1].split(" WARNING ", 1)[-1]
+                for line in log_path.read_text().splitlines()]
+    assert any("controller stopped after 1 passes" in m for m in messages)
+    assert [m for m in messages if messages.count(m) > 1] == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -29,9 +30,22 @@ def _setup_logging(config: Config, debug: bool) -> logging.Handler:
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s controller[{os.getpid()}] %(name)s %(levelname)s %(message)s"))
     package_logger.addHandler(handler)
-    if not logging.getLogger().handlers:  # not under the `vcluster` group's basicConfig
+    if _stderr_is(handler.baseFilename):
+        # stderr already goes to controller.log (the testbed, `>> controller.log 2>&1`):
+        # the root's stderr handler would write every line a second time
+        package_logger.propagate = False
+    elif not logging.getLogger().handlers:  # not under the `vcluster` group's basicConfig
         logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return handler
+
+
+def _stderr_is(path: str) -> bool:
+    """Whether this process's stderr is the file at ``path``."""
+    try:
+        here, there = os.fstat(sys.stderr.fileno()), os.stat(path)
+    except (AttributeError, OSError, ValueError):  # no file behind stderr (a test's capture)
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 @click.group("controller")
@@ -65,6 +79,7 @@ def run(ctx: click.Context, once: bool) -> None:
         _run(config, once)
     finally:
         logging.getLogger("vcluster").removeHandler(log_handler)
+        logging.getLogger("vcluster").propagate = True
         log_handler.close()
 
 
