@@ -69,6 +69,6 @@ def test_fifty_jobs_with_late_epilogs_fail_no_node(late_epilog: Site) -> None:
     failed = [e for e in json.loads(proc.stdout)
               if e.get("kind", "").startswith("node.fail") or
               "no VM backs this node" in e.get("message", "")]
-    assert not failed, failed[:5]
+    assert not failed, [f"{e['kind']} {e['node_name']}: {e['message']}" for e in failed[:5]]
     down = [n.name for n in s.cloud_nodes() if n.is_down]
     assert not down, f"nodes DOWN: {down}"
