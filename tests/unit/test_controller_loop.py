@@ -406,6 +406,32 @@ def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:
     assert w.one.actions == [("resume", 40)], "resumed once"
 
 
+@pytest.mark.parametrize("after_timeout", ["POWERING_DOWN", "POWERED_DOWN"])
+def test_a_job_requeued_at_slurms_resume_timeout_starts_at_once(world: World,
+                                                                after_timeout: str) -> None:
+    # the VM runs but its slurmd never registers; Slurm's ResumeTimeout fires before
+    # vcluster's own check and before ResumeFailProgram's request is recorded
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.clock.advance(59)
+    w.controller.run_pass()
+    reason = "ResumeTimeout reached"
+    w.slurm.nodes_by_name = {S1: node(S1, "DOWN", after_timeout, reason=reason)}
+    w.slurm.jobs_by_id = {12: job(12, state="PENDING", state_reason="BeginTime")}
+    w.clock.advance(2)
+    w.controller.run_pass()
+    assert w.one.terminated == [40]
+    assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
+    assert w.events()[-1] == ("vm.failed", S1, f"vcluster: Slurm gave the node up ({reason})")
+    w.controller.run_pass()  # the requeued job waits no 2-minute deferral
+    assert w.slurm.updates[-1] == "jobid=12 StartTime=now"
+    assert w.events()[-1] == ("job.start_now", None, "job 12 eligible now: requeued after "
+                                                     "vcluster gave its node up")
+
+
 def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> None:
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1)}

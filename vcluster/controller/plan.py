@@ -257,6 +257,12 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     if vm_id is None:  # booting and up launches have their VM, unless edited by hand
         return [CloseLaunch(launch.id, name, "failed", f"a {state} launch without a VM id")]
     if _is_off(node):
+        if node is not None and node.is_down:
+            # Slurm gave the node up (ResumeTimeout, SlurmdTimeout) and requeued its job
+            # before ResumeFailProgram's request was seen: a failed launch all the same, so
+            # that the requeued job is made eligible at once
+            return [TerminateVM(vm_id, name, f"vcluster: Slurm gave the node up "
+                                f"({node.reason or 'DOWN'})", launch.id, close_as="failed")]
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
     event = vm_event(vm)
