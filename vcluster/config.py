@@ -116,11 +116,15 @@ class ControllerSettings:
     """Events, ended launches and ended jobs older than this are pruned, days."""
 
 
-VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE")
+VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
+             "HOST_OFFLINE", "HOST_ERROR")
 """States a VM can reach without vcluster asking (FAILURE: any ``*_FAILURE``; DONE: terminated
-or deleted), the keys of a node class's ``on_vm_event``."""
+or deleted; HOST_*: its host set OFFLINE or in ERROR, the VM itself still RUNNING), the keys
+of a node class's ``on_vm_event``. A DISABLED host only takes no new VMs: not an event."""
 RESUMABLE_VM_EVENTS = ("POWEROFF", "SUSPENDED")
 """Events a class may answer with ``resume`` (OpenNebula's ``resume`` brings the VM back)."""
+HOST_VM_EVENTS = ("HOST_OFFLINE", "HOST_ERROR")
+"""Events a class may answer with ``keep`` (leave the VM and its job running)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class NodeClass:
     usage``; 0 (the default) shows no cost."""
     on_vm_event: Mapping[str, str] = field(default_factory=dict)
     """What to do when a VM reaches a state vcluster did not ask for (key: one of
-    ``VM_EVENTS``; value: ``fail`` or, for ``RESUMABLE_VM_EVENTS``, ``resume``). Unlisted
+    ``VM_EVENTS``; value: ``fail``, for ``RESUMABLE_VM_EVENTS`` ``resume``, for
+    ``HOST_VM_EVENTS`` ``keep``). Unlisted
     events fail the node: DOWN with a ``vcluster:`` reason (Slurm requeues its job), VM
     terminated."""
 
@@ -445,7 +450,8 @@ def _vm_event_rules(r: _Reader) -> dict[str, str]:
         if event not in VM_EVENTS:
             raise r.err("on_vm_event", f"unknown event {event!r}; events: "
                         f"{', '.join(VM_EVENTS)}")
-        allowed = ("fail", "resume") if event in RESUMABLE_VM_EVENTS else ("fail",)
+        allowed = ("fail", "resume") if event in RESUMABLE_VM_EVENTS else (
+            ("fail", "keep") if event in HOST_VM_EVENTS else ("fail",))
         if rule not in allowed:
             raise r.err("on_vm_event", f"{event} = {rule!r}: must be "
                         f"{' or '.join(repr(a) for a in allowed)}")

@@ -54,7 +54,12 @@ from vcluster.errors import (
     OneNotFound,
     OneUnavailable,
 )
-from vcluster.one_site import VNetInfo, template_nics, vnet_from_binding
+from vcluster.one_site import (
+    VNetInfo,
+    host_states_from_binding,
+    template_nics,
+    vnet_from_binding,
+)
 from vcluster.one_vm import VM, LcmState, VmState, state_name, vm_from_binding
 from vcluster.vmtemplate import render_template
 
@@ -382,6 +387,13 @@ class OneClient:
         if cluster is not None:
             found = [v for v in found if v.user_template.get("VCLUSTER_CLUSTER") == cluster]
         return found
+
+    def host_states(self) -> dict[str, str]:
+        """{host name: state name} of every host the user can see (none without the right
+        to list hosts: oned answers an empty pool)."""
+        pool = self._call("hostpool.info", doing="list hosts", subject="host pool",
+                          hint="check the user's permissions")
+        return host_states_from_binding(pool)
 
     def action(self, action: str, vm_id: int) -> None:
         """Run a VM action (``terminate``, ``poweroff-hard``, ``resume``...)."""

@@ -1,9 +1,10 @@
-"""OpenNebula's VM templates and virtual networks as vcluster checks them (``vcluster doctor``).
+"""OpenNebula's VM templates, virtual networks and hosts as vcluster reads them.
 
 Why it exists: a template whose NIC names a network its user cannot use, or a network with
 no free lease, fails every job's first VM with oned's message; reading them ahead lets
-``vcluster doctor`` say so before a job does. Pure readers of pyone's parsed objects, as
-:mod:`vcluster.one_vm` is for VMs.
+``vcluster doctor`` say so before a job does. A host set OFFLINE or in ERROR is an event for
+the VMs on it (the controller reads the host pool once a pass). Pure readers of pyone's
+parsed objects, as :mod:`vcluster.one_vm` is for VMs.
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def vnet_from_binding(obj: Any) -> VNetInfo:
 def template_nics(obj: Any) -> list[dict[str, str]]:
     """The NIC vectors of a parsed ``<VMTEMPLATE>`` (``NETWORK``, ``NETWORK_UNAME``...)."""
     return [_flat_strings(nic) for nic in _vectors(obj.TEMPLATE, "NIC")]
+
+
+HOST_STATES = {0: "INIT", 1: "MONITORING_MONITORED", 2: "MONITORED", 3: "ERROR", 4: "DISABLED",
+               5: "MONITORING_ERROR", 6: "MONITORING_INIT", 7: "MONITORING_DISABLED",
+               8: "OFFLINE"}
+"""oned's host STATE (Host.h; 7.4 uses 0, 2, 3, 4 and 8)."""
+
+
+def host_states_from_binding(pool: Any) -> dict[str, str]:
+    """{host NAME: STATE name} of a ``one.hostpool.info`` answer (a VM names its host)."""
+    return {str(h.NAME): HOST_STATES.get(int(h.STATE), f"STATE {h.STATE}")
+            for h in (pool.HOST or [])}

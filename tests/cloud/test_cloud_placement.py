@@ -6,6 +6,9 @@ import re
 import time
 from collections.abc import Callable
 
+import pyone
+import pytest
+
 from tests.cloud.conftest import VM_TEXT, Running
 from vcluster.testbed.cloud.settings import SchedulerSettings
 
@@ -90,3 +93,32 @@ def test_resched_moves_a_running_vm_to_another_host(cloud: Running) -> None:
     vm = cloud.one.vm.info(vm_id)
     assert vm.RESCHED == 0 and len(vm.HISTORY_RECORDS.HISTORY) == 2
     assert vm.HISTORY_RECORDS.HISTORY[0].ACTION == 1  # migrate
+
+
+def test_host_status_disables_or_sets_offline_like_oned(
+        start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(hosts=2)
+    running = cloud.one.vm.allocate(VM_TEXT + 'SCHED_REQUIREMENTS = "NAME = \\"host0\\""')
+    cloud.wait_state(running, *RUNNING)
+    assert cloud.one.host.status(0, 1) == 0  # DISABLED: no new VMs there
+    assert (cloud.one.host.info(0).STATE, cloud.one.host.info(0).PREV_STATE) == (4, 2)
+    placed = cloud.one.vm.allocate(VM_TEXT)
+    cloud.wait_state(placed, *RUNNING)
+    assert _host_of(cloud, placed) == "host1"
+    assert cloud.one.host.status(1, 2) == 1  # OFFLINE
+    assert cloud.one.host.info(1).STATE == 8
+    waiting = cloud.one.vm.allocate(VM_TEXT)
+    time.sleep(0.6)
+    assert cloud.one.vm.info(waiting).USER_TEMPLATE["SCHED_MESSAGE"].endswith(
+        "No hosts enabled to run VMs")
+    # the VMs already there are left as they are
+    assert cloud.vm_state(running) == RUNNING and cloud.vm_state(placed) == RUNNING
+    assert cloud.one.host.status(0, 0) == 0  # enabled (and monitored at once)
+    assert cloud.one.host.info(0).STATE == 2
+    cloud.wait_state(waiting, *RUNNING)
+    with pytest.raises(pyone.OneInternalException, match=r"\[one.host.status\] Wrong status "
+                       r"code"):
+        cloud.one.host.status(0, 3)
+    with pytest.raises(pyone.OneNoExistsException, match=r"\[one.host.status\] Error getting "
+                       r"host \[9\]."):
+        cloud.one.host.status(9, 0)

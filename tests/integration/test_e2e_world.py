@@ -130,6 +130,44 @@ def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
     report(f"{action}: job completed on a fresh VM", recovered_s)
 
 
+def test_a_host_set_offline_under_a_running_job_requeues_it_onto_a_fresh_vm(s: Site) -> None:
+    one = server(s)
+    out = s.work / "world-host-offline.out"
+    marker = s.work / "world-host-offline.marker"
+    marker.unlink(missing_ok=True)
+    script = f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.2)
+    (vm_id,) = vms_of_job(s, job_id)
+    host_id = int(one.vm.info(vm_id).HISTORY_RECORDS.HISTORY[-1].HID)
+    acted = time.monotonic()
+    one.host.status(host_id, 2)  # OFFLINE
+    try:
+        wait_for("the host's state handled by the class's rule",
+                 lambda: f"VM {vm_id} seen on host" in events(s), 30, 0.2)
+        handled_s = time.monotonic() - acted
+    finally:
+        one.host.status(host_id, 0)  # the site's only host: enabled again for the rerun
+    states: list[str] = []
+
+    def completed() -> bool:
+        job = s.job(job_id)
+        if job is not None and (not states or states[-1] != job.state):
+            states.append(job.state)
+        return job is not None and job.state == "COMPLETED"
+
+    wait_for("job completed", completed, JOB_TIMEOUT_S, 0.5)
+    recovered_s = time.monotonic() - acted
+    assert "FAILED" not in states, f"the job went through {states}"
+    assert out.read_text().strip().splitlines()[-1].startswith(f"{E2E_NAME}-small-")
+    assert len(vms_of_job(s, job_id)) >= 2, "the rerun had a fresh VM"
+    wait_for("nothing of the VM left", lambda: not nothing_left_of(s, vm_id), 60, 0.5)
+    log = events(s)
+    assert "OFFLINE (not asked by vcluster); rule HOST_OFFLINE=fail: node set DOWN" in log
+    report("host OFFLINE: handled (node DOWN, rule applied)", handled_s)
+    report("host OFFLINE: job completed on a fresh VM", recovered_s)
+
+
 def test_a_suspended_vm_of_a_class_whose_rule_is_resume_is_resumed_and_its_job_completes_on_it(
         s: Site) -> None:
     # the e2e site's pool class has on_vm_event SUSPENDED = "resume"; small keeps "fail"

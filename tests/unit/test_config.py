@@ -73,11 +73,13 @@ def test_environment_overrides_endpoint(tmp_path: Path) -> None:
          "opennebula.xmlrpc: must be an http:// or https:// URL, got '127.0.0.1:2633'"),
         (("count = 4", 'count = 4\non_vm_event = { PAUSED = "fail" }'),
          "node_class[0].on_vm_event: unknown event 'PAUSED'; events: POWEROFF, SUSPENDED, "
-         "STOPPED, UNDEPLOYED, UNKNOWN, FAILURE, DONE"),
+         "STOPPED, UNDEPLOYED, UNKNOWN, FAILURE, DONE, HOST_OFFLINE, HOST_ERROR"),
         (("count = 4", 'count = 4\non_vm_event = { STOPPED = "resume" }'),
          "node_class[0].on_vm_event: STOPPED = 'resume': must be 'fail'"),
         (("count = 4", 'count = 4\non_vm_event = { SUSPENDED = "ignore" }'),
          "node_class[0].on_vm_event: SUSPENDED = 'ignore': must be 'fail' or 'resume'"),
+        (("count = 4", 'count = 4\non_vm_event = { HOST_OFFLINE = "resume" }'),
+         "node_class[0].on_vm_event: HOST_OFFLINE = 'resume': must be 'fail' or 'keep'"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:

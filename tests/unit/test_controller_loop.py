@@ -80,6 +80,7 @@ class FakeOne:
     instantiated: list[tuple[int, str, str]] = field(default_factory=list)
     terminated: list[int] = field(default_factory=list)
     actions: list[tuple[str, int]] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)
     errors: list[Exception] = field(default_factory=list)
     """Raised, in order, by the next instantiate calls."""
     next_id: int = 40
@@ -113,6 +114,9 @@ class FakeOne:
         if vm_id in self.vms_by_id:
             self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=12,
                                             state_name="SHUTDOWN")
+
+    def host_states(self) -> dict[str, str]:
+        return dict(self.hosts)
 
     def action(self, action: str, vm_id: int) -> None:
         self.actions.append((action, vm_id))

@@ -413,6 +413,45 @@ def test_a_class_may_resume_a_suspended_or_powered_off_vm(
     assert plan(_under_a_job(state_name), RESUMING) == expected
 
 
+# state of the host of a RUNNING VM under a job -> what the default rule does
+HOST_SEEN_UNDER_A_JOB: list[tuple[str, list[Action]]] = [
+    ("MONITORED", []),
+    ("INIT", []),
+    ("DISABLED", []),  # no new VMs there; the running ones are left alone
+    ("OFFLINE", [FailNode(S1, "vcluster: VM 7's host h1 is OFFLINE", 1, 7, 12, "HOST_OFFLINE",
+                          "on host h1 OFFLINE")]),
+    ("ERROR", [FailNode(S1, "vcluster: VM 7's host h1 is ERROR", 1, 7, 12, "HOST_ERROR",
+                        "on host h1 ERROR")]),
+    ("MONITORING_ERROR", [FailNode(S1, "vcluster: VM 7's host h1 is MONITORING_ERROR", 1, 7,
+                                   12, "HOST_ERROR", "on host h1 MONITORING_ERROR")]),
+]
+
+
+def _on_host(host_state: str | None) -> Observed:
+    observed = _under_a_job("RUNNING")
+    vms = {7: replace(observed.vms[7], host="h1")}
+    hosts = {} if host_state is None else {"h1": host_state, "h2": "OFFLINE"}
+    return replace(observed, vms=vms, host_states=hosts)
+
+
+@pytest.mark.parametrize(("host_state", "expected"), HOST_SEEN_UNDER_A_JOB,
+                         ids=[s for s, _ in HOST_SEEN_UNDER_A_JOB])
+def test_a_host_offline_or_in_error_fails_its_vms_nodes_by_default(
+        host_state: str, expected: list[Action]) -> None:
+    assert plan(_on_host(host_state), CONFIG) == expected
+
+
+def test_a_class_may_keep_its_vms_on_a_host_gone_offline() -> None:
+    keeping = replace(CONFIG, node_classes=tuple(
+        replace(nc, on_vm_event={"HOST_OFFLINE": "keep"}) for nc in CONFIG.node_classes))
+    assert plan(_on_host("OFFLINE"), keeping) == []
+    assert plan(_on_host("ERROR"), keeping)[0].reason == "vcluster: VM 7's host h1 is ERROR"
+
+
+def test_hosts_the_user_may_not_list_are_no_event() -> None:
+    assert plan(_on_host(None), CONFIG) == []
+
+
 def test_a_vm_deleted_while_it_boots_fails_the_node_naming_it() -> None:
     observed = picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
                        launches=(launch(1, S1, "booting", vm_id=7, job_id=12),))

@@ -12,6 +12,7 @@ already reflect it; and every VM the controller booted before this pass is in th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,8 @@ from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import VclusterError
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node, expand_hostlist
+
+log = logging.getLogger(__name__)
 
 JOB_MEMORY_S = 86400.0
 """Ended job rows this recent are compared with squeue (Slurm keeps ended jobs MinJobAge)."""
@@ -102,6 +105,8 @@ class Observed:
     """This config's nodes that Slurm shows (powered-down CLOUD nodes may be hidden)."""
     vms: Mapping[int, VM] = field(default_factory=dict)
     """VMs not DONE tagged ``VCLUSTER_CLUSTER`` = this cluster."""
+    host_states: Mapping[str, str] = field(default_factory=dict)
+    """OpenNebula's hosts: {name: state name}; empty when the user may not list them."""
     launches: tuple[LaunchView, ...] = ()
     requests: tuple[RequestView, ...] = ()
     last_resume_at: Mapping[str, datetime] = field(default_factory=dict)
@@ -183,4 +188,11 @@ def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, o
         vms = {v.vm_id: v for v in one.vms(cluster=config.controller.cluster_name)}
     except VclusterError as exc:
         raise PictureIncomplete(f"cannot read OpenNebula: {exc}") from exc
-    return Observed(now=now, jobs=jobs, nodes=nodes, vms=vms, **from_db)
+    try:
+        host_states = one.host_states()
+    except VclusterError as exc:  # hosts only add events: the pass goes on without them
+        log.warning("cannot read OpenNebula's hosts (their OFFLINE/ERROR states are not "
+                    "seen this pass): %s", exc)
+        host_states = {}
+    return Observed(now=now, jobs=jobs, nodes=nodes, vms=vms, host_states=host_states,
+                    **from_db)

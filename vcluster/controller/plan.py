@@ -72,6 +72,9 @@ _EVENT_OF_STATE = {
 }
 """What a VM's state means when vcluster did not ask for it: the ``on_vm_event`` key."""
 _CRASH_EVENTS = frozenset({"DONE", "UNKNOWN", "FAILURE"})
+_EVENT_OF_HOST_STATE = {"OFFLINE": "HOST_OFFLINE", "ERROR": "HOST_ERROR",
+                        "MONITORING_ERROR": "HOST_ERROR"}
+"""The ``on_vm_event`` key of a running VM's host state (DISABLED: no new VMs, no event)."""
 
 
 # --- what a job asks for -----------------------------------------------------------------------
@@ -269,6 +272,12 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     if event is not None:
         return _plan_vm_event(nc, launch, vm_id, vm, event)
     assert vm is not None
+    host_state = obs.host_states.get(vm.host, "") if vm.host else ""
+    host_event = _EVENT_OF_HOST_STATE.get(host_state)
+    if host_event is not None and nc.vm_event_rule(host_event) == "fail":
+        return [FailNode(name, f"vcluster: VM {vm_id}'s host {vm.host} is {host_state}",
+                         launch.id, vm_id, launch.job_id, host_event,
+                         f"on host {vm.host} {host_state}")]
     if state == "booting":
         job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
         if (nc.policy == "per-job" and job is not None and job.is_finished

@@ -57,8 +57,13 @@ ACTION_NUMBERS = {
     "terminate": 27, "terminate-hard": 28, "deploy": 30, "update": 36, "monitor": 44,
 }
 
-# Host states (Host.h)
+# Host states (Host.h); one.host.status codes (HostAPI.h: ENABLED, DISABLED, OFFLINE)
+HOST_INIT = 0
 HOST_MONITORED = 2
+HOST_ERROR = 3
+HOST_DISABLED = 4
+HOST_OFFLINE = 8
+HOST_STATUS_ENABLED, HOST_STATUS_DISABLED, HOST_STATUS_OFFLINE = 0, 1, 2
 
 
 def _plain(obj: Any, *skip: str) -> dict[str, Any]:

@@ -14,7 +14,19 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from vcluster.testbed.cloud.model import VM, AddressRange, Host, VMTemplate, VNet
+from vcluster.testbed.cloud.model import (
+    HOST_DISABLED,
+    HOST_MONITORED,
+    HOST_OFFLINE,
+    HOST_STATUS_DISABLED,
+    HOST_STATUS_ENABLED,
+    HOST_STATUS_OFFLINE,
+    VM,
+    AddressRange,
+    Host,
+    VMTemplate,
+    VNet,
+)
 from vcluster.testbed.cloud.settings import (
     ALLOCATE,
     INTERNAL,
@@ -79,6 +91,24 @@ class Resources:
                         max_mem_kb=self.settings.host_mem_kb,
                         cluster_id=max(cluster_id, 0), template=tmpl)
             self.hosts[host_id] = host
+            self.store.put_host(host)
+            return host_id
+
+    def host_status(self, host_id: int, status: int) -> int:
+        """``one.host.status`` as oned 7.4 (HostAPI::status): enable, disable or set the host
+        offline; its VMs are left as they are. Only a MONITORED host takes new VMs; an
+        enabled host is monitored at once (the testbed's monitor is instant)."""
+        with self.lock:
+            host = self.get_host(host_id)
+            if status == HOST_STATUS_ENABLED:
+                state = HOST_MONITORED
+            elif status == HOST_STATUS_DISABLED:
+                state = HOST_DISABLED
+            elif status == HOST_STATUS_OFFLINE:
+                state = HOST_OFFLINE
+            else:
+                raise OneRequestError(INTERNAL, "Wrong status code")
+            host.prev_state, host.state = host.state, state
             self.store.put_host(host)
             return host_id
 

@@ -118,6 +118,7 @@ class OneApi:
             "one.hostpool.info": Method("", "", self._hostpool),
             "one.host.info": Method("i", "b", self._host_info),
             "one.host.allocate": Method("sssi", "", self._host_allocate),
+            "one.host.status": Method("ii", "", c.host_status),
             "one.vm.allocate": Method("s", "b", self._vm_allocate),
             "one.vm.info": Method("i", "b", self._vm_info),
             "one.vmpool.info": Method("iiii", "s", self._vmpool),

@@ -15,7 +15,7 @@ import time
 
 from vcluster.testbed.cloud import expr
 from vcluster.testbed.cloud.cloud import Cloud, fits, log_time
-from vcluster.testbed.cloud.model import ACTIVE, LCM, PENDING, VM, Host
+from vcluster.testbed.cloud.model import ACTIVE, HOST_MONITORED, LCM, PENDING, VM, Host
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ class Scheduler:
         """Place every PENDING VM that fits somewhere; returns how many were placed."""
         placed = 0
         with self.cloud.lock:
-            hosts = sorted(self.cloud.hosts.values(), key=lambda h: h.host_id)
+            # only a MONITORED host takes VMs (not one DISABLED, OFFLINE or in ERROR)
+            hosts = sorted((h for h in self.cloud.hosts.values() if h.state == HOST_MONITORED),
+                           key=lambda h: h.host_id)
             pending = sorted((vm for vm in self.cloud.vms.values() if vm.state == PENDING),
                              key=lambda vm: vm.vm_id)
             for vm in pending:
