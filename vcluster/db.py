@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -414,6 +414,8 @@ VM_LOST_EVENT = "vm.lost"
 """A VM reached a state vcluster did not ask for: what was seen, which rule, what was done."""
 VM_RECOVERED_EVENT = "vm.recovered"
 """The job of a lost VM has a working node again: how long recovery took."""
+RECOVERY_WINDOW_S = 86400.0
+"""A VM lost longer ago than this is not looked for when its job's node comes up."""
 
 
 def record_recovery(session: Session, job_id: int, on: str, *, at: datetime,
@@ -421,9 +423,11 @@ def record_recovery(session: Session, job_id: int, on: str, *, at: datetime,
     """If a VM of the job was lost (``vm.lost``) since the job last recovered, record how
     long it took until the job had a working node again (``on``: "VM 7", "nodes vc-[1-2]").
     The controller's node-up and the prolog's wait both call it: a rerun that ends before
-    the controller's next pass is seen only by the prolog."""
+    the controller's next pass is seen only by the prolog. Only the last day of events is
+    read (through the index on ``at``): it runs on a job's start."""
     last = session.scalars(select(Event).where(
-        Event.job_id == job_id, Event.kind.in_((VM_LOST_EVENT, VM_RECOVERED_EVENT)))
+        Event.at >= at - timedelta(seconds=RECOVERY_WINDOW_S), Event.job_id == job_id,
+        Event.kind.in_((VM_LOST_EVENT, VM_RECOVERED_EVENT)))
         .order_by(Event.at.desc(), Event.id.desc()).limit(1)).first()
     if last is None or last.kind != VM_LOST_EVENT:
         return None
