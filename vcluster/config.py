@@ -114,6 +114,10 @@ class ControllerSettings:
     """Where hooks and the controller write their logs."""
     history_days: int = 90
     """Events, ended launches and ended jobs older than this are pruned, days."""
+    metrics_port: int | None = None
+    """TCP port of the controller's Prometheus metrics (``/metrics``); None: not served."""
+    metrics_address: str = "127.0.0.1"
+    """Address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -372,8 +376,13 @@ def parse_config(
         state_dir=c_r.get("state_dir", str, DEFAULT_STATE_DIR),
         log_dir=c_r.get("log_dir", str, DEFAULT_LOG_DIR),
         history_days=c_r.positive("history_days", int, 90),
+        metrics_port=c_r.get("metrics_port", int, None),
+        metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
     )
     c_r.finish()
+    if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:
+        raise c_r.err("metrics_port", f"must be a TCP port, 0-65535, got "
+                                      f"{controller.metrics_port}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", controller.cluster_name):
         raise c_r.err("cluster_name", "may hold only letters, digits, '_', '.' and '-'")
 

@@ -38,7 +38,7 @@ import ssl
 import time
 import xml.parsers.expat
 import xmlrpc.client
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyone
@@ -186,8 +186,11 @@ class OneClient:
     ``ONE_AUTH`` file ``settings.auth_file``. Not thread-safe: one client per thread.
     """
 
-    def __init__(self, settings: OpenNebulaSettings, *, session: str | None = None) -> None:
+    def __init__(self, settings: OpenNebulaSettings, *, session: str | None = None,
+                 on_call: Callable[[str, float, bool], None] | None = None) -> None:
         self.settings = settings
+        self.on_call = on_call
+        """Told of every call attempt: (method, seconds, failed); the controller's metrics."""
         self.url = settings.xmlrpc
         self._session = session
         self._session_from_file = session is None
@@ -236,6 +239,8 @@ class OneClient:
                 if error is None:
                     raise
                 elapsed = time.monotonic() - started
+                if self.on_call is not None:
+                    self.on_call(method, elapsed, True)
                 retry = (error.temporary and attempt < attempts
                          and (idempotent or not may_have_acted))
                 if retry:
@@ -252,8 +257,11 @@ class OneClient:
                     raise error from exc
                 time.sleep(delays[attempt - 1])
                 continue
+            elapsed = time.monotonic() - started
             logger.debug("one.%s attempt %d/%d ok in %.3f s", method, attempt, attempts,
-                         time.monotonic() - started)
+                         elapsed)
+            if self.on_call is not None:
+                self.on_call(method, elapsed, False)
             return result
         raise AssertionError("unreachable")
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -84,8 +84,12 @@ class CommandResult:
 class Slurm:
     """Runs Slurm commands for one cluster (the one ``settings.conf`` describes)."""
 
-    def __init__(self, settings: SlurmSettings, *, environ: Mapping[str, str] | None = None):
+    def __init__(self, settings: SlurmSettings, *, environ: Mapping[str, str] | None = None,
+                 on_command: Callable[[str, float, bool], None] | None = None):
         self.settings = settings
+        self.on_command = on_command
+        """Told of every command run: (command name, seconds, failed); the controller's
+        metrics. Failed: could not start, timed out, or exited non-zero."""
         env = dict(os.environ if environ is None else environ)
         env["SLURM_CONF"] = settings.conf
         if not env.get("PATH"):
@@ -126,6 +130,7 @@ class Slurm:
                 start_new_session=True,
             )
         except OSError as exc:
+            self._tell(full, time.monotonic() - started, True)
             raise SlurmCommandError(
                 full, None, "", str(exc),
                 message=f"cannot run `{command}`: {exc.strerror}; "
@@ -142,6 +147,7 @@ class Slurm:
             out_b, err_b = proc.communicate()
             duration_s = time.monotonic() - started
             log.warning("slurm command timed out after %.3f s: %s", duration_s, full)
+            self._tell(full, duration_s, True)
             raise SlurmCommandError(
                 full, None, _text(out_b), _text(err_b), timed_out=True, timeout_s=limit_s,
             ) from None
@@ -149,9 +155,14 @@ class Slurm:
         result = CommandResult(tuple(full), proc.returncode, _text(out_b), _text(err_b),
                                duration_s)
         log.debug("ran %s in %.3f s: exit %d", full, duration_s, proc.returncode)
+        self._tell(full, duration_s, proc.returncode != 0)
         if check and proc.returncode != 0:
             raise SlurmCommandError(full, proc.returncode, result.stdout, result.stderr)
         return result
+
+    def _tell(self, argv: Sequence[str], duration_s: float, failed: bool) -> None:
+        if self.on_command is not None:
+            self.on_command(os.path.basename(argv[0]), duration_s, failed)
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -13,10 +13,15 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vcluster.config import Config, load_config
+from vcluster.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vcluster.metrics import Metrics
 
 log = logging.getLogger("vcluster.controller")
 
@@ -83,6 +88,21 @@ def run(ctx: click.Context, once: bool) -> None:
         log_handler.close()
 
 
+def _serve_metrics(config: Config, metrics: Metrics | None) -> Any:
+    """Start the Prometheus endpoint the config asks for (or none); its server."""
+    port, address = config.controller.metrics_port, config.controller.metrics_address
+    if metrics is None or port is None:
+        return None
+    try:
+        server = metrics.serve(address, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror}; "
+                          "free that port or choose another", key="controller.metrics_port",
+                          path=config.path) from exc
+    log.info("Prometheus metrics at http://%s:%d/metrics", address, server.server_address[1])
+    return server
+
+
 def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
@@ -90,6 +110,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.controller.hook_server import HookServer
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
     from vcluster.hooks import write_job_finished_wrapper
+    from vcluster.metrics import Metrics
     from vcluster.one import OneClient
     from vcluster.slurm import Slurm
     from vcluster.slurmconf import default_program_dir
@@ -104,18 +125,24 @@ def _run(config: Config, once: bool) -> None:
     engine = db.make_engine(config.database)
     try:
         sessions = db.session_factory(engine)
-        slurm, one = Slurm(config.slurm), OneClient(config.opennebula)
+        metrics = Metrics() if config.controller.metrics_port is not None else None
+        slurm = Slurm(config.slurm,
+                      on_command=metrics.slurm_command if metrics is not None else None)
+        one = OneClient(config.opennebula,
+                        on_call=metrics.one_call if metrics is not None else None)
         versions = read_versions(slurm, one)  # refuses a Slurm or oned it does not drive
         for side, error in (("Slurm", versions.slurm_error),
                             ("OpenNebula", versions.opennebula_error)):
             if error:
                 log.warning("cannot read the %s version at start (passes wait for it): %s",
                             side, error)
-        actor = Actor(config, sessions, slurm, one, guest)
-        controller = Controller(config, sessions, slurm, one, actor)
+        actor = Actor(config, sessions, slurm, one, guest, metrics=metrics)
+        controller = Controller(config, sessions, slurm, one, actor, metrics=metrics)
         listener = WakeListener(state_dir)
+        metrics_server = _serve_metrics(config, metrics)
         controller.beat()  # alive before the first request is taken (hooks check it)
-        hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir())
+        hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
+                                 metrics=metrics)
         hook_server.start()
         stop = threading.Event()
 
@@ -137,6 +164,9 @@ def _run(config: Config, once: bool) -> None:
         finally:
             hook_server.stop()
             listener.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         log.info("controller stopped after %d passes", passes)

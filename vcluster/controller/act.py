@@ -42,6 +42,7 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import OneNotFound, VclusterError
+from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import compress_hostlist
 from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extra
@@ -90,12 +91,13 @@ class Actor:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,
-                 now: Callable[[], datetime] = db.utcnow) -> None:
+                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None) -> None:
         self.config = config
         self.sessions = sessions
         self.slurm = slurm
         self.one = one
         self.guest = guest
+        self.metrics = metrics
         self._guest_script = guest_script
         self.now = now
         self._template_ids: dict[str, int] = {}
@@ -150,10 +152,13 @@ class Actor:
                node_name: str, vm_id: int | None = None) -> None:
         ending = launch_id is not None and state in ("terminated", "failed")
         vm = self._vm_record(launch_id, vm_id) if ending else None
+        boot_failure: tuple[str, str] | None = None
         with db.transaction(self.sessions) as s:
             job_id = None
             if launch_id is not None:
                 row = self._launch(s, launch_id)
+                if state == "failed" and row.state not in ("up", "terminating", "failed"):
+                    boot_failure = (row.node_class, "allocate" if row.vm_id is None else "boot")
                 row.state, row.reason, row.updated_at = state, reason, self.now()
                 job_id = row.job_id
                 if ending:
@@ -161,6 +166,8 @@ class Actor:
                     _record_lifetime(row, vm, self.now())
             db.record_event(s, kind, reason, node_name=node_name, vm_id=vm_id, job_id=job_id,
                             at=self.now())
+        if boot_failure is not None and self.metrics is not None:
+            self.metrics.boot_failed(*boot_failure)
 
     # --- booting -----------------------------------------------------------------------------
 
@@ -213,6 +220,8 @@ class Actor:
             row.vm_started_at = self.now()  # oned's STIME replaces it when the launch ends
             db.record_event(s, "vm.allocated", f"VM {vm_id} allocated", node_name=a.node_name,
                             job_id=a.job_id, vm_id=vm_id, at=self.now())
+        if self.metrics is not None:
+            self.metrics.launched(a.node_class)
         try:
             ips = self.one.vm(vm_id).ips
         except VclusterError as exc:
@@ -260,12 +269,17 @@ class Actor:
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)
             row.state, row.updated_at = "up", self.now()
+            node_class, allocated_at = row.node_class, row.vm_started_at
             db.record_event(s, "node.up", f"node up {a.boot_s:.1f} s after its launch",
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())
             if row.job_id is not None:
                 db.record_recovery(s, row.job_id, f"VM {a.vm_id}", at=self.now(),
                                    node_name=a.node_name, vm_id=a.vm_id)
+        if self.metrics is not None:
+            boot_s = None if allocated_at is None else (
+                self.now() - allocated_at).total_seconds()
+            self.metrics.node_up(node_class, boot_s=boot_s, ready_s=a.boot_s)
 
     # --- ending ------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from vcluster.hook_steps import (
 )
 from vcluster.hook_wire import EXIT_BAD_INPUT, EXIT_OK, PROTOCOL_VERSION, LineReader, encode
 from vcluster.hooks import exit_code_of
+from vcluster.metrics import Metrics
 from vcluster.paths import hook_socket_path
 from vcluster.slurm_parse import Node, compress_hostlist
 
@@ -237,8 +238,9 @@ class HookServer:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: ServerSlurm,
                  *, program_dir: str = "", wake_controller: Callable[[str], bool] = wake.send_wake,
-                 waits: NodeWaits | None = None) -> None:
+                 waits: NodeWaits | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.sessions = sessions
         self.slurm = slurm
         self.program_dir = program_dir
@@ -330,6 +332,8 @@ class HookServer:
         database. Returns the hook's exit code and message."""
         started = time.monotonic()
         kind = request.get("kind")
+        if self.metrics is not None:
+            self.metrics.hook_request(str(kind) if kind in _KINDS else "malformed")
         try:
             if request.get("v") != PROTOCOL_VERSION or kind not in _KINDS:
                 raise UserInputError(f"malformed request: version {request.get('v')!r}, "

@@ -31,6 +31,7 @@ from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import VclusterError
+from vcluster.metrics import Metrics
 from vcluster.wake import WakeListener
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ class Controller:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, actor: Actor, *,
-                 now: Callable[[], datetime] = db.utcnow) -> None:
+                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.sessions = sessions
         self.slurm = slurm
         self.one = one
@@ -83,8 +85,17 @@ class Controller:
                 db.beat(s, at=self.now())
         except Exception as exc:
             log.error("cannot write the heartbeat: %s", exc)
+            return
+        if self.metrics is not None:
+            self.metrics.beat()
 
     def run_pass(self) -> PassReport:
+        report = self._run_pass()
+        if self.metrics is not None:
+            self.metrics.pass_done(report.duration_s, skipped=bool(report.skipped))
+        return report
+
+    def _run_pass(self) -> PassReport:
         started = time.monotonic()
         self.beat()
         try:
@@ -94,6 +105,8 @@ class Controller:
             log.warning("skipping this pass: %s", exc)
             return PassReport(skipped=str(exc), busy=True,
                               duration_s=time.monotonic() - started)
+        if self.metrics is not None:
+            self.metrics.picture(observed, self.config)
         try:
             actions = plan(observed, self.config)
         except Exception as exc:  # a bug must not kill the daemon: log it, try next pass
