@@ -21,17 +21,12 @@ from tests.integration.site_fixtures import (
     E2E_PORTS,
     E2E_SUBNET,
     Site,
-    e2e_site,
     job_id_of,
-    slurm_flavor,
-    system_fsub,
     wait_clean,
     wait_for,
 )
 from vcluster.config import read_one_auth
 from vcluster.testbed import netns, site
-
-__all__ = ["e2e_site", "slurm_flavor", "system_fsub"]
 
 pytestmark = pytest.mark.integration
 

@@ -17,16 +17,11 @@ import pytest
 
 from tests.integration.site_fixtures import (
     Site,
-    e2e_site,
     job_id_of,
-    slurm_flavor,
-    system_fsub,
     wait_clean,
     wait_for,
 )
 from vcluster.config import read_one_auth
-
-__all__ = ["e2e_site", "slurm_flavor", "system_fsub"]
 
 pytestmark = pytest.mark.integration
 

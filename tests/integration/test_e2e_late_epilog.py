@@ -18,14 +18,10 @@ import pytest
 
 from tests.integration.site_fixtures import (
     Site,
-    e2e_site,
     job_id_of,
-    slurm_flavor,
     wait_clean,
     wait_for,
 )
-
-__all__ = ["e2e_site", "slurm_flavor"]
 
 pytestmark = pytest.mark.integration
 

@@ -21,17 +21,13 @@ import pytest
 from tests.integration.site_fixtures import (
     E2E_NAME,
     Site,
-    e2e_site,
     job_id_of,
-    slurm_flavor,
     wait_clean,
     wait_for,
 )
 from vcluster.config import read_one_auth
 from vcluster.testbed import netns
 from vcluster.testbed.cloud.drivers.netns import FREEZER_ROOT
-
-__all__ = ["e2e_site", "slurm_flavor"]
 
 pytestmark = pytest.mark.integration
 
