@@ -303,6 +303,11 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: picture(nodes={S1: node(S1, "DOWN", "POWERED_DOWN",
                                      reason="ResumeTimeout reached")}),
      [ResetNode(S1, "ResumeTimeout reached", "RESUME")]),
+    ("Slurm 24.11 keeps the node's earlier reason before its ResumeTimeout (a job cancelled "
+     "while its nodes powered up): returned to service too",
+     lambda: picture(nodes={S1: node(S1, "DOWN", "POWERED_DOWN",
+                                     reason="POWER_DOWN_ASAP : ResumeTimeout reached")}),
+     [ResetNode(S1, "POWER_DOWN_ASAP : ResumeTimeout reached", "RESUME")]),
     ("no second boot right after a failed one, unless Slurm asks again",
      lambda: picture(nodes={S1: powering_up(S1), S2: powering_up(S2)},
                      last_failure_at={S1: ago(5), S2: ago(5)},

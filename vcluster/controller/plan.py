@@ -56,6 +56,8 @@ TERMINATE_GRACE_S = 120.0
 """A VM still listed this long after its terminate is terminated again, hard."""
 REASON_PREFIX = "vcluster: "
 SLURM_RESUME_TIMEOUT_REASON = "ResumeTimeout reached"
+"""The end of the reason Slurm gives a node it stopped waiting for (24.11 keeps the reason
+the node had before it: ``POWER_DOWN_ASAP : ResumeTimeout reached``)."""
 """What slurmctld 22.05 writes on a CLOUD node it gave up booting (it leaves it ``down~``)."""
 _WISH_RE = re.compile(r"vcluster\[([^\]]*)\]")
 _BUSY_FLAGS = frozenset({"POWERING_UP", "POWERING_DOWN", "POWER_DOWN", "POWERED_DOWN",
@@ -417,7 +419,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                                         job_id=jobs_by_node[name].job_id
                                         if name in jobs_by_node else None))
         elif node.is_down and (node.reason.startswith(REASON_PREFIX)
-                               or node.reason == SLURM_RESUME_TIMEOUT_REASON):
+                               or node.reason.endswith(SLURM_RESUME_TIMEOUT_REASON)):
             if not _is_off(node):
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:

@@ -171,6 +171,8 @@ class TestbedSpec:
         paths = [str(self.root), "/etc/passwd", "/etc/group", "/etc/hosts"]
         if self.hook_dir != self.root / "bin":
             paths.append(str(self.hook_dir))
+        if self.config_path:  # the site's directory: strigger programs of the controller
+            paths.append(os.path.dirname(os.path.abspath(self.config_path)))
         return paths
 
     @property
