@@ -32,3 +32,14 @@ def test_unknown_image_is_refused_with_oneds_text(cloud: Running, disk: str, mes
         cloud.one.vm.allocate(VM_TEXT + f"DISK = [ {disk} ]\n")
     assert str(info.value) == message
     assert not cloud.one.vmpool.info(-2, -1, -1, -1).VM  # nothing allocated, no lease taken
+
+
+def test_template_delete_as_oned(cloud: Running) -> None:
+    tmpl_id = cloud.one.template.allocate('NAME = "gone"\n' + VM_TEXT)
+    assert cloud.one.template.delete(tmpl_id, False) == tmpl_id
+    names = [t.NAME for t in cloud.one.templatepool.info(-2, -1, -1).VMTEMPLATE or []]
+    assert "gone" not in names
+    with pytest.raises(pyone.OneNoExistsException) as info:
+        cloud.one.template.delete(tmpl_id, False)
+    assert str(info.value) == (
+        f"[one.template.delete] Error getting virtual machine template [{tmpl_id}].")

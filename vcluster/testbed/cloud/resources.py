@@ -286,6 +286,13 @@ class Resources:
             raise not_found("template", tmpl_id)
         return tmpl
 
+    def delete_template(self, tmpl_id: int) -> int:
+        """oned's TemplateDelete (not recursive: the template only)."""
+        self.get_template(tmpl_id)
+        del self.templates[tmpl_id]
+        self.store.delete_template(tmpl_id)
+        return tmpl_id
+
     def allocate_template(self, tmpl: Template) -> int:
         with self.lock:
             name = tmpl.get_str("NAME")

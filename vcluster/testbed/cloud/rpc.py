@@ -129,6 +129,7 @@ class OneApi:
             "one.vm.update": Method("is", "i", self._vm_update),
             "one.template.allocate": Method("s", "", self._template_allocate),
             "one.template.info": Method("i", "b,b", self._template_info),
+            "one.template.delete": Method("i", "b", self._template_delete),
             "one.template.instantiate": Method("is", "b,s,b", self._instantiate),
             "one.templatepool.info": Method("iii", "", self._templatepool),
             "one.vnpool.info": Method("iii", "", self._vnpool),
@@ -227,6 +228,10 @@ class OneApi:
 
     def _template_allocate(self, text: str) -> int:
         return self.cloud.allocate_template(parse_template(text))
+
+    def _template_delete(self, tmpl_id: int, _recursive: bool = False) -> int:
+        with self.cloud.lock:
+            return self.cloud.delete_template(tmpl_id)
 
     def _template_info(self, tmpl_id: int, _extended: bool = False,
                        _decrypt: bool = False) -> str:

@@ -94,6 +94,10 @@ class Store:
     def put_template(self, tmpl: VMTemplate) -> None:
         self._put("template", tmpl.tmpl_id, tmpl.to_json())
 
+    def delete_template(self, tmpl_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM objects WHERE kind='template' AND id=?", (tmpl_id,))
+
     def load_vms(self) -> list[VM]:
         return [VM.from_json(d) for d in self._all("vm")]
 
