@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 PG_PORT = 5499
 PG_USER = "postgres"
 COMMAND_TIMEOUT_S = 60.0
-TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "heartbeat"}
+TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat"}
 
 
 def _pg_bin_dir() -> Path:
@@ -321,9 +321,10 @@ def test_vcluster_status_json_reads_postgres(pg_url: str, engine: Engine,
     assert datetime.fromisoformat(controller.pop("heartbeat_at")) == now - timedelta(seconds=4)
     assert controller == {"running": True, "pid": 4242, "host": "ctl1", "version": "0.1.0",
                           "stale_after_s": 60.0}
-    # Slurm cannot be run here: status still shows the database's view and says why.
+    # Slurm cannot be run here (its version is asked first): status still shows the
+    # database's view and says why.
     assert data["slurm_error"] == (
-        f"cannot run `{tmp_path}/no-slurm-here/sinfo`: No such file or directory; "
+        f"cannot run `{tmp_path}/no-slurm-here/scontrol`: No such file or directory; "
         "check slurm.bin_dir in the vcluster config")
     assert data["classes"] == [{
         "name": "small", "policy": "per-job", "partition": "vcluster", "template": "worker",
