@@ -102,7 +102,12 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
     started = time.monotonic()
     program = f"vcluster-{kind}"
     request, error = build_request(kind, argv, environ)
-    dirs = hook_dirs(hook_config_path(environ))
+    config_path = hook_config_path(environ)
+    if not os.path.exists(config_path):  # what load_config says, without its imports
+        sys.stderr.write(f"{program}: error: {config_path}: file not found; create it (see "
+                         "deploy/vcluster.toml.example) or set VCLUSTER_CONFIG\n")
+        return hook_wire.EXIT_CONFIG
+    dirs = hook_dirs(config_path)
     if dirs is None:
         return in_process(kind, argv, environ, argv0)
     state_dir, log_dir = dirs

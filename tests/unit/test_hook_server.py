@@ -312,3 +312,15 @@ def test_the_hook_programs_import_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_hook_without_its_config_says_so_without_importing_vcluster(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nowhere.toml"
+    probe = ("import sys, vcluster.hook_client as h; code = h.run('prolog', ['vcluster-prolog'], "
+             f"{{'VCLUSTER_CONFIG': {str(missing)!r}}}); "
+             "print(code, 'sqlalchemy' in sys.modules, 'vcluster.hooks' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.split() == ["4", "False", "False"]
+    assert proc.stderr == (f"vcluster-prolog: error: {missing}: file not found; create it "
+                           "(see deploy/vcluster.toml.example) or set VCLUSTER_CONFIG\n")
