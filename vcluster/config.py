@@ -43,7 +43,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vcluster.errors import ConfigError
-from vcluster.paths import DEFAULT_CONFIG_PATH, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
+from vcluster.paths import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_DIR,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_FILE,
+)
 
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -112,6 +117,9 @@ class ControllerSettings:
     """Where the controller keeps its wake-up socket and files."""
     log_dir: str = DEFAULT_LOG_DIR
     """Where hooks and the controller write their logs."""
+    status_file: str = DEFAULT_STATUS_FILE
+    """World-readable JSON with the controller's heartbeat (no secrets), so that ``fsub``,
+    run by any user, can say when the controller is down; "" writes none."""
     history_days: int = 90
     """Events, ended launches and ended jobs older than this are pruned, days."""
     metrics_port: int | None = None
@@ -375,6 +383,7 @@ def parse_config(
         prolog_wait_s=c_r.positive("prolog_wait_s", float, 300.0),
         state_dir=c_r.get("state_dir", str, DEFAULT_STATE_DIR),
         log_dir=c_r.get("log_dir", str, DEFAULT_LOG_DIR),
+        status_file=c_r.get("status_file", str, DEFAULT_STATUS_FILE),
         history_days=c_r.positive("history_days", int, 90),
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),

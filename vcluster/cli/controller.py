@@ -169,6 +169,7 @@ def _run(config: Config, once: bool) -> None:
                 metrics_server.server_close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        controller.stopped()
         log.info("controller stopped after %d passes", passes)
     finally:
         engine.dispose()

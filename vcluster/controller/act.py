@@ -389,7 +389,8 @@ class Actor:
             row.ended_at = _epoch(a.ended_at)
 
     def _StartNow(self, a: StartNow) -> None:
-        self.slurm.update_job(a.job_id, StartTime="now")
+        # AdminComment: users see why (fsub --wait, scontrol show job); Comment is theirs
+        self.slurm.update_job(a.job_id, StartTime="now", AdminComment=slurm_reason(a.reason))
         self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
                            job_id=a.job_id)
 

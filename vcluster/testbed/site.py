@@ -159,6 +159,7 @@ suspend_timeout_s = 5
 prolog_wait_s = {spec.resume_timeout_s}
 state_dir = "{spec.root / 'controller'}"
 log_dir = "{spec.root / 'log'}"
+status_file = "{spec.root / 'run' / 'status.json'}"
 
 [[node_class]]
 name = "small"
