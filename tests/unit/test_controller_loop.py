@@ -435,7 +435,7 @@ def test_a_job_requeued_at_slurms_resume_timeout_starts_at_once(world: World,
     w.controller.run_pass()  # the requeued job waits no 2-minute deferral
     why = ("vcluster: requeued after a VM failed (1 so far); last: Slurm gave the node up "
            f"({reason})")
-    assert w.slurm.updates[-1] == f"jobid=12 StartTime=now AdminComment={why}"
+    assert w.slurm.updates[-2:] == ["jobid=12 StartTime=now", f"jobid=12 AdminComment={why}"]
     assert w.events()[-1] == ("job.start_now", None, f"job 12 eligible now: {why}")
 
 
