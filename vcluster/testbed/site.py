@@ -74,6 +74,9 @@ class SiteSpec:
     pool_on_vm_event: tuple[tuple[str, str], ...] = ()
     """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
+    driver: str = "netns"
+    """The cloud's VM driver: ``netns`` (VMs that join Slurm) or ``dummy`` (VMs that only
+    go through their states: for bursts of thousands, whose nodes never register)."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -310,7 +313,7 @@ def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -
 
 def _start_cloud(spec: SiteSpec, say: Say) -> None:
     argv = _vcluster_argv(
-        "testbed", "cloud", "serve", "--driver", "netns",
+        "testbed", "cloud", "serve", "--driver", spec.driver,
         "--port", str(spec.one_port), "--state-dir", str(spec.root / "cloud"),
         "--auth-file", str(spec.auth_file), "--prefix", spec.name,
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
@@ -340,7 +343,8 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
 
     _wait("the cloud server", answers, CLOUD_START_TIMEOUT_S, log)
     say(f"cloud pid {pid}: OpenNebula XML-RPC at {spec.xmlrpc}, "
-        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, netns VMs on {spec.slurm.bridge}")
+        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, {spec.driver} VMs on "
+        f"{spec.slurm.bridge}")
 
 
 def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
