@@ -346,8 +346,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
 
     _wait("the cloud server", answers, CLOUD_START_TIMEOUT_S, log)
     say(f"cloud pid {pid}: OpenNebula XML-RPC at {spec.xmlrpc}, "
-        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, events at "
-        f"tcp://127.0.0.1:{spec.events_port}, netns VMs on {spec.slurm.bridge}")
+        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, netns VMs on {spec.slurm.bridge}")
 
 
 def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
