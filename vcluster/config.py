@@ -52,6 +52,7 @@ from vcluster.paths import (
 
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_EVENTS_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 Policy = Literal["per-job", "pool"]
 
@@ -68,6 +69,9 @@ class OpenNebulaSettings:
     """Timeout of one XML-RPC call, seconds."""
     retry_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0)
     """Backoff before each retry of a temporary error, seconds; empty means no retry."""
+    events: str = ""
+    """oned's state-change publisher (HM_MAD's ZeroMQ PUB, ``tcp://host:2101``): the controller
+    subscribes and runs a pass at once on a change of its VMs; "" (the default): polling only."""
     # No OneGate setting: oned itself puts ONEGATE_ENDPOINT (from oned.conf) into the CONTEXT
     # of every VM with TOKEN=YES, replacing any value vcluster would set, and refuses such a
     # VM when oned.conf has none (VirtualMachine::generate_token_context, oned 6.10 and 7.x).
@@ -332,7 +336,11 @@ def parse_config(
         auth_file=_env_or(env, "ONE_AUTH", one_r.get("auth_file", str, "~/.one/one_auth")),
         timeout_s=one_r.positive("timeout_s", float, 30.0),
         retry_delays_s=tuple(float(x) for x in one_r.get("retry_delays_s", list, [1, 2, 5])),
+        events=one_r.get("events", str, ""),
     )
+    if one.events and not _EVENTS_RE.fullmatch(one.events):
+        raise one_r.err("events", "must be oned's event publisher as tcp://HOST:PORT (HM_MAD's "
+                        f"-b and -p in oned.conf, port 2101 by default), got {one.events!r}")
     if "onegate_endpoint" in one_r.table:
         raise one_r.err(
             "onegate_endpoint", "is not used: oned gives every VM the ONEGATE_ENDPOINT of "

@@ -64,6 +64,8 @@ class SiteSpec:
     slurm_port: int = 6817
     one_port: int = 2633
     onegate_port: int = 5030
+    events_port: int = 2101
+    """The cloud's state-change publisher (oned's HM_MAD ``-p``); the controller subscribes."""
     per_job_nodes: int = 8
     pool_nodes: int = 2
     pool_idle_s: int = 30
@@ -138,6 +140,7 @@ def site_config_text(spec: SiteSpec) -> str:
 [opennebula]
 xmlrpc = "{spec.xmlrpc}"
 auth_file = "{spec.auth_file}"
+events = "tcp://127.0.0.1:{spec.events_port}"
 timeout_s = 15
 retry_delays_s = [0.5, 1, 2]
 
@@ -267,13 +270,16 @@ def choose_ports(spec: SiteSpec, fixed: Collection[str] = (), say: Say = quiet) 
                            fixed="one_port" in fixed)
     onegate_port = choose_port(spec.onegate_port, what="OneGate", option="--onegate-port",
                                fixed="onegate_port" in fixed, avoid={one_port})
+    events_port = choose_port(spec.events_port, what="OpenNebula events", option="",
+                              fixed=False, avoid={one_port, onegate_port})
     for old, new, what, option in ((spec.one_port, one_port, "XML-RPC", "--one-port"),
                                    (spec.onegate_port, onegate_port, "OneGate",
                                     "--onegate-port")):
         if new != old:
             say(f"port {old} is in use (an oned?): the cloud's {what} uses port {new} "
                 f"({option} to choose)")
-    return dataclasses.replace(spec, one_port=one_port, onegate_port=onegate_port)
+    return dataclasses.replace(spec, one_port=one_port, onegate_port=onegate_port,
+                               events_port=events_port)
 
 
 def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -> None:
@@ -318,6 +324,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--auth-file", str(spec.auth_file), "--prefix", spec.name,
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
+        "--events-port", str(spec.events_port),
     )
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
