@@ -50,7 +50,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0004"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 

@@ -4,7 +4,7 @@ Every pass reads the open launches, the launches that failed lately, the resume 
 the last minutes and the jobs not ended (or ended lately): without these indexes each was a
 scan of the whole table, which grows with every job the site ever ran.
 
-Revision ID: 0012
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02 12:00:00
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0012"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
