@@ -23,12 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
 from vcluster.config import Config
+from vcluster.controller.boot_rate import boot_window_s
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import VclusterError
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node, expand_hostlist
 
 log = logging.getLogger(__name__)
+
+BOOT_EVENT = "vm.allocating"
+"""The event act records as it sends a VM allocation: the boot-rate limit counts them."""
+UNPLACEABLE_EVENT = "node.unplaceable"
+"""The event of a node given back because OpenNebula could not place its class's VM."""
 
 JOB_MEMORY_S = 86400.0
 """Ended job rows this recent are compared with squeue (Slurm keeps ended jobs MinJobAge)."""
@@ -55,11 +61,13 @@ class LaunchView:
     attempts: int
     created_at: datetime
     updated_at: datetime
+    template: str | None = None
 
     @classmethod
     def of(cls, row: db.Launch) -> LaunchView:
         return cls(row.id, row.node_name, row.node_class, row.job_id, row.vm_id, row.state,
-                   row.ip, row.reason, row.attempts, row.created_at, row.updated_at)
+                   row.ip, row.reason, row.attempts, row.created_at, row.updated_at,
+                   row.template)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,19 @@ class DrainView:
 
 
 @dataclass(frozen=True)
+class BackoffView:
+    """A class's template OpenNebula could not place (the ``class_backoff`` table)."""
+
+    node_class: str
+    template: str
+    level: int
+    cause: str
+    reason: str
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one pass of the planner looks at."""
 
@@ -121,6 +142,10 @@ class Observed:
     """Job rows not ended, or ended within JOB_MEMORY_S."""
     drains: Mapping[str, DrainView] = field(default_factory=dict)
     """Drained node classes and nodes, by class or node name."""
+    backoffs: Mapping[tuple[str, str], BackoffView] = field(default_factory=dict)
+    """Backed-off templates, by (node class, template)."""
+    recent_boots: tuple[tuple[datetime, str], ...] = ()
+    """(when, node class) of every VM allocation sent within the boot-rate window."""
 
 
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
@@ -157,6 +182,14 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             db.Event.job_id.is_not(None))):
         assert ev.job_id is not None
         failed_jobs[ev.job_id] = max(ev.at, failed_jobs.get(ev.job_id, ev.at))
+    for ev in session.scalars(select(db.Event).where(
+            db.Event.kind == UNPLACEABLE_EVENT, db.Event.at >= window_start,
+            db.Event.job_id.is_not(None))):
+        assert ev.job_id is not None  # requeued by an unplaceable VM: not a failure of its own
+        failed_jobs[ev.job_id] = max(ev.at, failed_jobs.get(ev.job_id, ev.at))
+    rate_start = now - timedelta(seconds=boot_window_s(config))
+    recent_boots = tuple((ev.at, ev.node_name or "") for ev in session.scalars(
+        select(db.Event).where(db.Event.kind == BOOT_EVENT, db.Event.at >= rate_start)))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
     known_jobs = {
         j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)
@@ -167,6 +200,12 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             "last_failure_at": last_failure, "failed_jobs": failed_jobs,
             "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
             "known_jobs": known_jobs,
+            "backoffs": {(b.node_class, b.template): BackoffView(
+                b.node_class, b.template, b.level, b.cause, b.reason, b.since, b.until)
+                for b in session.scalars(select(db.ClassBackoff))},
+            "recent_boots": tuple(
+                (at, nc.name) for at, name in recent_boots
+                if (nc := config.class_of_node(name)) is not None),
             "drains": {d.target: DrainView(d.target, d.kind, d.reason, d.by)
                        for d in session.scalars(select(db.Drain))}}
 

@@ -36,6 +36,7 @@ from vcluster.controller.actions import (
     TerminateVM,
     UpsertJob,
 )
+from vcluster.controller.backoff import apply_backoff
 from vcluster.controller.drain import holds_back, plan_drains
 from vcluster.controller.observe import LaunchView, Observed
 from vcluster.one_vm import VM
@@ -438,7 +439,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     actions += _plan_jobs(config, obs)
     if obs.requests:
         actions.append(MarkHandled(tuple(r.id for r in obs.requests)))
-    return actions
+    return apply_backoff(actions, obs, config)
 
 
 def nodes_of(actions: Iterable[Action]) -> list[str]:
