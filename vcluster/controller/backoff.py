@@ -141,20 +141,21 @@ def _watch_launches(obs: Observed, config: Config
 
 def _gate_boot(boot: BootVM, nc: NodeClass, obs: Observed,
                backoffs: Mapping[Key, BackoffView | SetBackoff],
-               probing: dict[Key, set[int | None]]) -> Action | None:
+               probing: dict[Key, set[int | str]]) -> Action | None:
     """The boot from the first template that may boot now; None to wait for a probe; an
     Unplaceable when every template of the chain is backed off."""
     waiting = False
+    me = boot.launch_id if boot.launch_id is not None else boot.node_name
     for template in template_chain(nc, boot.template):
         backoff = backoffs.get((nc.name, template))
         if backoff is None:
             return dataclasses.replace(boot, template=template)
         if is_active(backoff, obs.now):
             continue
-        if probing.get((nc.name, template), set()) - {boot.launch_id}:
+        if probing.get((nc.name, template), set()) - {me}:
             waiting = True  # another VM is the probe
             continue
-        probing.setdefault((nc.name, template), set()).add(boot.launch_id)
+        probing.setdefault((nc.name, template), set()).add(me)
         return dataclasses.replace(boot, template=template)
     if waiting:
         return None
@@ -190,7 +191,7 @@ def apply_backoff(actions: list[Action], obs: Observed, config: Config) -> list[
     moved to a fallback, held or given back, boots over the rate limits left for a later
     pass, and the class's nodes drained or undrained in Slurm."""
     added, replaced, backoffs = _watch_launches(obs, config)
-    probing: dict[Key, set[int | None]] = {}
+    probing: dict[Key, set[int | str]] = {}
     for la in obs.launches:
         if la.state in _IN_FLIGHT and la.id not in replaced:
             probing.setdefault((la.node_class, la.template or ""), set()).add(la.id)
