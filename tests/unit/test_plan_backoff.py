@@ -34,8 +34,8 @@ from vcluster.controller.plan import plan as plan_all
 
 CONFIG = make_config()
 S1, S2, S3, B1 = "vc-small-001", "vc-small-002", "vc-small-003", "vc-big-001"
-QUOTA = ("[one.template.instantiate] User [2] : limit of 4 reached for VMS quota in VM. "
-         "Error allocating a new virtual machine template.")
+QUOTA = "[one.template.instantiate] User [2] limit of 4 reached for VMS quota in VM"
+"""oned's words (SharedAPI::quota_authorization, Quota.cc), an AUTHORIZATION error."""
 SCHED = "Wed Dec  2 12:00:01 2026 : No host meets capacity and SCHED_REQUIREMENTS: ID = 99"
 NOWHERE = "No host meets capacity and SCHED_REQUIREMENTS: ID = 99"
 
