@@ -168,7 +168,7 @@ def test_a_probe_that_cannot_be_placed_backs_off_longer() -> None:
         Unplaceable(S2, "small", f"vcluster: class small backed off: {NOWHERE}", "backoff")]
 
 
-def test_boots_go_out_within_the_total_and_per_class_rates() -> None:
+def test_boots_go_out_within_the_total_and_per_class_token_buckets() -> None:
     config = parse_config({"controller": {"boot_rate_per_s": 2, "boot_burst": 3},
                            "node_class": [
                                {"name": "small", "count": 8, "cpus": 2, "memory_mb": 2048,
@@ -177,14 +177,15 @@ def test_boots_go_out_within_the_total_and_per_class_rates() -> None:
                                 "template": "bigworker"}]})
     names = [f"vc-small-00{i}" for i in range(1, 5)] + ["vc-big-001", "vc-big-002"]
     nodes = {n: powering_up(n) for n in names}
-    # small: burst 1 (its rate, at least 1) in 2 s; total: 3 in 1.5 s, one sent 1 s ago
-    obs = Observed(now=T0, nodes=nodes, recent_boots=((ago(1.0), "big"),))
-    boots = [(a.node_name, a.template) for a in plan(obs, config) if isinstance(a, BootVM)]
-    assert boots == [("vc-big-001", "bigworker"), ("vc-big-002", "bigworker")]
-    later = Observed(now=T0, nodes=nodes, recent_boots=((ago(1.6), "big"), (ago(1.9), "small")))
-    assert [a.node_name for a in plan(later, config) if isinstance(a, BootVM)] == [
-        "vc-big-001", "vc-big-002"]  # small's one boot per 2 s is still spent
-    then = Observed(now=T0, nodes=nodes, recent_boots=((ago(2.1), "small"),))
-    assert [a.node_name for a in plan(then, config) if isinstance(a, BootVM)] == [
-        "vc-big-001", "vc-big-002", "vc-small-001"]
-    assert boot_rate.boot_window_s(config) == 2.0
+
+    def boots(*sent: tuple[float, str]) -> list[str]:
+        obs = Observed(now=T0, nodes=nodes, recent_boots=tuple((ago(s), c) for s, c in sent))
+        return [a.node_name for a in plan(obs, config) if isinstance(a, BootVM)]
+
+    # total: 3 at once, then 2 per second; small: 1 at once (its rate, at least 1), 0.5/s
+    assert boots() == ["vc-big-001", "vc-big-002", "vc-small-001"]
+    assert boots((1.0, "big")) == ["vc-big-001", "vc-big-002", "vc-small-001"]  # refilled
+    assert boots((0.2, "big"), (0.1, "big")) == ["vc-big-001"]  # 1.4 tokens left
+    assert boots((1.9, "small")) == ["vc-big-001", "vc-big-002"]  # small's token in 0.1 s
+    assert boots((2.1, "small")) == ["vc-big-001", "vc-big-002", "vc-small-001"]
+    assert boot_rate.boot_window_s(config) == 60.0  # 30 bucket lengths of small's 2 s

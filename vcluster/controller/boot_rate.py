@@ -2,11 +2,14 @@
 
 Why it exists: a burst of a thousand powered-up nodes would otherwise be a thousand
 ``one.template.instantiate`` calls in one pass, flooding oned and its scheduler. Each limit is
-a sliding window: at most ``burst`` allocations within the last ``burst / rate`` seconds. The
-allocations already sent are in the picture (``Observed.recent_boots``, from the events act
-records as it sends them), so the limit is a pure function of it: boots over the limit are
-left out of this pass and planned again in a later one (the loop runs every second while
-boots are pending). Pure: the picture in, actions out.
+a token bucket (GCRA): ``burst`` allocations may go out at once, then ``rate`` per second,
+so a burst of N takes (N - burst) / rate seconds and no longer. The allocations already sent
+are in the picture (``Observed.recent_boots``, from the events act records as it sends them,
+over the last ``HISTORY_WINDOWS`` bucket lengths), so the limit is a pure function of it:
+boots over the limit are left out of this pass and planned again in a later one (passes come
+every second while boots are pending). Reading only that history can let through at most
+``burst`` more per history length than the rate: ``rate / HISTORY_WINDOWS`` at most.
+Pure: the picture in, actions out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from vcluster.config import Config, NodeClass
+
+HISTORY_WINDOWS = 30
+"""How many bucket lengths (burst / rate) of sent allocations the limit reads."""
+MIN_HISTORY_S = 30.0
 
 
 def class_limit(nc: NodeClass) -> tuple[float, int] | None:
@@ -31,28 +38,37 @@ def total_limit(config: Config) -> tuple[float, int]:
 
 
 def boot_window_s(config: Config) -> float:
-    """The longest window any limit looks back over, seconds (burst / rate)."""
+    """How far back the limits read sent allocations, seconds."""
     limits = [total_limit(config)] + [
         lim for nc in config.node_classes if (lim := class_limit(nc)) is not None]
-    return max(burst / rate for rate, burst in limits)
+    return max(MIN_HISTORY_S, HISTORY_WINDOWS * max(burst / rate for rate, burst in limits))
 
 
-def _allowance(limit: tuple[float, int], sent: Iterable[datetime], now: datetime) -> int:
+def _allowance(limit: tuple[float, int], sent: Iterable[datetime], now: datetime,
+               history_s: float) -> int:
+    """GCRA: the theoretical arrival time after the sends (each 1/rate after the later of
+    the previous one's and its own time) allows ``burst - (TAT - now) * rate`` more now."""
     rate, burst = limit
-    start = now - timedelta(seconds=burst / rate)
-    return max(0, burst - sum(1 for at in sent if at > start))
+    start = now - timedelta(seconds=history_s)
+    times = sorted(at for at in sent if at > start)
+    tat = now
+    for i, at in enumerate(times):  # TAT = max over suffixes of (first time + count / rate)
+        tat = max(tat, at + timedelta(seconds=(len(times) - i) / rate))
+    return max(0, math.floor(burst - (tat - now).total_seconds() * rate + 1e-9))
 
 
 def allowances(config: Config, recent_boots: Iterable[tuple[datetime, str]],
                now: datetime) -> tuple[int, dict[str, int]]:
     """How many allocations may go out now: in total, and per class that has a limit."""
     boots = list(recent_boots)
-    total = _allowance(total_limit(config), (at for at, _ in boots), now)
+    history_s = boot_window_s(config)
+    total = _allowance(total_limit(config), (at for at, _ in boots), now, history_s)
     per_class: dict[str, int] = {}
     for nc in config.node_classes:
         lim = class_limit(nc)
         if lim is not None:
-            per_class[nc.name] = _allowance(lim, (at for at, c in boots if c == nc.name), now)
+            per_class[nc.name] = _allowance(lim, (at for at, c in boots if c == nc.name), now,
+                                            history_s)
     return total, per_class
 
 
