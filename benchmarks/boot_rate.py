@@ -203,6 +203,8 @@ def main() -> int:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
     sent = one.sent
+    left_over = (TOTAL_RATE_PER_S - sum(r for _, r, _ in CLASSES.values() if r),
+                 TOTAL_BURST - sum(b for _, _, b in CLASSES.values() if b))
     by_class = {name: [t for t, c in sent if c == name] for name in CLASSES}
     result: dict[str, object] = {
         "benchmark": "boot_rate", "nodes": total, "driver": "dummy",
@@ -211,7 +213,10 @@ def main() -> int:
         "total": summary([t for t, _ in sent], TOTAL_RATE_PER_S, TOTAL_BURST, max(
             [needed_s(total, TOTAL_RATE_PER_S, TOTAL_BURST)]
             + [needed_s(n, r, b) for n, r, b in CLASSES.values() if r and b])),
-        "classes": {name: summary(times, rate or TOTAL_RATE_PER_S, burst or TOTAL_BURST)
+        # a class with only the total limit shares it with the limited ones, which are busy
+        # all along: it has what they leave of the total's burst and rate
+        "classes": {name: summary(times, rate or TOTAL_RATE_PER_S, burst or TOTAL_BURST,
+                                  None if rate else needed_s(len(times), *left_over))
                     | ({} if rate else {"limit": "total only"})
                     for name, times in by_class.items()
                     for _, rate, burst in [CLASSES[name]]},
