@@ -130,6 +130,16 @@ class ControllerSettings:
     """TCP port of the controller's Prometheus metrics (``/metrics``); None: not served."""
     metrics_address: str = "127.0.0.1"
     """Address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    boot_rate_per_s: float = 10.0
+    """VM allocations sent to OpenNebula per second, all classes together."""
+    boot_burst: int = 20
+    """Allocations that may go out at once before ``boot_rate_per_s`` applies."""
+    capacity_backoff_s: tuple[float, ...] = (60.0, 120.0, 300.0, 600.0, 1800.0)
+    """How long a class whose template OpenNebula cannot place gets no new VM, seconds: the
+    first back-off, then each one after a failed probe (the last one repeats)."""
+    placement_wait_s: float = 60.0
+    """How long a VM may stay PENDING with oned's SCHED_MESSAGE before its class backs off,
+    seconds (at most half of ``resume_timeout_s``)."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -167,6 +177,14 @@ class NodeClass:
     cost_per_hour: float = 0.0
     """What one VM of this class costs per hour, in the site's currency, for ``vcluster
     usage``; 0 (the default) shows no cost."""
+    boot_rate_per_s: float | None = None
+    """VM allocations of this class per second; None: only the controller's total limit."""
+    boot_burst: int | None = None
+    """Allocations of this class that may go out at once (default: ``boot_rate_per_s``,
+    at least 1)."""
+    fallback_templates: tuple[str, ...] = ()
+    """Templates tried in this order when the chosen one is backed off (OpenNebula cannot
+    place it)."""
     on_vm_event: Mapping[str, str] = field(default_factory=dict)
     """What to do when a VM reaches a state vcluster did not ask for (key: one of
     ``VM_EVENTS``; value: ``fail``, for ``RESUMABLE_VM_EVENTS`` ``resume``, for
@@ -395,6 +413,10 @@ def parse_config(
         history_days=c_r.positive("history_days", int, 90),
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
+        boot_rate_per_s=c_r.positive("boot_rate_per_s", float, 10.0),
+        boot_burst=c_r.positive("boot_burst", int, 20),
+        capacity_backoff_s=_delays(c_r, "capacity_backoff_s", (60, 120, 300, 600, 1800)),
+        placement_wait_s=c_r.positive("placement_wait_s", float, 60.0),
     )
     c_r.finish()
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:
@@ -410,6 +432,14 @@ def parse_config(
     )
     _check_classes(classes, path)
     return Config(one, slurm, database, controller, classes, path=path)
+
+
+def _delays(r: _Reader, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    value = r.get(name, list, list(default))
+    if not value or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+                            for v in value):
+        raise r.err(name, f"must be a non-empty list of positive seconds, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _parse_node_class(
@@ -460,6 +490,10 @@ def _parse_node_class(
         vm_options={str(k): str(v) for k, v in vm_options.items()},
         templates=tuple(str(t).strip() for t in templates),
         cost_per_hour=float(r.get("cost_per_hour", (int, float), 0.0)),
+        boot_rate_per_s=r.positive("boot_rate_per_s", float) if "boot_rate_per_s" in r.table
+        else None,
+        boot_burst=r.positive("boot_burst", int) if "boot_burst" in r.table else None,
+        fallback_templates=tuple(str(t).strip() for t in r.str_list("fallback_templates", ())),
         on_vm_event=_vm_event_rules(r),
     )
     if nc.first_index < 0:

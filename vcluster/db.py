@@ -50,7 +50,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -225,6 +225,24 @@ class Drain(Base):
         CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in DRAIN_KINDS) + ")",
                         name="ck_drain_kind"),
     )
+
+
+class ClassBackoff(Base):
+    """A node class's template OpenNebula could not place (no host with room, a quota): no
+    new VM from it until ``until``, then one probe VM; the plan writes and clears it
+    (:mod:`vcluster.controller.backoff`)."""
+
+    __tablename__ = "class_backoff"
+    node_class: Mapped[str] = mapped_column(String(64), primary_key=True)
+    template: Mapped[str] = mapped_column(String(256), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer)
+    """How many back-offs in a row (each longer than the last) without a placement."""
+    cause: Mapped[str] = mapped_column(String(16))
+    """``placement`` (oned's scheduler left the VM PENDING) or ``quota`` (allocation refused)."""
+    reason: Mapped[str] = mapped_column(Text, default="")
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    """When the next probe VM may be booted."""
 
 
 class Heartbeat(Base):

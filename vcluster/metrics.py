@@ -50,7 +50,16 @@ class Metrics:
         self.boot_failures = Counter(
             "vcluster_boot_failures", "Launches that failed before their node was up, by node "
             "class and cause (allocate: OpenNebula refused the VM; boot: the VM failed or "
-            "timed out before slurmd registered)", ["class", "cause"], registry=r)
+            "timed out before slurmd registered; placement: oned's scheduler found no host "
+            "for it; quota: oned refused it for a quota)", ["class", "cause"], registry=r)
+        self.class_backoff = Gauge(
+            "vcluster_class_backoff", "1 while a node class gets no new VM because "
+            "OpenNebula cannot place its templates (capacity back-off), by class and cause",
+            ["class", "cause"], registry=r)
+        self.class_backoff_level = Gauge(
+            "vcluster_class_backoff_level", "Back-offs in a row of a node class's templates "
+            "without a placement (the highest of its templates; 0: none)", ["class"],
+            registry=r)
         self.boot_seconds = Histogram(
             "vcluster_boot_seconds", "From the VM's allocation to its node up in Slurm, "
             "seconds", ["class"], buckets=BOOT_BUCKETS_S, registry=r)
@@ -110,6 +119,15 @@ class Metrics:
             self.vms.clear()
             for (node_class, state), count in tally.items():
                 self.vms.labels(node_class, state).set(count)
+            self.class_backoff.clear()
+            self.class_backoff_level.clear()
+            for nc in config.node_classes:
+                levels = [b for (c, _t), b in observed.backoffs.items() if c == nc.name]
+                self.class_backoff_level.labels(nc.name).set(max(
+                    (b.level for b in levels), default=0))
+                for cause in sorted({b.cause for b in levels}):
+                    self.class_backoff.labels(nc.name, cause).set(int(any(
+                        b.cause == cause and observed.now < b.until for b in levels)))
 
     def pass_done(self, duration_s: float, *, skipped: bool) -> None:
         self.pass_seconds.observe(duration_s)

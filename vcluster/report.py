@@ -67,6 +67,22 @@ class ClassStatus:
 
 
 @dataclass(frozen=True)
+class BackoffStatus:
+    """A class's template OpenNebula cannot place: no new VM from it until the next probe."""
+
+    node_class: str
+    template: str
+    level: int
+    """Back-offs in a row without a placement."""
+    cause: str
+    reason: str
+    since: datetime
+    next_probe_at: datetime
+    next_probe_in_s: float
+    """Seconds until the probe VM may boot; 0 once it may (probing)."""
+
+
+@dataclass(frozen=True)
 class VmStatus:
     node_name: str
     node_class: str
@@ -123,6 +139,8 @@ class StatusReport:
     """The OpenNebula (oned) vcluster talks to (``7.4.0``); ``""`` if it could not be read."""
     opennebula_error: str = ""
     """Why oned's version is missing, if it is."""
+    backoffs: tuple[BackoffStatus, ...] = ()
+    """Templates of node classes backed off for want of capacity."""
 
 
 def node_state_label(node: Node) -> str:
@@ -215,6 +233,11 @@ def build_status(
         slurm_version=versions.slurm if versions else "",
         opennebula_version=versions.opennebula if versions else "",
         opennebula_error=versions.opennebula_error if versions else "",
+        backoffs=tuple(
+            BackoffStatus(b.node_class, b.template, b.level, b.cause, b.reason, b.since,
+                          b.until, max(0.0, (b.until - now).total_seconds()))
+            for b in session.scalars(select(db.ClassBackoff).order_by(
+                db.ClassBackoff.node_class, db.ClassBackoff.template))),
     )
 
 
@@ -335,6 +358,17 @@ def vm_table(title: str, vms: Sequence[VmStatus]) -> Table:
     return table
 
 
+def backoff_table(backoffs: Sequence[BackoffStatus]) -> Table:
+    table = _table("Backed off (OpenNebula cannot place these templates)", "CLASS",
+                   "TEMPLATE", "CAUSE", "SINCE", "NEXT PROBE", "REASON")
+    for b in backoffs:
+        probe = (f"in {format_age(b.next_probe_in_s)} ({_time(b.next_probe_at)})"
+                 if b.next_probe_in_s > 0 else "probing now")
+        add_plain_row(table, b.node_class, b.template, f"{b.cause} #{b.level}", _time(b.since),
+                      probe, b.reason)
+    return table
+
+
 def events_table(title: str, events: Sequence[EventRow]) -> Table:
     table = _table(title, "TIME (UTC)", "KIND", "NODE", "JOB", "VM", "MESSAGE")
     for e in events:
@@ -359,6 +393,9 @@ def render_status(report: StatusReport, console: Console) -> None:
         add_plain_row(classes, c.name, c.policy, c.partition, template,
                       f"{c.nodes} ({c.count})", str(c.open_launches), states)
     console.print(classes)
+    if report.backoffs:
+        console.print()
+        console.print(backoff_table(report.backoffs))
     console.print()
     jobs = _table("Jobs", "JOB", "USER", "STATE", "CLASS", "TEMPLATE", "NODES", "AGE", "EXIT")
     for j in report.jobs:

@@ -122,3 +122,19 @@ def test_host_status_disables_or_sets_offline_like_oned(
     with pytest.raises(pyone.OneNoExistsException, match=r"\[one.host.status\] Error getting "
                        r"host \[9\]."):
         cloud.one.host.status(9, 0)
+
+
+def test_a_template_updated_to_match_no_host_gives_pending_vms(cloud: Running) -> None:
+    tid = cloud.one.template.allocate('NAME = "upd"\n' + VM_TEXT)
+    assert cloud.one.template.update(tid, 'SCHED_REQUIREMENTS = "ID = 9999"', 1) == tid
+    body = cloud.one.template.info(tid).TEMPLATE
+    assert (body["SCHED_REQUIREMENTS"], body["MEMORY"]) == ("ID = 9999", "64")
+    assert cloud.one.template.info(tid).NAME == "upd"
+    vm_id = cloud.one.template.instantiate(tid, "")
+    time.sleep(0.5)
+    vm = cloud.one.vm.info(vm_id)
+    assert (vm.STATE, vm.USER_TEMPLATE["SCHED_MESSAGE"].split(" : ", 1)[1]) == (
+        1, "No host meets capacity and SCHED_REQUIREMENTS: ID = 9999")
+    assert cloud.one.template.update(tid, 'NAME = "other"\nCPU = "0.1"', 0) == tid
+    replaced = cloud.one.template.info(tid)
+    assert (replaced.NAME, dict(replaced.TEMPLATE)) == ("upd", {"CPU": "0.1"})

@@ -32,6 +32,10 @@ E2E_PORTS = {"slurm_port": 6917 + 10 * _SLOT, "one_port": 2733 + 10 * _SLOT,
              "onegate_port": 5130 + 10 * _SLOT, "events_port": 2201 + 10 * _SLOT}
 
 
+POOL_TEMPLATE = "vcluster-worker-pool"
+"""The pool class's own template (the worker's body), which a test makes unplaceable."""
+
+
 @dataclass
 class Site:
     spec: site.SiteSpec
@@ -158,6 +162,7 @@ def e2e_site(slurm_flavor: str) -> Iterator[Site]:
                          per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60,
                          heartbeat_stale_s=10, extra_templates=("vcluster-broken",),
                          pool_on_vm_event=(("SUSPENDED", "resume"),),
+                         pool_template=POOL_TEMPLATE,
                          slurm_root=slurm_flavor)
     site.down(spec)
     try:

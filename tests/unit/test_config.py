@@ -47,6 +47,22 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.class_of_node("vc-small-005") is None
 
 
+def test_boot_rates_and_back_off_settings(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), environ={})
+    c, nc = cfg.controller, cfg.node_class("small")
+    assert (c.boot_rate_per_s, c.boot_burst, c.placement_wait_s) == (10.0, 20, 60.0)
+    assert c.capacity_backoff_s == (60.0, 120.0, 300.0, 600.0, 1800.0)
+    assert (nc.boot_rate_per_s, nc.boot_burst, nc.fallback_templates) == (None, None, ())
+    text = GOOD.replace("[database]", "[controller]\nboot_rate_per_s = 2.5\nboot_burst = 5\n"
+                        "capacity_backoff_s = [30, 90]\n[database]").replace(
+        "count = 4", 'count = 4\nboot_rate_per_s = 1\nfallback_templates = ["b", "c"]')
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert (cfg.controller.boot_rate_per_s, cfg.controller.boot_burst) == (2.5, 5)
+    assert cfg.controller.capacity_backoff_s == (30.0, 90.0)
+    nc = cfg.node_class("small")
+    assert (nc.boot_rate_per_s, nc.boot_burst, nc.fallback_templates) == (1.0, None, ("b", "c"))
+
+
 def test_environment_overrides_endpoint(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD), environ={"ONE_XMLRPC": "http://one:2633/RPC2",
                                                       "ONE_AUTH": "/root/auth"})
@@ -80,6 +96,17 @@ def test_environment_overrides_endpoint(tmp_path: Path) -> None:
          "node_class[0].on_vm_event: SUSPENDED = 'ignore': must be 'fail' or 'resume'"),
         (("count = 4", 'count = 4\non_vm_event = { HOST_OFFLINE = "resume" }'),
          "node_class[0].on_vm_event: HOST_OFFLINE = 'resume': must be 'fail' or 'keep'"),
+        (("[database]", "[controller]\ncapacity_backoff_s = []\n[database]"),
+         "controller.capacity_backoff_s: must be a non-empty list of positive seconds, got []"),
+        (("[database]", "[controller]\ncapacity_backoff_s = [60, 0]\n[database]"),
+         "controller.capacity_backoff_s: must be a non-empty list of positive seconds, "
+         "got [60, 0]"),
+        (("[database]", "[controller]\nboot_rate_per_s = 0\n[database]"),
+         "controller.boot_rate_per_s: must be positive, got 0"),
+        (("count = 4", "count = 4\nboot_burst = -1"),
+         "node_class[0].boot_burst: must be positive, got -1"),
+        (("count = 4", "count = 4\nfallback_templates = [\"\"]"),
+         "node_class[0].fallback_templates: must be a list of non-empty strings"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from tests.unit.controller_fixtures import job, node, powering_up, vm
 from tests.unit.fake_oned import running_fake_oned
@@ -23,7 +24,13 @@ from vcluster.config import Config, OpenNebulaSettings, SlurmSettings, parse_con
 from vcluster.controller.act import Actor
 from vcluster.controller.hook_server import HookServer
 from vcluster.controller.loop import Controller
-from vcluster.errors import ConfigError, OneAuthError, OneNotFound, SlurmCommandError
+from vcluster.errors import (
+    ConfigError,
+    OneAuthError,
+    OneAuthorizationError,
+    OneNotFound,
+    SlurmCommandError,
+)
 from vcluster.hook_wire import PROTOCOL_VERSION
 from vcluster.metrics import Metrics
 from vcluster.one import OneClient
@@ -248,3 +255,29 @@ def test_a_port_out_of_range_is_refused() -> None:
         config_with(metrics_port=70000)
     assert str(err.value) == ("config: controller.metrics_port: must be a TCP port, 0-65535, "
                               "got 70000")
+
+
+def test_a_quota_refusal_backs_the_class_off_and_tells_slurm_and_the_metrics(
+        world: World) -> None:
+    w = world
+    quota = "[one.template.instantiate] User [2] limit of 4 reached for VMS quota in VM"
+    w.one.errors = [OneAuthorizationError(quota)]
+    w.slurm.nodes_by_name = {S1: powering_up(S1), "vc-small-002": node(
+        "vc-small-002", "IDLE", "POWERED_DOWN")}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()  # the allocation is refused: the launch waits for the plan
+    w.controller.run_pass()  # the plan backs the class off
+    w.controller.run_pass()  # the picture holds the back-off
+    got = samples(w.metrics)
+    assert got['vcluster_boot_failures_total{cause="quota",class="small"}'] == 1.0
+    assert got['vcluster_class_backoff{cause="quota",class="small"}'] == 1.0
+    assert got['vcluster_class_backoff_level{class="small"}'] == 1.0
+    assert f"nodename={S1} state=DOWN reason=vcluster: template worker of class small " \
+           f"cannot be placed: {quota}" in w.slurm.updates
+    assert any(u.startswith("nodename=vc-small-002 state=DRAIN reason=vcluster backoff: "
+                            "template worker cannot be placed (quota): ") for u in w.slurm.updates)
+    with w.sessions() as s:
+        (row,) = s.scalars(select(db.Launch)).all()
+        assert (row.state, row.job_id) == ("terminated", 12)  # not a failed VM of the job
+        (b,) = s.scalars(select(db.ClassBackoff)).all()
+        assert (b.node_class, b.template, b.level, b.cause) == ("small", "worker", 1, "quota")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -32,9 +33,11 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     ResumeVM,
+    SetBackoff,
     SetNodeAddr,
     StartNow,
     TerminateVM,
+    Unplaceable,
     UpsertJob,
 )
 from vcluster.controller.observe import JobRecord, Observed
@@ -184,14 +187,16 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                      launches=(launch(1, S1, "booting", vm_id=7, created_s_ago=61),)),
      [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; "
                "VM PENDING)", 1, 7, None)]),
-    ("a VM OpenNebula could not place says why in the node's reason",
+    ("a VM OpenNebula could not place backs its class off, the node's reason saying why",
      lambda: picture(nodes={S1: powering_up(S1)},
                      vms={7: replace(vm(7, S1, "PENDING"), sched_message=(
                          "Cannot dispatch VM: No host with enough capacity"))},
                      launches=(launch(1, S1, "booting", vm_id=7, ip="10.9.0.10",
                                       created_s_ago=61),)),
-     [FailNode(S1, "vcluster: VM 7 was not a working node within 60 s (ResumeTimeout; VM "
-               "PENDING; Cannot dispatch VM: No host with enough capacity)", 1, 7, None)]),
+     [SetBackoff("small", "worker", 1, "placement",
+                 "Cannot dispatch VM: No host with enough capacity", T0 + timedelta(seconds=60)),
+      Unplaceable(S1, "small", "vcluster: template worker of class small cannot be placed: "
+                  "Cannot dispatch VM: No host with enough capacity", "placement", 1, 7)]),
     ("a VM that dies under a running job: node DOWN with a reason",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1, state="RUNNING")),
                      launches=(launch(1, S1, "up", vm_id=7, job_id=12, ip="10.9.0.10"),)),
@@ -319,8 +324,7 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                                job(31, state="PENDING", state_reason="BeginTime"),
                                job(32, state="PENDING", state_reason="Resources")),
                      failed_jobs={30: ago(3), 32: ago(3)}),
-     [StartNow(30, "vcluster: requeued as the controller was not running when Slurm asked "
-                   "for its nodes")]),
+     [StartNow(30, "vcluster: requeued: its nodes were given back")]),
     ("a job whose VMs failed three times per node is held with the last reason, "
      "not requeued a fourth time",
      lambda: picture(jobs=jobs(job(33, state="PENDING", state_reason="BeginTime"),

@@ -319,6 +319,7 @@ def test_status_json_for_scripts(site: Config) -> None:
         "slurm_version": "22.05.8",
         "opennebula_version": "7.4.0",
         "opennebula_error": "",
+        "backoffs": [],
     }
 
 
@@ -455,3 +456,27 @@ def test_brackets_in_messages_and_reasons_are_shown_as_written(site: Config) -> 
     assert result.stdout.splitlines()[2].rstrip() == (
         f"2026-11-21 08:00:00  node.failed  vc-small-001  -    -   {refusal}")
     assert "[bold]not bold[/bold]" in rendered(site)
+
+
+def test_a_backed_off_class_is_shown_with_its_reason_and_next_probe(site: Config) -> None:
+    fill(site, NOW, heartbeat_age_s=3)
+    engine = db.make_engine(site.database)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            s.add(db.ClassBackoff(
+                node_class="pool", template="worker", level=2, cause="placement",
+                reason='No host meets capacity and SCHED_REQUIREMENTS: HOSTNAME = "nowhere"',
+                since=NOW - timedelta(seconds=200), until=NOW + timedelta(seconds=95)))
+    finally:
+        engine.dispose()
+    text = rendered(site)
+    block = text.split("Backed off (OpenNebula cannot place these templates)\n", 1)[1]
+    row = next(line for line in block.splitlines() if line.startswith("pool "))
+    assert row.split() == [
+        "pool", "worker", "placement", "#2", "2026-11-21", "07:56:40", "in", "1m35s",
+        "(2026-11-21", "08:01:35)", "No", "host", "meets", "capacity", "and",
+        "SCHED_REQUIREMENTS:", "HOSTNAME", "=", '"nowhere"']
+    with session(site) as s:
+        report = build_status(s, site, nodes(), NOW)
+    (b,) = report.backoffs
+    assert (b.node_class, b.level, b.next_probe_in_s) == ("pool", 2, 95.0)

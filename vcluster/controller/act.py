@@ -24,7 +24,9 @@ from vcluster.config import Config
 from vcluster.controller.actions import (
     Action,
     AdoptVM,
+    BackoffNodes,
     BootVM,
+    ClearBackoff,
     ClearReason,
     CloseLaunch,
     FailNode,
@@ -34,12 +36,16 @@ from vcluster.controller.actions import (
     PowerDown,
     ResetNode,
     ResumeVM,
+    SetBackoff,
     SetDrain,
     SetNodeAddr,
     StartNow,
     TerminateVM,
+    Unplaceable,
     UpsertJob,
 )
+from vcluster.controller.backoff import capacity_cause
+from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
@@ -149,18 +155,17 @@ class Actor:
             return None
 
     def _close(self, launch_id: int | None, state: str, reason: str, kind: str,
-               node_name: str, vm_id: int | None = None) -> None:
+               node_name: str, vm_id: int | None = None, job_id: int | None = None) -> None:
         ending = launch_id is not None and state in ("terminated", "failed")
         vm = self._vm_record(launch_id, vm_id) if ending else None
         boot_failure: tuple[str, str] | None = None
         with db.transaction(self.sessions) as s:
-            job_id = None
             if launch_id is not None:
                 row = self._launch(s, launch_id)
                 if state == "failed" and row.state not in ("up", "terminating", "failed"):
                     boot_failure = (row.node_class, "allocate" if row.vm_id is None else "boot")
                 row.state, row.reason, row.updated_at = state, reason, self.now()
-                job_id = row.job_id
+                job_id = row.job_id if row.job_id is not None else job_id
                 if ending:
                     row.ended_at = self.now()
                     _record_lifetime(row, vm, self.now())
@@ -232,6 +237,13 @@ class Actor:
 
     def _boot_failed(self, a: BootVM, launch_id: int, attempt: int, exc: VclusterError) -> None:
         retries = 1 + len(self.config.opennebula.retry_delays_s)
+        if capacity_cause(str(exc)) is not None:  # the plan backs the class off
+            with db.transaction(self.sessions) as s:
+                row = self._launch(s, launch_id)
+                row.state, row.reason, row.updated_at = "requested", str(exc), self.now()
+                db.record_event(s, "vm.allocate_refused", f"attempt {attempt}: {exc}",
+                                node_name=a.node_name, job_id=a.job_id, at=self.now())
+            return
         if exc.temporary and attempt < retries:
             with db.transaction(self.sessions) as s:
                 row = self._launch(s, launch_id)
@@ -293,7 +305,8 @@ class Actor:
     def _CloseLaunch(self, a: CloseLaunch) -> None:
         self._close(a.launch_id, a.state, a.reason, "launch.closed", a.node_name)
 
-    def _FailNode(self, a: FailNode) -> None:
+    def _FailNode(self, a: FailNode, close_as: str = "failed", kind: str = "node.failed"
+                  ) -> None:
         reason = slurm_reason(a.reason)
         slurm_error = ""
         try:
@@ -326,8 +339,8 @@ class Actor:
             self._event(LOST_EVENT, f"VM {vm_id} seen {a.seen} (not asked by vcluster); rule "
                         f"{a.event}=fail: node set DOWN ({job}), VM terminated", a.node_name,
                         a.job_id, vm_id)
-        self._close(a.launch_id, "failed", a.reason + slurm_error, "node.failed", a.node_name,
-                    a.vm_id)
+        self._close(a.launch_id, close_as, a.reason + slurm_error, kind, a.node_name, a.vm_id,
+                    job_id=a.job_id)
 
     def _ResumeVM(self, a: ResumeVM) -> None:
         self.one.action("resume", a.vm_id)
@@ -424,6 +437,50 @@ class Actor:
         for name in names:
             self._event_safely("node.drain" if a.drain else "node.undrain",
                                a.reason if a.drain else "drain lifted: DRAIN cleared",
+                               node_name=name)
+
+    # --- capacity back-off ---------------------------------------------------------------------
+
+    def _Unplaceable(self, a: Unplaceable) -> None:
+        # as a failed node (DOWN: Slurm requeues the job; back to the powered-down pool), but
+        # the launch closes "terminated": the job's VM did not fail, its class has no room
+        self._FailNode(FailNode(a.node_name, a.reason, a.launch_id, a.vm_id, a.job_id),
+                       close_as="terminated", kind=UNPLACEABLE_EVENT)
+        if self.metrics is not None and a.cause != "backoff":
+            self.metrics.boot_failed(a.node_class, a.cause)
+
+    def _SetBackoff(self, a: SetBackoff) -> None:
+        now = self.now()
+        with db.transaction(self.sessions) as s:
+            row = s.get(db.ClassBackoff, (a.node_class, a.template))
+            if row is None:
+                row = db.ClassBackoff(node_class=a.node_class, template=a.template, since=now)
+                s.add(row)
+            row.level, row.cause, row.reason, row.until = a.level, a.cause, a.reason, a.until
+            db.record_event(s, "class.backoff", f"class {a.node_class}: template {a.template} "
+                            f"backed off (#{a.level}, {a.cause}) until "
+                            f"{a.until:%Y-%m-%dT%H:%M:%S}Z: {a.reason}", at=now)
+        log.warning("class %s: template %s backed off (#%d) until %s: %s", a.node_class,
+                    a.template, a.level, a.until, a.reason)
+
+    def _ClearBackoff(self, a: ClearBackoff) -> None:
+        with db.transaction(self.sessions) as s:
+            row = s.get(db.ClassBackoff, (a.node_class, a.template))
+            if row is not None:
+                s.delete(row)
+            db.record_event(s, "class.recovered", f"class {a.node_class}: template "
+                            f"{a.template} back in service: {a.reason}", at=self.now())
+        log.info("class %s: template %s back in service: %s", a.node_class, a.template,
+                 a.reason)
+
+    def _BackoffNodes(self, a: BackoffNodes) -> None:
+        if a.drain:
+            self.slurm.update_nodes(list(a.node_names), state="DRAIN",
+                                    reason=slurm_reason(a.reason))
+        else:
+            self.slurm.update_nodes(list(a.node_names), state="RESUME")
+        for name in a.node_names:
+            self._event_safely("node.backoff" if a.drain else "node.backoff_lifted", a.reason,
                                node_name=name)
 
     def _MarkHandled(self, a: MarkHandled) -> None:

@@ -9,6 +9,7 @@ tell vcluster's node reasons from anyone else's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -185,10 +186,57 @@ class SetDrain:
 
 
 @dataclass(frozen=True)
+class Unplaceable:
+    """OpenNebula cannot place the node's VM (its class or template is backed off): the node
+    goes DOWN (Slurm requeues its job, which is not counted as a failed VM of the job) and
+    back to the powered-down pool, its VM (if any) is terminated and its launch closed."""
+
+    node_name: str
+    node_class: str
+    reason: str
+    cause: str
+    """``placement`` or ``quota``; ``backoff`` for a node whose class was backed off already."""
+    launch_id: int | None = None
+    vm_id: int | None = None
+    job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SetBackoff:
+    """Back a class's template off: no new VM from it until ``until``, then one probe."""
+
+    node_class: str
+    template: str
+    level: int
+    cause: str
+    reason: str
+    until: datetime
+
+
+@dataclass(frozen=True)
+class ClearBackoff:
+    """A VM of a backed-off template was placed: its back-off ends."""
+
+    node_class: str
+    template: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackoffNodes:
+    """DRAIN a backed-off class's nodes with ``reason`` (Slurm stops choosing them), or lift
+    that DRAIN (``drain`` False) once the class may boot again."""
+
+    node_names: tuple[str, ...]
+    drain: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | SetDrain | MarkHandled)
+          | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled)

@@ -226,7 +226,10 @@ def _passes(controller: Controller, listener: WakeListener | None, interval_s: f
         passes += 1
         if once:
             break
-        wait_s = min(interval_s, BUSY_INTERVAL_S) if report.busy else interval_s
+        # while busy, passes start BUSY_INTERVAL_S apart (a pass that sent a burst of boots
+        # took part of that time): boots held back by the rate limits go out when it allows
+        wait_s = max(0.0, min(interval_s, BUSY_INTERVAL_S) - report.duration_s) \
+            if report.busy else interval_s
         if listener is not None:
             listener.wait(wait_s)
         else:

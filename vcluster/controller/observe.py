@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
 from vcluster.config import Config
+from vcluster.controller.boot_rate import boot_window_s
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import VclusterError
 from vcluster.one_vm import VM
@@ -30,6 +31,13 @@ from vcluster.slurm_parse import Job, Node, expand_hostlist
 
 log = logging.getLogger(__name__)
 
+BOOT_EVENT = "vm.allocating"
+"""The event act records as it sends a VM allocation: the boot-rate limit counts them."""
+UNPLACEABLE_EVENT = "node.unplaceable"
+"""The event of a node given back because OpenNebula could not place its class's VM."""
+
+CONTROLLER_DOWN_WHY = "the controller was not running when Slurm asked for its nodes"
+"""Why a job was requeued whose resume the hook refused (no controller)."""
 JOB_MEMORY_S = 86400.0
 """Ended job rows this recent are compared with squeue (Slurm keeps ended jobs MinJobAge)."""
 
@@ -55,11 +63,13 @@ class LaunchView:
     attempts: int
     created_at: datetime
     updated_at: datetime
+    template: str | None = None
 
     @classmethod
     def of(cls, row: db.Launch) -> LaunchView:
         return cls(row.id, row.node_name, row.node_class, row.job_id, row.vm_id, row.state,
-                   row.ip, row.reason, row.attempts, row.created_at, row.updated_at)
+                   row.ip, row.reason, row.attempts, row.created_at, row.updated_at,
+                   row.template)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,19 @@ class DrainView:
 
 
 @dataclass(frozen=True)
+class BackoffView:
+    """A class's template OpenNebula could not place (the ``class_backoff`` table)."""
+
+    node_class: str
+    template: str
+    level: int
+    cause: str
+    reason: str
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one pass of the planner looks at."""
 
@@ -114,6 +137,9 @@ class Observed:
     last_failure_at: Mapping[str, datetime] = field(default_factory=dict)
     """Per node, when its last launch failed (recent ones)."""
     failed_jobs: Mapping[int, datetime] = field(default_factory=dict)
+    requeue_why: Mapping[int, str] = field(default_factory=dict)
+    """Why Slurm requeued a job of ``failed_jobs`` whose VM did not fail (its resume refused
+    while the controller was down, its class unplaceable), in a few words."""
     """Per job, when a launch for it last failed (recent ones): Slurm requeued it."""
     job_failures: Mapping[int, tuple[int, str]] = field(default_factory=dict)
     """Per job, how many of its launches failed recently, and the last reason."""
@@ -121,6 +147,10 @@ class Observed:
     """Job rows not ended, or ended within JOB_MEMORY_S."""
     drains: Mapping[str, DrainView] = field(default_factory=dict)
     """Drained node classes and nodes, by class or node name."""
+    backoffs: Mapping[tuple[str, str], BackoffView] = field(default_factory=dict)
+    """Backed-off templates, by (node class, template)."""
+    recent_boots: tuple[tuple[datetime, str], ...] = ()
+    """(when, node class) of every VM allocation sent within the boot-rate window."""
 
 
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
@@ -141,6 +171,7 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
     failed_jobs: dict[int, datetime] = {}
     failure_count: dict[int, int] = {}
     last_reason: dict[int, str] = {}
+    requeue_why: dict[int, str] = {}
     for row in session.scalars(select(db.Launch).where(
             db.Launch.state == "failed", db.Launch.ended_at >= window_start)):
         if row.ended_at is not None:
@@ -157,6 +188,16 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             db.Event.job_id.is_not(None))):
         assert ev.job_id is not None
         failed_jobs[ev.job_id] = max(ev.at, failed_jobs.get(ev.job_id, ev.at))
+        requeue_why[ev.job_id] = CONTROLLER_DOWN_WHY
+    for ev in session.scalars(select(db.Event).where(
+            db.Event.kind == UNPLACEABLE_EVENT, db.Event.at >= window_start,
+            db.Event.job_id.is_not(None))):
+        assert ev.job_id is not None  # requeued by an unplaceable VM: not a failure of its own
+        failed_jobs[ev.job_id] = max(ev.at, failed_jobs.get(ev.job_id, ev.at))
+        requeue_why[ev.job_id] = ev.message.removeprefix("vcluster: ")
+    rate_start = now - timedelta(seconds=boot_window_s(config))
+    recent_boots = tuple((ev.at, ev.node_name or "") for ev in session.scalars(
+        select(db.Event).where(db.Event.kind == BOOT_EVENT, db.Event.at >= rate_start)))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
     known_jobs = {
         j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)
@@ -165,8 +206,15 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
     }
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
             "last_failure_at": last_failure, "failed_jobs": failed_jobs,
+            "requeue_why": requeue_why,
             "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
             "known_jobs": known_jobs,
+            "backoffs": {(b.node_class, b.template): BackoffView(
+                b.node_class, b.template, b.level, b.cause, b.reason, b.since, b.until)
+                for b in session.scalars(select(db.ClassBackoff))},
+            "recent_boots": tuple(
+                (at, nc.name) for at, name in recent_boots
+                if (nc := config.class_of_node(name)) is not None),
             "drains": {d.target: DrainView(d.target, d.kind, d.reason, d.by)
                        for d in session.scalars(select(db.Drain))}}
 

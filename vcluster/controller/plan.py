@@ -36,6 +36,7 @@ from vcluster.controller.actions import (
     TerminateVM,
     UpsertJob,
 )
+from vcluster.controller.backoff import apply_backoff
 from vcluster.controller.drain import holds_back, plan_drains
 from vcluster.controller.observe import LaunchView, Observed
 from vcluster.one_vm import VM
@@ -349,10 +350,10 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
                 actions.append(HoldJob(job.job_id, f"vcluster: held after {failures} failed "
                                        f"VMs; last: {reason.removeprefix(REASON_PREFIX)}"))
             else:
-                why = (f"after a VM failed ({failures} so far); last: "
+                why = (f" after a VM failed ({failures} so far); last: "
                        f"{reason.removeprefix(REASON_PREFIX)}" if failures else
-                       "as the controller was not running when Slurm asked for its nodes")
-                actions.append(StartNow(job.job_id, f"vcluster: requeued {why}"))
+                       ": " + obs.requeue_why.get(job.job_id, "its nodes were given back"))
+                actions.append(StartNow(job.job_id, f"vcluster: requeued{why}"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
         if known is not None and (known.state, known.nodes) == (job.state, nodes):
@@ -441,7 +442,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     actions += _plan_jobs(config, obs)
     if obs.requests:
         actions.append(MarkHandled(tuple(r.id for r in obs.requests)))
-    return actions
+    return apply_backoff(actions, obs, config)
 
 
 def nodes_of(actions: Iterable[Action]) -> list[str]:

@@ -73,6 +73,9 @@ class SiteSpec:
     heartbeat_stale_s: int = 30
     extra_templates: tuple[str, ...] = ()
     """Other OpenNebula templates jobs of the per-job class may pick (fsub --vm-template)."""
+    pool_template: str = ""
+    """The pool class's own OpenNebula template (registered like the worker's, same body), so
+    that a test can make it unplaceable alone; "": the pool boots from the worker's."""
     pool_on_vm_event: tuple[tuple[str, str], ...] = ()
     """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
@@ -185,7 +188,7 @@ count = {spec.pool_nodes}
 cpus = 1
 memory_mb = 512
 features = ["pool"]
-template = "{WORKER_TEMPLATE}"
+template = "{spec.pool_template or WORKER_TEMPLATE}"
 policy = "pool"
 partition = "pool"
 suspend_time_s = {spec.pool_idle_s}
@@ -199,10 +202,10 @@ def _vm_event_rules_line(rules: tuple[tuple[str, str], ...]) -> str:
     return f"on_vm_event = {{ {pairs} }}\n"
 
 
-def worker_template_text(spec: SiteSpec) -> str:
+def worker_template_text(spec: SiteSpec, name: str = WORKER_TEMPLATE) -> str:
     """The OpenNebula VM template a site would register for its worker image."""
     return (
-        f'NAME = "{WORKER_TEMPLATE}"\n'
+        f'NAME = "{name}"\n'
         'CPU = "1"\nVCPU = "1"\nMEMORY = "512"\n'
         'NIC = [ NETWORK = "vcluster" ]\n'
         + (f'DISK = [ IMAGE = "{spec.image_name}" ]\n' if spec.image_name else "")
@@ -360,12 +363,13 @@ def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:
     session = read_one_auth(str(spec.auth_file))
     server = pyone.OneServer(spec.xmlrpc, session=session)
     pool = server.templatepool.info(-2, -1, -1)
-    for tmpl in pool.VMTEMPLATE or []:
-        if tmpl.NAME == WORKER_TEMPLATE:
-            say(f"template {WORKER_TEMPLATE} is id {tmpl.ID}")
-            return
-    tid = server.template.allocate(worker_template_text(spec))
-    say(f"template {WORKER_TEMPLATE} registered as id {tid}")
+    for name in dict.fromkeys((WORKER_TEMPLATE, spec.pool_template or WORKER_TEMPLATE)):
+        found = [tmpl.ID for tmpl in pool.VMTEMPLATE or [] if tmpl.NAME == name]
+        if found:
+            say(f"template {name} is id {found[0]}")
+            continue
+        tid = server.template.allocate(worker_template_text(spec, name))
+        say(f"template {name} registered as id {tid}")
 
 
 def start_controller(spec: SiteSpec, say: Say = quiet) -> None:

@@ -298,6 +298,20 @@ class Resources:
         self.store.delete_template(tmpl_id)
         return tmpl_id
 
+    def update_template(self, tmpl_id: int, tmpl: Template, append: int) -> int:
+        """oned's TemplateUpdateTemplate: replace (0) or merge into (1) the template's body;
+        its NAME changes only through rename, so one given here is dropped."""
+        with self.lock:
+            vmt = self.get_template(tmpl_id)
+            update = tmpl.copy()
+            update.remove("NAME")
+            if append == 1:
+                vmt.template.merge(update)
+            else:
+                vmt.template = update
+            self.store.put_template(vmt)
+            return tmpl_id
+
     def allocate_template(self, tmpl: Template) -> int:
         with self.lock:
             name = tmpl.get_str("NAME")

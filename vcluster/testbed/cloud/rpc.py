@@ -130,6 +130,7 @@ class OneApi:
             "one.template.allocate": Method("s", "", self._template_allocate),
             "one.template.info": Method("i", "b,b", self._template_info),
             "one.template.delete": Method("i", "b", self._template_delete),
+            "one.template.update": Method("is", "i", self._template_update),
             "one.template.instantiate": Method("is", "b,s,b", self._instantiate),
             "one.templatepool.info": Method("iii", "", self._templatepool),
             "one.vnpool.info": Method("iii", "", self._vnpool),
@@ -228,6 +229,18 @@ class OneApi:
 
     def _template_allocate(self, text: str) -> int:
         return self.cloud.allocate_template(parse_template(text))
+
+    def _template_update(self, tmpl_id: int, text: str, append: int = 0) -> int:
+        # as one.vm.update: the template, the update type, then the new text
+        with self.cloud.lock:
+            self.cloud.get_template(tmpl_id)
+        if append not in (0, 1):
+            raise OneRequestError(XML_RPC_API, "Wrong update type")
+        try:
+            tmpl = parse_str_or_xml(text)
+        except TemplateParseError as exc:
+            raise OneRequestError(ACTION, str(exc)) from None
+        return self.cloud.update_template(tmpl_id, tmpl, append)
 
     def _template_delete(self, tmpl_id: int, _recursive: bool = False) -> int:
         with self.cloud.lock:
