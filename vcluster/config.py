@@ -118,6 +118,13 @@ class ControllerSettings:
     """TCP port of the controller's Prometheus metrics (``/metrics``); None: not served."""
     metrics_address: str = "127.0.0.1"
     """Address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    leader_poll_s: float = 2.0
+    """With PostgreSQL several controllers may run (on different hosts): a standby tries to
+    take the lead this often, and the leader checks it still leads before each step;
+    a leader's process that dies is replaced within about this plus one pass, seconds."""
+    leader_lease_s: float = 15.0
+    """A leader whose host or network is lost without a word holds the lead at most this
+    long (TCP keepalives on its lock's database session), seconds."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -378,6 +385,8 @@ def parse_config(
         history_days=c_r.positive("history_days", int, 90),
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
+        leader_poll_s=c_r.positive("leader_poll_s", float, 2.0),
+        leader_lease_s=c_r.positive("leader_lease_s", float, 15.0),
     )
     c_r.finish()
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:

@@ -39,7 +39,8 @@ pytestmark = pytest.mark.integration
 PG_PORT = 5499
 PG_USER = "postgres"
 COMMAND_TIMEOUT_S = 60.0
-TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat"}
+TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat",
+          "controller"}
 
 
 def _pg_bin_dir() -> Path:

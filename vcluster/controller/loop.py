@@ -4,7 +4,9 @@ Why it exists: it ties observe, plan and act together and owns the daemon's life
 pass writes the heartbeat (hooks refuse when it is stale), reads the whole picture (or
 skips the pass if any read fails), plans, and acts. While VMs are booting the next pass
 comes sooner (``BUSY_INTERVAL_S``) so NodeAddr is set and boots are noticed promptly. Only
-one controller may run per state directory (an flock'ed ``controller.lock``).
+one controller may run per state directory (an flock'ed ``controller.lock``); with PostgreSQL
+several may run on different hosts, and only the leader (:mod:`vcluster.controller.leader`)
+runs passes: it checks it still leads before each step, the others stand by.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
 from vcluster.config import Config
-from vcluster.controller.act import Actor
+from vcluster.controller.act import Actor, ActResult
 from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
+from vcluster.controller.leader import Leadership, SoleLeader
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
@@ -37,6 +41,7 @@ from vcluster.wake import WakeListener
 log = logging.getLogger(__name__)
 
 BUSY_INTERVAL_S = 1.0
+LEAD_EVENT = "controller.lead"
 PRUNE_EVERY_S = 3600.0
 HANDLED_REQUEST_KEEP_S = 7 * 86400.0
 _BOOKKEEPING = (UpsertJob, MarkHandled)
@@ -62,6 +67,8 @@ class PassReport:
     busy: bool = False
     """Launches are in flight: the next pass should come soon."""
     duration_s: float = 0.0
+    standby: bool = False
+    """Another controller leads: this one only stands by."""
 
 
 class Controller:
@@ -69,8 +76,12 @@ class Controller:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, actor: Actor, *,
-                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None) -> None:
+                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.config = config
+        self.leadership: Leadership = leadership or SoleLeader()
+        self._role = ""
+        self._role_since = now()
         self.metrics = metrics
         self.sessions = sessions
         self.slurm = slurm
@@ -80,16 +91,63 @@ class Controller:
         self._pruned_at = float("-inf")
 
     def beat(self) -> None:
+        """The leader writes the heartbeat (hooks check it); with a shared database every
+        controller also rewrites its own row (``vcluster status`` lists them)."""
+        leading = self.leadership.leading
+        role = "leader" if leading else "standby"
+        now = self.now()
+        if role != self._role:
+            self._role, self._role_since = role, now
         try:
             with db.transaction(self.sessions) as s:
-                db.beat(s, at=self.now())
+                if leading:
+                    db.beat(s, at=now)
+                if self.leadership.shared:
+                    db.see_controller(s, role, self._role_since, at=now)
         except Exception as exc:
             log.error("cannot write the heartbeat: %s", exc)
             return
         if self.metrics is not None:
-            self.metrics.beat()
+            if leading:
+                self.metrics.beat()
+            self.metrics.leading(leading)
+
+    def lead(self) -> bool:
+        """Keep or take the lead; on taking it, say so (log, event, heartbeat)."""
+        was = self.leadership.leading
+        leading = self.leadership.lead()
+        if leading != was or not self._role:
+            self._took(leading)
+        return leading
+
+    def _took(self, leading: bool) -> None:
+        if not self.leadership.shared:
+            self.beat()
+            return
+        if not leading:
+            log.info("standing by: another controller leads")
+            self.beat()
+            return
+        try:
+            with db.transaction(self.sessions) as s:
+                last = db.heartbeat(s)
+                before = (f" (the last leader's heartbeat, {last.host} pid {last.pid}, is "
+                          f"{(self.now() - last.at).total_seconds():.1f} s old)"
+                          if last is not None else "")
+                message = f"controller {socket.gethostname()} pid {os.getpid()} leads{before}"
+                s.execute(delete(db.ControllerSeen).where(
+                    db.ControllerSeen.role == "leader",
+                    (db.ControllerSeen.host != socket.gethostname())
+                    | (db.ControllerSeen.pid != os.getpid())))
+                db.record_event(s, LEAD_EVENT, message, at=self.now())
+            log.info("%s", message)
+        except Exception as exc:
+            log.error("cannot record taking the lead: %s", exc)
+        self.beat()
 
     def run_pass(self) -> PassReport:
+        if not self.lead():
+            return PassReport(standby=True)
         report = self._run_pass()
         if self.metrics is not None:
             self.metrics.pass_done(report.duration_s, skipped=bool(report.skipped))
@@ -113,7 +171,7 @@ class Controller:
             log.exception("planning failed; skipping this pass")
             return PassReport(skipped=f"planning failed: {exc}",
                               duration_s=time.monotonic() - started)
-        result = self.actor.act(actions)
+        result = self._act(actions)
         report = PassReport(
             actions=actions, done=result.done, failed=result.failed,
             busy=any(la.state in _TRANSITIONAL for la in observed.launches)
@@ -128,6 +186,23 @@ class Controller:
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self.prune()
         return report
+
+    def _act(self, actions: list[Action]) -> ActResult:
+        """Act on ``actions``; with several controllers, one step at a time while this one
+        still leads (the fence: a leader that lost its lock stops at once)."""
+        if not self.leadership.shared:
+            return self.actor.act(actions)
+        result = ActResult()
+        for i, action in enumerate(actions):
+            if not self.leadership.leads():
+                log.warning("lost the lead: %d of %d actions left to the new leader",
+                            len(actions) - i, len(actions))
+                self._took(False)
+                break
+            step = self.actor.act([action])
+            result.done += step.done
+            result.failed += step.failed
+        return result
 
     def prune(self) -> None:
         """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S, and events,
@@ -202,6 +277,8 @@ def _passes(controller: Controller, listener: WakeListener | None, interval_s: f
         if once:
             break
         wait_s = min(interval_s, BUSY_INTERVAL_S) if report.busy else interval_s
+        if report.standby:
+            wait_s = controller.config.controller.leader_poll_s
         if listener is not None:
             listener.wait(wait_s)
         else:

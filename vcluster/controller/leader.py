@@ -1,0 +1,179 @@
+"""Which controller leads: with PostgreSQL several may run, exactly one acts.
+
+Why it exists: a controller is a single point of failure, so a site may run one on each of
+two hosts against one PostgreSQL database. Only one may boot and terminate VMs, or two
+would launch a VM each for one node. The leader holds a PostgreSQL session-level advisory
+lock (``pg_try_advisory_lock``) on a session of its own, kept for as long as it leads; the
+others stand by (they serve Slurm's hooks on their host, recording requests for the
+leader) and try to take the lock every ``controller.leader_poll_s``.
+
+- A leader whose process dies loses its session at once (the server sees the socket
+  close), so a standby leads within ``leader_poll_s`` and starts its first pass.
+- A leader whose host or network is lost silently keeps its session until TCP keepalives
+  give up: set on the lock's session, on both ends, to give up within
+  ``controller.leader_lease_s`` (the server's side, two thirds of it: the lock is freed then;
+  the leader's side, a third: it learns first that it lost the lead).
+- Fencing: the leader checks its lock session answers before each step it acts on
+  (:meth:`AdvisoryLock.leads`); one that cannot say so stops acting and stands by. A step
+  cut off by a lost lead was recorded before it reached OpenNebula (launch rows first),
+  and its VM carries the ``VCLUSTER_*`` tags: the new leader adopts it instead of
+  booting another (the plan's ``AdoptVM``), and the open-launch-per-node constraint
+  forbids a second launch.
+
+SQLite stays single-controller: its file is on one host, where the ``controller.lock``
+flock already allows one controller; :class:`SoleLeader` always leads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+
+class Leadership(Protocol):
+    """Whether this controller leads, and taking the lead when it is free."""
+
+    shared: bool
+    """Several controllers may run (the database is a server's)."""
+    leading: bool
+    """The last answer of :meth:`lead` or :meth:`leads` (read by the heartbeat thread)."""
+
+    def lead(self) -> bool:
+        """Keep the lead, or take it if it is free; whether this controller leads now."""
+        ...
+
+    def leads(self) -> bool:
+        """Whether this controller still leads (the fence before each step it acts on)."""
+        ...
+
+    def close(self) -> None:
+        """Give the lead up (a standby takes it at its next try)."""
+        ...
+
+
+class SoleLeader:
+    """SQLite: one controller, kept alone by its state directory's flock; it always leads."""
+
+    shared = False
+    leading = True
+
+    def lead(self) -> bool:
+        return True
+
+    def leads(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def lock_key(cluster_name: str) -> int:
+    """The advisory lock's key: a signed 64-bit number from the cluster's name, so that
+    clusters sharing one database server each have their own leader."""
+    digest = hashlib.sha256(f"vcluster-leader:{cluster_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def keepalive_settings(lease_s: float) -> tuple[dict[str, Any], dict[str, int]]:
+    """libpq's connection parameters (the leader's end) and the server's session settings
+    for a lock session that gives up within ``lease_s`` of silence (see the module doc)."""
+    third = max(1, int(lease_s / 3))
+    client = {"keepalives": 1, "keepalives_idle": third, "keepalives_interval": 1,
+              "keepalives_count": 2, "tcp_user_timeout": third * 1000,
+              "connect_timeout": max(2, third)}
+    server = {"tcp_keepalives_idle": third, "tcp_keepalives_interval": max(1, third // 3),
+              "tcp_keepalives_count": 3, "tcp_user_timeout": 2 * third * 1000}
+    return client, server
+
+
+class AdvisoryLock:
+    """The lead as a PostgreSQL advisory lock held on a session of its own."""
+
+    shared = True
+
+    def __init__(self, url: str, cluster_name: str, *, lease_s: float) -> None:
+        self.key = lock_key(cluster_name)
+        client, self._server_settings = keepalive_settings(lease_s)
+        if make_url(url).get_backend_name() != "postgresql":
+            client = {}
+        self._engine = create_engine(url, poolclass=NullPool, connect_args=client)
+        self._conn: Connection | None = None
+        self.leading = False
+
+    def lead(self) -> bool:
+        if self.leading:
+            return self.leads()
+        try:
+            conn = self._session()
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                                    {"key": self.key}).scalar())
+        except SQLAlchemyError as exc:
+            log.warning("cannot try to take the lead: %s", _first_line(exc))
+            self._drop()
+            return False
+        self.leading = got
+        return got
+
+    def leads(self) -> bool:
+        if not self.leading or self._conn is None:
+            return False
+        try:
+            self._conn.execute(text("SELECT 1")).scalar()
+        except SQLAlchemyError as exc:
+            log.error("lost the lead: its database session failed (%s); standing by",
+                      _first_line(exc))
+            self._drop()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None and self.leading:
+            try:  # at once: closing the session frees it too, but a moment later
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            except SQLAlchemyError:
+                pass
+        self._drop()
+        self._engine.dispose()
+
+    def _session(self) -> Connection:
+        if self._conn is None:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                for name, value in self._server_settings.items():
+                    conn.execute(text(f"SET {name} = {int(value)}"))
+            except SQLAlchemyError:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _drop(self) -> None:
+        """Forget the lock's session (closing it frees the lock if the server still has it)."""
+        self.leading = False
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.invalidate()
+            conn.close()
+        except SQLAlchemyError:
+            pass
+
+
+def leadership_for(url: str, cluster_name: str, *, lease_s: float) -> Leadership:
+    """An advisory lock for a database server, :class:`SoleLeader` for SQLite."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return SoleLeader()
+    return AdvisoryLock(url, cluster_name, lease_s=lease_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
