@@ -40,6 +40,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     select,
     text,
 )
@@ -514,3 +515,16 @@ def controllers_seen(session: Session) -> Sequence[ControllerSeen]:
     """Every controller's row, the leader first, then the most recently seen."""
     return session.scalars(select(ControllerSeen).order_by(
         ControllerSeen.role, ControllerSeen.seen_at.desc())).all()
+
+
+def wake_channel(cluster_name: str) -> str:
+    """The PostgreSQL notification channel that wakes the controllers of ``cluster_name``
+    (a name of letters, digits, '_', '.', '-': safe inside double quotes)."""
+    return f"vcluster_wake:{cluster_name}"[:63]
+
+
+def notify_wake(session: Session, cluster_name: str) -> None:
+    """With PostgreSQL, wake the controllers on every host when this transaction commits
+    (:mod:`vcluster.controller.pg_wake`); nothing with SQLite (one host: ``wake.sock``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(wake_channel(cluster_name), "")))

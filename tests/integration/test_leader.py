@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from vcluster import db
 from vcluster.cli import cli as main
 from vcluster.config import DatabaseSettings
 from vcluster.controller.leader import AdvisoryLock, leadership_for, lock_key
+from vcluster.controller.pg_wake import WakeRelay
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +180,26 @@ def test_status_names_the_leader_and_the_standby(url: str, tmp_path: Path) -> No
     instances = json.loads(as_json.output)["controller"]["instances"]
     assert [(i["host"], i["role"]) for i in instances] == [
         (os.uname().nodename, "leader"), ("host-b", "standby")]
+
+
+def test_a_request_recorded_on_one_host_wakes_the_controllers_of_its_cluster(url: str) -> None:
+    woken, other = threading.Event(), threading.Event()
+    relay = WakeRelay(url, "vc", woken.set, retry_s=0.5)
+    elsewhere = WakeRelay(url, "another-cluster", other.set, retry_s=0.5)
+    assert WakeRelay.usable(url) and not WakeRelay.usable("sqlite:////tmp/x.db")
+    engine = db.make_engine(DatabaseSettings(url=url))
+    sessions = db.session_factory(engine)
+    try:
+        relay.start()
+        elsewhere.start()
+        time.sleep(0.5)  # both listen
+        with db.transaction(sessions) as s:
+            db.notify_wake(s, "vc")
+            time.sleep(0.3)
+            assert not woken.is_set()  # delivered when the request is committed, not before
+        assert woken.wait(3)
+        assert not other.wait(1.5)
+    finally:
+        relay.stop()
+        elsewhere.stop()
+        engine.dispose()

@@ -111,6 +111,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.controller.hook_server import HookServer
     from vcluster.controller.leader import leadership_for
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
+    from vcluster.controller.pg_wake import WakeRelay
     from vcluster.hooks import write_job_finished_wrapper
     from vcluster.metrics import Metrics
     from vcluster.one import OneClient
@@ -151,6 +152,12 @@ def _run(config: Config, once: bool) -> None:
         hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
                                  metrics=metrics)
         hook_server.start()
+        relay = None
+        if leadership.shared and WakeRelay.usable(config.database.url):
+            relay = WakeRelay(config.database.url, config.controller.cluster_name,
+                              lambda: send_wake(state_dir),
+                              retry_s=config.controller.leader_poll_s)
+            relay.start()
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -172,6 +179,8 @@ def _run(config: Config, once: bool) -> None:
                               stop=stop, once=once)
         finally:
             hook_server.stop()
+            if relay is not None:
+                relay.stop()
             listener.close()
             _give_up_lead(controller)
             if metrics_server is not None:
