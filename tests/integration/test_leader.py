@@ -203,3 +203,25 @@ def test_a_request_recorded_on_one_host_wakes_the_controllers_of_its_cluster(url
         relay.stop()
         elsewhere.stop()
         engine.dispose()
+
+
+def test_a_standby_deposes_a_hung_leader_which_then_writes_nothing_as_leader(url: str
+                                                                             ) -> None:
+    a, b = _lock(url), _lock(url)
+    engine = db.make_engine(DatabaseSettings(url=url))
+    sessions = db.session_factory(engine)
+    try:
+        assert a.lead() is True and b.lead() is False
+        with sessions() as s:
+            assert a.holds_in(s) is True and b.holds_in(s) is False
+        assert b.depose() is True  # a hangs: b ends its lock's session
+        took_s = _until_leads(b)
+        assert took_s <= POLL_S + 1.0
+        with sessions() as s:  # a wakes up: its heartbeat thread asks before it beats
+            assert a.holds_in(s) is False and b.holds_in(s) is True
+        assert a.leads() is False  # and its next step is fenced
+        assert b.depose() is False  # nobody else holds it
+    finally:
+        a.close()
+        b.close()
+        engine.dispose()

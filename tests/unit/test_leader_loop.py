@@ -5,6 +5,7 @@ PostgreSQL advisory lock) is tested in tests/integration/test_leader.py."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -14,8 +15,13 @@ from tests.unit.controller_fixtures import job, powering_up
 from tests.unit.test_controller_loop import S1, S2, World
 from vcluster import db
 from vcluster.controller.actions import BootVM
-from vcluster.controller.leader import SoleLeader, keepalive_settings, lock_key
-from vcluster.controller.loop import LEAD_EVENT, Controller
+from vcluster.controller.leader import (
+    HeartbeatWatch,
+    SoleLeader,
+    keepalive_settings,
+    lock_key,
+)
+from vcluster.controller.loop import DEPOSE_EVENT, LEAD_EVENT, Controller
 from vcluster.metrics import Metrics
 
 world = test_controller_loop.world  # the same fixture: a controller over fakes and SQLite
@@ -47,6 +53,17 @@ class FakeLeadership:
                 return False
             self.checks_left -= 1
         return True
+
+    deposed: int = 0
+
+    def depose(self) -> bool:
+        """The hung leader's session ends: the lock is free."""
+        self.deposed += 1
+        self.free = True
+        return True
+
+    def holds_in(self, _session: object) -> bool:
+        return self.leading
 
     def close(self) -> None:
         self.leading = False
@@ -154,3 +171,39 @@ def test_lock_keys_and_keepalives() -> None:
     assert server["tcp_keepalives_idle"] + server["tcp_keepalives_interval"] * server[
         "tcp_keepalives_count"] == 8
     assert server["tcp_user_timeout"] == 10000 <= 15 * 1000
+
+
+def test_a_standby_ends_the_session_of_a_leader_silent_for_a_lease(world: World) -> None:
+    w = world
+    lease_s = w.config.controller.leader_lease_s
+    with db.transaction(w.sessions) as s:  # the leader beat once, then hung
+        db.beat(s, at=w.clock())
+    lock = FakeLeadership(free=False)
+    standby = _with(w, lock)
+    ticks = [100.0]
+    standby._watch = HeartbeatWatch(clock=lambda: ticks[0])
+    assert standby.run_pass().standby
+    ticks[0] += lease_s - 0.5
+    assert standby.run_pass().standby and lock.deposed == 0  # not yet a lease
+    ticks[0] += 1.0
+    assert standby.run_pass().standby and lock.deposed == 1
+    ((kind, _node, message),) = [e for e in w.events() if e[0] == DEPOSE_EVENT]
+    assert re.fullmatch(r"the leader \(\S+ pid \d+\) wrote no heartbeat for 15\.5 s "
+                        r"\(controller\.leader_lease_s 15\): its lock's database session "
+                        r"was ended, so that a standby leads", message), message
+    assert not standby.run_pass().standby  # the lock is free: it leads
+
+
+def test_a_beating_leader_is_not_deposed(world: World) -> None:
+    w = world
+    lock = FakeLeadership(free=False)
+    standby = _with(w, lock)
+    ticks = [0.0]
+    standby._watch = HeartbeatWatch(clock=lambda: ticks[0])
+    for _ in range(5):
+        with db.transaction(w.sessions) as s:
+            w.clock.advance(5)
+            db.beat(s, at=w.clock())
+        ticks[0] += 10.0
+        assert standby.run_pass().standby
+    assert lock.deposed == 0

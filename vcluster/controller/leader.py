@@ -9,6 +9,10 @@ leader) and try to take the lock every ``controller.leader_poll_s``.
 
 - A leader whose process dies loses its session at once (the server sees the socket
   close), so a standby leads within ``leader_poll_s`` and starts its first pass.
+- A leader that hangs (its process stopped, its host frozen, its database writes failing)
+  writes no heartbeat: a standby that sees the leader's heartbeat row unchanged for
+  ``controller.leader_lease_s`` (by its own clock: no clock skew between hosts) ends the
+  leader's lock session (``pg_terminate_backend``) and takes the lead at its next try.
 - A leader whose host or network is lost silently keeps its session until TCP keepalives
   give up: set on the lock's session, on both ends, to give up within
   ``controller.leader_lease_s`` (the server's side, two thirds of it: the lock is freed then;
@@ -28,11 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,16 @@ class Leadership(Protocol):
         """Whether this controller still leads (the fence before each step it acts on)."""
         ...
 
+    def depose(self) -> bool:
+        """End the leader's lock session (it hangs); whether one was ended."""
+        ...
+
+    def holds_in(self, session: Session) -> bool:
+        """Whether the lock is still this controller's, asked on another of its sessions
+        (the heartbeat thread's: a leader that hung and was deposed must not write the
+        heartbeat when it wakes up)."""
+        ...
+
     def close(self) -> None:
         """Give the lead up (a standby takes it at its next try)."""
         ...
@@ -71,8 +88,36 @@ class SoleLeader:
     def leads(self) -> bool:
         return True
 
+    def depose(self) -> bool:
+        return False
+
+    def holds_in(self, session: Session) -> bool:
+        return True
+
     def close(self) -> None:
         pass
+
+
+class HeartbeatWatch:
+    """How long the leader's heartbeat row has stayed the same, by this host's clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last: object = _NEVER
+        self._since = 0.0
+
+    def silent_for_s(self, beat: object) -> float:
+        """``beat``: the row as read now (any comparable value); seconds it has not changed."""
+        now = self.clock()
+        if beat != self._last:
+            self._last, self._since = beat, now
+        return now - self._since
+
+    def reset(self) -> None:
+        self._last = _NEVER
+
+
+_NEVER = object()
 
 
 def lock_key(cluster_name: str) -> int:
@@ -106,6 +151,7 @@ class AdvisoryLock:
             client = {}
         self._engine = create_engine(url, poolclass=NullPool, connect_args=client)
         self._conn: Connection | None = None
+        self._backend_pid: int | None = None
         self.leading = False
 
     def lead(self) -> bool:
@@ -115,6 +161,7 @@ class AdvisoryLock:
             conn = self._session()
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
                                     {"key": self.key}).scalar())
+            self._backend_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         except SQLAlchemyError as exc:
             log.warning("cannot try to take the lead: %s", _first_line(exc))
             self._drop()
@@ -133,6 +180,30 @@ class AdvisoryLock:
             self._drop()
             return False
         return True
+
+    def depose(self) -> bool:
+        try:
+            ended = self._session().execute(text(
+                f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {_HOLDER} "
+                "AND pid <> pg_backend_pid()"), self._lock_ids()).scalars().all()
+        except SQLAlchemyError as exc:
+            log.warning("cannot end the hung leader's session: %s", _first_line(exc))
+            self._drop()
+            return False
+        return any(ended)
+
+    def holds_in(self, session: Session) -> bool:
+        pid = self._backend_pid
+        if not self.leading or pid is None:
+            return False
+        return bool(session.execute(text(f"SELECT count(*) FROM pg_locks WHERE {_HOLDER} "
+                                         "AND pid = :pid"),
+                                    {**self._lock_ids(), "pid": pid}).scalar())
+
+    def _lock_ids(self) -> dict[str, int]:
+        """The key as pg_locks shows a bigint advisory lock: classid, objid (unsigned)."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF}
 
     def close(self) -> None:
         if self._conn is not None and self.leading:
@@ -158,6 +229,7 @@ class AdvisoryLock:
     def _drop(self) -> None:
         """Forget the lock's session (closing it frees the lock if the server still has it)."""
         self.leading = False
+        self._backend_pid = None
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -166,6 +238,12 @@ class AdvisoryLock:
             conn.close()
         except SQLAlchemyError:
             pass
+
+
+_HOLDER = ("locktype = 'advisory' AND granted AND classid::bigint = :high AND objid::bigint "
+           "= :low AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname "
+           "= current_database())")
+"""Rows of pg_locks of the holder of the lock of ``_lock_ids()``."""
 
 
 def leadership_for(url: str, cluster_name: str, *, lease_s: float) -> Leadership:

@@ -30,7 +30,7 @@ from vcluster import db
 from vcluster.config import Config
 from vcluster.controller.act import Actor, ActResult
 from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
-from vcluster.controller.leader import Leadership, SoleLeader
+from vcluster.controller.leader import HeartbeatWatch, Leadership, SoleLeader
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 BUSY_INTERVAL_S = 1.0
 LEAD_EVENT = "controller.lead"
+DEPOSE_EVENT = "controller.depose"
 PRUNE_EVERY_S = 3600.0
 HANDLED_REQUEST_KEEP_S = 7 * 86400.0
 _BOOKKEEPING = (UpsertJob, MarkHandled)
@@ -82,6 +83,7 @@ class Controller:
         self.leadership: Leadership = leadership or SoleLeader()
         self._role = ""
         self._role_since = now()
+        self._watch = HeartbeatWatch()
         self.metrics = metrics
         self.sessions = sessions
         self.slurm = slurm
@@ -94,12 +96,14 @@ class Controller:
         """The leader writes the heartbeat (hooks check it); with a shared database every
         controller also rewrites its own row (``vcluster status`` lists them)."""
         leading = self.leadership.leading
-        role = "leader" if leading else "standby"
         now = self.now()
-        if role != self._role:
-            self._role, self._role_since = role, now
         try:
             with db.transaction(self.sessions) as s:
+                if leading and self.leadership.shared and not self.leadership.holds_in(s):
+                    leading = False  # deposed while it hung: the fence (see leader.py)
+                role = "leader" if leading else "standby"
+                if role != self._role:
+                    self._role, self._role_since = role, now
                 if leading:
                     db.beat(s, at=now)
                 if self.leadership.shared:
@@ -116,9 +120,37 @@ class Controller:
         """Keep or take the lead; on taking it, say so (log, event, heartbeat)."""
         was = self.leadership.leading
         leading = self.leadership.lead()
+        if not leading and self.leadership.shared:
+            self._watch_leader()
         if leading != was or not self._role:
             self._took(leading)
         return leading
+
+    def _watch_leader(self) -> None:
+        """A leader that wrote no heartbeat for ``leader_lease_s`` hangs: end its lock
+        session, so that this controller (or another standby) leads at the next try."""
+        lease_s = self.config.controller.leader_lease_s
+        try:
+            with self.sessions() as s:
+                hb = db.heartbeat(s)
+                beat = None if hb is None else (hb.host, hb.pid, hb.at)
+        except Exception as exc:
+            log.warning("cannot read the leader's heartbeat: %s", exc)
+            return
+        silent_s = self._watch.silent_for_s(beat)
+        if silent_s < lease_s or not self.leadership.depose():
+            return
+        self._watch.reset()
+        who = "the leader" if beat is None else f"the leader ({beat[0]} pid {beat[1]})"
+        message = (f"{who} wrote no heartbeat for {silent_s:.1f} s (controller."
+                   f"leader_lease_s {lease_s:g}): its lock's database session was ended, "
+                   "so that a standby leads")
+        log.warning("%s", message)
+        try:
+            with db.transaction(self.sessions) as s:
+                db.record_event(s, DEPOSE_EVENT, message, at=self.now())
+        except Exception as exc:
+            log.error("cannot record ending the hung leader's session: %s", exc)
 
     def _took(self, leading: bool) -> None:
         if not self.leadership.shared:
@@ -254,8 +286,9 @@ def run_loop(controller: Controller, listener: WakeListener | None, *, interval_
     """Run passes until ``stop`` is set (or once). Returns the number of passes run."""
     heart: Heartbeater | None = None
     if not once:
-        heart = Heartbeater(controller.beat, min(
-            interval_s, controller.config.controller.heartbeat_stale_s / 4))
+        settings = controller.config.controller
+        heart = Heartbeater(controller.beat, min(  # a standby deposes a leader silent a lease
+            interval_s, settings.heartbeat_stale_s / 4, settings.leader_lease_s / 3))
         heart.start()
     try:
         return _passes(controller, listener, interval_s, stop, once)
