@@ -42,9 +42,10 @@ LEADER_LEASE_S = 3.0
 KILL_BOUND_S = LEADER_POLL_S + 1.0
 """The stated bound for a dead leader: a standby tries every leader_poll_s; the dead
 leader's session is gone as soon as the server sees its socket close."""
-HANG_BOUND_S = LEADER_LEASE_S + 2 * LEADER_POLL_S + 1.0
-"""For a hung leader: its heartbeat unchanged for leader_lease_s (seen at the standby's
-tries), its session ended, the lock taken at the next try."""
+HANG_BOUND_S = LEADER_LEASE_S + 2 * LEADER_POLL_S + 0.5
+"""For a hung leader: its heartbeat unchanged for leader_lease_s, as the standby sees it at
+its tries every leader_poll_s (its last beat is seen up to one try late, its silence up to
+one try late), then its session ended and the lock taken at once."""
 JOB_TIMEOUT_S = 240
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "ha_takeover.json"
 """Where the measured takeover times go, by scenario."""

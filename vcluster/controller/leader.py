@@ -44,6 +44,10 @@ from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
+DEPOSE_WAIT_S = 2.0
+"""How long a standby that ended a hung leader's session waits for it to free the lock,
+seconds (a backend exits in milliseconds)."""
+
 
 class Leadership(Protocol):
     """Whether this controller leads, and taking the lead when it is free."""
@@ -190,7 +194,20 @@ class AdvisoryLock:
             log.warning("cannot end the hung leader's session: %s", _first_line(exc))
             self._drop()
             return False
+        if any(ended):
+            self._wait_free()
         return any(ended)
+
+    def _wait_free(self) -> None:
+        """Wait (a little) until the ended session has left the lock, so that it can be
+        taken at once."""
+        deadline = time.monotonic() + DEPOSE_WAIT_S
+        while time.monotonic() < deadline:
+            held = self._session().execute(text(f"SELECT count(*) FROM pg_locks WHERE "
+                                                f"{_HOLDER}"), self._lock_ids()).scalar()
+            if not held:
+                return
+            time.sleep(0.05)
 
     def holds_in(self, session: Session) -> bool:
         pid = self._backend_pid

@@ -120,15 +120,16 @@ class Controller:
         """Keep or take the lead; on taking it, say so (log, event, heartbeat)."""
         was = self.leadership.leading
         leading = self.leadership.lead()
-        if not leading and self.leadership.shared:
-            self._watch_leader()
+        if not leading and self.leadership.shared and self._watch_leader():
+            leading = self.leadership.lead()
         if leading != was or not self._role:
             self._took(leading)
         return leading
 
-    def _watch_leader(self) -> None:
+    def _watch_leader(self) -> bool:
         """A leader that wrote no heartbeat for ``leader_lease_s`` hangs: end its lock
-        session, so that this controller (or another standby) leads at the next try."""
+        session, so that this controller (or another standby) takes the lead; whether it
+        was ended."""
         lease_s = self.config.controller.leader_lease_s
         try:
             with self.sessions() as s:
@@ -136,10 +137,10 @@ class Controller:
                 beat = None if hb is None else (hb.host, hb.pid, hb.at)
         except Exception as exc:
             log.warning("cannot read the leader's heartbeat: %s", exc)
-            return
+            return False
         silent_s = self._watch.silent_for_s(beat)
         if silent_s < lease_s or not self.leadership.depose():
-            return
+            return False
         self._watch.reset()
         who = "the leader" if beat is None else f"the leader ({beat[0]} pid {beat[1]})"
         message = (f"{who} wrote no heartbeat for {silent_s:.1f} s (controller."
@@ -151,6 +152,7 @@ class Controller:
                 db.record_event(s, DEPOSE_EVENT, message, at=self.now())
         except Exception as exc:
             log.error("cannot record ending the hung leader's session: %s", exc)
+        return True
 
     def _took(self, leading: bool) -> None:
         if not self.leadership.shared:
