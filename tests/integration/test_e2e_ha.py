@@ -193,9 +193,12 @@ def _lead_events(pair: Pair) -> list[str]:
             select(db.Event).where(db.Event.kind == "controller.lead").order_by(db.Event.id))]
 
 
-def _record(name: str, **numbers: object) -> None:
+def _record(s: Site, name: str, **numbers: object) -> None:
+    """Keep ``numbers`` under ``name`` (and the Slurm the site runs) in RESULTS."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[name] = {**numbers, "measured_at": db.utcnow().isoformat(timespec="seconds")}
+    slurm = s.slurm.version()
+    results[f"{name}, Slurm {slurm}"] = {
+        **numbers, "measured_at": db.utcnow().isoformat(timespec="seconds")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
@@ -210,7 +213,7 @@ def test_standby_takes_over_from_a_sigkilled_leader_while_a_vm_boots(s: Site) ->
         assert _leader_lines(s) == [f"  leader: {host} pid {pair.b.pid}, leading since "
                                     f"{since:%Y-%m-%d %H:%M:%S} UTC"]
         assert took_s <= KILL_BOUND_S, f"takeover took {took_s:.2f} s, bound {KILL_BOUND_S} s"
-        _record("sigkill", what="SIGKILL of the leading controller while a VM boots -> the "
+        _record(s, "sigkill", what="SIGKILL of the leading controller while a VM boots -> the "
                 "standby leads (testbed site, PostgreSQL on a unix socket)",
                 leader_poll_s=LEADER_POLL_S, bound_s=KILL_BOUND_S,
                 takeover_s=round(took_s, 3), vms_for_the_job=1)
@@ -230,7 +233,7 @@ def test_standby_deposes_a_hung_leader_which_stands_by_when_it_wakes(s: Site) ->
                             f"{since:%Y-%m-%d %H:%M:%S} UTC")
         assert lines[1].startswith(f"  standby: {host} pid {pair.a.pid}, standing by since ")
         assert took_s <= HANG_BOUND_S, f"takeover took {took_s:.2f} s, bound {HANG_BOUND_S} s"
-        _record("sigstop", what="SIGSTOP of the leading controller while a VM boots (a hung "
+        _record(s, "sigstop", what="SIGSTOP of the leading controller while a VM boots (a hung "
                 "leader) -> the standby ends its lock session and leads",
                 leader_poll_s=LEADER_POLL_S, leader_lease_s=LEADER_LEASE_S,
                 bound_s=HANG_BOUND_S, takeover_s=round(took_s, 3), vms_for_the_job=1)
