@@ -145,6 +145,8 @@ def _takeover(s: Site, pair: Pair, sig: int) -> tuple[float, int, db.Launch, dat
     (seconds from the signal to B leading, the job id, the launch, when B took the lead)."""
     out = s.work / "ha.out"
     out.unlink(missing_ok=True)
+    hooks_log = Path(s.config.controller.log_dir) / "hooks.log"
+    hooks_seen = len(hooks_log.read_text().splitlines()) if hooks_log.exists() else 0
     fsub = subprocess.Popen(["fsub", "-N1", "--wait", f"--output={out}", "--wrap",
                              "hostname"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=s.env, cwd=s.work)
@@ -175,6 +177,11 @@ def _takeover(s: Site, pair: Pair, sig: int) -> tuple[float, int, db.Launch, dat
     with pair.sessions() as session:
         launches = session.scalars(select(db.Launch).where(db.Launch.job_id == job_id)).all()
     assert [(la.node_name, la.vm_id) for la in launches] == [(launch.node_name, launch.vm_id)]
+    # Slurm's hooks, through B's socket, kept working while A was gone: every one exited 0
+    runs = [line.split("] INFO ", 1)[-1] for line in
+            hooks_log.read_text().splitlines()[hooks_seen:] if " done in " in line]
+    assert {run.split()[0] for run in runs} >= {"vcluster-resume", "vcluster-prolog"}, runs
+    assert all(run.endswith("(exit 0)") for run in runs), runs
     return (since - signalled_at).total_seconds(), job_id, launch, since
 
 

@@ -225,3 +225,48 @@ def test_a_standby_deposes_a_hung_leader_which_then_writes_nothing_as_leader(url
         a.close()
         b.close()
         engine.dispose()
+
+
+def test_deposing_a_hung_leader_ends_its_open_transactions_too(url: str, tmp_path: Path
+                                                               ) -> None:
+    """A leader stopped inside a transaction (writing the heartbeat) holds row locks: the
+    new leader's first write would wait for ever, unless the deposal ends that session."""
+    ready = tmp_path / "in-transaction"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from sqlalchemy import text
+        from vcluster import db
+        from vcluster.config import DatabaseSettings
+        from vcluster.controller.leader import leadership_for, name_sessions
+        engine = db.make_engine(DatabaseSettings(url={url!r}))
+        name_sessions(engine)
+        lock = leadership_for({url!r}, "vc", lease_s=15)
+        assert lock.lead()
+        with db.session_factory(engine)() as s:
+            db.beat(s)
+            s.flush()  # the heartbeat row is locked until this transaction ends
+            pathlib.Path({str(ready)!r}).write_text("yes")
+            time.sleep(600)  # hangs here
+        """)], cwd=REPO)
+    b = _lock(url)
+    engine = db.make_engine(DatabaseSettings(url=url))
+    sessions = db.session_factory(engine)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "no leader started"
+            time.sleep(0.05)
+        assert b.lead() is False
+        assert b.depose() is True
+        assert b.lead() is True  # at once: the deposal waited for the lock to be free
+        with db.transaction(sessions) as s:
+            s.execute(text("SET LOCAL lock_timeout = '5s'"))
+            db.beat(s)  # the hung leader's row lock is gone with its session
+        with sessions() as s:
+            hb = db.heartbeat(s)
+            assert hb is not None and hb.pid == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+        b.close()
+        engine.dispose()

@@ -109,7 +109,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.controller.act import Actor
     from vcluster.controller.guest import guest_context
     from vcluster.controller.hook_server import HookServer
-    from vcluster.controller.leader import leadership_for
+    from vcluster.controller.leader import leadership_for, name_sessions
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
     from vcluster.controller.pg_wake import WakeRelay
     from vcluster.hooks import write_job_finished_wrapper
@@ -126,6 +126,7 @@ def _run(config: Config, once: bool) -> None:
     wrapper = write_job_finished_wrapper(config, default_program_dir())
     log.info("strigger backup program for the epilog: %s", wrapper)
     engine = db.make_engine(config.database)
+    name_sessions(engine)  # a standby that deposes this controller ends them all
     try:
         sessions = db.session_factory(engine)
         metrics = Metrics() if config.controller.metrics_port is not None else None

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -66,7 +68,9 @@ class Leadership(Protocol):
         ...
 
     def depose(self) -> bool:
-        """End the leader's lock session (it hangs); whether one was ended."""
+        """End the leader's lock session (it hangs), and its other sessions (named as in
+        :func:`name_sessions`: a transaction it left open must not block the new leader's
+        writes); whether the lock session was ended."""
         ...
 
     def holds_in(self, session: Session) -> bool:
@@ -153,6 +157,8 @@ class AdvisoryLock:
         client, self._server_settings = keepalive_settings(lease_s)
         if make_url(url).get_backend_name() != "postgresql":
             client = {}
+        if client:
+            client["application_name"] = session_name()
         self._engine = create_engine(url, poolclass=NullPool, connect_args=client)
         self._conn: Connection | None = None
         self._backend_pid: int | None = None
@@ -188,8 +194,14 @@ class AdvisoryLock:
     def depose(self) -> bool:
         try:
             ended = self._session().execute(text(
-                f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {_HOLDER} "
-                "AND pid <> pg_backend_pid()"), self._lock_ids()).scalars().all()
+                f"WITH holder AS (SELECT pid FROM pg_locks WHERE {_HOLDER}), "
+                "named AS (SELECT a.pid, a.application_name FROM pg_stat_activity a "
+                "JOIN holder h ON a.pid = h.pid) "
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a, named n "
+                "WHERE a.pid <> pg_backend_pid() AND (a.pid = n.pid OR ("
+                "n.application_name LIKE :prefix AND a.application_name = "
+                "n.application_name))"),
+                {**self._lock_ids(), "prefix": f"{SESSION_NAME_PREFIX}%"}).scalars().all()
         except SQLAlchemyError as exc:
             log.warning("cannot end the hung leader's session: %s", _first_line(exc))
             self._drop()
@@ -261,6 +273,31 @@ _HOLDER = ("locktype = 'advisory' AND granted AND classid::bigint = :high AND ob
            "= :low AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname "
            "= current_database())")
 """Rows of pg_locks of the holder of the lock of ``_lock_ids()``."""
+
+
+SESSION_NAME_PREFIX = "vcluster-controller "
+
+
+def session_name() -> str:
+    """The ``application_name`` of this controller's database sessions (host and pid)."""
+    return f"{SESSION_NAME_PREFIX}{socket.gethostname()}:{os.getpid()}"[:63]
+
+
+def name_sessions(engine: Engine) -> None:
+    """Name every session ``engine`` opens after this controller (PostgreSQL only), so that
+    a standby that deposes it when it hangs ends all of them."""
+    if engine.dialect.name != "postgresql":
+        return
+    name = session_name()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SELECT set_config('application_name', %s, false)", (name,))
+        cursor.close()
+        dbapi_conn.commit()
+
+    engine.dispose()  # sessions opened before (the schema's check) are not named: close them
 
 
 def leadership_for(url: str, cluster_name: str, *, lease_s: float) -> Leadership:
