@@ -110,6 +110,7 @@ def two_controllers(s: Site) -> Iterator[Pair]:
     original = spec.config_path.read_text()
     a_dir = Path(tempfile.mkdtemp(prefix="vce-ha-a-", dir="/tmp"))
     a_proc = b_proc = None
+    passed = False
     env = {k: v for k, v in s.env.items() if k != "VCLUSTER_CONFIG"}
     with private_pg() as pg:
         url = new_database(pg)
@@ -129,6 +130,7 @@ def two_controllers(s: Site) -> Iterator[Pair]:
                      == "standby", 60, interval_s=0.2)
             yield Pair(sessions, a_proc, b_proc)
             wait_clean(s)  # while B leads: it knows the VMs it must terminate
+            passed = True
         finally:
             if a_proc is not None and a_proc.poll() is None:
                 os.kill(a_proc.pid, signal.SIGCONT)
@@ -137,7 +139,10 @@ def two_controllers(s: Site) -> Iterator[Pair]:
             spec.config_path.write_text(original)
             engine.dispose()
             site.start_controller(spec)
-            shutil.rmtree(a_dir, ignore_errors=True)
+            if passed:
+                shutil.rmtree(a_dir, ignore_errors=True)
+            else:  # A's log and both controllers' stderr, for the failure's reader
+                print(f"controller A's files and the controllers' output: {a_dir}")
 
 
 def _takeover(s: Site, pair: Pair, sig: int) -> tuple[float, int, db.Launch, datetime]:
