@@ -12,7 +12,9 @@ leader) and try to take the lock every ``controller.leader_poll_s``.
 - A leader that hangs (its process stopped, its host frozen, its database writes failing)
   writes no heartbeat: a standby that sees the leader's heartbeat row unchanged for
   ``controller.leader_lease_s`` (by its own clock: no clock skew between hosts) ends the
-  leader's lock session (``pg_terminate_backend``) and takes the lead at its next try.
+  leader's sessions (``pg_terminate_backend``: the lock's, and every other one named after
+  it by :func:`name_sessions`, so that a transaction it left open blocks nobody) and takes
+  the lead at once.
 - A leader whose host or network is lost silently keeps its session until TCP keepalives
   give up: set on the lock's session, on both ends, to give up within
   ``controller.leader_lease_s`` (the server's side, two thirds of it: the lock is freed then;
