@@ -140,6 +140,13 @@ class ControllerSettings:
     placement_wait_s: float = 60.0
     """How long a VM may stay PENDING with oned's SCHED_MESSAGE before its class backs off,
     seconds (at most half of ``resume_timeout_s``)."""
+    leader_poll_s: float = 2.0
+    """With PostgreSQL several controllers may run (on different hosts): a standby tries to
+    take the lead this often, and the leader checks it still leads before each step;
+    a leader's process that dies is replaced within about this plus one pass, seconds."""
+    leader_lease_s: float = 15.0
+    """A leader whose host or network is lost without a word holds the lead at most this
+    long (TCP keepalives on its lock's database session), seconds."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -417,6 +424,8 @@ def parse_config(
         boot_burst=c_r.positive("boot_burst", int, 20),
         capacity_backoff_s=_delays(c_r, "capacity_backoff_s", (60, 120, 300, 600, 1800)),
         placement_wait_s=c_r.positive("placement_wait_s", float, 60.0),
+        leader_poll_s=c_r.positive("leader_poll_s", float, 2.0),
+        leader_lease_s=c_r.positive("leader_lease_s", float, 15.0),
     )
     c_r.finish()
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:

@@ -8,7 +8,9 @@ PostgreSQL works the same for production. The schema is owned by Alembic migrati
 
 Constraints carry the invariants: at most one *open* launch (``ended_at IS NULL``) per node
 and at most one launch per VM id, so a double launch for one node raises instead of booting
-a second VM. ``event`` is append-only. ``heartbeat`` holds one row, rewritten every pass.
+a second VM. ``event`` is append-only. ``heartbeat`` holds one row, rewritten every pass
+by the leading controller; ``controller`` has a row per running controller (leader or
+standby), rewritten as it beats.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
+    func,
     select,
     text,
 )
@@ -50,7 +54,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -256,6 +260,23 @@ class Heartbeat(Base):
     version: Mapped[str] = mapped_column(String(32))
 
     __table_args__ = (CheckConstraint("id = 1", name="ck_heartbeat_single_row"),)
+
+
+class ControllerSeen(Base):
+    """A controller process, leading or standing by, as it last said (several may run
+    against one PostgreSQL database; :mod:`vcluster.controller.leader`)."""
+
+    __tablename__ = "controller"
+    host: Mapped[str] = mapped_column(String(256), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    role: Mapped[str] = mapped_column(String(8))
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    """When it took its role (became leader, or started standing by)."""
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    version: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (CheckConstraint("role IN ('leader', 'standby')",
+                                      name="ck_controller_role"),)
 
 
 # --- engine ----------------------------------------------------------------------------------
@@ -484,3 +505,48 @@ def open_launches(session: Session) -> Sequence[Launch]:
 def unhandled_requests(session: Session) -> Sequence[HookRequest]:
     return session.scalars(select(HookRequest).where(HookRequest.handled_at.is_(None))
                            .order_by(HookRequest.id)).all()
+
+
+CONTROLLER_FORGET_S = 86400.0
+"""A controller row not rewritten for this long is deleted (its process is long gone)."""
+
+
+def see_controller(session: Session, role: str, since: datetime, *,
+                   at: datetime | None = None) -> None:
+    """This process's row: its role, since when, seen now. Rows of controllers gone for
+    :data:`CONTROLLER_FORGET_S` are deleted."""
+    now = at or utcnow()
+    host, pid = socket.gethostname(), os.getpid()
+    row = session.get(ControllerSeen, (host, pid))
+    if row is None:
+        session.add(ControllerSeen(host=host, pid=pid, role=role, since=since, seen_at=now,
+                                   version=__version__))
+    else:
+        row.role, row.since, row.seen_at = role, since, now
+    session.execute(delete(ControllerSeen).where(
+        ControllerSeen.seen_at < now - timedelta(seconds=CONTROLLER_FORGET_S)))
+
+
+def forget_controller(session: Session) -> None:
+    """This process stops: its row goes."""
+    session.execute(delete(ControllerSeen).where(
+        ControllerSeen.host == socket.gethostname(), ControllerSeen.pid == os.getpid()))
+
+
+def controllers_seen(session: Session) -> Sequence[ControllerSeen]:
+    """Every controller's row, the leader first, then the most recently seen."""
+    return session.scalars(select(ControllerSeen).order_by(
+        ControllerSeen.role, ControllerSeen.seen_at.desc())).all()
+
+
+def wake_channel(cluster_name: str) -> str:
+    """The PostgreSQL notification channel that wakes the controllers of ``cluster_name``
+    (a name of letters, digits, '_', '.', '-': safe inside double quotes)."""
+    return f"vcluster_wake:{cluster_name}"[:63]
+
+
+def notify_wake(session: Session, cluster_name: str) -> None:
+    """With PostgreSQL, wake the controllers on every host when this transaction commits
+    (:mod:`vcluster.controller.pg_wake`); nothing with SQLite (one host: ``wake.sock``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(wake_channel(cluster_name), "")))

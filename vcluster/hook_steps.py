@@ -179,6 +179,7 @@ def record_request(env: HookEnv, kind: str, nodes: Sequence[str], job_ids: Seque
                         node_name=nodes[0] if len(nodes) == 1 else None, at=now)
         s.flush()
         request_id = req.id
+        db.notify_wake(s, env.config.controller.cluster_name)  # the leader may be elsewhere
     env.recorded(request_id)
     env.wake(env.config.controller.state_dir)
     return request_id

@@ -2,7 +2,8 @@
 
 Why it exists: site admins scrape the controller to see why it scales as it does (VMs per
 class and state, launches, boot failures, boot times) and whether its outside systems are
-healthy (OpenNebula and Slurm call latency and errors, hook requests, heartbeat age). The
+healthy (OpenNebula and Slurm call latency and errors, hook requests, heartbeat age), and
+which of several controllers leads (``vcluster_leader``). The
 registry is not prometheus_client's global one, so tests and several controllers in one
 process never share numbers. Only the controller imports this module: hooks stay light.
 Labels are bounded (class, state, cause, method, command, kind); never a job id or a node.
@@ -90,6 +91,11 @@ class Metrics:
         self.heartbeat_age = Gauge("vcluster_heartbeat_age_seconds", "Age of the heartbeat "
                                    "the controller last wrote (hooks refuse when it is "
                                    "stale), seconds; NaN before the first", registry=r)
+        self.leader = Gauge("vcluster_leader", "1 while this controller leads (acts), 0 while "
+                            "it stands by for another", registry=r)
+        self.leader_changes = Counter("vcluster_leader_changes", "Times this controller took "
+                                      "or lost the lead", registry=r)
+        self._leading: bool | None = None
         self._beat_at = math.nan
         self._lock = threading.Lock()
         self.heartbeat_age.set_function(self._heartbeat_age_s)
@@ -99,6 +105,13 @@ class Metrics:
     def beat(self, at_monotonic: float | None = None) -> None:
         """The heartbeat was written (now, or at ``at_monotonic``)."""
         self._beat_at = time.monotonic() if at_monotonic is None else at_monotonic
+
+    def leading(self, leading: bool) -> None:
+        """Whether this controller leads now."""
+        if self._leading is not None and leading != self._leading:
+            self.leader_changes.inc()
+        self._leading = leading
+        self.leader.set(1 if leading else 0)
 
     def _heartbeat_age_s(self) -> float:
         return time.monotonic() - self._beat_at

@@ -40,6 +40,18 @@ STATUS_EVENTS = 10
 
 
 @dataclass(frozen=True)
+class ControllerInstance:
+    """One of several controllers sharing a PostgreSQL database (leading or standing by)."""
+
+    host: str
+    pid: int
+    role: str
+    since: datetime
+    seen_age_s: float
+    """Since it last rewrote its row, seconds; older than the heartbeat limit: gone."""
+
+
+@dataclass(frozen=True)
 class ControllerStatus:
     running: bool
     """A heartbeat exists and is younger than ``controller.heartbeat_stale_s``."""
@@ -49,6 +61,8 @@ class ControllerStatus:
     heartbeat_at: datetime | None
     heartbeat_age_s: float | None
     stale_after_s: float
+    instances: tuple[ControllerInstance, ...] = ()
+    """Every controller's row (with PostgreSQL; empty with SQLite), the leader first."""
 
 
 @dataclass(frozen=True)
@@ -162,13 +176,16 @@ def _age_s(now: datetime, then: datetime | None) -> float:
     return 0.0 if then is None else max((now - then).total_seconds(), 0.0)
 
 
-def controller_status(hb: db.Heartbeat | None, config: Config, now: datetime) -> ControllerStatus:
+def controller_status(hb: db.Heartbeat | None, config: Config, now: datetime,
+                      seen: Sequence[db.ControllerSeen] = ()) -> ControllerStatus:
     stale_after_s = config.controller.heartbeat_stale_s
+    instances = tuple(ControllerInstance(c.host, c.pid, c.role, c.since, _age_s(now, c.seen_at))
+                      for c in seen)
     if hb is None:
-        return ControllerStatus(False, None, "", "", None, None, stale_after_s)
+        return ControllerStatus(False, None, "", "", None, None, stale_after_s, instances)
     age_s = _age_s(now, hb.at)
     return ControllerStatus(age_s <= stale_after_s, hb.pid, hb.host, hb.version, hb.at, age_s,
-                            stale_after_s)
+                            stale_after_s, instances)
 
 
 def build_status(
@@ -224,7 +241,8 @@ def build_status(
                      if la.is_open and (la.job_id is None or la.job_id not in shown_job_ids))
     return StatusReport(
         generated_at=now,
-        controller=controller_status(db.heartbeat(session), config, now),
+        controller=controller_status(db.heartbeat(session), config, now,
+                                     db.controllers_seen(session)),
         classes=tuple(classes),
         jobs=tuple(jobs),
         pool_vms=pool_vms,
@@ -317,6 +335,23 @@ def controller_line(c: ControllerStatus) -> Text:
                 style="bold red")
 
 
+def instance_lines(c: ControllerStatus) -> list[Text]:
+    """``leader: host1 pid 10 since ...`` and ``standby: ...``, one line per controller."""
+    lines = []
+    for i in c.instances:
+        since = i.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if i.seen_age_s > c.stale_after_s:
+            lines.append(Text(f"  {i.role}: {i.host} pid {i.pid}, GONE (not seen for "
+                              f"{format_age(i.seen_age_s)})", style="red"))
+        elif i.role == "leader":
+            lines.append(Text(f"  leader: {i.host} pid {i.pid}, leading since {since}",
+                              style="green"))
+        else:
+            lines.append(Text(f"  standby: {i.host} pid {i.pid}, standing by since {since}, "
+                              f"seen {format_age(i.seen_age_s)} ago"))
+    return lines
+
+
 def version_lines(report: StatusReport) -> list[Text]:
     """``versions: Slurm 24.11.5, OpenNebula 7.4.0``, and why one is missing."""
     if not (report.slurm_version or report.opennebula_version or report.opennebula_error):
@@ -379,6 +414,8 @@ def events_table(title: str, events: Sequence[EventRow]) -> Table:
 
 def render_status(report: StatusReport, console: Console) -> None:
     console.print(controller_line(report.controller))
+    for line in instance_lines(report.controller):
+        console.print(line)
     for line in version_lines(report):
         console.print(line)
     if report.slurm_error:

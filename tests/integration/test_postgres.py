@@ -39,7 +39,8 @@ pytestmark = pytest.mark.integration
 PG_PORT = 5499
 PG_USER = "postgres"
 COMMAND_TIMEOUT_S = 60.0
-TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat"}
+TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat",
+          "controller"}
 
 
 def _pg_bin_dir() -> Path:
@@ -320,7 +321,7 @@ def test_vcluster_status_json_reads_postgres(pg_url: str, engine: Engine,
     assert 4 <= controller.pop("heartbeat_age_s") < 4 + COMMAND_TIMEOUT_S
     assert datetime.fromisoformat(controller.pop("heartbeat_at")) == now - timedelta(seconds=4)
     assert controller == {"running": True, "pid": 4242, "host": "ctl1", "version": "0.1.0",
-                          "stale_after_s": 60.0}
+                          "stale_after_s": 60.0, "instances": []}
     # Slurm cannot be run here (its version is asked first): status still shows the
     # database's view and says why.
     assert data["slurm_error"] == (

@@ -282,7 +282,7 @@ def test_status_json_for_scripts(site: Config) -> None:
     vm = {"node_class": "small", "job_id": 12, "ended": False}
     assert ages_within(data, expected_ages) == {
         "controller": {"running": True, "pid": 4242, "host": "ctl1", "version": "0.1.0",
-                       "stale_after_s": 60.0},
+                       "stale_after_s": 60.0, "instances": []},
         "classes": [
             {"name": "small", "policy": "per-job", "partition": "vcluster",
              "template": "worker", "templates": ["ubuntu"], "nodes": "vc-small-[001-003]",

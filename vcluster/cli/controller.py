@@ -21,6 +21,7 @@ from vcluster.config import Config, load_config
 from vcluster.errors import ConfigError
 
 if TYPE_CHECKING:
+    from vcluster.controller.loop import Controller
     from vcluster.metrics import Metrics
     from vcluster.one_events import EventSubscriber
 
@@ -132,7 +133,9 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.controller.act import Actor
     from vcluster.controller.guest import guest_context
     from vcluster.controller.hook_server import HookServer
+    from vcluster.controller.leader import leadership_for, name_sessions
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
+    from vcluster.controller.pg_wake import WakeRelay
     from vcluster.hooks import write_job_finished_wrapper
     from vcluster.metrics import Metrics
     from vcluster.one import OneClient
@@ -147,6 +150,7 @@ def _run(config: Config, once: bool) -> None:
     wrapper = write_job_finished_wrapper(config, default_program_dir())
     log.info("strigger backup program for the epilog: %s", wrapper)
     engine = db.make_engine(config.database)
+    name_sessions(engine)  # a standby that deposes this controller ends them all
     try:
         sessions = db.session_factory(engine)
         metrics = Metrics() if config.controller.metrics_port is not None else None
@@ -161,14 +165,25 @@ def _run(config: Config, once: bool) -> None:
                 log.warning("cannot read the %s version at start (passes wait for it): %s",
                             side, error)
         actor = Actor(config, sessions, slurm, one, guest, metrics=metrics)
-        controller = Controller(config, sessions, slurm, one, actor, metrics=metrics)
+        leadership = leadership_for(config.database.url, config.controller.cluster_name,
+                                    lease_s=config.controller.leader_lease_s)
+        controller = Controller(config, sessions, slurm, one, actor, metrics=metrics,
+                                leadership=leadership)
         listener = WakeListener(state_dir)
         metrics_server = _serve_metrics(config, metrics)
-        controller.beat()  # alive before the first request is taken (hooks check it)
+        # alive (or standing by, the leader's heartbeat then counts) before the first
+        # request is taken: hooks check the heartbeat
+        controller.lead()
         hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
                                  metrics=metrics)
         hook_server.start()
         events = None if once else _watch_events(config, metrics)
+        relay = None
+        if leadership.shared and WakeRelay.usable(config.database.url):
+            relay = WakeRelay(config.database.url, config.controller.cluster_name,
+                              lambda: send_wake(state_dir),
+                              retry_s=config.controller.leader_poll_s)
+            relay.start()
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -178,13 +193,15 @@ def _run(config: Config, once: bool) -> None:
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s at %s, "
-                 "Slurm %s with slurm.conf %s, pass every %g s%s", os.getpid(),
+                 "Slurm %s with slurm.conf %s, pass every %g s%s, %s", os.getpid(),
                  config.controller.cluster_name, engine.url,
                  versions.opennebula or "(version unknown)", config.opennebula.xmlrpc,
                  versions.slurm or "(version unknown)", config.slurm.conf,
                  config.controller.interval_s,
                  f" and on OpenNebula's events from {config.opennebula.events}"
-                 if events is not None else "")
+                 if events is not None else "",
+                 "leading" if leadership.leading else "standing by (another controller "
+                 f"leads; trying every {config.controller.leader_poll_s:g} s)")
         try:
             passes = run_loop(controller, listener, interval_s=config.controller.interval_s,
                               stop=stop, once=once)
@@ -192,7 +209,10 @@ def _run(config: Config, once: bool) -> None:
             if events is not None:
                 events.stop()
             hook_server.stop()
+            if relay is not None:
+                relay.stop()
             listener.close()
+            _give_up_lead(controller)
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
@@ -203,3 +223,18 @@ def _run(config: Config, once: bool) -> None:
     finally:
         engine.dispose()
         lock.close()
+
+
+def _give_up_lead(controller: Controller) -> None:
+    """Free the lead at once (a standby takes it at its next try) and drop this process's
+    row from the list of controllers."""
+    from vcluster import db
+
+    controller.leadership.close()
+    if not controller.leadership.shared:
+        return
+    try:
+        with db.transaction(controller.sessions) as s:
+            db.forget_controller(s)
+    except Exception as exc:
+        log.error("cannot remove this controller from the list of controllers: %s", exc)

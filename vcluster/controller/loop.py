@@ -4,7 +4,9 @@ Why it exists: it ties observe, plan and act together and owns the daemon's life
 pass writes the heartbeat (hooks refuse when it is stale), reads the whole picture (or
 skips the pass if any read fails), plans, and acts. While VMs are booting the next pass
 comes sooner (``BUSY_INTERVAL_S``) so NodeAddr is set and boots are noticed promptly. Only
-one controller may run per state directory (an flock'ed ``controller.lock``).
+one controller may run per state directory (an flock'ed ``controller.lock``); with PostgreSQL
+several may run on different hosts, and only the leader (:mod:`vcluster.controller.leader`)
+runs passes: it checks it still leads before each step, the others stand by.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import __version__, db, public_status
 from vcluster.config import Config
-from vcluster.controller.act import Actor
+from vcluster.controller.act import Actor, ActResult
 from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
+from vcluster.controller.leader import HeartbeatWatch, Leadership, SoleLeader
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
@@ -39,6 +42,8 @@ from vcluster.wake import WakeListener
 log = logging.getLogger(__name__)
 
 BUSY_INTERVAL_S = 1.0
+LEAD_EVENT = "controller.lead"
+DEPOSE_EVENT = "controller.depose"
 PRUNE_EVERY_S = 3600.0
 HANDLED_REQUEST_KEEP_S = 7 * 86400.0
 _BOOKKEEPING = (UpsertJob, MarkHandled)
@@ -64,6 +69,8 @@ class PassReport:
     busy: bool = False
     """Launches are in flight: the next pass should come soon."""
     duration_s: float = 0.0
+    standby: bool = False
+    """Another controller leads: this one only stands by."""
 
 
 class Controller:
@@ -71,8 +78,13 @@ class Controller:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, actor: Actor, *,
-                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None) -> None:
+                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.config = config
+        self.leadership: Leadership = leadership or SoleLeader()
+        self._role = ""
+        self._role_since = now()
+        self._watch = HeartbeatWatch()
         self.metrics = metrics
         self.sessions = sessions
         self.slurm = slurm
@@ -83,16 +95,30 @@ class Controller:
         self._status_unwritable = False
 
     def beat(self) -> None:
+        """The leader writes the heartbeat (hooks check it); with a shared database every
+        controller also rewrites its own row (``vcluster status`` lists them)."""
+        leading = self.leadership.leading
+        now = self.now()
         try:
             with db.transaction(self.sessions) as s:
-                row = db.beat(s, at=self.now())
-                status = ControllerStatus(True, row.at, row.host, row.pid, row.version)
+                if leading and self.leadership.shared and not self.leadership.holds_in(s):
+                    leading = False  # deposed while it hung: the fence (see leader.py)
+                role = "leader" if leading else "standby"
+                if role != self._role:
+                    self._role, self._role_since = role, now
+                if leading:
+                    db.beat(s, at=now)
+                if self.leadership.shared:
+                    db.see_controller(s, role, self._role_since, at=now)
         except Exception as exc:
             log.error("cannot write the heartbeat: %s", exc)
             return
         if self.metrics is not None:
-            self.metrics.beat()
-        self.publish(status)
+            if leading:
+                self.metrics.beat()
+            self.metrics.leading(leading)
+        # this host's controller lives (leading or standing by): what fsub here says
+        self.publish(ControllerStatus(True, now, socket.gethostname(), os.getpid(), __version__))
 
     def publish(self, status: ControllerStatus) -> None:
         """Write the world-readable status file fsub reads (a failure is said once)."""
@@ -114,7 +140,72 @@ class Controller:
         self.publish(ControllerStatus(False, self.now(), socket.gethostname(), os.getpid(),
                                       __version__))
 
+    def lead(self) -> bool:
+        """Keep or take the lead; on taking it, say so (log, event, heartbeat)."""
+        was = self.leadership.leading
+        leading = self.leadership.lead()
+        if not leading and self.leadership.shared and self._watch_leader():
+            leading = self.leadership.lead()
+        if leading != was or not self._role:
+            self._took(leading)
+        return leading
+
+    def _watch_leader(self) -> bool:
+        """A leader that wrote no heartbeat for ``leader_lease_s`` hangs: end its lock
+        session, so that this controller (or another standby) takes the lead; whether it
+        was ended."""
+        lease_s = self.config.controller.leader_lease_s
+        try:
+            with self.sessions() as s:
+                hb = db.heartbeat(s)
+                beat = None if hb is None else (hb.host, hb.pid, hb.at)
+        except Exception as exc:
+            log.warning("cannot read the leader's heartbeat: %s", exc)
+            return False
+        silent_s = self._watch.silent_for_s(beat)
+        if silent_s < lease_s or not self.leadership.depose():
+            return False
+        self._watch.reset()
+        who = "the leader" if beat is None else f"the leader ({beat[0]} pid {beat[1]})"
+        message = (f"{who} wrote no heartbeat for {silent_s:.1f} s (controller."
+                   f"leader_lease_s {lease_s:g}): its lock's database session was ended, "
+                   "so that a standby leads")
+        log.warning("%s", message)
+        try:
+            with db.transaction(self.sessions) as s:
+                db.record_event(s, DEPOSE_EVENT, message, at=self.now())
+        except Exception as exc:
+            log.error("cannot record ending the hung leader's session: %s", exc)
+        return True
+
+    def _took(self, leading: bool) -> None:
+        if not self.leadership.shared:
+            self.beat()
+            return
+        if not leading:
+            log.info("standing by: another controller leads")
+            self.beat()
+            return
+        try:
+            with db.transaction(self.sessions) as s:
+                last = db.heartbeat(s)
+                before = (f" (the last leader's heartbeat, {last.host} pid {last.pid}, is "
+                          f"{(self.now() - last.at).total_seconds():.1f} s old)"
+                          if last is not None else "")
+                message = f"controller {socket.gethostname()} pid {os.getpid()} leads{before}"
+                s.execute(delete(db.ControllerSeen).where(
+                    db.ControllerSeen.role == "leader",
+                    (db.ControllerSeen.host != socket.gethostname())
+                    | (db.ControllerSeen.pid != os.getpid())))
+                db.record_event(s, LEAD_EVENT, message, at=self.now())
+            log.info("%s", message)
+        except Exception as exc:
+            log.error("cannot record taking the lead: %s", exc)
+        self.beat()
+
     def run_pass(self) -> PassReport:
+        if not self.lead():
+            return PassReport(standby=True)
         report = self._run_pass()
         if self.metrics is not None:
             self.metrics.pass_done(report.duration_s, skipped=bool(report.skipped))
@@ -138,7 +229,7 @@ class Controller:
             log.exception("planning failed; skipping this pass")
             return PassReport(skipped=f"planning failed: {exc}",
                               duration_s=time.monotonic() - started)
-        result = self.actor.act(actions)
+        result = self._act(actions)
         report = PassReport(
             actions=actions, done=result.done, failed=result.failed,
             busy=any(la.state in _TRANSITIONAL for la in observed.launches)
@@ -153,6 +244,23 @@ class Controller:
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self.prune()
         return report
+
+    def _act(self, actions: list[Action]) -> ActResult:
+        """Act on ``actions``; with several controllers, one step at a time while this one
+        still leads (the fence: a leader that lost its lock stops at once)."""
+        if not self.leadership.shared:
+            return self.actor.act(actions)
+        result = ActResult()
+        for i, action in enumerate(actions):
+            if not self.leadership.leads():
+                log.warning("lost the lead: %d of %d actions left to the new leader",
+                            len(actions) - i, len(actions))
+                self._took(False)
+                break
+            step = self.actor.act([action])
+            result.done += step.done
+            result.failed += step.failed
+        return result
 
     def prune(self) -> None:
         """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S, and events,
@@ -204,8 +312,9 @@ def run_loop(controller: Controller, listener: WakeListener | None, *, interval_
     """Run passes until ``stop`` is set (or once). Returns the number of passes run."""
     heart: Heartbeater | None = None
     if not once:
-        heart = Heartbeater(controller.beat, min(
-            interval_s, controller.config.controller.heartbeat_stale_s / 4))
+        settings = controller.config.controller
+        heart = Heartbeater(controller.beat, min(  # a standby deposes a leader silent a lease
+            interval_s, settings.heartbeat_stale_s / 4, settings.leader_lease_s / 3))
         heart.start()
     try:
         return _passes(controller, listener, interval_s, stop, once)
@@ -230,6 +339,8 @@ def _passes(controller: Controller, listener: WakeListener | None, interval_s: f
         # took part of that time): boots held back by the rate limits go out when it allows
         wait_s = max(0.0, min(interval_s, BUSY_INTERVAL_S) - report.duration_s) \
             if report.busy else interval_s
+        if report.standby:
+            wait_s = controller.config.controller.leader_poll_s
         if listener is not None:
             listener.wait(wait_s)
         else:
