@@ -24,7 +24,9 @@ from vcluster.config import Config
 from vcluster.controller.actions import (
     Action,
     AdoptVM,
+    BootStandby,
     BootVM,
+    ClaimStandby,
     ClearReason,
     CloseLaunch,
     FailNode,
@@ -41,6 +43,7 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.controller.standby_act import boot_standby, claim_standby
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -280,6 +283,12 @@ class Actor:
             boot_s = None if allocated_at is None else (
                 self.now() - allocated_at).total_seconds()
             self.metrics.node_up(node_class, boot_s=boot_s, ready_s=a.boot_s)
+
+    def _BootStandby(self, a: BootStandby) -> None:
+        boot_standby(self, a)
+
+    def _ClaimStandby(self, a: ClaimStandby) -> None:
+        claim_standby(self, a)
 
     # --- ending ------------------------------------------------------------------------------
 
