@@ -133,3 +133,11 @@ def plan_reserve(reserve: Reserve, obs: Observed, config: Config) -> list[Action
         actions += [BootStandby(nc.name, nc.template, nc.cpus, nc.memory_mb)
                     for _ in range(wanted - len(healthy))]
     return actions
+
+
+def describe(vms: list[VM], config: Config, now_s: float) -> list[dict[str, object]]:
+    """The standby VMs as ``vcluster status`` shows them (class, VM, state, ready, age)."""
+    return [{"node_class": vm.user_template.get(STANDBY_TAG, ""), "vm_id": vm.vm_id,
+             "state": vm.state_name, "ready": is_claimable(vm), "age_s": age_s(vm, now_s)}
+            for vm in sorted(vms, key=lambda v: v.vm_id)
+            if is_standby(vm) and not vm.is_terminating]

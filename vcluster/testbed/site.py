@@ -74,6 +74,10 @@ class SiteSpec:
     pool_on_vm_event: tuple[tuple[str, str], ...] = ()
     """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
+    standby: int = 0
+    """Standby VMs the per-job class keeps booted (its ``standby``)."""
+    boot_s: float = 0.5
+    """Seconds a VM spends in BOOT (the cloud's ``--boot-s``): 30 to look like a real VM."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -170,6 +174,7 @@ features = ["small"]
 template = "{WORKER_TEMPLATE}"
 templates = [{", ".join(f'"{t}"' for t in spec.extra_templates)}]
 policy = "per-job"
+standby = {spec.standby}
 
 [[node_class]]
 name = "pool"
@@ -314,6 +319,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--auth-file", str(spec.auth_file), "--prefix", spec.name,
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
+        "--boot-s", str(spec.boot_s),
     )
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
