@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from vcluster.testbed import netns, site
 pytestmark = pytest.mark.integration
 
 BOOT_S = 20.0
+BIN = Path(sys.executable).parent
+"""fsub and vcluster of this installation."""
 NAME = f"vcs{_SLOT}"
 
 
@@ -74,7 +77,7 @@ def test_a_job_starts_on_a_standby_vm_and_a_replacement_boots(standby_site: Site
     out = s.work / "standby.out"
     t0 = time.time()
     proc = s.fsub("-N1", "--wait", f"--output={out}", "--wrap",
-                  "date +%s.%N; hostname", timeout_s=120)
+                  "date +%s.%N; hostname", timeout_s=120, fsub=str(BIN / "fsub"))
     assert proc.returncode == 0, proc.stderr
     job_id = job_id_of(proc)
     started_s, hostname = out.read_text().split()
@@ -93,7 +96,7 @@ def test_a_job_starts_on_a_standby_vm_and_a_replacement_boots(standby_site: Site
                            lambda: [v for v in standby_vms(s) if ready(v)], BOOT_S + 60)
     assert isinstance(replacement, list)
     assert [v.vm_id for v in replacement] != [vm.vm_id] and len(replacement) == 1
-    status = subprocess.run(["vcluster", "status"], capture_output=True, text=True,
+    status = subprocess.run([str(BIN / "vcluster"), "status"], capture_output=True, text=True,
                             env=s.env, timeout=60, check=False)
     assert status.returncode == 0, status.stderr
     assert f"standby VM {replacement[0].vm_id}" in status.stdout, status.stdout
