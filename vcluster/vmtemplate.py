@@ -111,7 +111,7 @@ def guest_script_bytes() -> bytes:
 
 # Attributes vcluster sets itself; a node class's vm_options may not replace them.
 _OWN_TEMPLATE_KEYS = ("CPU", "VCPU", "MEMORY", "VCLUSTER_NODE", "VCLUSTER_JOB",
-                      "VCLUSTER_CLUSTER", "VCLUSTER_STANDBY", "CONTEXT")
+                      "VCLUSTER_CLUSTER", "VCLUSTER_STANDBY", "VCLUSTER_EARLY", "CONTEXT")
 
 
 def worker_context(
@@ -165,6 +165,7 @@ def worker_vm_extra(
     context: GuestContext,
     guest_script: bytes | None = None,
     standby_class: str = "",
+    early_node: str = "",
 ) -> str:
     """The extra template text ``one.template.instantiate`` merges into a worker VM.
 
@@ -184,6 +185,8 @@ def worker_vm_extra(
     }
     if standby_class:
         attrs["VCLUSTER_STANDBY"] = standby_class
+    if early_node:
+        attrs["VCLUSTER_EARLY"] = early_node
     for name, value in node_class.vm_options.items():
         if name.upper() in _OWN_TEMPLATE_KEYS:
             raise ConfigError(

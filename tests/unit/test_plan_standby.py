@@ -15,14 +15,17 @@ from tests.unit.controller_fixtures import (
     node,
     powered_down,
     powering_up,
+    request,
     vm,
 )
 from tests.unit.test_plan import ASKS, jobs, picture
 from vcluster.controller.actions import (
     Action,
+    BootEarly,
     BootStandby,
     BootVM,
     ClaimStandby,
+    MarkHandled,
     MarkUp,
     SetDrain,
     TerminateVM,
@@ -155,3 +158,69 @@ def test_standby_config_is_bounded_by_the_class() -> None:
          "standby": 3}]}
     with pytest.raises(ConfigError, match="standby.*between 0 and count \\(2\\), got 3"):
         parse_config(raw)
+
+
+# --- boot at allocation ------------------------------------------------------------------------
+
+
+def allocated(name: str) -> object:
+    """A node Slurm allocated to a job but has not started powering up (``allocated~``)."""
+    return node(name, "ALLOCATED", "POWERED_DOWN")
+
+
+def early(vm_id: int, node_name: str, state_name: str = "BOOT", *, job_id: int = 12,
+          ready: bool = False) -> VM:
+    """A VM booted for ``node_name`` at its job's allocation, not yet handed to it."""
+    base = standby(vm_id, state_name, ready=ready, ip="10.9.0.60")
+    return replace(base, name=node_name, user_template={
+        **base.user_template, "VCLUSTER_EARLY": node_name, "VCLUSTER_JOB": str(job_id)})
+
+
+PROLOG = request(5, "prolog", (S1,), (12,))
+NOT_READY = {20: standby(20, "BOOT", ready=False), 21: standby(21, "BOOT", ready=False)}
+
+EARLY_CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
+    ("the prolog ran, Slurm has not powered the node up: its VM boots now, unnamed",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)), vms=dict(NOT_READY),
+                     requests=(PROLOG,)),
+     [BootEarly(S1, "small", 12, 1, 2048, "worker"), MarkHandled((5,))]),
+    ("no prolog request (yet, or handled): nothing booted early",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)), vms=dict(NOT_READY)),
+     []),
+    ("a ready standby VM will serve the node: nothing booted early",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: standby(20), 21: standby(21, "BOOT", ready=False)},
+                     requests=(PROLOG,)),
+     [MarkHandled((5,))]),
+    ("a VM booted early already: not a second one",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={**NOT_READY, 30: early(30, S1)}, requests=(PROLOG,)),
+     [MarkHandled((5,))]),
+    ("Slurm powers the node up: it is handed the VM booted for it, still booting",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     vms={**NOT_READY, 30: early(30, S1)}),
+     [ClaimStandby(S1, "small", 30, 12, "10.9.0.60")]),
+    ("a ready standby VM beats an early VM still booting; that one goes next pass",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: standby(20), 21: standby(21), 30: early(30, S1)}),
+     [ClaimStandby(S1, "small", 20, 12, "10.9.0.50"), SMALL]),
+    ("an early VM whose node another VM serves is terminated",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     vms={21: standby(21, "BOOT", ready=False),
+                          22: named(standby(22), S1, 12), 30: early(30, S1)},
+                     launches=(launch(1, S1, "booting", vm_id=22, job_id=12,
+                                      ip="10.9.0.50"),)),
+     [TerminateVM(30, "", "standby VM 30 of class small booted early for vc-small-001: its "
+                  "node was served by another VM", close_as="terminated"), SMALL]),
+    ("the job was cancelled before its node was powered up: its early VM goes",
+     lambda: picture(nodes={S1: powered_down(S1)}, vms={**NOT_READY, 30: early(30, S1)}),
+     [TerminateVM(30, "", "standby VM 30 of class small booted early for vc-small-001: its "
+                  "node's job left it before it was powered up", close_as="terminated")]),
+]
+
+
+@pytest.mark.parametrize(("observed", "expected"), [(b, e) for _, b, e in EARLY_CASES],
+                         ids=[name for name, _, _ in EARLY_CASES])
+def test_plan_boot_at_allocation(observed: Callable[[], Observed],
+                                 expected: list[Action]) -> None:
+    assert plan(observed(), CONFIG) == expected

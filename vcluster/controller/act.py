@@ -24,6 +24,7 @@ from vcluster.config import Config
 from vcluster.controller.actions import (
     Action,
     AdoptVM,
+    BootEarly,
     BootStandby,
     BootVM,
     ClaimStandby,
@@ -43,7 +44,7 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.ports import OnePort, SlurmPort
-from vcluster.controller.standby_act import boot_standby, claim_standby
+from vcluster.controller.standby_act import boot_early, boot_standby, claim_standby
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -286,6 +287,9 @@ class Actor:
 
     def _BootStandby(self, a: BootStandby) -> None:
         boot_standby(self, a)
+
+    def _BootEarly(self, a: BootEarly) -> None:
+        boot_early(self, a)
 
     def _ClaimStandby(self, a: ClaimStandby) -> None:
         claim_standby(self, a)

@@ -194,6 +194,20 @@ class BootStandby:
 
 
 @dataclass(frozen=True)
+class BootEarly:
+    """Boot a job's VM at allocation, before Slurm powers its node up: unnamed like a
+    standby VM (so its slurmd cannot register early), tagged for ``node_name``, and handed
+    to that node once Slurm marks it powering up."""
+
+    node_name: str
+    node_class: str
+    job_id: int
+    cpus: int
+    memory_mb: int
+    template: str
+
+
+@dataclass(frozen=True)
 class ClaimStandby:
     """Hand a ready standby VM to a powering-up node: open its launch (``launch_id`` None)
     or redo the handover, set NodeAddr, then tell the VM its node name (user template)."""
@@ -213,4 +227,4 @@ class MarkHandled:
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | SetDrain | MarkHandled | BootStandby | ClaimStandby)
+          | SetDrain | MarkHandled | BootStandby | BootEarly | ClaimStandby)

@@ -431,6 +431,9 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
+        elif (early := standby.boot_early(reserve, obs, nc, node, _boot(
+                config, nc, name, jobs_by_node.get(name)))) is not None:
+            actions.append(early)  # the job's prolog ran: boot before Slurm's resume
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
         if (vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating

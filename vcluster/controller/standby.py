@@ -14,6 +14,16 @@ tagged ``VCLUSTER_STANDBY`` and has no node name. Those VMs are never orphans; o
 failed, left RUNNING behind vcluster's back, grew older than ``standby_max_age_s``, or is
 beyond the class's K (K lowered, class drained or removed) is terminated, and the deficit is
 booted again. All of it is pure: :mod:`plan` calls in here.
+
+Boot at allocation uses the same handover. PrologSlurmctld runs (and wakes the controller)
+milliseconds after Slurm allocates a job's nodes, while they are still ``ALLOCATED`` and
+``POWERED_DOWN``; Slurm's power-save pass marks them powering up and runs ResumeProgram
+about a second later (more under load). A VM booted for such a node at once
+(:class:`BootEarly`) is unnamed and tagged ``VCLUSTER_EARLY`` = node: it is handed to its
+node only once Slurm shows it powering up, so its slurmd cannot register with slurmctld
+before slurmctld expects it (the race that made booting from the prolog unsafe). A node
+that a ready standby VM will serve gets no early VM; an early VM whose node went elsewhere
+(the job cancelled before its resume) is terminated.
 """
 
 from __future__ import annotations
@@ -23,12 +33,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vcluster.config import Config, NodeClass
-from vcluster.controller.actions import Action, BootStandby, ClaimStandby, TerminateVM
+from vcluster.controller.actions import (
+    Action,
+    BootEarly,
+    BootStandby,
+    BootVM,
+    ClaimStandby,
+    TerminateVM,
+)
 from vcluster.controller.observe import LaunchView, Observed
 from vcluster.one_vm import VM
+from vcluster.slurm_parse import Node
 
 STANDBY_TAG = "VCLUSTER_STANDBY"
 """USER_TEMPLATE (and CONTEXT) attribute naming the class of a standby VM."""
+EARLY_TAG = "VCLUSTER_EARLY"
+"""USER_TEMPLATE attribute naming the node a VM booted at allocation is meant for."""
 
 
 def is_standby(vm: VM) -> bool:
@@ -57,6 +77,10 @@ class Reserve:
     """Class -> standby VMs booting or ready (what counts towards K)."""
     retire: list[TerminateVM] = field(default_factory=list)
     claimed: set[int] = field(default_factory=set)
+    early: dict[str, VM] = field(default_factory=dict)
+    """Node name -> the unnamed VM booted for it at allocation."""
+    promised: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Class -> ready standby VMs promised this pass to allocated nodes (no early VM)."""
 
 
 def _retire(vm: VM, why: str, hard: bool = False) -> TerminateVM:
@@ -79,10 +103,15 @@ def reserve_of(obs: Observed, config: Config,
         class_name = vm.user_template[STANDBY_TAG]
         nc = next((c for c in config.node_classes if c.name == class_name), None)
         event = vm_event(vm)
+        early_node = vm.user_template.get(EARLY_TAG, "")
         if nc is None:
             reserve.retire.append(_retire(vm, "belongs to no configured class"))
         elif event is not None:
             reserve.retire.append(_retire(vm, f"failed ({vm.state_name})", hard=True))
+        elif early_node and early_node not in reserve.early:
+            reserve.early[early_node] = vm
+        elif early_node:
+            reserve.retire.append(_retire(vm, f"is a second VM booted early for {early_node}"))
         elif age_s(vm, now_s) > nc.standby_max_age_s:
             reserve.retire.append(_retire(vm, f"is older than standby_max_age_s "
                                           f"({nc.standby_max_age_s} s): replaced"))
@@ -95,8 +124,15 @@ def reserve_of(obs: Observed, config: Config,
 
 def claim(reserve: Reserve, nc: NodeClass, node_name: str, job_id: int | None,
           template: str) -> ClaimStandby | None:
-    """A ready standby VM of ``nc`` for a powering-up node, or None (none ready, or the job
-    wants another template than the class's, which standby VMs are booted from)."""
+    """The VM booted early for this node, else a ready standby VM of ``nc``, or None (none
+    ready, or the job wants another template than the class's, which standby VMs are booted
+    from). A ready standby VM is preferred to an early VM still booting (which then goes)."""
+    early = reserve.early.get(node_name)
+    if early is not None and early.ips and (
+            is_claimable(early) or template != nc.template or not reserve.ready[nc.name]):
+        reserve.claimed.add(early.vm_id)
+        del reserve.early[node_name]
+        return ClaimStandby(node_name, nc.name, early.vm_id, job_id, early.ips[0])
     if template != nc.template or not reserve.ready[nc.name]:
         return None
     vm = reserve.ready[nc.name].pop(0)
@@ -114,6 +150,34 @@ def reclaim(launch: LaunchView, vm: VM) -> ClaimStandby | None:
                         launch.ip or vm.ips[0], launch.id)
 
 
+def boot_early(reserve: Reserve, obs: Observed, nc: NodeClass, node: Node,
+               boot: BootVM) -> BootEarly | None:
+    """A VM for an allocated node Slurm has not started powering up, when the prolog said
+    its job was allocated (its request not yet handled), unless a VM was booted early for it
+    already or a ready standby VM will serve it."""
+    if (boot.job_id is None or not node.powered_down or node.powering_up or node.is_down
+            or node.state not in ("ALLOCATED", "MIXED") or node.name in reserve.early
+            or not any(r.kind == "prolog" and node.name in r.nodes for r in obs.requests)):
+        return None
+    if boot.template == nc.template and reserve.promised[nc.name] < len(reserve.ready[nc.name]):
+        reserve.promised[nc.name] += 1
+        return None
+    return BootEarly(node.name, nc.name, boot.job_id, boot.cpus, boot.memory_mb,
+                     boot.template)
+
+
+def _early_misplaced(obs: Observed, node_name: str) -> str:
+    """Why a VM booted early for ``node_name`` is no longer wanted, or ""."""
+    if any(la.node_name == node_name for la in obs.launches):
+        return "its node was served by another VM"
+    node = obs.nodes.get(node_name)
+    if node is None or node.is_down:
+        return "its node is gone or DOWN"
+    if node.powering_up or (node.powered_down and node.state in ("ALLOCATED", "MIXED")):
+        return ""
+    return "its node's job left it before it was powered up"
+
+
 def _wanted(obs: Observed, nc: NodeClass) -> int:
     """K, or 0 while an admin drained the class (no new VMs)."""
     return 0 if nc.name in obs.drains else nc.standby
@@ -123,6 +187,10 @@ def plan_reserve(reserve: Reserve, obs: Observed, config: Config) -> list[Action
     """Terminate what is wrong or beyond K, boot what is missing; replacements of VMs
     handed out this pass are part of the deficit."""
     actions: list[Action] = list(reserve.retire)
+    for node_name, vm in sorted(reserve.early.items()):
+        why = _early_misplaced(obs, node_name)
+        if why:
+            actions.append(_retire(vm, f"booted early for {node_name}: {why}"))
     for nc in config.node_classes:
         healthy = reserve.healthy.get(nc.name, [])
         wanted = _wanted(obs, nc)
@@ -140,4 +208,4 @@ def describe(vms: list[VM], config: Config, now_s: float) -> list[dict[str, obje
     return [{"node_class": vm.user_template.get(STANDBY_TAG, ""), "vm_id": vm.vm_id,
              "state": vm.state_name, "ready": is_claimable(vm), "age_s": age_s(vm, now_s)}
             for vm in sorted(vms, key=lambda v: v.vm_id)
-            if is_standby(vm) and not vm.is_terminating]
+            if is_standby(vm) and not vm.is_terminating and not vm.user_template.get(EARLY_TAG)]

@@ -1,4 +1,5 @@
-"""Standby VMs, acting side: boot one for the reserve, hand one to a node.
+"""Standby VMs, acting side: boot one for the reserve or for an allocated node, hand one
+to a node.
 
 Why it exists apart from :mod:`act`: the two actions follow act's rules (record intent,
 commit, call the outside system, record the result) but touch nothing else there; keeping
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 
 from vcluster import db
-from vcluster.controller.actions import BootStandby, ClaimStandby
+from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
 from vcluster.controller.standby import STANDBY_TAG
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.vmtemplate import guest_script_bytes, worker_vm_extra
@@ -62,6 +63,30 @@ def boot_standby(actor: Actor, a: BootStandby) -> None:
     actor._event_safely("vm.standby_booted", f"standby VM {vm_id} of class {a.node_class} "
                         f"allocated ({a.cpus} CPUs, {a.memory_mb} MB, template {a.template})")
     log.info("standby VM %d of class %s allocated", vm_id, a.node_class)
+
+
+def boot_early(actor: Actor, a: BootEarly) -> None:
+    """A failure is only logged: Slurm's resume comes within seconds and boots as usual."""
+    cluster = actor.config.controller.cluster_name
+    try:
+        if actor._guest_script is None:
+            actor._guest_script = guest_script_bytes()
+        extra = worker_vm_extra(
+            node_class=actor.config.node_class(a.node_class), node_name="", job_id=a.job_id,
+            cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
+            guest_script=actor._guest_script, standby_class=a.node_class,
+            early_node=a.node_name)
+        vm_id = actor.one.instantiate(actor._template_id(a.template), a.node_name, extra)
+    except VclusterError as exc:
+        if isinstance(exc, OneNotFound):
+            actor._template_ids.pop(a.template, None)
+        log.warning("cannot boot a VM for %s at allocation (its resume will): %s",
+                    a.node_name, exc)
+        return
+    actor._event_safely("vm.early_booted", f"VM {vm_id} allocated for job {a.job_id} at its "
+                        f"allocation ({a.cpus} CPUs, {a.memory_mb} MB from template "
+                        f"{a.template}); handed to the node once Slurm powers it up",
+                        node_name=a.node_name, job_id=a.job_id)
 
 
 def claim_standby(actor: Actor, a: ClaimStandby) -> None:
