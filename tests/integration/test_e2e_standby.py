@@ -100,3 +100,34 @@ def test_a_job_starts_on_a_standby_vm_and_a_replacement_boots(standby_site: Site
                             env=s.env, timeout=60, check=False)
     assert status.returncode == 0, status.stderr
     assert f"standby VM {replacement[0].vm_id}" in status.stdout, status.stdout
+
+
+def test_a_vm_boots_at_allocation_and_joins_once_slurm_powers_its_node_up(
+        standby_site: Site) -> None:
+    """Two nodes, one standby VM: one node gets it; the other's VM is booted as soon as the
+    prolog says the job is allocated, before Slurm's resume, and joins after it."""
+    from sqlalchemy import select
+
+    from vcluster import db
+
+    s = standby_site
+    wait_for("a ready standby VM", lambda: [v for v in standby_vms(s) if ready(v)],
+             BOOT_S + 60)
+    out = s.work / "early.out"
+    proc = s.fsub("-N2", "--wait", f"--output={out}", "--wrap", "srun hostname",
+                  timeout_s=180, fsub=str(BIN / "fsub"))
+    assert proc.returncode == 0, proc.stderr
+    job_id = job_id_of(proc)
+    assert len(set(out.read_text().split())) == 2
+    sessions = db.session_factory(db.make_engine(s.config.database))
+    with sessions() as session:
+        kinds = [(e.kind, e.at) for e in session.scalars(
+            select(db.Event).where(db.Event.job_id == job_id).order_by(db.Event.id))]
+    first = {k: at for k, at in reversed(kinds)}
+    assert {"vm.early_booted", "vm.standby_claimed", "hook.resume"} <= set(first), kinds
+    # booted before Slurm asked for the node, handed over after it did
+    assert first["vm.early_booted"] <= first["hook.resume"], kinds
+    claims = [k for k, _ in kinds if k == "vm.standby_claimed"]
+    assert len(claims) == 2, kinds  # the standby VM and the early VM
+    job = s.job(job_id)
+    assert job is not None and job.state == "COMPLETED"
