@@ -294,6 +294,7 @@ standby_wait_for_node() {
             VCLUSTER_NODE=$node
             VCLUSTER_JOB=$(printf '%s' "$record" | json_attr VCLUSTER_JOB)
             log "standby VM handed to node $VCLUSTER_NODE (job ${VCLUSTER_JOB:-none})"
+            rm -f "$ONEGATE_HEADERS"
             # slurmctld takes a powering-up node's registration only if the boot time it
             # reports (whole seconds, `slurmd -b`: its start, give or take one) is not before
             # the power-up request: slurmd starts in a later second than the handover.
