@@ -297,10 +297,15 @@ standby_wait_for_node() {
             rm -f "$ONEGATE_HEADERS"
             # slurmctld takes a powering-up node's registration only if the boot time it
             # reports (whole seconds, `slurmd -b`: its start, give or take one) is not before
-            # the power-up request: slurmd starts in a later second than the handover.
-            handed_s=$(date +%s)
-            while [ "$(date +%s)" -le "$handed_s" ]; do
+            # the power-up request, which precedes the handover (VCLUSTER_HANDED_AT, Unix
+            # seconds): slurmd starts in a later second (a VM booted later does not wait;
+            # a clock behind the controller's waits 2 s at most).
+            handed_s=$(printf '%s' "$record" | json_attr VCLUSTER_HANDED_AT)
+            case $handed_s in ''|*[!0-9]*) handed_s=$(date +%s) ;; esac
+            waits=0
+            while [ "$(date +%s)" -le "$handed_s" ] && [ "$waits" -lt 100 ]; do
                 sleep 0.02 2>/dev/null || sleep 1
+                waits=$((waits + 1))
             done
             return 0
         fi

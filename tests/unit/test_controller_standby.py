@@ -86,7 +86,8 @@ def test_a_job_gets_a_booted_standby_vm_and_a_replacement_boots(world: World) ->
     # NodeAddr first, then the name the VM's guest waits for: slurmd never registers early
     assert w.slurm.updates == [
         f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}",
-        "vm.update 40 VCLUSTER_NODE=vc-small-001 VCLUSTER_JOB=12 VCLUSTER_STANDBY=small"]
+        "vm.update 40 VCLUSTER_NODE=vc-small-001 VCLUSTER_JOB=12 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={int(w.clock().timestamp())}"]
     assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
     assert [n for _, n, _ in one.instantiated] == ["vc-standby-small", "vc-standby-small"]
 

@@ -112,6 +112,9 @@ def claim_standby(actor: Actor, a: ClaimStandby) -> None:
         "VCLUSTER_NODE": a.node_name,
         "VCLUSTER_JOB": "" if a.job_id is None else str(a.job_id),
         STANDBY_TAG: a.node_class,
+        # slurmd must report a boot time (whole seconds) not before Slurm's power-up request,
+        # which precedes this moment: the guest starts it in a later second
+        "VCLUSTER_HANDED_AT": str(int(actor.now().timestamp())),
     })
     actor._event_safely("node.addr", f"NodeAddr set to {a.ip}; standby VM {a.vm_id} told "
                         "its node name", node_name=a.node_name, job_id=a.job_id)
