@@ -431,8 +431,8 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
-        elif (early := standby.boot_early(reserve, obs, nc, node, _boot(
-                config, nc, name, jobs_by_node.get(name)))) is not None:
+        elif name in reserve.allocated and (early := standby.boot_early(
+                reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name)))):
             actions.append(early)  # the job's prolog ran: boot before Slurm's resume
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):

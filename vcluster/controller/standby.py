@@ -81,6 +81,8 @@ class Reserve:
     """Node name -> the unnamed VM booted for it at allocation."""
     promised: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Class -> ready standby VMs promised this pass to allocated nodes (no early VM)."""
+    allocated: frozenset[str] = frozenset()
+    """Nodes of jobs whose prolog request is not handled yet (allocated milliseconds ago)."""
 
 
 def _retire(vm: VM, why: str, hard: bool = False) -> TerminateVM:
@@ -94,7 +96,8 @@ def reserve_of(obs: Observed, config: Config,
     """Sort this cluster's standby VMs: healthy ones by class, the rest to terminate.
     ``vm_event`` is the planner's: the ``on_vm_event`` key of a state vcluster did not ask
     for, None while the VM is as it should be."""
-    reserve = Reserve()
+    reserve = Reserve(allocated=frozenset(
+        n for r in obs.requests if r.kind == "prolog" for n in r.nodes))
     now_s = obs.now.timestamp()
     claimed = {la.vm_id for la in obs.launches if la.vm_id is not None}
     for vm in sorted(obs.vms.values(), key=lambda v: (v.start_time or now_s, v.vm_id)):
@@ -150,14 +153,13 @@ def reclaim(launch: LaunchView, vm: VM) -> ClaimStandby | None:
                         launch.ip or vm.ips[0], launch.id)
 
 
-def boot_early(reserve: Reserve, obs: Observed, nc: NodeClass, node: Node,
-               boot: BootVM) -> BootEarly | None:
+def boot_early(reserve: Reserve, nc: NodeClass, node: Node, boot: BootVM) -> BootEarly | None:
     """A VM for an allocated node Slurm has not started powering up, when the prolog said
     its job was allocated (its request not yet handled), unless a VM was booted early for it
     already or a ready standby VM will serve it."""
     if (boot.job_id is None or not node.powered_down or node.powering_up or node.is_down
             or node.state not in ("ALLOCATED", "MIXED") or node.name in reserve.early
-            or not any(r.kind == "prolog" and node.name in r.nodes for r in obs.requests)):
+            or node.name not in reserve.allocated):
         return None
     if boot.template == nc.template and reserve.promised[nc.name] < len(reserve.ready[nc.name]):
         reserve.promised[nc.name] += 1
