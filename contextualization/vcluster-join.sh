@@ -18,7 +18,10 @@
 # Exit 0 when slurmd runs; 1 with an "ERROR:" line saying what to fix otherwise.
 #
 # Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30),
-# VCLUSTER_JOIN_POLL_S (default 0.05).
+# VCLUSTER_JOIN_POLL_S (default 0.05), VCLUSTER_STANDBY_POLL_S (default 0.2).
+#
+# A standby VM (VCLUSTER_STANDBY set, VCLUSTER_NODE empty) is kept in reserve with no node
+# name: see "standby VMs" below.
 
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -229,15 +232,122 @@ check_slurmd_stays() {
     log "slurmd runs for node $VCLUSTER_NODE"
 }
 
+# --- standby VMs ----------------------------------------------------------------------------
+# With VCLUSTER_STANDBY=<class> and no VCLUSTER_NODE, the VM is booted ahead of any job. It
+# installs the munge key and starts munged now, then returns (so that one-context reports
+# READY) while a background process asks OneGate (GET $ONEGATE_ENDPOINT/vm, with the VM's
+# token) every VCLUSTER_STANDBY_POLL_S until the controller has written VCLUSTER_NODE (and
+# VCLUSTER_JOB) into the VM's user template; then it joins as that node. The controller sets
+# the node's NodeAddr before it writes the name, so slurmd never registers too early.
+
+STANDBY_POLL_S=${VCLUSTER_STANDBY_POLL_S:-0.2}
+
+onegate_token() {
+    if [ -n "${TOKENTXT:-}" ]; then
+        printf '%s' "$TOKENTXT"
+        return 0
+    fi
+    for file in /context/token.txt /var/run/one-context/token.txt /mnt/context/token.txt; do
+        if [ -r "$file" ]; then
+            tr -d '\n' <"$file"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The VM's own record as OneGate's JSON (HTTP headers may precede it). The token never goes
+# on a command line: curl reads it from a root-only header file, bash's /dev/tcp from its
+# environment.
+onegate_vm() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -sf -m 5 -H @"$ONEGATE_HEADERS" "${ONEGATE_ENDPOINT%/}/vm"
+        return
+    fi
+    rest=${ONEGATE_ENDPOINT#http://}
+    hostport=${rest%%/*}
+    path=
+    [ "$rest" = "$hostport" ] || path=/${rest#*/}
+    host=${hostport%:*}
+    port=${hostport##*:}
+    [ "$host" != "$hostport" ] || port=80
+    OG_HOST=$host OG_PORT=$port OG_PATH=${path%/} OG_VMID=$VMID OG_TOKEN=$ONEGATE_TOKEN \
+        timeout 5 bash -c 'exec 3<>"/dev/tcp/$OG_HOST/$OG_PORT" || exit 1
+printf "GET %s/vm HTTP/1.0\r\nHost: %s\r\nX-ONEGATE-TOKEN: %s\r\nX-ONEGATE-VMID: %s\r\n\r\n" \
+    "$OG_PATH" "$OG_HOST" "$OG_TOKEN" "$OG_VMID" >&3
+cat <&3'
+}
+
+# json_attr NAME: the string value of NAME in the JSON on stdin ("" if absent).
+json_attr() {
+    sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
+}
+
+standby_wait_for_node() {
+    while :; do
+        record=$(onegate_vm 2>/dev/null) || record=
+        node=$(printf '%s' "$record" | json_attr VCLUSTER_NODE)
+        if [ -n "$node" ]; then
+            case $node in
+                *[!A-Za-z0-9._-]*) die "OneGate gave an invalid node name: $node" ;;
+            esac
+            VCLUSTER_NODE=$node
+            VCLUSTER_JOB=$(printf '%s' "$record" | json_attr VCLUSTER_JOB)
+            log "standby VM handed to node $VCLUSTER_NODE (job ${VCLUSTER_JOB:-none})"
+            rm -f "$ONEGATE_HEADERS"
+            # slurmctld takes a powering-up node's registration only if the boot time it
+            # reports (whole seconds, `slurmd -b`: its start, give or take one) is not before
+            # the power-up request, which precedes the handover (VCLUSTER_HANDED_AT, Unix
+            # seconds): slurmd starts in a later second (a VM booted later does not wait;
+            # a clock behind the controller's waits 2 s at most).
+            handed_s=$(printf '%s' "$record" | json_attr VCLUSTER_HANDED_AT)
+            case $handed_s in ''|*[!0-9]*) handed_s=$(date +%s) ;; esac
+            waits=0
+            while [ "$(date +%s)" -le "$handed_s" ] && [ "$waits" -lt 100 ]; do
+                sleep 0.02 2>/dev/null || sleep 1
+                waits=$((waits + 1))
+            done
+            return 0
+        fi
+        sleep "$STANDBY_POLL_S" 2>/dev/null || sleep 1
+    done
+}
+
+standby_reserve() {
+    [ -n "${ONEGATE_ENDPOINT:-}" ] && [ -n "${VMID:-}" ] \
+        || die "standby VM without ONEGATE_ENDPOINT/VMID: its template's CONTEXT needs TOKEN=YES and oned a OneGate endpoint"
+    ONEGATE_TOKEN=$(onegate_token) || die "standby VM without a OneGate token (token.txt): CONTEXT needs TOKEN=YES"
+    ONEGATE_HEADERS=/run/vcluster-onegate.headers
+    (umask 077 && printf 'X-ONEGATE-TOKEN: %s\nX-ONEGATE-VMID: %s\n' "$ONEGATE_TOKEN" "$VMID" \
+        >"$ONEGATE_HEADERS") || die "cannot write $ONEGATE_HEADERS"
+    install_munge_key
+    start_munged
+    MUNGED_STARTED=1
+    log "standby VM of class $VCLUSTER_STANDBY: munged runs; waiting for a node name from $ONEGATE_ENDPOINT"
+    { standby_wait_for_node && join_node; } </dev/null >/dev/null 2>&1 &
+    exit 0
+}
+
+# --- joining -----------------------------------------------------------------------------------
+
+join_node() {
+    log "joining as node ${VCLUSTER_NODE:-?} of cluster ${VCLUSTER_CLUSTER:-?} (job ${VCLUSTER_JOB:-none})"
+    check_context
+    set_hostname
+    if [ -z "${MUNGED_STARTED:-}" ]; then
+        install_munge_key
+        start_munged
+    fi
+    start_slurmd
+    check_munge
+    check_slurmd_stays
+    log "done: node $VCLUSTER_NODE joined"
+}
+
 mkdir -p "$(dirname "$LOG")" 2>/dev/null || true
 load_context
-log "joining as node ${VCLUSTER_NODE:-?} of cluster ${VCLUSTER_CLUSTER:-?} (job ${VCLUSTER_JOB:-none})"
-check_context
-set_hostname
-install_munge_key
-start_munged
-start_slurmd
-check_munge
-check_slurmd_stays
-log "done: node $VCLUSTER_NODE joined"
+if [ -z "${VCLUSTER_NODE:-}" ] && [ -n "${VCLUSTER_STANDBY:-}" ]; then
+    standby_reserve
+fi
+join_node
 exit 0

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vcluster import db
 from vcluster.config import Config
 from vcluster.controller.ports import OnePort
+from vcluster.controller.standby import STANDBY_TAG, is_standby
 from vcluster.errors import VclusterError
 from vcluster.one_vm import VM
 
@@ -58,10 +59,13 @@ def find_leftovers(config: Config, vms: Sequence[VM], launches: Sequence[db.Laun
     claimed = {la.vm_id for la in open_launches if la.vm_id is not None}
     in_flight = {la.node_name for la in open_launches if la.vm_id is None}
     found: list[Leftover] = []
+    classes = {nc.name for nc in config.node_classes}
     for vm in sorted(vms, key=lambda v: v.vm_id):
         tag = vm.user_template.get("VCLUSTER_NODE", "")
         if vm.vm_id in claimed or vm.is_terminating or vm.is_gone or tag in in_flight:
             continue
+        if is_standby(vm) and vm.user_template.get(STANDBY_TAG) in classes:
+            continue  # the controller's reserve: it replaces old or failed ones itself
         if vm.start_time and now.timestamp() - vm.start_time < GRACE_S:
             continue
         found.append(Leftover("orphan_vm", "terminate",

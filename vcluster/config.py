@@ -198,6 +198,11 @@ class NodeClass:
     ``HOST_VM_EVENTS`` ``keep``). Unlisted
     events fail the node: DOWN with a ``vcluster:`` reason (Slurm requeues its job), VM
     terminated."""
+    standby: int = 0
+    """Booted, never-used VMs kept in reserve: a resumed node of the class is handed one
+    instead of waiting for a boot (:mod:`vcluster.controller.standby`); 0: none."""
+    standby_max_age_s: int = 3600
+    """A standby VM older than this (seconds since oned started it) is replaced."""
 
     def vm_event_rule(self, event: str) -> str:
         """The rule for ``event`` (a key of ``VM_EVENTS``): ``fail`` unless set."""
@@ -504,7 +509,11 @@ def _parse_node_class(
         boot_burst=r.positive("boot_burst", int) if "boot_burst" in r.table else None,
         fallback_templates=tuple(str(t).strip() for t in r.str_list("fallback_templates", ())),
         on_vm_event=_vm_event_rules(r),
+        standby=r.get("standby", int, 0),
+        standby_max_age_s=r.positive("standby_max_age_s", int, 3600),
     )
+    if not 0 <= nc.standby <= nc.count:
+        raise r.err("standby", f"must be between 0 and count ({nc.count}), got {nc.standby}")
     if nc.first_index < 0:
         raise r.err("first_index", "must be >= 0")
     if nc.cost_per_hour < 0:

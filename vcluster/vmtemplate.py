@@ -111,14 +111,17 @@ def guest_script_bytes() -> bytes:
 
 # Attributes vcluster sets itself; a node class's vm_options may not replace them.
 _OWN_TEMPLATE_KEYS = ("CPU", "VCPU", "MEMORY", "VCLUSTER_NODE", "VCLUSTER_JOB",
-                      "VCLUSTER_CLUSTER", "CONTEXT")
+                      "VCLUSTER_CLUSTER", "VCLUSTER_STANDBY", "VCLUSTER_EARLY", "CONTEXT")
 
 
 def worker_context(
     *, node_name: str, job_id: int | None, cluster: str, context: GuestContext,
-    guest_script: bytes,
+    guest_script: bytes, standby_class: str = "",
 ) -> dict[str, str]:
-    """The CONTEXT variables of a worker VM (see contracts: consumed by vcluster-join.sh)."""
+    """The CONTEXT variables of a worker VM (see contracts: consumed by vcluster-join.sh).
+
+    A standby VM (``standby_class`` set, ``node_name`` "") has no node name yet: its guest
+    script learns it through OneGate when the controller hands the VM to a node."""
     if not context.slurm_conf_server and not context.slurm_conf_path:
         raise ConfigError(
             "a worker VM needs either the slurmctld address (configless) or a slurm.conf "
@@ -135,6 +138,9 @@ def worker_context(
         "VCLUSTER_JOB": "" if job_id is None else str(job_id),
         "VCLUSTER_CLUSTER": cluster,
     }
+    if standby_class:
+        del variables["SET_HOSTNAME"]
+        variables["VCLUSTER_STANDBY"] = standby_class
     if context.slurm_conf_server:
         variables["SLURM_CONF_SERVER"] = context.slurm_conf_server
     if context.slurm_conf_path:
@@ -158,6 +164,8 @@ def worker_vm_extra(
     memory_mb: int,
     context: GuestContext,
     guest_script: bytes | None = None,
+    standby_class: str = "",
+    early_node: str = "",
 ) -> str:
     """The extra template text ``one.template.instantiate`` merges into a worker VM.
 
@@ -175,6 +183,10 @@ def worker_vm_extra(
         "VCLUSTER_JOB": "" if job_id is None else str(job_id),
         "VCLUSTER_CLUSTER": cluster,
     }
+    if standby_class:
+        attrs["VCLUSTER_STANDBY"] = standby_class
+    if early_node:
+        attrs["VCLUSTER_EARLY"] = early_node
     for name, value in node_class.vm_options.items():
         if name.upper() in _OWN_TEMPLATE_KEYS:
             raise ConfigError(
@@ -184,6 +196,6 @@ def worker_vm_extra(
         attrs[name] = value
     attrs["CONTEXT"] = worker_context(
         node_name=node_name, job_id=job_id, cluster=cluster, context=context,
-        guest_script=script,
+        guest_script=script, standby_class=standby_class,
     )
     return render_template(attrs)

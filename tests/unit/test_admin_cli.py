@@ -345,3 +345,14 @@ def test_cleanup_leaves_a_vm_whose_allocation_is_in_flight(site: Config, oned: O
     result = run("cleanup", "--dry-run", "--json")
     assert [item["what"] for item in json.loads(result.stdout)["leftovers"]] == [
         "launch 4 of vc-pool-002 (up, VM 21)", "resume request 1 (vc-small-003)"]
+
+
+def test_cleanup_leaves_the_controllers_standby_vms(site: Config, oned: Oned) -> None:
+    stime = int(db.utcnow().timestamp()) - 7200
+    standby = tags("") + "<VCLUSTER_STANDBY><![CDATA[small]]></VCLUSTER_STANDBY>"
+    oned.vms[31] = vm_xml(31, "vc-standby-small", user_template=standby, stime=stime)
+    oned.vms[32] = vm_xml(32, "vc-standby-gpu", stime=stime, user_template=(
+        tags("") + "<VCLUSTER_STANDBY><![CDATA[gpu]]></VCLUSTER_STANDBY>"))
+    result = run("cleanup", "--dry-run", "--json")
+    assert [item["what"] for item in json.loads(result.stdout)["leftovers"]][:2] == [
+        "VM 30 (RUNNING, tagged vc-small-003)", "VM 32 (RUNNING, tagged ?)"]

@@ -157,3 +157,42 @@ def test_default_guest_script_is_the_packaged_resource() -> None:
             "config: the guest script contextualization/vcluster-join.sh is missing from "
             "this vcluster installation; reinstall vcluster"
         )
+
+
+def test_a_standby_vm_and_a_vm_booted_at_allocation_have_no_node_name_yet() -> None:
+    script_b64 = base64.b64encode(GUEST_SCRIPT).decode()
+    standby = worker_vm_extra(node_class=SMALL, node_name="", job_id=None, cluster="vc",
+                              cpus=2, memory_mb=2048, context=CONTEXT,
+                              guest_script=GUEST_SCRIPT, standby_class="small")
+    assert standby == (
+        'CPU = "2"\n'
+        'VCPU = "2"\n'
+        'MEMORY = "2048"\n'
+        'VCLUSTER_NODE = ""\n'
+        'VCLUSTER_JOB = ""\n'
+        'VCLUSTER_CLUSTER = "vc"\n'
+        'VCLUSTER_STANDBY = "small"\n'
+        'SCHED_REQUIREMENTS = "ID=\\"0\\""\n'
+        'CONTEXT = [\n'
+        '  NETWORK = "YES",\n'
+        '  TOKEN = "YES",\n'
+        '  REPORT_READY = "YES",\n'
+        f'  START_SCRIPT_BASE64 = "{script_b64}",\n'
+        '  VCLUSTER_NODE = "",\n'
+        '  VCLUSTER_JOB = "",\n'
+        '  VCLUSTER_CLUSTER = "vc",\n'
+        '  VCLUSTER_STANDBY = "small",\n'
+        '  SLURM_CONF_SERVER = "10.111.0.1:6817",\n'
+        '  MUNGE_KEY_BASE64 = "bXVuZ2U=" ]\n'
+    )
+    early = worker_vm_extra(node_class=SMALL, node_name="", job_id=17, cluster="vc",
+                            cpus=1, memory_mb=512, context=CONTEXT, guest_script=GUEST_SCRIPT,
+                            standby_class="small", early_node="vc-small-003")
+    assert 'VCLUSTER_JOB = "17"\nVCLUSTER_CLUSTER = "vc"\nVCLUSTER_STANDBY = "small"\n' \
+           'VCLUSTER_EARLY = "vc-small-003"\n' in early
+    assert "SET_HOSTNAME" not in early and "vc-small-003" not in early.split("CONTEXT")[1]
+    with pytest.raises(ConfigError, match="VCLUSTER_STANDBY"):
+        worker_vm_extra(node_class=NodeClass(
+            name="small", prefix="vc-small-", count=4, cpus=2, memory_mb=2048, template="w",
+            vm_options={"VCLUSTER_STANDBY": "x"}), node_name="vc-small-001", job_id=None,
+            cluster="vc", cpus=1, memory_mb=512, context=CONTEXT, guest_script=GUEST_SCRIPT)

@@ -107,10 +107,52 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
                                   all_jobs=all_jobs, versions=versions)
     finally:
         engine.dispose()
+    standby = _standby(config, db.utcnow().timestamp())
     if as_json:
-        click.echo(json.dumps(status_to_json(report), indent=2))
+        payload = status_to_json(report)
+        if any(nc.standby for nc in config.node_classes):
+            payload["standby_vms"] = standby
+        click.echo(json.dumps(payload, indent=2))
     else:
         render_status(report, _console())
+        _print_standby(config, standby)
+
+
+def _standby(config: Config, now_s: float) -> list[dict[str, object]] | str:
+    """The classes' standby VMs as OpenNebula lists them, or why they cannot be read; []
+    without any class keeping standby VMs (no listing then)."""
+    from dataclasses import replace
+
+    from vcluster.controller.standby import describe
+    from vcluster.one import OneClient
+
+    if not any(nc.standby for nc in config.node_classes):
+        return []
+    one = OneClient(replace(config.opennebula, retry_delays_s=()))
+    try:
+        return describe(one.vms(cluster=config.controller.cluster_name), config, now_s)
+    except VclusterError as exc:
+        return str(exc)
+
+
+def _print_standby(config: Config, standby: list[dict[str, object]] | str) -> None:
+    from vcluster.report import format_age
+
+    kept = {nc.name: nc.standby for nc in config.node_classes if nc.standby}
+    if not kept:
+        return
+    click.echo("")
+    if isinstance(standby, str):
+        click.echo(f"Standby VMs: cannot list them: {standby}")
+        return
+    have = {name: sum(1 for v in standby if v["node_class"] == name) for name in kept}
+    click.echo("Standby VMs: " + ", ".join(f"class {name} {have[name]} of {k}"
+                                           for name, k in kept.items()))
+    for v in standby:
+        age = v["age_s"]
+        click.echo(f"  standby VM {v['vm_id']} of class {v['node_class']}: {v['state']}"
+                   f"{', ready' if v['ready'] else ', booting'}, age "
+                   f"{format_age(age if isinstance(age, float) else None)}")
 
 
 PIPE_WIDTH = 200

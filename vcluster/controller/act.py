@@ -25,7 +25,10 @@ from vcluster.controller.actions import (
     Action,
     AdoptVM,
     BackoffNodes,
+    BootEarly,
+    BootStandby,
     BootVM,
+    ClaimStandby,
     ClearBackoff,
     ClearReason,
     CloseLaunch,
@@ -47,6 +50,7 @@ from vcluster.controller.actions import (
 from vcluster.controller.backoff import capacity_cause
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.controller.standby_act import boot_early, boot_standby, claim_standby
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -292,6 +296,15 @@ class Actor:
             boot_s = None if allocated_at is None else (
                 self.now() - allocated_at).total_seconds()
             self.metrics.node_up(node_class, boot_s=boot_s, ready_s=a.boot_s)
+
+    def _BootStandby(self, a: BootStandby) -> None:
+        boot_standby(self, a)
+
+    def _BootEarly(self, a: BootEarly) -> None:
+        boot_early(self, a)
+
+    def _ClaimStandby(self, a: ClaimStandby) -> None:
+        claim_standby(self, a)
 
     # --- ending ------------------------------------------------------------------------------
 

@@ -233,10 +233,48 @@ class BackoffNodes:
 
 
 @dataclass(frozen=True)
+class BootStandby:
+    """Boot one standby VM of a class: booted, never used, with no node name yet."""
+
+    node_class: str
+    template: str
+    cpus: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class BootEarly:
+    """Boot a job's VM at allocation, before Slurm powers its node up: unnamed like a
+    standby VM (so its slurmd cannot register early), tagged for ``node_name``, and handed
+    to that node once Slurm marks it powering up."""
+
+    node_name: str
+    node_class: str
+    job_id: int
+    cpus: int
+    memory_mb: int
+    template: str
+
+
+@dataclass(frozen=True)
+class ClaimStandby:
+    """Hand a ready standby VM to a powering-up node: open its launch (``launch_id`` None)
+    or redo the handover, set NodeAddr, then tell the VM its node name (user template)."""
+
+    node_name: str
+    node_class: str
+    vm_id: int
+    job_id: int | None
+    ip: str
+    launch_id: int | None = None
+
+
+@dataclass(frozen=True)
 class MarkHandled:
     request_ids: tuple[int, ...]
 
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled)
+          | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled
+          | BootStandby | BootEarly | ClaimStandby)

@@ -26,6 +26,8 @@ from vcluster.controller import boot_rate
 from vcluster.controller.actions import (
     Action,
     BackoffNodes,
+    BootEarly,
+    BootStandby,
     BootVM,
     ClearBackoff,
     SetBackoff,
@@ -204,10 +206,16 @@ def apply_backoff(actions: list[Action], obs: Observed, config: Config) -> list[
                               probing)
             if gate is not None:
                 gated.append(gate)
+        elif isinstance(action, BootStandby | BootEarly):
+            # optional boots (a standby VM, a VM ahead of Slurm's resume): none from a
+            # backed-off template, not even as its probe (a job's boot probes)
+            if (action.node_class, action.template) not in backoffs:
+                gated.append(action)
         else:
             gated.append(action)
     total, per_class = boot_rate.allowances(config, obs.recent_boots, obs.now)
+    boots = (BootVM, BootStandby, BootEarly)
     keep = iter(boot_rate.within_limits(
-        [a.node_class for a in gated if isinstance(a, BootVM)], total, per_class))
-    limited = [a for a in gated if not isinstance(a, BootVM) or next(keep)]
+        [a.node_class for a in gated if isinstance(a, boots)], total, per_class))
+    limited = [a for a in gated if not isinstance(a, boots) or next(keep)]
     return added + limited + _node_drains(obs, config, backoffs)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 BOOT_EVENT = "vm.allocating"
 """The event act records as it sends a VM allocation: the boot-rate limit counts them."""
+BOOT_EVENTS = (BOOT_EVENT, "vm.standby_booted", "vm.early_booted")
+"""Every allocation's event (a job's VM, a standby VM, a VM booted at allocation)."""
 UNPLACEABLE_EVENT = "node.unplaceable"
 """The event of a node given back because OpenNebula could not place its class's VM."""
 
@@ -197,7 +199,7 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
         requeue_why[ev.job_id] = ev.message.removeprefix("vcluster: ")
     rate_start = now - timedelta(seconds=boot_window_s(config))
     recent_boots = tuple((ev.at, ev.node_name or "") for ev in session.scalars(
-        select(db.Event).where(db.Event.kind == BOOT_EVENT, db.Event.at >= rate_start)))
+        select(db.Event).where(db.Event.kind.in_(BOOT_EVENTS), db.Event.at >= rate_start)))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
     known_jobs = {
         j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from vcluster.config import Config, NodeClass
+from vcluster.controller import standby
 from vcluster.controller.actions import (
     Action,
     AdoptVM,
@@ -290,6 +291,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
+        if (handover := standby.reclaim(launch, vm)) is not None:
+            return [handover]
         if not node.powering_up:
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
         if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
@@ -385,6 +388,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     jobs_by_node = _jobs_by_node(obs)
     adopted: set[int] = set()
     power_down: list[str] = []
+    reserve = standby.reserve_of(obs, config, vm_event)
 
     for launch in obs.launches:
         node = obs.nodes.get(launch.node_name)
@@ -411,7 +415,10 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 adopted.add(tagged[0].vm_id)
             elif (name not in given_up and _should_boot(obs, name)
                   and not holds_back(obs, nc, name, jobs_by_node)):
-                actions.append(_boot(config, nc, name, jobs_by_node.get(name)))
+                job = jobs_by_node.get(name)
+                handover = standby.claim(reserve, nc, name, job.job_id if job else None,
+                                         choose_template(job, nc))
+                actions.append(handover or _boot(config, nc, name, job))
         elif not _is_off(node) and not node.is_down and node.state != "FUTURE":
             if tagged:
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
@@ -428,14 +435,19 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
+        elif name in reserve.allocated and (early := standby.boot_early(
+                reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name)))):
+            actions.append(early)  # the job's prolog ran: boot before Slurm's resume
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
-        if vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating:
+        if (vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating
+                or standby.is_standby(vm)):
             continue
         tag = vm.user_template.get("VCLUSTER_NODE", "")
         actions.append(TerminateVM(vm.vm_id, tag, f"orphan VM {vm.vm_id} ({vm.state_name}) "
                                    f"tagged for node {tag or '?'}", close_as="terminated"))
 
+    actions += standby.plan_reserve(reserve, obs, config)
     if power_down:
         actions.append(PowerDown(tuple(sorted(power_down)), "per-job node's job ended"))
     actions += plan_drains(obs, config)

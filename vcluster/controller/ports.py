@@ -6,7 +6,7 @@ use small fakes that implement the same methods, so the loop is tested without p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from vcluster.one_vm import VM
@@ -42,3 +42,5 @@ class OnePort(Protocol):
     def action(self, action: str, vm_id: int) -> None: ...
 
     def host_states(self) -> dict[str, str]: ...
+
+    def update_user_template(self, vm_id: int, attrs: Mapping[str, str]) -> None: ...

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vcluster.errors import VclusterError
@@ -117,6 +118,12 @@ def ensure_bridge(name: str, gateway_cidr: str) -> None:
     iface = ipaddress.ip_interface(gateway_cidr)
     if not link_exists(name):
         _run(["ip", "link", "add", "name", name, "type", "bridge"])
+        # A bridge whose address was never set takes the lowest address of its ports, so
+        # it changes as VMs' veths come and go, and every VM's ARP entry for the gateway
+        # (slurmctld, OneGate) goes stale: their packets are lost for up to ~30 s. Setting
+        # its own address once pins it.
+        mac = Path(f"/sys/class/net/{name}/address").read_text(encoding="ascii").strip()
+        _run(["ip", "link", "set", "dev", name, "address", mac])
     have = {
         f"{a.get('local')}/{a.get('prefixlen')}"
         for d in _ip_json(["addr", "show", "dev", name])

@@ -82,6 +82,10 @@ class SiteSpec:
     driver: str = "netns"
     """The cloud's VM driver: ``netns`` (VMs that join Slurm) or ``dummy`` (VMs that only
     go through their states: for bursts of thousands, whose nodes never register)."""
+    standby: int = 0
+    """Standby VMs the per-job class keeps booted (its ``standby``)."""
+    boot_s: float = 0.5
+    """Seconds a VM spends in BOOT (the cloud's ``--boot-s``): 30 to look like a real VM."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -180,6 +184,7 @@ features = ["small"]
 template = "{WORKER_TEMPLATE}"
 templates = [{", ".join(f'"{t}"' for t in spec.extra_templates)}]
 policy = "per-job"
+standby = {spec.standby}
 
 [[node_class]]
 name = "pool"
@@ -328,6 +333,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
         "--events-port", str(spec.events_port),
+        "--boot-s", str(spec.boot_s),
     )
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]

@@ -1,0 +1,124 @@
+"""Standby VMs through the controller's passes, against the fakes of Slurm and OpenNebula."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from tests.unit.controller_fixtures import job, node, powered_down, powering_up
+from tests.unit.test_controller_loop import S1, Clock, FakeOne, FakeSlurm, World
+from vcluster import db
+from vcluster.config import parse_config
+from vcluster.controller.act import Actor
+from vcluster.controller.loop import Controller
+from vcluster.errors import OneUnavailable
+from vcluster.vmtemplate import GuestContext
+
+
+@dataclass
+class StandbyOne(FakeOne):
+    """FakeOne that also merges user templates as ``one.vm.update`` type 1 does; every call
+    goes to ``calls`` (shared with Slurm's updates, to see their order)."""
+
+    calls: list[str] = field(default_factory=list)
+    update_errors: list[Exception] = field(default_factory=list)
+
+    def update_user_template(self, vm_id: int, attrs: Mapping[str, str]) -> None:
+        if self.update_errors:
+            raise self.update_errors.pop(0)
+        vm = self.vms_by_id[vm_id]
+        self.vms_by_id[vm_id] = replace(vm, user_template={**vm.user_template, **attrs})
+        self.calls.append(f"vm.update {vm_id} " + " ".join(f"{k}={v}" for k, v in attrs.items()))
+
+    def boot(self, vm_id: int) -> None:
+        """Running, contextualized, READY reported through OneGate."""
+        self.run(vm_id)
+        vm = self.vms_by_id[vm_id]
+        self.vms_by_id[vm_id] = replace(vm, user_template={**vm.user_template, "READY": "YES"})
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> Iterator[World]:
+    config = parse_config({
+        "database": {"url": f"sqlite:///{tmp_path}/state.db"},
+        "opennebula": {"retry_delays_s": [1]},
+        "controller": {"cluster_name": "vc", "resume_timeout_s": 60,
+                       "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log")},
+        "node_class": [{"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048,
+                        "template": "worker", "standby": 1}],
+    })
+    engine = db.make_engine(config.database)
+    sessions = db.session_factory(engine)
+    slurm, clock = FakeSlurm(), Clock()
+    one = StandbyOne(calls=slurm.updates)
+    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5")
+    actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n", now=clock)
+    try:
+        yield World(config, sessions, slurm, one, clock,
+                    Controller(config, sessions, slurm, one, actor, now=clock))
+    finally:
+        engine.dispose()
+
+
+def test_a_job_gets_a_booted_standby_vm_and_a_replacement_boots(world: World) -> None:
+    w = world
+    one = w.one
+    assert isinstance(one, StandbyOne)
+    w.slurm.nodes_by_name = {S1: powered_down(S1)}
+    w.controller.run_pass()
+    ((template_id, name, extra),) = one.instantiated
+    assert (template_id, name) == (3, "vc-standby-small")
+    assert 'VCLUSTER_NODE = ""\nVCLUSTER_JOB = ""\nVCLUSTER_CLUSTER = "vc"\n' \
+           'VCLUSTER_STANDBY = "small"\n' in extra
+    assert '  VCLUSTER_STANDBY = "small"' in extra and "SET_HOSTNAME" not in extra
+    assert w.launches() == []
+
+    w.controller.run_pass()  # booting: counted, nothing more booted, no orphan
+    assert len(one.instantiated) == 1 and one.terminated == []
+
+    one.boot(40)
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    # NodeAddr first, then the name the VM's guest waits for: slurmd never registers early
+    assert w.slurm.updates == [
+        f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}",
+        "vm.update 40 VCLUSTER_NODE=vc-small-001 VCLUSTER_JOB=12 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={int(w.clock().timestamp())}"]
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert [n for _, n, _ in one.instantiated] == ["vc-standby-small", "vc-standby-small"]
+
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # slurmd registered
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+    assert one.terminated == []
+    kinds = [(k, n) for k, n, _ in w.events()]
+    assert kinds[:4] == [("vm.standby_booted", None), ("vm.standby_claimed", S1),
+                         ("node.addr", S1), ("vm.standby_booted", None)]
+    assert ("node.up", S1) in kinds
+
+    # the job ends: the VM that ran it is terminated like any per-job VM, never reused
+    w.slurm.jobs_by_id = {12: job(12, S1, state="COMPLETED")}
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERING_DOWN")}
+    w.controller.run_pass()
+    assert one.terminated == [40]
+
+
+def test_an_interrupted_handover_is_done_again(world: World) -> None:
+    w = world
+    one = w.one
+    assert isinstance(one, StandbyOne)
+    w.controller.run_pass()
+    one.boot(40)
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    one.update_errors.append(OneUnavailable("oned unreachable"))
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == ""
+    w.controller.run_pass()
+    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == S1
+    assert one.terminated == []

@@ -1,0 +1,122 @@
+"""Standby VMs, acting side: boot one for the reserve or for an allocated node, hand one
+to a node.
+
+Why it exists apart from :mod:`act`: the two actions follow act's rules (record intent,
+commit, call the outside system, record the result) but touch nothing else there; keeping
+them here keeps act.py small. The :class:`~vcluster.controller.act.Actor` dispatches to
+these functions.
+
+The handover's order is what keeps it safe: the launch row first (the VM is no longer an
+unclaimed standby VM for the next pass), then Slurm's NodeAddr, and only then the node name
+in the VM's user template. The VM's slurmd starts when it reads that name through OneGate,
+so it never registers before slurmctld knows the node's address. An interrupted handover
+leaves a booting launch whose VM is still unnamed: the planner redoes it
+(:func:`vcluster.controller.standby.reclaim`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+
+from vcluster import db
+from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
+from vcluster.controller.standby import STANDBY_TAG
+from vcluster.errors import OneNotFound, VclusterError
+from vcluster.vmtemplate import guest_script_bytes, worker_vm_extra
+
+if TYPE_CHECKING:
+    from vcluster.controller.act import Actor
+
+log = logging.getLogger(__name__)
+
+BOOT_BACKOFF_S = 30.0
+"""After a failed standby boot, the class boots no standby VM for this long: a missing
+template must not become one refused allocation every pass."""
+
+
+def boot_standby(actor: Actor, a: BootStandby) -> None:
+    backoff: dict[str, float] = actor.__dict__.setdefault("_standby_backoff", {})
+    if time.monotonic() < backoff.get(a.node_class, 0.0):
+        return
+    cluster = actor.config.controller.cluster_name
+    try:
+        if actor._guest_script is None:
+            actor._guest_script = guest_script_bytes()
+        extra = worker_vm_extra(
+            node_class=actor.config.node_class(a.node_class), node_name="", job_id=None,
+            cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
+            guest_script=actor._guest_script, standby_class=a.node_class)
+        vm_id = actor.one.instantiate(actor._template_id(a.template),
+                                      f"{cluster}-standby-{a.node_class}", extra)
+    except VclusterError as exc:
+        if isinstance(exc, OneNotFound):
+            actor._template_ids.pop(a.template, None)
+        backoff[a.node_class] = time.monotonic() + BOOT_BACKOFF_S
+        actor._event_safely("vm.standby_failed", f"cannot boot a standby VM of class "
+                            f"{a.node_class} (next try in {BOOT_BACKOFF_S:.0f} s): {exc}")
+        return
+    backoff.pop(a.node_class, None)
+    actor._event_safely("vm.standby_booted", f"standby VM {vm_id} of class {a.node_class} "
+                        f"allocated ({a.cpus} CPUs, {a.memory_mb} MB, template {a.template})")
+    log.info("standby VM %d of class %s allocated", vm_id, a.node_class)
+
+
+def boot_early(actor: Actor, a: BootEarly) -> None:
+    """A failure is only logged: Slurm's resume comes within seconds and boots as usual."""
+    cluster = actor.config.controller.cluster_name
+    try:
+        if actor._guest_script is None:
+            actor._guest_script = guest_script_bytes()
+        extra = worker_vm_extra(
+            node_class=actor.config.node_class(a.node_class), node_name="", job_id=a.job_id,
+            cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
+            guest_script=actor._guest_script, standby_class=a.node_class,
+            early_node=a.node_name)
+        vm_id = actor.one.instantiate(actor._template_id(a.template), a.node_name, extra)
+    except VclusterError as exc:
+        if isinstance(exc, OneNotFound):
+            actor._template_ids.pop(a.template, None)
+        log.warning("cannot boot a VM for %s at allocation (its resume will): %s",
+                    a.node_name, exc)
+        return
+    actor._event_safely("vm.early_booted", f"VM {vm_id} allocated for job {a.job_id} at its "
+                        f"allocation ({a.cpus} CPUs, {a.memory_mb} MB from template "
+                        f"{a.template}); handed to the node once Slurm powers it up",
+                        node_name=a.node_name, job_id=a.job_id)
+
+
+def claim_standby(actor: Actor, a: ClaimStandby) -> None:
+    now = actor.now()
+    nc = actor.config.node_class(a.node_class)
+    if a.launch_id is None:
+        try:
+            with db.transaction(actor.sessions) as s:
+                s.add(db.Launch(node_name=a.node_name, node_class=a.node_class,
+                                job_id=a.job_id, vm_id=a.vm_id, state="booting", ip=a.ip,
+                                attempts=1, reason="", created_at=now, updated_at=now,
+                                cpus=nc.cpus, memory_mb=nc.memory_mb, template=nc.template,
+                                vm_started_at=now))
+                db.record_event(s, "vm.standby_claimed", f"standby VM {a.vm_id} handed to "
+                                f"the node (no boot)", node_name=a.node_name,
+                                job_id=a.job_id, vm_id=a.vm_id, at=now)
+        except IntegrityError:
+            log.warning("node %s already has an open launch; standby VM %d stays in reserve",
+                        a.node_name, a.vm_id)
+            return
+    actor.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+    actor.one.update_user_template(a.vm_id, {
+        "VCLUSTER_NODE": a.node_name,
+        "VCLUSTER_JOB": "" if a.job_id is None else str(a.job_id),
+        STANDBY_TAG: a.node_class,
+        # slurmd must report a boot time (whole seconds) not before Slurm's power-up request,
+        # which precedes this moment: the guest starts it in a later second
+        "VCLUSTER_HANDED_AT": str(int(actor.now().timestamp())),
+    })
+    actor._event_safely("node.addr", f"NodeAddr set to {a.ip}; standby VM {a.vm_id} told "
+                        "its node name", node_name=a.node_name, job_id=a.job_id)
+    if actor.metrics is not None and a.launch_id is None:
+        actor.metrics.launched(a.node_class)
