@@ -118,6 +118,9 @@ class ControllerSettings:
     """TCP port of the controller's Prometheus metrics (``/metrics``); None: not served."""
     metrics_address: str = "127.0.0.1"
     """Address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    join_address: str = ""
+    """``HOST:PORT`` of the join endpoint worker VMs fetch their join script and munge key
+    from (it listens there; VMs must reach it). "": slurmctld's host, port 6830."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -378,6 +381,7 @@ def parse_config(
         history_days=c_r.positive("history_days", int, 90),
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
+        join_address=c_r.get("join_address", str, ""),
     )
     c_r.finish()
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:

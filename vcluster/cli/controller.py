@@ -103,6 +103,26 @@ def _serve_metrics(config: Config, metrics: Metrics | None) -> Any:
     return server
 
 
+def _serve_join(config: Config, sessions: Any) -> Any:
+    """Start the join endpoint worker VMs fetch their join script and munge key from."""
+    from vcluster.controller.guest import join_endpoint, munge_key_b64
+    from vcluster.controller.join_server import JoinServer
+    from vcluster.one import OneClient
+    from vcluster.vmtemplate import guest_script_bytes
+
+    host, port = join_endpoint(config)
+    try:
+        server = JoinServer(host, port, sessions=sessions, one=OneClient(config.opennebula),
+                            munge_key_b64=munge_key_b64(config), join_script=guest_script_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the join endpoint on {host}:{port}: {exc.strerror}; "
+                          "set controller.join_address to an address of this host that worker "
+                          "VMs reach, with a free port", key="controller.join_address",
+                          path=config.path) from exc
+    server.start()
+    return server
+
+
 def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
@@ -141,6 +161,7 @@ def _run(config: Config, once: bool) -> None:
         listener = WakeListener(state_dir)
         metrics_server = _serve_metrics(config, metrics)
         controller.beat()  # alive before the first request is taken (hooks check it)
+        join_server = _serve_join(config, sessions)
         hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
                                  metrics=metrics)
         hook_server.start()
@@ -163,6 +184,7 @@ def _run(config: Config, once: bool) -> None:
                               stop=stop, once=once)
         finally:
             hook_server.stop()
+            join_server.stop()
             listener.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
