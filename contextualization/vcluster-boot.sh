@@ -5,6 +5,7 @@
 # that ships the join script at VCLUSTER_JOIN_SCRIPT (default
 # /usr/local/lib/vcluster/vcluster-join.sh) runs that copy instead. Retries while the
 # controller does not answer (a restart), up to VCLUSTER_JOIN_WAIT_S (default 120) seconds.
+# HTTP with curl, else wget, else bash's /dev/tcp (VCLUSTER_HTTP_CLIENT picks one).
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -26,12 +27,13 @@ if [ -r "$local_copy" ]; then
     log "running the image's $local_copy"
     exec sh "$local_copy"
 fi
-script=/run/vcluster-join.sh
+script=${VCLUSTER_RUN_DIR:-/run}/vcluster-join.sh
+client=${VCLUSTER_HTTP_CLIENT:-$(command -v curl >/dev/null 2>&1 && echo curl || { command -v wget >/dev/null 2>&1 && echo wget; } || echo bash)}
 # get URL OUT: the HTTP status of a GET (000: no answer), body in OUT; curl, wget or bash.
 get() {
-    if command -v curl >/dev/null 2>&1; then
+    if [ "$client" = curl ]; then
         curl -s -m 10 -o "$2" -w '%{http_code}' "$1"
-    elif command -v wget >/dev/null 2>&1; then
+    elif [ "$client" = wget ]; then
         wget -S -q -T 10 -O "$2" "$1" 2>&1 | sed -n 's|^ *HTTP/[0-9.]* \([0-9]*\).*|\1|p' | tail -n 1
     else
         bash -c 'u=${0#http://}; hp=${u%%/*}; h=${hp%:*}; p=${hp##*:}

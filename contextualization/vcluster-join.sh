@@ -21,7 +21,8 @@
 # Exit 0 when slurmd runs; 1 with an "ERROR:" line saying what to fix otherwise.
 #
 # Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30),
-# VCLUSTER_JOIN_POLL_S (default 0.05), VCLUSTER_JOIN_KEY_WAIT_S (default 120).
+# VCLUSTER_JOIN_POLL_S (default 0.05), VCLUSTER_JOIN_KEY_WAIT_S (default 120),
+# VCLUSTER_HTTP_CLIENT (curl, wget or bash; default: the first installed), VCLUSTER_RUN_DIR.
 
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -110,9 +111,10 @@ set_hostname() {
 # post URL DATA OUT: the HTTP status of a POST of DATA (000: no answer), body in OUT; with
 # curl, wget or bash's /dev/tcp. DATA goes through stdin or a 0600 file, never argv.
 post() {
-    if command -v curl >/dev/null 2>&1; then
+    client=${VCLUSTER_HTTP_CLIENT:-$(command -v curl >/dev/null 2>&1 && echo curl || { command -v wget >/dev/null 2>&1 && echo wget; } || echo bash)}
+    if [ "$client" = curl ]; then
         printf '%s' "$2" | curl -s -m 10 -o "$3" -w '%{http_code}' --data-binary @- "$1"
-    elif command -v wget >/dev/null 2>&1; then
+    elif [ "$client" = wget ]; then
         (umask 077 && printf '%s' "$2" >"$3.data")
         wget -S -q -T 10 -O "$3" --post-file="$3.data" "$1" 2>&1 \
             | sed -n 's|^ *HTTP/[0-9.]* \([0-9]*\).*|\1|p' | tail -n 1
@@ -133,7 +135,7 @@ post() {
 # yet) is asked again, 0.1 s then up to 1 s apart, within WAIT_KEY_S; a 403 is final.
 fetch_munge_key() {
     [ -n "${MUNGE_KEY_BASE64:-}" ] && return 0
-    answer=/run/vcluster-munge-key.$$
+    answer=${VCLUSTER_RUN_DIR:-/run}/vcluster-munge-key.$$
     started=$(date +%s)
     delay=0.1
     while :; do
