@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vcluster.errors import ConfigError
+from vcluster.journal import LOG_TARGETS
 from vcluster.paths import DEFAULT_CONFIG_PATH, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
@@ -118,6 +119,9 @@ class ControllerSettings:
     """TCP port of the controller's Prometheus metrics (``/metrics``); None: not served."""
     metrics_address: str = "127.0.0.1"
     """Address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    log_to: str = "auto"
+    """Where logs go: ``auto`` (journald, else syslog, else files in ``log_dir``),
+    ``journal``, ``syslog`` or ``file`` (see :mod:`vcluster.journal`)."""
     join_address: str = ""
     """``HOST:PORT`` of the join endpoint worker VMs fetch their join script and munge key
     from (it listens there; VMs must reach it). "": slurmctld's host, port 6830."""
@@ -382,8 +386,12 @@ def parse_config(
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
         join_address=c_r.get("join_address", str, ""),
+        log_to=c_r.get("log_to", str, "auto"),
     )
     c_r.finish()
+    if controller.log_to not in LOG_TARGETS:
+        raise c_r.err("log_to", f"must be one of {', '.join(LOG_TARGETS)}, got "
+                                f"{controller.log_to!r}")
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:
         raise c_r.err("metrics_port", f"must be a TCP port, 0-65535, got "
                                       f"{controller.metrics_port}")

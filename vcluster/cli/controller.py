@@ -19,6 +19,7 @@ import click
 
 from vcluster.config import Config, load_config
 from vcluster.errors import ConfigError
+from vcluster.journal import logging_handler, open_sink
 
 if TYPE_CHECKING:
     from vcluster.metrics import Metrics
@@ -29,6 +30,15 @@ log = logging.getLogger("vcluster.controller")
 def _setup_logging(config: Config, debug: bool) -> logging.Handler:
     package_logger = logging.getLogger("vcluster")
     package_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    sink = open_sink(config.controller.log_to)
+    if sink is not None:  # journald or syslog (controller.log_to)
+        journal_handler: logging.Handler = logging_handler(sink, "vcluster-controller")
+        package_logger.addHandler(journal_handler)
+        if os.environ.get("JOURNAL_STREAM"):  # stderr goes to the journal too: once is enough
+            package_logger.propagate = False
+        elif not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return journal_handler
     os.makedirs(config.controller.log_dir, exist_ok=True)
     handler = logging.FileHandler(os.path.join(config.controller.log_dir, "controller.log"),
                                   encoding="utf-8")
