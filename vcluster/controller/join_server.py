@@ -83,16 +83,17 @@ class JoinServer:
             outcome = redeem(self.sessions, self.one, token, caller, now=self.now())
         node = outcome.node_name or None
         if outcome.granted:
-            log.info("munge key sent to VM %s of node %s at %s", outcome.vm_id, node, caller)
+            log.info("munge key sent to VM %s of node %s at %s", outcome.vm_id, node, caller,
+                     extra={"node": node, "vm_id": outcome.vm_id})
             self._event("join.key_sent", f"munge key sent to VM {outcome.vm_id} at {caller}; "
                         "its token is used up", node, outcome.vm_id)
             return 200, self._key
         if outcome.retry:
             log.info("join token of node %s from %s: not yet (%s)", node, caller,
-                     outcome.reason)
+                     outcome.reason, extra={"node": node, "vm_id": outcome.vm_id})
             return 503, (outcome.reason + "; ask again\n").encode()
         log.warning("join token refused from %s (node %s): %s", caller, node or "?",
-                    outcome.reason)
+                    outcome.reason, extra={"node": node, "vm_id": outcome.vm_id})
         self._event("join.refused", f"a request from {caller} for the munge key was refused: "
                     f"{outcome.reason}", node, outcome.vm_id)
         return 403, (outcome.reason + "\n").encode()
