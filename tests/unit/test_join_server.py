@@ -10,6 +10,7 @@ import base64
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -141,3 +142,29 @@ def test_the_join_scripts_post_redeems_the_token(
     assert second.stdout.strip() == "403"
     if client != "wget":  # wget keeps no body of an error answer (busybox has no option)
         assert out.read_text().startswith("token already redeemed")
+
+
+def test_a_second_controller_takes_the_port_once_the_first_lets_go(
+        site: tuple[JoinServer, sessionmaker[Session]]) -> None:
+    first, sessions = site
+    host, port = first.address
+    second = JoinServer(host, port, sessions=sessions, one=FakeVms(), munge_key_b64=KEY_B64,
+                        join_script=b"#!/bin/sh\necho second\n", now=lambda: T0,
+                        bind_retry_s=0.05)
+    second.start()
+    try:
+        first.stop()
+
+        def served() -> bytes:
+            try:
+                with urllib.request.urlopen(_url(first) + "/v1/join.sh", timeout=2) as answer:
+                    return bytes(answer.read())
+            except OSError:
+                return b""
+
+        deadline = time.monotonic() + 5
+        while served() != b"#!/bin/sh\necho second\n":
+            assert time.monotonic() < deadline, "the second server never took the port"
+            time.sleep(0.05)
+    finally:
+        second.stop()

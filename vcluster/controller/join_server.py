@@ -22,6 +22,7 @@ deploy/INSTALL.md (the VM network must be private to the cluster).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -39,39 +40,72 @@ JOIN_SCRIPT_PATH = "/v1/join.sh"
 MUNGE_KEY_PATH = "/v1/munge-key"
 MAX_BODY_BYTES = 256
 REQUEST_TIMEOUT_S = 10.0
+BIND_RETRY_S = 1.0
 
 
 class JoinServer:
     """Serves :data:`JOIN_SCRIPT_PATH` and :data:`MUNGE_KEY_PATH` on ``host:port``."""
 
     def __init__(self, host: str, port: int, *, sessions: sessionmaker[Session], one: VmReader,
-                 munge_key_b64: str, join_script: bytes, now: Callable[[], datetime] = db.utcnow
-                 ) -> None:
+                 munge_key_b64: str, join_script: bytes, now: Callable[[], datetime] = db.utcnow,
+                 bind_retry_s: float = BIND_RETRY_S) -> None:
         self.sessions = sessions
         self.one = one
         self._key = munge_key_b64.encode("ascii") + b"\n"
         self._script = join_script
         self.now = now
         self._one_lock = threading.Lock()  # one OpenNebula client, one call at a time
-        self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
-        self._httpd.daemon_threads = True
+        self._host, self._port = host, port
+        self._bind_retry_s = bind_retry_s
+        self._httpd: ThreadingHTTPServer | None = None
+        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        try:
+            self._httpd = self._bind()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise  # not an address of this host: the caller says what to fix
+
+    def _bind(self) -> ThreadingHTTPServer:
+        httpd = ThreadingHTTPServer((self._host, self._port), _handler_class(self))
+        httpd.daemon_threads = True
+        return httpd
 
     @property
     def address(self) -> tuple[str, int]:
+        if self._httpd is None:
+            return self._host, self._port
         host, port = self._httpd.server_address[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="join-server",
-                                        daemon=True)
+        """Serve in a thread. A port another process holds (a second controller on this host,
+        standing by) is tried again every ``bind_retry_s`` until it is free."""
+        self._thread = threading.Thread(target=self._serve, name="join-server", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        if self._httpd is None:
+            log.warning("join endpoint %s:%d: the port is in use (another controller on this "
+                        "host?); trying again every %g s", self._host, self._port,
+                        self._bind_retry_s)
+        while self._httpd is None and not self._stopped.wait(self._bind_retry_s):
+            try:
+                self._httpd = self._bind()
+            except OSError:
+                continue
+        if self._httpd is None:
+            return
         log.info("join endpoint at http://%s:%d (VMs fetch %s and redeem their token at %s)",
                  *self.address, JOIN_SCRIPT_PATH, MUNGE_KEY_PATH)
+        self._httpd.serve_forever()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._stopped.set()
+        if self._httpd is not None:
+            if self._thread is not None and self._thread.is_alive():
+                self._httpd.shutdown()
+            self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
