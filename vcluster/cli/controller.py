@@ -81,7 +81,9 @@ def run(ctx: click.Context, once: bool) -> None:
 
     Slurm's hooks hand it their requests through <state_dir>/hooks.sock (it records them
     and answers) and wake it through <state_dir>/wake.sock; it also runs a pass every
-    controller.interval_s seconds. Logs go to stderr and <log_dir>/controller.log.
+    controller.interval_s seconds. Worker VMs fetch their join script and munge key from
+    its join endpoint (controller.join_address). Logs go to stderr and to journald, syslog
+    or <log_dir>/controller.log (controller.log_to).
 
     \b
     Example:
