@@ -68,7 +68,7 @@ def test_the_vm_redeems_its_token_once(sessions: sessionmaker[Session]) -> None:
     first = redeem(sessions, one, token, VM_IP, now=T0 + timedelta(seconds=5))
     assert (first.granted, first.node_name, first.vm_id) == (True, NODE, 40)
     again = redeem(sessions, one, token, VM_IP, now=T0 + timedelta(seconds=6))
-    assert not again.granted and not again.retry
+    assert not again.granted and not again.retry and again.vm_id == 40
     assert again.reason == f"token already redeemed at 07:00:05 from {VM_IP}"
 
 

@@ -94,16 +94,16 @@ def redeem(sessions: sessionmaker[Session], one: VmReader, token: str, caller: s
         if row is None:
             return _refuse("unknown token (never issued, replaced by a newer boot attempt, "
                            "or expired and removed)")
+        launch = s.get(db.Launch, row.launch_id)
+        vm_id = launch.vm_id if launch is not None else None
         if row.redeemed_at is not None:
             return _refuse(f"token already redeemed at {row.redeemed_at:%H:%M:%S} from "
-                           f"{row.redeemed_from}", row)
+                           f"{row.redeemed_from}", row, vm_id=vm_id)
         if row.expires_at < now:
-            return _refuse(f"token expired at {row.expires_at:%H:%M:%S}", row)
-        launch = s.get(db.Launch, row.launch_id)
+            return _refuse(f"token expired at {row.expires_at:%H:%M:%S}", row, vm_id=vm_id)
         if launch is None or not launch.is_open or launch.state == "terminating":
             return _refuse("the token's launch is over (its VM is being or was terminated)",
-                           row)
-        vm_id = launch.vm_id
+                           row, vm_id=vm_id)
     if vm_id is None:
         return _refuse("the VM's id is not recorded yet", row, retry=True)
     try:
