@@ -48,10 +48,10 @@ def sessions(tmp_path) -> Iterator[sessionmaker[Session]]:  # type: ignore[no-un
 
 
 def _launch(sessions: sessionmaker[Session], *, vm_id: int | None = 40,
-            state: str = "booting") -> tuple[int, str]:
+            state: str = "booting", ip: str | None = None) -> tuple[int, str]:
     with db.transaction(sessions) as s:
         row = db.Launch(node_name=NODE, node_class="small", state=state, attempts=1,
-                        reason="", vm_id=vm_id, created_at=T0, updated_at=T0)
+                        reason="", vm_id=vm_id, ip=ip, created_at=T0, updated_at=T0)
         s.add(row)
         s.flush()
         token = issue(s, launch_id=row.id, node_name=NODE, now=T0, ttl_s=60)
@@ -157,3 +157,15 @@ def test_a_launch_being_terminated_or_a_gone_vm_gets_nothing(
     outcome = redeem(sessions, gone, token2, VM_IP, now=T0)
     assert (outcome.granted, outcome.retry, outcome.reason) == (False, False,
                                                                 "VM 41 is gone (DONE)")
+
+
+def test_the_address_known_from_the_allocation_needs_no_call_to_oned(
+        sessions: sessionmaker[Session]) -> None:
+    _, token = _launch(sessions, ip=VM_IP)  # what OpenNebula said right after the allocation
+    down = FakeVms(error=OneUnavailable("OpenNebula at http://x does not answer"))
+    assert redeem(sessions, down, "not-" + token, "10.9.0.99", now=T0).reason.startswith(
+        "unknown token")
+    thief = redeem(sessions, down, token, "10.9.0.99", now=T0)  # another address: asks oned
+    assert (thief.granted, thief.retry, down.calls) == (False, True, 1)
+    granted = redeem(sessions, down, token, VM_IP, now=T0)
+    assert (granted.granted, down.calls) == (True, 1)

@@ -12,7 +12,9 @@ A token is worth something only to its own VM and only once:
 * it is bound to one launch (one boot attempt of one node); a new attempt replaces it;
 * it is redeemed at most once (an atomic ``UPDATE ... WHERE redeemed_at IS NULL``);
 * it expires after ``resume_timeout_s`` (the VM is given up by then anyway);
-* the caller's address must be one of the VM's addresses as OpenNebula reports them;
+* the caller's address must be one of the VM's addresses as OpenNebula reports them (the
+  address read from OpenNebula right after the allocation, kept on the launch; else the VM
+  is read again);
 * the launch must still be open (a VM being terminated gets nothing).
 
 Only the token's SHA-256 is stored, so the database (or a backup of it) redeems nothing.
@@ -96,6 +98,7 @@ def redeem(sessions: sessionmaker[Session], one: VmReader, token: str, caller: s
                            "or expired and removed)")
         launch = s.get(db.Launch, row.launch_id)
         vm_id = launch.vm_id if launch is not None else None
+        known_ip = launch.ip if launch is not None else None
         if row.redeemed_at is not None:
             return _refuse(f"token already redeemed at {row.redeemed_at:%H:%M:%S} from "
                            f"{row.redeemed_from}", row, vm_id=vm_id)
@@ -106,6 +109,23 @@ def redeem(sessions: sessionmaker[Session], one: VmReader, token: str, caller: s
                            row, vm_id=vm_id)
     if vm_id is None:
         return _refuse("the VM's id is not recorded yet", row, retry=True)
+    if caller != known_ip:  # not the address OpenNebula gave at allocation: ask it now
+        refusal = _check_live_address(one, vm_id, caller, row)
+        if refusal is not None:
+            return refusal
+    with db.transaction(sessions) as s:
+        used = s.execute(
+            update(db.JoinToken)
+            .where(db.JoinToken.token_sha256 == digest, db.JoinToken.redeemed_at.is_(None))
+            .values(redeemed_at=now, redeemed_from=caller))
+        if getattr(used, "rowcount", 0) != 1:
+            return _refuse("token already redeemed (a concurrent request)", row, vm_id=vm_id)
+    return Outcome(True, "granted", node_name=row.node_name, vm_id=vm_id)
+
+
+def _check_live_address(one: VmReader, vm_id: int, caller: str, row: db.JoinToken
+                        ) -> Outcome | None:
+    """None if OpenNebula says ``caller`` is VM ``vm_id``'s address now, else the refusal."""
     try:
         vm = one.vm(vm_id)
     except VclusterError as exc:
@@ -119,11 +139,4 @@ def redeem(sessions: sessionmaker[Session], one: VmReader, token: str, caller: s
     if caller not in vm.ips:
         return _refuse(f"caller {caller} is not VM {vm_id} (OpenNebula gives it "
                        f"{', '.join(vm.ips)})", row, vm_id=vm_id)
-    with db.transaction(sessions) as s:
-        used = s.execute(
-            update(db.JoinToken)
-            .where(db.JoinToken.token_sha256 == digest, db.JoinToken.redeemed_at.is_(None))
-            .values(redeemed_at=now, redeemed_from=caller))
-        if getattr(used, "rowcount", 0) != 1:
-            return _refuse("token already redeemed (a concurrent request)", row, vm_id=vm_id)
-    return Outcome(True, "granted", node_name=row.node_name, vm_id=vm_id)
+    return None
