@@ -187,7 +187,8 @@ def main() -> int:
             slurm = BurstSlurm(config)
             actor = Actor(config, sessions, slurm, one,
                           GuestContext(slurm_conf_server="127.0.0.1:6817",
-                                       munge_key_b64="YmVuY2g="), guest_script=b"#!/bin/sh\n")
+                                       join_url="http://127.0.0.1:6830"),
+                          guest_script=b"#!/bin/sh\n")
             controller = Controller(config, sessions, slurm, one, actor)
             stop = threading.Event()
             loop = threading.Thread(target=run_loop, args=(controller, None),

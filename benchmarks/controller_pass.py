@@ -6,7 +6,7 @@ do) at each size, the shape a big site is in most of the time:
 
 * OpenNebula: the testbed cloud (a separate process, dummy driver) holding ``0.4 * nodes``
   RUNNING VMs, each allocated with the very template vcluster sends (``worker_vm_extra``:
-  tags, CONTEXT with the join script and a 1 KB munge key), READY=YES; read by the real
+  tags, CONTEXT with the bootstrap script and a join token), READY=YES; read by the real
   ``OneClient`` (pyone) as the controller reads it.
 * Slurm: ``sinfo --json`` / ``squeue --json`` texts in Slurm 22.05's shape (the captures in
   tests/data/slurm/22.05, one entry per node and job), parsed by vcluster's own parsers on
@@ -27,11 +27,11 @@ time of reading the same VM pool with pyone's generated bindings (``reference_py
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import platform
 import resource
+import secrets
 import signal
 import socket
 import subprocess
@@ -152,13 +152,13 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
     from vcluster.vmtemplate import GuestContext, worker_vm_extra
 
     nc = parse_config(config_dict(nodes, port, Path("/nonexistent"))).node_classes[0]
-    guest = GuestContext(slurm_conf_server="10.0.0.1:6817",
-                         munge_key_b64=base64.b64encode(os.urandom(1024)).decode())
+    guest = GuestContext(slurm_conf_server="10.0.0.1:6817", join_url="http://10.0.0.1:6830")
     one = pyone.OneServer(f"http://127.0.0.1:{port}/RPC2", session=AUTH)
 
     def allocate(i: int) -> int:
         extra = worker_vm_extra(node_class=nc, node_name=node_name(i, nodes), job_id=1000 + i,
-                                cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest)
+                                cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest,
+                                join_token=secrets.token_urlsafe(32))
         return int(one.vm.allocate(BASE_TEXT + extra, False))
 
     with ThreadPoolExecutor(4) as pool:
@@ -226,7 +226,7 @@ def child(args: argparse.Namespace) -> int:
     slurm = FileSlurm(state_dir)
     one = OneClient(config.opennebula)
     actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
-                  guest=GuestContext(slurm_conf_server="", munge_key_b64=""))
+                  guest=GuestContext(slurm_conf_server="", join_url=""))
     controller = Controller(config, sessions, slurm, one, actor)  # type: ignore[arg-type]
     passes = []
     for k in range(args.passes):

@@ -1,11 +1,14 @@
 #!/bin/sh
 # vcluster-join.sh: make this VM the Slurm compute node vcluster booted it to be.
 #
-# Runs once at boot as OpenNebula's START_SCRIPT (vcluster sends it base64 in the CONTEXT
-# variable START_SCRIPT_BASE64), as root, after one-context has set up network and hostname;
-# the testbed's netns VMs run it the same way. It reads the context variables
+# Runs once at boot, as root, after one-context has set up network and hostname: the VM's
+# START_SCRIPT (vcluster-boot.sh, in the CONTEXT) fetches it from the controller's join
+# endpoint and runs it; the testbed's netns VMs run it the same way. It reads the variables
 #   VCLUSTER_NODE       Slurm node name this VM is (required)
-#   MUNGE_KEY_BASE64    the cluster's munge key, base64 (required)
+#   VCLUSTER_JOIN_URL, VCLUSTER_JOIN_TOKEN
+#                       the controller's join endpoint and this boot's one-time token, traded
+#                       for the cluster's munge key (POST $VCLUSTER_JOIN_URL/v1/munge-key), or
+#   MUNGE_KEY_BASE64    the munge key itself, base64 (an image or test that has it already)
 #   SLURM_CONF_SERVER   slurmctld host:port to fetch the config from (configless), or
 #   SLURM_CONF_PATH     slurm.conf inside the image (one of the two is required)
 #   SET_HOSTNAME, ETH0_IP, VCLUSTER_JOB, VCLUSTER_CLUSTER (optional)
@@ -18,7 +21,9 @@
 # Exit 0 when slurmd runs; 1 with an "ERROR:" line saying what to fix otherwise.
 #
 # Tunables (environment): VCLUSTER_JOIN_LOG, VCLUSTER_JOIN_WAIT_S (default 30),
-# VCLUSTER_JOIN_POLL_S (default 0.05), VCLUSTER_STANDBY_POLL_S (default 0.2).
+# VCLUSTER_JOIN_POLL_S (default 0.05), VCLUSTER_STANDBY_POLL_S (default 0.2),
+# VCLUSTER_JOIN_KEY_WAIT_S (default 120),
+# VCLUSTER_HTTP_CLIENT (curl, wget or bash; default: the first installed), VCLUSTER_RUN_DIR.
 #
 # A standby VM (VCLUSTER_STANDBY set, VCLUSTER_NODE empty) is kept in reserve with no node
 # name: see "standby VMs" below.
@@ -29,6 +34,7 @@ export PATH
 
 LOG=${VCLUSTER_JOIN_LOG:-/var/log/vcluster-join.log}
 WAIT_S=${VCLUSTER_JOIN_WAIT_S:-30}
+WAIT_KEY_S=${VCLUSTER_JOIN_KEY_WAIT_S:-120}
 POLL_S=${VCLUSTER_JOIN_POLL_S:-0.05}
 MUNGE_SOCKET_DIR=/run/munge
 MUNGE_SOCKET=$MUNGE_SOCKET_DIR/munge.socket.2
@@ -79,7 +85,9 @@ load_context() {
 
 check_context() {
     [ -n "${VCLUSTER_NODE:-}" ] || die "VCLUSTER_NODE is not set: this VM's CONTEXT must name its Slurm node (vcluster sets it; was the VM booted by vcluster?)"
-    [ -n "${MUNGE_KEY_BASE64:-}" ] || die "MUNGE_KEY_BASE64 is not set: this VM's CONTEXT must carry the cluster's munge key (vcluster sets it from its munge key file)"
+    if [ -z "${MUNGE_KEY_BASE64:-}" ] && { [ -z "${VCLUSTER_JOIN_URL:-}" ] || [ -z "${VCLUSTER_JOIN_TOKEN:-}" ]; }; then
+        die "neither VCLUSTER_JOIN_URL with VCLUSTER_JOIN_TOKEN nor MUNGE_KEY_BASE64 is set: this VM cannot get the cluster's munge key (vcluster sets the first two; was the VM booted by vcluster?)"
+    fi
     if [ -z "${SLURM_CONF_SERVER:-}" ] && [ -z "${SLURM_CONF_PATH:-}" ]; then
         die "neither SLURM_CONF_SERVER nor SLURM_CONF_PATH is set: the CONTEXT must give the slurmctld host:port (configless) or a slurm.conf path in the image"
     fi
@@ -104,21 +112,69 @@ set_hostname() {
     fi
 }
 
+# post URL DATA OUT: the HTTP status of a POST of DATA (000: no answer), body in OUT; with
+# curl, wget or bash's /dev/tcp. DATA goes through stdin or a 0600 file, never argv.
+post() {
+    client=${VCLUSTER_HTTP_CLIENT:-$(command -v curl >/dev/null 2>&1 && echo curl || { command -v wget >/dev/null 2>&1 && echo wget; } || echo bash)}
+    if [ "$client" = curl ]; then
+        printf '%s' "$2" | curl -s -m 10 -o "$3" -w '%{http_code}' --data-binary @- "$1"
+    elif [ "$client" = wget ]; then
+        (umask 077 && printf '%s' "$2" >"$3.data")
+        wget -S -q -T 10 -O "$3" --post-file="$3.data" "$1" 2>&1 \
+            | sed -n 's|^ *HTTP/[0-9.]* \([0-9]*\).*|\1|p' | tail -n 1
+        rm -f "$3.data"
+    else
+        VCLUSTER_POST_DATA=$2 bash -c 'u=${0#http://}; hp=${u%%/*}; h=${hp%:*}; p=${hp##*:}
+            exec 3<>"/dev/tcp/$h/$p" || exit 0
+            printf "POST /%s HTTP/1.0\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" \
+                "${u#*/}" "$hp" "${#VCLUSTER_POST_DATA}" "$VCLUSTER_POST_DATA" >&3
+            IFS=" " read -r -t 10 _ status _ <&3 || exit 0
+            while IFS= read -r -t 10 l <&3 && [ -n "${l%$'\''\r'\''}" ]; do :; done
+            cat <&3 >"$1"; printf %s "$status"' "$1" "$3"
+    fi
+}
+
+# MUNGE_KEY_BASE64 from the join endpoint, for this boot's token (used up by the answer).
+# A 503 or no answer (the controller restarting, the VM's address not known to OpenNebula
+# yet) is asked again, 0.1 s then up to 1 s apart, within WAIT_KEY_S; a 403 is final.
+fetch_munge_key() {
+    [ -n "${MUNGE_KEY_BASE64:-}" ] && return 0
+    answer=${VCLUSTER_RUN_DIR:-/run}/vcluster-munge-key.$$
+    started=$(date +%s)
+    delay=0.1
+    while :; do
+        status=$( (umask 077; post "$VCLUSTER_JOIN_URL/v1/munge-key" "$VCLUSTER_JOIN_TOKEN" "$answer") )
+        case "${status:-000}" in
+            200) MUNGE_KEY_BASE64=$(cat "$answer"); rm -f "$answer"; break ;;
+            400|403|404) reason=$(head -c 300 "$answer" 2>/dev/null); rm -f "$answer"
+                die "the controller at $VCLUSTER_JOIN_URL refused the munge key (HTTP $status): ${reason:-no reason given}" ;;
+        esac
+        rm -f "$answer"
+        [ $(($(date +%s) - started)) -lt "$WAIT_KEY_S" ] \
+            || die "no munge key from $VCLUSTER_JOIN_URL within $WAIT_KEY_S s (last HTTP ${status:-000}): is the vcluster controller running and its join_address reachable from this VM?"
+        sleep "$delay" 2>/dev/null || sleep 1
+        [ "$delay" = 0.1 ] && delay=0.5 || delay=1
+    done
+    unset VCLUSTER_JOIN_TOKEN
+    log "munge key received from $VCLUSTER_JOIN_URL"
+}
+
 install_munge_key() {
     mkdir -p /etc/munge || die "cannot create /etc/munge"
     tmp_key=$MUNGE_KEY.vcluster.$$
     (umask 077 && printf '%s' "$MUNGE_KEY_BASE64" | base64 -d >"$tmp_key") 2>/dev/null \
-        || { rm -f "$tmp_key"; die "MUNGE_KEY_BASE64 is not valid base64: give the cluster's munge key, base64-encoded"; }
+        || { rm -f "$tmp_key"; die "the munge key is not valid base64: give the cluster's munge key, base64-encoded"; }
     size=$(wc -c <"$tmp_key" | tr -d ' ')
     if [ "$size" -lt 32 ]; then
         rm -f "$tmp_key"
-        die "the munge key in MUNGE_KEY_BASE64 has $size bytes; munge needs at least 32"
+        die "the munge key received has $size bytes; munge needs at least 32"
     fi
     chmod 0400 "$tmp_key"
     if id munge >/dev/null 2>&1; then
         chown munge:munge "$tmp_key" || die "cannot give $MUNGE_KEY to user munge"
     fi
     mv -f "$tmp_key" "$MUNGE_KEY" || die "cannot install $MUNGE_KEY"
+    unset MUNGE_KEY_BASE64
     log "munge key installed ($size bytes)"
 }
 
@@ -320,6 +376,7 @@ standby_reserve() {
     ONEGATE_HEADERS=/run/vcluster-onegate.headers
     (umask 077 && printf 'X-ONEGATE-TOKEN: %s\nX-ONEGATE-VMID: %s\n' "$ONEGATE_TOKEN" "$VMID" \
         >"$ONEGATE_HEADERS") || die "cannot write $ONEGATE_HEADERS"
+    fetch_munge_key
     install_munge_key
     start_munged
     MUNGED_STARTED=1
@@ -335,6 +392,7 @@ join_node() {
     check_context
     set_hostname
     if [ -z "${MUNGED_STARTED:-}" ]; then
+        fetch_munge_key
         install_munge_key
         start_munged
     fi

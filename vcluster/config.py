@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vcluster.errors import ConfigError
+from vcluster.journal import LOG_TARGETS
 from vcluster.paths import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_LOG_DIR,
@@ -147,6 +148,12 @@ class ControllerSettings:
     leader_lease_s: float = 15.0
     """A leader whose host or network is lost without a word holds the lead at most this
     long (TCP keepalives on its lock's database session), seconds."""
+    log_to: str = "auto"
+    """Where logs go: ``auto`` (journald, else syslog, else files in ``log_dir``),
+    ``journal``, ``syslog`` or ``file`` (see :mod:`vcluster.journal`)."""
+    join_address: str = ""
+    """``HOST:PORT`` of the join endpoint worker VMs fetch their join script and munge key
+    from (it listens there; VMs must reach it). "": slurmctld's host, port 6830."""
 
 
 VM_EVENTS = ("POWEROFF", "SUSPENDED", "STOPPED", "UNDEPLOYED", "UNKNOWN", "FAILURE", "DONE",
@@ -431,8 +438,13 @@ def parse_config(
         placement_wait_s=c_r.positive("placement_wait_s", float, 60.0),
         leader_poll_s=c_r.positive("leader_poll_s", float, 2.0),
         leader_lease_s=c_r.positive("leader_lease_s", float, 15.0),
+        join_address=c_r.get("join_address", str, ""),
+        log_to=c_r.get("log_to", str, "auto"),
     )
     c_r.finish()
+    if controller.log_to not in LOG_TARGETS:
+        raise c_r.err("log_to", f"must be one of {', '.join(LOG_TARGETS)}, got "
+                                f"{controller.log_to!r}")
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:
         raise c_r.err("metrics_port", f"must be a TCP port, 0-65535, got "
                                       f"{controller.metrics_port}")

@@ -54,7 +54,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -247,6 +247,25 @@ class ClassBackoff(Base):
     since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     """When the next probe VM may be booted."""
+
+
+class JoinToken(Base):
+    """A one-time token a worker VM redeems for the munge key (:mod:`vcluster.join_tokens`).
+
+    Only the token's SHA-256 is kept: a copy of the database does not let anyone redeem."""
+
+    __tablename__ = "join_token"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    launch_id: Mapped[int | None] = mapped_column(Integer)
+    """The boot attempt it belongs to; None for a VM booted without a node yet (a standby
+    VM, a VM booted at allocation), which ``vm_id`` names once allocated."""
+    vm_id: Mapped[int | None] = mapped_column(Integer)
+    node_name: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    redeemed_from: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_join_token_launch", "launch_id"),)
 
 
 class Heartbeat(Base):

@@ -17,7 +17,9 @@ same one-line refusal, the same outcome on Slurm's side (resumed nodes failed so
 are requeued at once, an ended job's nodes powered down, a starting job let start).
 
 Exit codes: 0 done, 2 invalid input, 3 controller not running, 4 configuration error,
-5 other failure. Every run is logged to ``<log_dir>/hooks.log``.
+5 other failure. Every run is logged to journald or syslog under the program's name, with
+the job and nodes as fields (:mod:`vcluster.journal`, ``controller.log_to``), else to
+``<log_dir>/hooks.log``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vcluster import hook_wire
+from vcluster import hook_wire, journal
 from vcluster.hook_wire import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from vcluster.paths import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, hook_config_path, hook_socket_path
 
@@ -53,9 +55,10 @@ def build_request(kind: str, argv: Sequence[str], environ: Mapping[str, str]
     return request, ""
 
 
-def hook_dirs(config_path: str) -> tuple[str, str] | None:
-    """``controller.state_dir`` and ``controller.log_dir`` from the config file; None if it
-    cannot be read (the full check in :mod:`vcluster.hooks` then says why)."""
+def hook_dirs(config_path: str) -> tuple[str, str, str] | None:
+    """``controller.state_dir``, ``controller.log_dir`` and ``controller.log_to`` from the
+    config file; None if it cannot be read (the full check in :mod:`vcluster.hooks` then
+    says why)."""
     try:
         with open(config_path, "rb") as handle:
             controller = tomllib.load(handle).get("controller", {})
@@ -63,19 +66,28 @@ def hook_dirs(config_path: str) -> tuple[str, str] | None:
         return None
     state_dir = controller.get("state_dir", DEFAULT_STATE_DIR)
     log_dir = controller.get("log_dir", DEFAULT_LOG_DIR)
-    if not isinstance(state_dir, str) or not isinstance(log_dir, str):
+    log_to = controller.get("log_to", "auto")
+    if not all(isinstance(v, str) for v in (state_dir, log_dir, log_to)):
         return None
-    return state_dir, log_dir
+    return state_dir, log_dir, log_to
 
 
 class HookLog:
-    """Lines in ``hooks.log`` in the format of the logging module's, without importing it."""
+    """Lines to journald or syslog (``sink``: identifier ``program``, with ``fields`` such as
+    JOB and NODE), else in ``hooks.log`` in the format of the logging module's, without
+    importing it."""
 
-    def __init__(self, log_dir: str, program: str) -> None:
+    def __init__(self, log_dir: str, program: str, sink: journal.Sink | None = None,
+                 fields: Mapping[str, str] | None = None) -> None:
         self.path = os.path.join(log_dir, "hooks.log")
+        self.program = program
         self.prefix = f"{program}[{os.getpid()}]"
+        self.sink = sink
+        self.fields = dict(fields or {})
 
     def write(self, level: str, message: str) -> None:
+        if self.sink is not None and self.sink.send(self.program, level, message, self.fields):
+            return
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         line = f"{stamp},{int(now % 1 * 1000):03d} {self.prefix} {level} {message}\n"
@@ -89,6 +101,15 @@ class HookLog:
                     handle.write(line)
             except OSError:
                 sys.stderr.write(line)
+
+
+def log_fields(kind: str, argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """Journal fields of a hook's lines: the job (SLURM_JOB_ID) and its nodes (the job's
+    node list, or the node list slurmctld gave resume/suspend as their argument)."""
+    nodes = environ.get("SLURM_JOB_NODELIST", "")
+    if not nodes and kind in ("resume", "suspend", "resume-fail") and len(argv) > 1:
+        nodes = argv[1]
+    return {"JOB": environ.get("SLURM_JOB_ID", ""), "NODE": nodes[:1000]}
 
 
 def stale_message(exc: hook_wire.NoAnswer) -> str:
@@ -110,8 +131,8 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
     dirs = hook_dirs(config_path)
     if dirs is None:
         return in_process(kind, argv, environ, argv0)
-    state_dir, log_dir = dirs
-    log = HookLog(log_dir, program)
+    state_dir, log_dir, log_to = dirs
+    log = HookLog(log_dir, program, journal.open_sink(log_to), log_fields(kind, argv, environ))
     if error:
         return _finish(log, program, EXIT_BAD_INPUT, error, started)
     path = hook_socket_path(state_dir)

@@ -55,6 +55,7 @@ from vcluster.hook_steps import (
     wait_for_nodes,
 )
 from vcluster.hook_wire import EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STALE
+from vcluster.journal import logging_handler, open_sink
 from vcluster.paths import hook_config_path
 
 __all__ = [
@@ -93,6 +94,10 @@ def _setup_logging(config: Config, program: str) -> None:
     root = logging.getLogger("vcluster")
     root.setLevel(logging.INFO)
     fmt = logging.Formatter(f"%(asctime)s {program}[{os.getpid()}] %(levelname)s %(message)s")
+    sink = open_sink(config.controller.log_to)
+    if sink is not None:  # journald or syslog (controller.log_to)
+        root.addHandler(logging_handler(sink, program))
+        return
     try:
         Path(config.controller.log_dir).mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(

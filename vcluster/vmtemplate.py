@@ -12,8 +12,12 @@ written at all and are refused: one ending in a backslash (its closing quote wou
 escaped) and one holding ``]]>`` (oned aborts on it: it stores templates as XML CDATA).
 
 :func:`worker_vm_extra` builds what ``one.template.instantiate`` appends to a node class's
-template: size, the ``VCLUSTER_*`` tags vcluster finds its VMs by, and the CONTEXT that the
-guest script ``contextualization/vcluster-join.sh`` reads inside the VM to join Slurm.
+template: size, the ``VCLUSTER_*`` tags vcluster finds its VMs by, and the CONTEXT the VM
+reads to join Slurm. The CONTEXT is readable by everyone who can read the VM, so it carries
+no secret: a small bootstrap (``contextualization/vcluster-boot.sh``) as the START_SCRIPT,
+the controller's join URL and a one-time token; the bootstrap fetches the join script
+(``contextualization/vcluster-join.sh``) from that URL, and the join script trades the token
+for the munge key (see :mod:`vcluster.controller.join_tokens`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from vcluster.errors import ConfigError
 ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 GUEST_SCRIPT_PACKAGE = "contextualization"
 GUEST_SCRIPT_NAME = "vcluster-join.sh"
+BOOTSTRAP_SCRIPT_NAME = "vcluster-boot.sh"
 
 TemplateValue = str | Mapping[str, str]
 
@@ -89,24 +94,29 @@ class GuestContext:
 
     slurm_conf_server: str
     """slurmctld ``host:port`` the VM's slurmd fetches its config from (configless), or ""."""
-    munge_key_b64: str
-    """The cluster's munge key, base64."""
+    join_url: str
+    """The controller's join endpoint (``http://HOST:PORT``): join script and munge key."""
     slurm_conf_path: str = ""
     """slurm.conf path inside the image, when not configless."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """More CONTEXT variables (e.g. ``SSH_PUBLIC_KEY``); ``$VAR`` in them is expanded by oned."""
 
 
-def guest_script_bytes() -> bytes:
-    """The guest script shipped as package data (``contextualization/vcluster-join.sh``)."""
+def guest_script_bytes(name: str = GUEST_SCRIPT_NAME) -> bytes:
+    """A guest script shipped as package data: ``contextualization/vcluster-join.sh`` (served
+    by the join endpoint) or, by name, ``vcluster-boot.sh`` (the CONTEXT's START_SCRIPT)."""
     try:
-        resource = importlib.resources.files(GUEST_SCRIPT_PACKAGE) / GUEST_SCRIPT_NAME
+        resource = importlib.resources.files(GUEST_SCRIPT_PACKAGE) / name
         return resource.read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise ConfigError(
-            f"the guest script {GUEST_SCRIPT_PACKAGE}/{GUEST_SCRIPT_NAME} is missing from this "
+            f"the guest script {GUEST_SCRIPT_PACKAGE}/{name} is missing from this "
             "vcluster installation; reinstall vcluster"
         ) from exc
+
+
+def bootstrap_script_bytes() -> bytes:
+    return guest_script_bytes(BOOTSTRAP_SCRIPT_NAME)
 
 
 # Attributes vcluster sets itself; a node class's vm_options may not replace them.
@@ -116,9 +126,10 @@ _OWN_TEMPLATE_KEYS = ("CPU", "VCPU", "MEMORY", "VCLUSTER_NODE", "VCLUSTER_JOB",
 
 def worker_context(
     *, node_name: str, job_id: int | None, cluster: str, context: GuestContext,
-    guest_script: bytes, standby_class: str = "",
+    guest_script: bytes, join_token: str, standby_class: str = "",
 ) -> dict[str, str]:
-    """The CONTEXT variables of a worker VM (see contracts: consumed by vcluster-join.sh).
+    """The CONTEXT variables of a worker VM (consumed by vcluster-boot.sh and
+    vcluster-join.sh); ``guest_script`` is the bootstrap run as START_SCRIPT.
 
     A standby VM (``standby_class`` set, ``node_name`` "") has no node name yet: its guest
     script learns it through OneGate when the controller hands the VM to a node."""
@@ -145,7 +156,8 @@ def worker_context(
         variables["SLURM_CONF_SERVER"] = context.slurm_conf_server
     if context.slurm_conf_path:
         variables["SLURM_CONF_PATH"] = context.slurm_conf_path
-    variables["MUNGE_KEY_BASE64"] = context.munge_key_b64
+    variables["VCLUSTER_JOIN_URL"] = context.join_url
+    variables["VCLUSTER_JOIN_TOKEN"] = join_token
     for name, value in context.extra.items():
         key = name.upper()
         if key in variables:
@@ -163,18 +175,20 @@ def worker_vm_extra(
     cpus: int,
     memory_mb: int,
     context: GuestContext,
+    join_token: str,
     guest_script: bytes | None = None,
     standby_class: str = "",
     early_node: str = "",
 ) -> str:
     """The extra template text ``one.template.instantiate`` merges into a worker VM.
 
-    ``guest_script`` defaults to the packaged ``vcluster-join.sh``; it is sent base64 in
-    ``START_SCRIPT_BASE64`` because oned would expand the ``$VAR`` of a plain START_SCRIPT.
+    ``join_token`` is the boot attempt's one-time token. ``guest_script`` defaults to the
+    packaged ``vcluster-boot.sh``; it is sent base64 in ``START_SCRIPT_BASE64`` because oned
+    would expand the ``$VAR`` of a plain START_SCRIPT.
     """
     if cpus <= 0 or memory_mb <= 0:
         raise ValueError(f"a VM needs cpus > 0 and memory_mb > 0, got {cpus} and {memory_mb}")
-    script = guest_script_bytes() if guest_script is None else guest_script
+    script = bootstrap_script_bytes() if guest_script is None else guest_script
     attrs: dict[str, TemplateValue] = {
         "CPU": str(cpus),
         "VCPU": str(cpus),
@@ -196,6 +210,6 @@ def worker_vm_extra(
         attrs[name] = value
     attrs["CONTEXT"] = worker_context(
         node_name=node_name, job_id=job_id, cluster=cluster, context=context,
-        guest_script=script, standby_class=standby_class,
+        guest_script=script, join_token=join_token, standby_class=standby_class,
     )
     return render_template(attrs)

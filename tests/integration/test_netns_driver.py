@@ -378,13 +378,15 @@ def test_join_script_refuses_a_context_without_the_munge_key(driver: NetnsDriver
     text = console.read_text()
     assert "start script exited with 1" in text
     assert (
-        " vcluster-join[" in text and "]: ERROR: MUNGE_KEY_BASE64 is not set: this VM's CONTEXT "
-        "must carry the cluster's munge key (vcluster sets it from its munge key file)\n" in text
+        " vcluster-join[" in text and "]: ERROR: neither VCLUSTER_JOIN_URL with "
+        "VCLUSTER_JOIN_TOKEN nor MUNGE_KEY_BASE64 is set: this VM cannot get the cluster's "
+        "munge key (vcluster sets the first two; was the VM booted by vcluster?)\n" in text
     )
     join_log = driver.vm_dir(22) / "private" / "var" / "log" / "vcluster-join.log"
     assert join_log.read_text().splitlines()[-1].endswith(
-        "ERROR: MUNGE_KEY_BASE64 is not set: this VM's CONTEXT must carry the cluster's "
-        "munge key (vcluster sets it from its munge key file)"
+        "ERROR: neither VCLUSTER_JOIN_URL with VCLUSTER_JOIN_TOKEN nor MUNGE_KEY_BASE64 is "
+        "set: this VM cannot get the cluster's munge key (vcluster sets the first two; was "
+        "the VM booted by vcluster?)"
     )
     driver.shutdown(22)
 

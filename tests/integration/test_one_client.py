@@ -21,7 +21,7 @@ from vcluster.errors import OneAuthError, OneBadRequest, OneNotFound, OneUnavail
 from vcluster.one import VM, OneClient
 from vcluster.testbed.cloud.server import CloudServer
 from vcluster.testbed.cloud.settings import CloudSettings, SchedulerSettings, Timings
-from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extra
+from vcluster.vmtemplate import GuestContext, bootstrap_script_bytes, worker_vm_extra
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +180,8 @@ def test_worker_vm_from_template_to_done(cloud: CloudServer) -> None:
     extra = worker_vm_extra(
         node_class=SMALL, node_name="vc-small-001", job_id=7, cluster="vc", cpus=1,
         memory_mb=64,
-        context=GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5"))
+        context=GuestContext(slurm_conf_server="10.111.0.1:6817",
+                             join_url="http://10.111.0.1:6830"), join_token="tok")
     vm_id = one.instantiate(template_id, "vc-small-001", extra)
 
     vm = wait_for(one, vm_id, "RUNNING")
@@ -189,10 +190,12 @@ def test_worker_vm_from_template_to_done(cloud: CloudServer) -> None:
                                              "VCLUSTER_CLUSTER")} == {
         "VCLUSTER_NODE": "vc-small-001", "VCLUSTER_JOB": "7", "VCLUSTER_CLUSTER": "vc"}
     ctx = vm.context
-    assert base64.b64decode(ctx["START_SCRIPT_BASE64"]) == guest_script_bytes()
+    assert base64.b64decode(ctx["START_SCRIPT_BASE64"]) == bootstrap_script_bytes()
     assert (ctx["SET_HOSTNAME"], ctx["NETWORK"], ctx["REPORT_READY"], ctx["TOKEN"]) == (
         "vc-small-001", "YES", "YES", "YES")
-    assert (ctx["SLURM_CONF_SERVER"], ctx["MUNGE_KEY_BASE64"]) == ("10.111.0.1:6817", "a2V5")
+    assert (ctx["SLURM_CONF_SERVER"], ctx["VCLUSTER_JOIN_URL"], ctx["VCLUSTER_JOIN_TOKEN"]) == (
+        "10.111.0.1:6817", "http://10.111.0.1:6830", "tok")
+    assert "MUNGE_KEY_BASE64" not in ctx
     assert ctx["VCLUSTER_NODE"] == "vc-small-001" and ctx["VCLUSTER_JOB"] == "7"
     assert [v.vm_id for v in one.vms(cluster="vc")] == [vm_id]
     assert one.vms(cluster="other") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ url = "sqlite:///{tmp}/state.db"
 [controller]
 state_dir = "{tmp}/state"
 log_dir = "{tmp}/log"
+join_address = "127.0.0.1:{join_port}"
 
 [[node_class]]
 name = "small"
@@ -46,7 +48,10 @@ def write_site(tmp_path: Path, munge_key: bool = True) -> Path:
     if munge_key:
         (tmp_path / "munge.key").write_bytes(b"k" * 64)
     path = tmp_path / "vcluster.toml"
-    path.write_text(CONFIG.format(tmp=tmp_path))
+    with socket.socket() as probe:  # a free port for the join endpoint
+        probe.bind(("127.0.0.1", 0))
+        join_port = probe.getsockname()[1]
+    path.write_text(CONFIG.format(tmp=tmp_path, join_port=join_port))
     return path
 
 

@@ -6,6 +6,7 @@ a VM dies) and checks what a person would see: the calls made, the launch map, t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -178,7 +179,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     engine = db.make_engine(config.database)
     sessions = db.session_factory(engine)
     slurm, one, clock = FakeSlurm(), FakeOne(), Clock()
-    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5")
+    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", join_url="http://10.111.0.1:6830")
     actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n", now=clock)
     try:
         yield World(config, sessions, slurm, one, clock,
@@ -197,7 +198,12 @@ def test_a_job_from_resume_to_terminated_vm(world: World) -> None:
     assert 'CPU = "1"\nVCPU = "1"\nMEMORY = "1024"\nVCLUSTER_NODE = "vc-small-001"\n' \
            'VCLUSTER_JOB = "12"\nVCLUSTER_CLUSTER = "vc"\n' in extra
     assert 'SLURM_CONF_SERVER = "10.111.0.1:6817"' in extra
-    assert 'MUNGE_KEY_BASE64 = "a2V5"' in extra
+    assert 'VCLUSTER_JOIN_URL = "http://10.111.0.1:6830"' in extra
+    assert "MUNGE_KEY" not in extra
+    (token,) = re.findall(r'VCLUSTER_JOIN_TOKEN = "([^"]+)"', extra)
+    with w.sessions() as s:  # stored hashed, bound to this launch
+        (row,) = s.scalars(select(db.JoinToken)).all()
+        assert (row.node_name, row.token_sha256) == (S1, hashlib.sha256(token.encode()).hexdigest())
     assert w.slurm.updates == [f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}"]
     assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
 

@@ -54,7 +54,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     sessions = db.session_factory(engine)
     slurm, clock = FakeSlurm(), Clock()
     one = StandbyOne(calls=slurm.updates)
-    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5")
+    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", join_url="http://10.111.0.1:6830")
     actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n", now=clock)
     try:
         yield World(config, sessions, slurm, one, clock,

@@ -74,7 +74,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     engine = db.make_engine(config.database)
     sessions = db.session_factory(engine)
     slurm, one, clock, metrics = FakeSlurm(), FakeOne(), Clock(), Metrics()
-    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="a2V5")
+    guest = GuestContext(slurm_conf_server="10.111.0.1:6817", join_url="http://10.111.0.1:6830")
     actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n", now=clock,
                   metrics=metrics)
     try:

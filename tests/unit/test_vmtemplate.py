@@ -13,6 +13,7 @@ from vcluster.config import NodeClass
 from vcluster.errors import ConfigError
 from vcluster.vmtemplate import (
     GuestContext,
+    bootstrap_script_bytes,
     escape_value,
     guest_script_bytes,
     render_template,
@@ -22,7 +23,8 @@ from vcluster.vmtemplate import (
 GUEST_SCRIPT = b'#!/bin/sh\necho "joining $VCLUSTER_NODE"\n'
 SMALL = NodeClass(name="small", prefix="vc-small-", count=4, cpus=2, memory_mb=2048,
                   template="vcluster-worker", vm_options={"SCHED_REQUIREMENTS": 'ID="0"'})
-CONTEXT = GuestContext(slurm_conf_server="10.111.0.1:6817", munge_key_b64="bXVuZ2U=")
+CONTEXT = GuestContext(slurm_conf_server="10.111.0.1:6817", join_url="http://10.111.0.1:6830")
+TOKEN = "tok-EN_1"
 
 
 def test_render_single_and_vector_attributes_in_order() -> None:
@@ -73,7 +75,8 @@ def test_values_oned_cannot_read_are_refused() -> None:
 def test_worker_vm_extra_is_exactly_the_contract() -> None:
     text = worker_vm_extra(node_class=SMALL, node_name="vc-small-001", job_id=17,
                            cluster="vc", cpus=2, memory_mb=2048, context=CONTEXT,
-                           guest_script=GUEST_SCRIPT)
+                           guest_script=GUEST_SCRIPT,
+                        join_token=TOKEN)
     script_b64 = base64.b64encode(GUEST_SCRIPT).decode()
     assert text == (
         'CPU = "2"\n'
@@ -93,24 +96,26 @@ def test_worker_vm_extra_is_exactly_the_contract() -> None:
         '  VCLUSTER_JOB = "17",\n'
         '  VCLUSTER_CLUSTER = "vc",\n'
         '  SLURM_CONF_SERVER = "10.111.0.1:6817",\n'
-        '  MUNGE_KEY_BASE64 = "bXVuZ2U=" ]\n'
+        '  VCLUSTER_JOIN_URL = "http://10.111.0.1:6830",\n'
+        '  VCLUSTER_JOIN_TOKEN = "tok-EN_1" ]\n'
     )
     assert base64.b64decode(script_b64) == GUEST_SCRIPT
 
 
 def test_pool_node_without_job_and_conf_path_and_extra_context() -> None:
-    ctx = GuestContext(slurm_conf_server="", munge_key_b64="a2V5",
+    ctx = GuestContext(slurm_conf_server="", join_url="http://ctl:6830",
                        slurm_conf_path="/etc/slurm/slurm.conf",
                        extra={"ssh_public_key": "ssh-ed25519 AAAA x@y"})
     text = worker_vm_extra(node_class=SMALL, node_name="vc-small-002", job_id=None,
                            cluster="vc", cpus=1, memory_mb=512, context=ctx,
-                           guest_script=GUEST_SCRIPT)
+                           guest_script=GUEST_SCRIPT,
+                        join_token=TOKEN)
     assert 'VCLUSTER_JOB = ""\n' in text
     assert '  VCLUSTER_JOB = "",\n' in text
     assert "SLURM_CONF_SERVER" not in text
     assert '  SLURM_CONF_PATH = "/etc/slurm/slurm.conf",\n' in text
     assert text.endswith(
-        '  MUNGE_KEY_BASE64 = "a2V5",\n  SSH_PUBLIC_KEY = "ssh-ed25519 AAAA x@y" ]\n')
+        '  VCLUSTER_JOIN_TOKEN = "tok-EN_1",\n  SSH_PUBLIC_KEY = "ssh-ed25519 AAAA x@y" ]\n')
 
 
 def test_vm_options_may_not_replace_what_vcluster_sets() -> None:
@@ -118,36 +123,41 @@ def test_vm_options_may_not_replace_what_vcluster_sets() -> None:
                     template="t", vm_options={"context": "x"})
     with pytest.raises(ConfigError) as err:
         worker_vm_extra(node_class=bad, node_name="vc-big-001", job_id=1, cluster="vc",
-                        cpus=8, memory_mb=8192, context=CONTEXT, guest_script=GUEST_SCRIPT)
+                        cpus=8, memory_mb=8192, context=CONTEXT, guest_script=GUEST_SCRIPT,
+                        join_token=TOKEN)
     assert str(err.value) == (
         "config: node_class[big].vm_options: may not set CONTEXT: vcluster sets it for every VM"
     )
 
 
 def test_extra_context_may_not_replace_vcluster_variables() -> None:
-    ctx = GuestContext(slurm_conf_server="h:6817", munge_key_b64="k",
+    ctx = GuestContext(slurm_conf_server="h:6817", join_url="http://ctl:6830",
                        extra={"set_hostname": "evil"})
     with pytest.raises(ConfigError) as err:
         worker_vm_extra(node_class=SMALL, node_name="vc-small-001", job_id=1, cluster="vc",
-                        cpus=1, memory_mb=512, context=ctx, guest_script=GUEST_SCRIPT)
+                        cpus=1, memory_mb=512, context=ctx, guest_script=GUEST_SCRIPT,
+                        join_token=TOKEN)
     assert str(err.value) == (
         "config: extra CONTEXT variable SET_HOSTNAME would replace the one vcluster sets"
     )
 
 
 def test_a_worker_needs_a_way_to_get_slurm_conf() -> None:
-    ctx = GuestContext(slurm_conf_server="", munge_key_b64="k")
+    ctx = GuestContext(slurm_conf_server="", join_url="http://ctl:6830")
     with pytest.raises(ConfigError, match="needs either the slurmctld address"):
         worker_vm_extra(node_class=SMALL, node_name="vc-small-001", job_id=1, cluster="vc",
-                        cpus=1, memory_mb=512, context=ctx, guest_script=GUEST_SCRIPT)
+                        cpus=1, memory_mb=512, context=ctx, guest_script=GUEST_SCRIPT,
+                        join_token=TOKEN)
 
 
-def test_default_guest_script_is_the_packaged_resource() -> None:
-    shipped = Path(contextualization.__file__).parent / "vcluster-join.sh"
+def test_default_guest_script_is_the_packaged_bootstrap() -> None:
+    shipped = Path(contextualization.__file__).parent / "vcluster-boot.sh"
     if shipped.exists():
-        assert guest_script_bytes() == shipped.read_bytes()
+        assert bootstrap_script_bytes() == shipped.read_bytes()
+        assert len(shipped.read_bytes()) < 3000  # the CONTEXT carries only this
         text = worker_vm_extra(node_class=SMALL, node_name="vc-small-001", job_id=1,
-                               cluster="vc", cpus=1, memory_mb=512, context=CONTEXT)
+                               cluster="vc", cpus=1, memory_mb=512, context=CONTEXT,
+                               join_token=TOKEN)
         b64 = base64.b64encode(shipped.read_bytes()).decode()
         assert f'  START_SCRIPT_BASE64 = "{b64}",\n' in text
     else:
@@ -162,7 +172,7 @@ def test_default_guest_script_is_the_packaged_resource() -> None:
 def test_a_standby_vm_and_a_vm_booted_at_allocation_have_no_node_name_yet() -> None:
     script_b64 = base64.b64encode(GUEST_SCRIPT).decode()
     standby = worker_vm_extra(node_class=SMALL, node_name="", job_id=None, cluster="vc",
-                              cpus=2, memory_mb=2048, context=CONTEXT,
+                              cpus=2, memory_mb=2048, context=CONTEXT, join_token=TOKEN,
                               guest_script=GUEST_SCRIPT, standby_class="small")
     assert standby == (
         'CPU = "2"\n'
@@ -183,11 +193,12 @@ def test_a_standby_vm_and_a_vm_booted_at_allocation_have_no_node_name_yet() -> N
         '  VCLUSTER_CLUSTER = "vc",\n'
         '  VCLUSTER_STANDBY = "small",\n'
         '  SLURM_CONF_SERVER = "10.111.0.1:6817",\n'
-        '  MUNGE_KEY_BASE64 = "bXVuZ2U=" ]\n'
+        '  VCLUSTER_JOIN_URL = "http://10.111.0.1:6830",\n'
+        '  VCLUSTER_JOIN_TOKEN = "tok-EN_1" ]\n'
     )
     early = worker_vm_extra(node_class=SMALL, node_name="", job_id=17, cluster="vc",
                             cpus=1, memory_mb=512, context=CONTEXT, guest_script=GUEST_SCRIPT,
-                            standby_class="small", early_node="vc-small-003")
+                            join_token=TOKEN, standby_class="small", early_node="vc-small-003")
     assert 'VCLUSTER_JOB = "17"\nVCLUSTER_CLUSTER = "vc"\nVCLUSTER_STANDBY = "small"\n' \
            'VCLUSTER_EARLY = "vc-small-003"\n' in early
     assert "SET_HOSTNAME" not in early and "vc-small-003" not in early.split("CONTEXT")[1]
@@ -195,4 +206,5 @@ def test_a_standby_vm_and_a_vm_booted_at_allocation_have_no_node_name_yet() -> N
         worker_vm_extra(node_class=NodeClass(
             name="small", prefix="vc-small-", count=4, cpus=2, memory_mb=2048, template="w",
             vm_options={"VCLUSTER_STANDBY": "x"}), node_name="vc-small-001", job_id=None,
-            cluster="vc", cpus=1, memory_mb=512, context=CONTEXT, guest_script=GUEST_SCRIPT)
+            cluster="vc", cpus=1, memory_mb=512, context=CONTEXT, guest_script=GUEST_SCRIPT,
+            join_token=TOKEN)

@@ -19,6 +19,7 @@ import click
 
 from vcluster.config import Config, load_config
 from vcluster.errors import ConfigError
+from vcluster.journal import logging_handler, open_sink
 
 if TYPE_CHECKING:
     from vcluster.controller.loop import Controller
@@ -31,6 +32,15 @@ log = logging.getLogger("vcluster.controller")
 def _setup_logging(config: Config, debug: bool) -> logging.Handler:
     package_logger = logging.getLogger("vcluster")
     package_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    sink = open_sink(config.controller.log_to)
+    if sink is not None:  # journald or syslog (controller.log_to)
+        journal_handler: logging.Handler = logging_handler(sink, "vcluster-controller")
+        package_logger.addHandler(journal_handler)
+        if os.environ.get("JOURNAL_STREAM"):  # stderr goes to the journal too: once is enough
+            package_logger.propagate = False
+        elif not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return journal_handler
     os.makedirs(config.controller.log_dir, exist_ok=True)
     handler = logging.FileHandler(os.path.join(config.controller.log_dir, "controller.log"),
                                   encoding="utf-8")
@@ -73,7 +83,9 @@ def run(ctx: click.Context, once: bool) -> None:
 
     Slurm's hooks hand it their requests through <state_dir>/hooks.sock (it records them
     and answers) and wake it through <state_dir>/wake.sock; it also runs a pass every
-    controller.interval_s seconds. Logs go to stderr and <log_dir>/controller.log.
+    controller.interval_s seconds. Worker VMs fetch their join script and munge key from
+    its join endpoint (controller.join_address). Logs go to stderr and to journald, syslog
+    or <log_dir>/controller.log (controller.log_to).
 
     \b
     Example:
@@ -128,6 +140,26 @@ def _watch_events(config: Config, metrics: Metrics | None) -> EventSubscriber | 
     return subscriber
 
 
+def _serve_join(config: Config, sessions: Any) -> Any:
+    """Start the join endpoint worker VMs fetch their join script and munge key from."""
+    from vcluster.controller.guest import join_endpoint, munge_key_b64
+    from vcluster.controller.join_server import JoinServer
+    from vcluster.one import OneClient
+    from vcluster.vmtemplate import guest_script_bytes
+
+    host, port = join_endpoint(config)
+    try:
+        server = JoinServer(host, port, sessions=sessions, one=OneClient(config.opennebula),
+                            munge_key_b64=munge_key_b64(config), join_script=guest_script_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the join endpoint on {host}:{port}: {exc.strerror}; "
+                          "set controller.join_address to an address of this host that worker "
+                          "VMs reach, with a free port", key="controller.join_address",
+                          path=config.path) from exc
+    server.start()
+    return server
+
+
 def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
@@ -174,6 +206,7 @@ def _run(config: Config, once: bool) -> None:
         # alive (or standing by, the leader's heartbeat then counts) before the first
         # request is taken: hooks check the heartbeat
         controller.lead()
+        join_server = _serve_join(config, sessions)
         hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
                                  metrics=metrics)
         hook_server.start()
@@ -211,6 +244,7 @@ def _run(config: Config, once: bool) -> None:
             hook_server.stop()
             if relay is not None:
                 relay.stop()
+            join_server.stop()
             listener.close()
             _give_up_lead(controller)
             if metrics_server is not None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
 from vcluster.config import Config
+from vcluster.controller import join_tokens
 from vcluster.controller.actions import (
     Action,
     AdoptVM,
@@ -55,7 +56,7 @@ from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import compress_hostlist
-from vcluster.vmtemplate import GuestContext, guest_script_bytes, worker_vm_extra
+from vcluster.vmtemplate import GuestContext, bootstrap_script_bytes, worker_vm_extra
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ class Actor:
                     row.job_id = row.job_id if a.job_id is None else a.job_id
                 row.cpus, row.memory_mb, row.template = a.cpus, a.memory_mb, a.template
                 launch_id, attempt = row.id, row.attempts
+                join_token = join_tokens.issue(s, launch_id=row.id, node_name=a.node_name,
+                                               now=now,
+                                               ttl_s=self.config.controller.resume_timeout_s)
                 db.record_event(s, "vm.allocating",
                                 f"attempt {attempt}: {a.cpus} CPUs, {a.memory_mb} MB from "
                                 f"template {a.template}", node_name=a.node_name,
@@ -211,12 +215,13 @@ class Actor:
             return
         try:
             if self._guest_script is None:
-                self._guest_script = guest_script_bytes()
+                self._guest_script = bootstrap_script_bytes()
             node_class = self.config.node_class(a.node_class)
             extra = worker_vm_extra(
                 node_class=node_class, node_name=a.node_name, job_id=a.job_id,
                 cluster=self.config.controller.cluster_name, cpus=a.cpus,
-                memory_mb=a.memory_mb, context=self.guest, guest_script=self._guest_script)
+                memory_mb=a.memory_mb, context=self.guest, join_token=join_token,
+                guest_script=self._guest_script)
             vm_id = self.one.instantiate(self._template_id(a.template), a.node_name, extra)
         except VclusterError as exc:
             if isinstance(exc, OneNotFound):

@@ -1,10 +1,15 @@
-"""What every worker VM is told about the cluster: slurmctld's address and the munge key.
+"""What every worker VM is told about the cluster: slurmctld's address and where it gets
+the munge key.
 
 Why it exists: a VM joins Slurm configless (``slurmd --conf-server HOST:PORT``) and must
-authenticate with the cluster's munge key, so both go into its CONTEXT. They are read once,
-when the controller starts, and a problem is a :class:`ConfigError` naming the key to fix.
-The address is ``slurm.controller_host`` if set, else the first ``SlurmctldHost`` of
-slurm.conf (its ``(address)`` if given) with ``SlurmctldPort`` (default 6817).
+authenticate with the cluster's munge key. The address goes into its CONTEXT; the key does
+not (anyone who can read the VM reads its CONTEXT): the CONTEXT names the controller's join
+endpoint (:mod:`vcluster.controller.join_server`), where the VM redeems a one-time token for
+it. Everything is read once, when the controller starts, and a problem is a
+:class:`ConfigError` naming the key to fix. The slurmctld address is
+``slurm.controller_host`` if set, else the first ``SlurmctldHost`` of slurm.conf (its
+``(address)`` if given) with ``SlurmctldPort`` (default 6817). The join endpoint is
+``controller.join_address``, else slurmctld's host with port :data:`DEFAULT_JOIN_PORT`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from vcluster.errors import ConfigError
 from vcluster.vmtemplate import GuestContext
 
 DEFAULT_SLURMCTLD_PORT = 6817
+DEFAULT_JOIN_PORT = 6830
 _HOST_RE = re.compile(r"^\s*([^\s(]+)(?:\(([^)]*)\))?\s*$")
 
 
@@ -85,10 +91,31 @@ def munge_key_b64(config: Config) -> str:
     return base64.b64encode(key).decode("ascii")
 
 
+def join_endpoint(config: Config) -> tuple[str, int]:
+    """(host, port) the join endpoint listens on and worker VMs reach it at."""
+    configured = config.controller.join_address.strip()
+    if configured:
+        host, sep, port = configured.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"join_address must be HOST:PORT (an address worker VMs reach "
+                              f"the controller at), got {configured!r}",
+                              key="controller.join_address")
+        return host.strip("[]"), int(port)
+    try:
+        host = slurmctld_address(config).rpartition(":")[0]
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or set controller.join_address",
+                          key="controller.join_address") from exc
+    return host, DEFAULT_JOIN_PORT
+
+
 def guest_context(config: Config) -> GuestContext:
-    """The GuestContext of every worker VM of this cluster."""
-    key = munge_key_b64(config)
+    """The GuestContext of every worker VM of this cluster (the munge key is checked to be
+    readable here, but is not part of it: see :func:`munge_key_b64`)."""
+    munge_key_b64(config)
+    host, port = join_endpoint(config)
+    join_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     if config.slurm.configless:
-        return GuestContext(slurm_conf_server=slurmctld_address(config), munge_key_b64=key)
-    return GuestContext(slurm_conf_server="", munge_key_b64=key,
+        return GuestContext(slurm_conf_server=slurmctld_address(config), join_url=join_url)
+    return GuestContext(slurm_conf_server="", join_url=join_url,
                         slurm_conf_path=config.slurm.conf)

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 
 from vcluster import db
+from vcluster.controller import join_tokens
 from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
 from vcluster.controller.standby import STANDBY_TAG
 from vcluster.errors import OneNotFound, VclusterError
-from vcluster.vmtemplate import guest_script_bytes, worker_vm_extra
+from vcluster.vmtemplate import bootstrap_script_bytes, worker_vm_extra
 
 if TYPE_CHECKING:
     from vcluster.controller.act import Actor
@@ -38,21 +39,44 @@ BOOT_BACKOFF_S = 30.0
 template must not become one refused allocation every pass."""
 
 
+def _unbound_token(actor: Actor, what: str) -> str:
+    """The one-time join token of a VM booted with no node (its munge key at boot)."""
+    with db.transaction(actor.sessions) as s:
+        return join_tokens.issue_unbound(s, what=what, now=actor.now(),
+                                         ttl_s=actor.config.controller.resume_timeout_s)
+
+
+def _bind(actor: Actor, token: str, vm_id: int) -> None:
+    with db.transaction(actor.sessions) as s:
+        join_tokens.bind(s, token, vm_id)
+
+
+def _forget(actor: Actor, token: str) -> None:
+    try:
+        with db.transaction(actor.sessions) as s:
+            join_tokens.forget(s, token)
+    except Exception as exc:  # it expires anyway
+        log.warning("cannot drop an unused join token: %s", exc)
+
+
 def boot_standby(actor: Actor, a: BootStandby) -> None:
     backoff: dict[str, float] = actor.__dict__.setdefault("_standby_backoff", {})
     if time.monotonic() < backoff.get(a.node_class, 0.0):
         return
     cluster = actor.config.controller.cluster_name
+    token = _unbound_token(actor, f"standby:{a.node_class}")
     try:
         if actor._guest_script is None:
-            actor._guest_script = guest_script_bytes()
+            actor._guest_script = bootstrap_script_bytes()
         extra = worker_vm_extra(
             node_class=actor.config.node_class(a.node_class), node_name="", job_id=None,
             cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
-            guest_script=actor._guest_script, standby_class=a.node_class)
+            join_token=token, guest_script=actor._guest_script, standby_class=a.node_class)
         vm_id = actor.one.instantiate(actor._template_id(a.template),
                                       f"{cluster}-standby-{a.node_class}", extra)
+        _bind(actor, token, vm_id)
     except VclusterError as exc:
+        _forget(actor, token)
         if isinstance(exc, OneNotFound):
             actor._template_ids.pop(a.template, None)
         backoff[a.node_class] = time.monotonic() + BOOT_BACKOFF_S
@@ -68,16 +92,19 @@ def boot_standby(actor: Actor, a: BootStandby) -> None:
 def boot_early(actor: Actor, a: BootEarly) -> None:
     """A failure is only logged: Slurm's resume comes within seconds and boots as usual."""
     cluster = actor.config.controller.cluster_name
+    token = _unbound_token(actor, f"early:{a.node_name}")
     try:
         if actor._guest_script is None:
-            actor._guest_script = guest_script_bytes()
+            actor._guest_script = bootstrap_script_bytes()
         extra = worker_vm_extra(
             node_class=actor.config.node_class(a.node_class), node_name="", job_id=a.job_id,
             cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
-            guest_script=actor._guest_script, standby_class=a.node_class,
+            join_token=token, guest_script=actor._guest_script, standby_class=a.node_class,
             early_node=a.node_name)
         vm_id = actor.one.instantiate(actor._template_id(a.template), a.node_name, extra)
+        _bind(actor, token, vm_id)
     except VclusterError as exc:
+        _forget(actor, token)
         if isinstance(exc, OneNotFound):
             actor._template_ids.pop(a.template, None)
         log.warning("cannot boot a VM for %s at allocation (its resume will): %s",
