@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,8 +49,10 @@ class Site:
         env["VCLUSTER_CONFIG"] = str(self.spec.config_path)
         env["SLURM_CONF"] = str(self.spec.slurm.conf)
         env["FSUB_WAIT_INTERVAL_S"] = "0.5"
-        # the site's Slurm client commands first (the other Slurm's, from its root)
-        env["PATH"] = f"{self.config.slurm.bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
+        # the site's Slurm client commands first (the other Slurm's, from its root), then
+        # the fsub installed with the Python under test (a venv's is not on root's PATH)
+        env["PATH"] = (f"{self.config.slurm.bin_dir}:{sysconfig.get_path('scripts')}:"
+                       f"{env.get('PATH', '/usr/bin:/bin')}")
         return env
 
     @property
