@@ -66,6 +66,14 @@ class FakeSlurm:
     def hold(self, job_id: int) -> None:
         self.updates.append(f"hold {job_id}")
 
+    def suspend(self, job_id: int) -> None:
+        self.updates.append(f"suspend {job_id}")
+        self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="SUSPENDED")
+
+    def resume(self, job_id: int) -> None:
+        self.updates.append(f"resume {job_id}")
+        self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="RUNNING")
+
     def update_job(self, job_id: int, **fields: str) -> None:
         self.updates.append(" ".join([f"jobid={job_id}"] + [
             f"{k}={v}" for k, v in fields.items()]))
@@ -122,6 +130,9 @@ class FakeOne:
         self.actions.append((action, vm_id))
         if action == "resume":
             self.run(vm_id)
+        elif action == "stop":  # settled at once: oned saves the memory, moves it off the host
+            self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=4, lcm_state=0,
+                                            state_name="STOPPED")
 
     def run(self, vm_id: int) -> None:
         self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=3,

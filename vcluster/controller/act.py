@@ -41,6 +41,7 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.controller.preempt_act import PreemptActs
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -86,8 +87,9 @@ def _record_lifetime(row: db.Launch, vm: VM | None, now: datetime) -> None:
         row.vm_ended_at = row.vm_ended_at or now
 
 
-class Actor:
-    """Carries out actions against Slurm, OpenNebula and the database."""
+class Actor(PreemptActs):
+    """Carries out actions against Slurm, OpenNebula and the database (the preemption
+    actions' handlers come from :class:`PreemptActs`)."""
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,

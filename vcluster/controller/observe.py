@@ -96,6 +96,19 @@ class DrainView:
 
 
 @dataclass(frozen=True)
+class SuspensionView:
+    """A VM vcluster stopped (or is stopping, or bringing back) for its suspended job."""
+
+    node_name: str
+    job_id: int
+    vm_id: int
+    by_job: int | None
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one pass of the planner looks at."""
 
@@ -121,6 +134,8 @@ class Observed:
     """Job rows not ended, or ended within JOB_MEMORY_S."""
     drains: Mapping[str, DrainView] = field(default_factory=dict)
     """Drained node classes and nodes, by class or node name."""
+    suspensions: Mapping[str, SuspensionView] = field(default_factory=dict)
+    """VMs vcluster stopped for suspended jobs, by node name."""
 
 
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
@@ -168,7 +183,11 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
             "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
             "known_jobs": known_jobs,
             "drains": {d.target: DrainView(d.target, d.kind, d.reason, d.by)
-                       for d in session.scalars(select(db.Drain))}}
+                       for d in session.scalars(select(db.Drain))},
+            "suspensions": {r.node_name: SuspensionView(r.node_name, r.job_id, r.vm_id,
+                                                        r.by_job, r.state, r.created_at,
+                                                        r.updated_at)
+                            for r in session.scalars(select(db.Suspension))}}
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,

@@ -74,6 +74,8 @@ class SiteSpec:
     pool_on_vm_event: tuple[tuple[str, str], ...] = ()
     """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
+    preempt_partition: str = ""
+    """The site's ``slurm.preempt_partition`` ("" for none)."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -146,6 +148,7 @@ command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
 configless = true
 munge_key_file = "{slurm.munge_key}"
+preempt_partition = "{spec.preempt_partition}"
 
 [database]
 url = "sqlite:///{spec.root / 'vcluster.db'}"
