@@ -64,6 +64,9 @@ def suspended(state: str = "SUSPENDED", vm_state: str = "RUNNING", rows: tuple[s
 CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("Slurm suspended a job: its VM is stopped",
      lambda: suspended(), [StopVM(40, S1, 12)]),
+    ("a suspended job's node, IDLE with the prolog's POWER_DOWN_ASAP, is not powered down",
+     lambda: replace(suspended(), nodes={S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}),
+     [StopVM(40, S1, 12)]),
     ("a VM vcluster is stopping is no event",
      lambda: suspended(vm_state="SAVE_STOP", rows=("stopping",)), []),
     ("the VM is STOPPED: noted once",

@@ -38,7 +38,11 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.drain import holds_back, plan_drains
 from vcluster.controller.observe import LaunchView, Observed
-from vcluster.controller.preempt import held_by_suspension, plan_preemption
+from vcluster.controller.preempt import (
+    held_by_suspension,
+    plan_preemption,
+    under_suspended_job,
+)
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import (
     PER_JOB_REASON_PREFIX,
@@ -262,7 +266,7 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
 
     if vm_id is None:  # booting and up launches have their VM, unless edited by hand
         return [CloseLaunch(launch.id, name, "failed", f"a {state} launch without a VM id")]
-    if _is_off(node):
+    if _is_off(node) and not under_suspended_job(obs, node):
         if node is not None and node.is_down:
             # Slurm gave the node up (ResumeTimeout, SlurmdTimeout) and requeued its job
             # before ResumeFailProgram's request was seen: a failed launch all the same, so

@@ -45,7 +45,7 @@ from vcluster.controller.actions import (
     SuspendJob,
 )
 from vcluster.controller.observe import LaunchView, Observed, SuspensionView
-from vcluster.slurm_parse import Job
+from vcluster.slurm_parse import Job, Node
 
 PREEMPT_SETTLE_S = 10.0
 """After the jobs preempted for a waiting VM have their VMs STOPPED, how long OpenNebula's
@@ -63,6 +63,13 @@ def held_by_suspension(obs: Observed, launch: LaunchView) -> bool:
     suspended job: its state is what vcluster asked for, not an event."""
     row = obs.suspensions.get(launch.node_name)
     return row is not None and launch.vm_id is not None and row.vm_id == launch.vm_id
+
+
+def under_suspended_job(obs: Observed, node: Node | None) -> bool:
+    """The node holds a job Slurm suspended: IDLE with the prolog's POWER_DOWN_ASAP pending,
+    but Slurm powers down no node with a suspended job, and neither does vcluster."""
+    return (node is not None and not node.powered_down and not node.powering_down
+            and any(j.state == "SUSPENDED" and node.name in j.nodes for j in obs.jobs.values()))
 
 
 def _age_s(obs: Observed, row: SuspensionView, *, since_update: bool = False) -> float:
