@@ -96,6 +96,10 @@ class SlurmSettings:
     """VMs fetch slurm.conf from slurmctld (``enable_configless``)."""
     munge_key_file: str = "/etc/munge/munge.key"
     """The cluster's munge key, given to VMs through their context."""
+    preempt_partition: str = ""
+    """A high-priority partition on the node classes' nodes whose jobs preempt the other
+    partitions' jobs by suspending them (their VMs stopped, freeing the hosts) when their own
+    VMs cannot be placed; "" for none. ``vcluster slurm-conf`` declares it."""
 
 
 @dataclass(frozen=True)
@@ -405,10 +409,17 @@ def parse_config(
         controller_host=s_r.get("controller_host", str, ""),
         configless=s_r.get("configless", bool, True),
         munge_key_file=s_r.get("munge_key_file", str, "/etc/munge/munge.key"),
+        preempt_partition=s_r.get("preempt_partition", str, ""),
     )
     s_r.finish()
     if not slurm.partitions:
         raise s_r.err("partitions", "must name at least one partition")
+    if slurm.preempt_partition in slurm.partitions:
+        raise s_r.err("preempt_partition", f"{slurm.preempt_partition!r} is one of "
+                      "slurm.partitions, whose jobs it preempts: name another partition")
+    if slurm.preempt_partition and not re.fullmatch(r"[A-Za-z0-9_.-]+",
+                                                    slurm.preempt_partition):
+        raise s_r.err("preempt_partition", "may hold only letters, digits, '_', '.' and '-'")
 
     d_r = _Reader(top.get("database", dict, {}), "database", path)
     database = DatabaseSettings(url=d_r.get("url", str, DatabaseSettings.url))

@@ -54,7 +54,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -266,6 +266,29 @@ class JoinToken(Base):
     redeemed_from: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_join_token_launch", "launch_id"),)
+
+
+SUSPENSION_STATES = ("suspending", "stopping", "stopped", "resuming")
+
+
+class Suspension(Base):
+    """A VM vcluster stopped (or is stopping, or bringing back) because Slurm suspended its
+    job: what vcluster asked for, so that its STOPPED VM is not an ``on_vm_event``. One row
+    per node; ``by_job`` is the job vcluster suspended it for (None: Slurm or an admin did)."""
+
+    __tablename__ = "suspension"
+    node_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer)
+    vm_id: Mapped[int] = mapped_column(Integer)
+    by_job: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="suspending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in SUSPENSION_STATES) + ")",
+                        name="ck_suspension_state"),
+    )
 
 
 class Heartbeat(Base):

@@ -225,10 +225,16 @@ def build_status(
             nc.name, nc.policy, nc.partition, nc.template, nc.templates, nc.hostlist, nc.count,
             dict(sorted(states.items())), open_by_class[nc.name]))
 
+    suspended = {r.node_name: r for r in session.scalars(select(db.Suspension))}
+
     def vm(la: db.Launch) -> VmStatus:
         node = by_name.get(la.node_name)
         slurm_state = node_state_label(node) if node else ("" if nodes is None else "hidden")
-        return VmStatus(la.node_name, la.node_class, la.job_id, la.vm_id, la.state, slurm_state,
+        row = suspended.get(la.node_name) if la.is_open else None
+        state = la.state if row is None or row.vm_id != la.vm_id else (
+            f"{la.state} (VM {row.state}: job {row.job_id} suspended"
+            + (f" for job {row.by_job})" if row.by_job is not None else ")"))
+        return VmStatus(la.node_name, la.node_class, la.job_id, la.vm_id, state, slurm_state,
                         la.ip or "", la.reason, _age_s(now, la.created_at), not la.is_open)
 
     jobs = []

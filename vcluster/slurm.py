@@ -310,6 +310,14 @@ class Slurm:
     def release(self, job_id: int) -> None:
         self.run(["scontrol", "release", str(job_id)])
 
+    def suspend(self, job_id: int) -> None:
+        """``scontrol suspend J``: Slurm stops the job's processes and frees its CPUs."""
+        self.run(["scontrol", "suspend", str(job_id)])
+
+    def resume(self, job_id: int) -> None:
+        """``scontrol resume J``: the job's processes continue."""
+        self.run(["scontrol", "resume", str(job_id)])
+
     def requeue(self, job_id: int) -> None:
         self.run(["scontrol", "requeue", str(job_id)])
 

@@ -209,6 +209,29 @@ def partition_lines(config: Config) -> list[str]:
     return lines
 
 
+def preempt_lines(config: Config) -> list[str]:
+    """What a ``preempt_partition`` needs: the partition on every node class's nodes, above
+    the others, and SlurmdTimeout=0 so that a node whose VM is stopped under a suspended job
+    is not set DOWN (which would kill and requeue the job)."""
+    partition = config.slurm.preempt_partition
+    if not partition or not config.node_classes:
+        return []
+    nodes = ",".join(nc.hostlist for nc in config.node_classes)
+    line = (f"PartitionName={partition} Nodes={nodes} State=UP MaxTime=INFINITE "
+            f"PriorityTier=2 SuspendTime={max(nc.suspend_time_s for nc in config.node_classes)}")
+    if all(nc.policy == "per-job" for nc in config.node_classes):
+        line += " OverSubscribe=EXCLUSIVE"
+    return [
+        f"# Preemption that jobs survive: jobs of {partition} suspend the others' when their",
+        "# own VMs cannot be placed; the suspended jobs' VMs are stopped in OpenNebula (hosts",
+        "# freed) and resumed after. A stopped VM's slurmd cannot answer: 0 leaves node health",
+        "# to vcluster, which watches every VM through OpenNebula (Slurm would set the node",
+        "# DOWN and kill the job). Non-vcluster nodes of this slurmctld lose Slurm's check too.",
+        "SlurmdTimeout=0",
+        line,
+    ]
+
+
 def generate(config: Config, programs: HookPrograms | None, *,
              slurm_version: str | None = None) -> str:
     """The whole block to merge into slurm.conf, ending with a newline.
@@ -228,6 +251,7 @@ def generate(config: Config, programs: HookPrograms | None, *,
         *power_save_lines(config, programs, version),
         *node_lines(config),
         *partition_lines(config),
+        *preempt_lines(config),
         "# --- end of vcluster ---",
     ]
     return "\n".join(lines) + "\n"

@@ -24,11 +24,21 @@ STOPPED, UNDEPLOYED = (4, 0), (9, 0)
 
 
 class StopRecorder(DummyDriver):
-    """The dummy driver, recording (operation, vm_id, hard) of every stop."""
+    """The dummy driver, recording (operation, vm_id, hard) of every stop, and every call in
+    ``calls`` (operation, vm_id)."""
 
     def __init__(self, state_dir: Path) -> None:
         super().__init__(state_dir)
         self.stops: list[tuple[str, int, bool]] = []
+        self.calls: list[tuple[str, int]] = []
+
+    def suspend(self, vm_id: int) -> None:
+        self.calls.append(("suspend", vm_id))
+        super().suspend(vm_id)
+
+    def resume(self, vm_id: int) -> None:
+        self.calls.append(("resume", vm_id))
+        super().resume(vm_id)
 
     def shutdown(self, vm_id: int, *, hard: bool = False) -> None:
         self.stops.append(("shutdown", vm_id, hard))
@@ -66,7 +76,7 @@ def _running(cloud: Running) -> int:
     ("poweroff", POWEROFF, [("poweroff", False)]),
     ("poweroff-hard", POWEROFF, [("poweroff", True)]),
     ("undeploy-hard", UNDEPLOYED, [("poweroff", True), ("poweroff", True)]),
-    ("stop", STOPPED, [("poweroff", True), ("poweroff", True)]),
+    ("stop", STOPPED, []),  # the guest's memory is saved, not cut: see below
 ])
 def test_hard_actions_are_power_cuts(hv: tuple[Running, StopRecorder], action: str,
                                      settled: tuple[int, int],
@@ -96,14 +106,19 @@ def test_a_vm_not_running_is_torn_down_when_terminated(
     assert not driver.alive(vm_id)
 
 
-def test_a_suspended_vm_stopped_is_cut(hv: tuple[Running, StopRecorder]) -> None:
+def test_a_suspended_vm_stopped_keeps_its_saved_state(
+        hv: tuple[Running, StopRecorder]) -> None:
+    """oned moves a suspended VM's saved memory off the host (EPILOG_STOP): not a cut."""
     cloud, driver = hv
     vm_id = _running(cloud)
     cloud.one.vm.action("suspend", vm_id)
     cloud.wait_state(vm_id, *SUSPENDED)
     cloud.one.vm.action("stop", vm_id)
     cloud.wait_state(vm_id, *STOPPED)
-    assert driver.stops == [("poweroff", vm_id, True)]
+    assert driver.stops == []
+    cloud.one.vm.action("resume", vm_id)
+    cloud.wait_state(vm_id, *RUNNING)
+    assert driver.alive(vm_id)
 
 
 def test_leftovers_of_done_vms_are_swept(hv: tuple[Running, StopRecorder]) -> None:
@@ -114,3 +129,31 @@ def test_leftovers_of_done_vms_are_swept(hv: tuple[Running, StopRecorder]) -> No
     driver._vms[vm_id] = {"state": "running", "crash_at": None}  # something survived
     cloud.server.engine.sweep_once()
     assert vm_id not in driver._vms
+
+
+def test_stop_saves_the_guest_frees_the_host_and_resume_restores_it(
+        hv: tuple[Running, StopRecorder]) -> None:
+    """oned's stop saves the VM's memory and moves it off the host (the host's capacity is
+    freed, unlike suspend); resume places it again and restores it: the guest's processes
+    go on, never rebooted."""
+    cloud, driver = hv
+    vm_id = _running(cloud)
+    used = int(cloud.one.host.info(0).HOST_SHARE.CPU_USAGE)
+    assert used > 0
+    cloud.one.vm.action("stop", vm_id)
+    cloud.wait_state(vm_id, *STOPPED)
+    assert int(cloud.one.host.info(0).HOST_SHARE.CPU_USAGE) == 0
+    cloud.one.vm.action("resume", vm_id)
+    cloud.wait_state(vm_id, *RUNNING)
+    assert int(cloud.one.host.info(0).HOST_SHARE.CPU_USAGE) == used
+    assert [c for c in driver.calls if c[1] == vm_id] == [("suspend", vm_id), ("resume", vm_id)]
+    assert not [s for s in driver.stops if s[1] == vm_id], "the guest was never cut"
+
+
+def test_suspend_keeps_the_host_capacity(hv: tuple[Running, StopRecorder]) -> None:
+    cloud, _driver = hv
+    vm_id = _running(cloud)
+    used = int(cloud.one.host.info(0).HOST_SHARE.CPU_USAGE)
+    cloud.one.vm.action("suspend", vm_id)
+    cloud.wait_state(vm_id, *SUSPENDED)
+    assert int(cloud.one.host.info(0).HOST_SHARE.CPU_USAGE) == used

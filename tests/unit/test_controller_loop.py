@@ -68,6 +68,14 @@ class FakeSlurm:
     def hold(self, job_id: int) -> None:
         self.updates.append(f"hold {job_id}")
 
+    def suspend(self, job_id: int) -> None:
+        self.updates.append(f"suspend {job_id}")
+        self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="SUSPENDED")
+
+    def resume(self, job_id: int) -> None:
+        self.updates.append(f"resume {job_id}")
+        self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="RUNNING")
+
     def update_job(self, job_id: int, **fields: str) -> None:
         self.updates.append(" ".join([f"jobid={job_id}"] + [
             f"{k}={v}" for k, v in fields.items()]))
@@ -124,6 +132,9 @@ class FakeOne:
         self.actions.append((action, vm_id))
         if action == "resume":
             self.run(vm_id)
+        elif action == "stop":  # settled at once: oned saves the memory, moves it off the host
+            self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=4, lcm_state=0,
+                                            state_name="STOPPED")
 
     def run(self, vm_id: int) -> None:
         self.vms_by_id[vm_id] = replace(self.vms_by_id[vm_id], state=3, lcm_state=3,
@@ -659,3 +670,37 @@ def test_a_drain_changed_since_the_pass_read_it_is_not_undone(world: World) -> N
     actor.act([SetDrain((S2,), True, "vcluster drain: r (by alice)")])  # planned before undrain
     actor.act([SetDrain((S1,), False, "drain lifted")])
     assert w.slurm.updates[1:] == [f"nodename={S1} state=RESUME"]
+
+
+def test_a_job_slurm_suspends_has_its_vm_stopped_and_brought_back(world: World) -> None:
+    """scontrol suspend: the VM is stopped (not an on_vm_event) and the node drained; scontrol
+    resume: the VM resumed, the drain lifted, Slurm's resume said again to slurmd."""
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}
+    w.controller.run_pass()
+    w.slurm.jobs_by_id = {12: job(12, S1, state="SUSPENDED")}
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}  # prolog's ASAP
+    w.slurm.updates.clear()
+    w.controller.run_pass()
+    assert w.one.actions == [("stop", 40)]
+    assert w.slurm.updates == [f"nodename={S1} state=DRAIN reason=vcluster suspend: VM "
+                               "stopped while job 12 is suspended"]
+    w.controller.run_pass()
+    w.controller.run_pass()  # STOPPED stays: no FailNode, no terminate
+    assert w.one.terminated == [] and w.one.actions == [("stop", 40)]
+    w.slurm.jobs_by_id = {12: job(12, S1, state="RUNNING")}  # scontrol resume
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED", "DRAIN", "POWER_DOWN")}
+    w.controller.run_pass()
+    assert w.one.actions == [("stop", 40), ("resume", 40)]
+    w.controller.run_pass()
+    assert w.slurm.updates[-3:] == [f"nodename={S1} state=RESUME", "suspend 12", "resume 12"]
+    with w.sessions() as s:
+        assert s.scalars(select(db.Suspension)).all() == []
+    kinds = [k for k, _, _ in w.events()]
+    assert [k for k in kinds if k.startswith(("vm.", "job."))][-4:] == [
+        "vm.stop", "vm.stopped", "vm.restore", "job.resumed"]
+    assert "vm.lost" not in kinds and w.launches() == [(S1, "up", 40, "10.9.0.40", False)]

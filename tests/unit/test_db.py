@@ -29,7 +29,7 @@ def test_migrations_create_parent_dirs_and_all_tables(engine, tmp_path: Path) ->
     assert (tmp_path / "sub" / "dir" / "state.db").exists()
     tables = set(inspect(engine).get_table_names())
     assert tables == {"alembic_version", "launch", "job", "hook_request", "event", "heartbeat",
-                      "drain", "class_backoff", "controller", "join_token"}
+                      "drain", "class_backoff", "controller", "join_token", "suspension"}
     assert db.current_revision(engine) == db.HEAD_REVISION
 
 
@@ -158,8 +158,8 @@ def test_usage_columns_arrive_on_a_database_with_history(tmp_path: Path) -> None
         eng.dispose()
 
 
-SMALL_TABLES = ("drain", "class_backoff")
-"""Tables with a row per node class or per drained node: scanning them costs nothing."""
+SMALL_TABLES = ("drain", "class_backoff", "suspension")
+"""Tables with a row per node class, drained node or suspended node: cheap to scan."""
 
 
 def test_a_pass_reads_history_through_indexes(engine) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,7 @@ from vcluster.controller.actions import (
 from vcluster.controller.backoff import capacity_cause
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.controller.preempt_act import PreemptActs
 from vcluster.controller.standby_act import boot_early, boot_standby, claim_standby
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
@@ -97,8 +98,9 @@ def _record_lifetime(row: db.Launch, vm: VM | None, now: datetime) -> None:
         row.vm_ended_at = row.vm_ended_at or now
 
 
-class Actor:
-    """Carries out actions against Slurm, OpenNebula and the database."""
+class Actor(PreemptActs):
+    """Carries out actions against Slurm, OpenNebula and the database (the preemption
+    actions' handlers come from :class:`PreemptActs`)."""
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,

@@ -274,7 +274,75 @@ class MarkHandled:
     request_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class SuspendJob:
+    """Preempt a running job for ``by_job``, whose VMs cannot be placed: record the intent
+    for each of its nodes, then ``scontrol suspend`` it (its VMs are stopped once Slurm shows
+    it SUSPENDED)."""
+
+    job_id: int
+    by_job: int
+    node_names: tuple[str, ...]
+    vm_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopVM:
+    """Stop the VM of a node whose job Slurm suspended (OpenNebula saves its memory and frees
+    its host), DRAIN the node so no other job lands on it meanwhile."""
+
+    vm_id: int
+    node_name: str
+    job_id: int
+    by_job: int | None = None
+
+
+@dataclass(frozen=True)
+class MarkStopped:
+    """The VM vcluster stopped is STOPPED: its host's capacity is free."""
+
+    vm_id: int
+    node_name: str
+    job_id: int
+    seconds: float
+    """Since the suspension began."""
+
+
+@dataclass(frozen=True)
+class RestoreVM:
+    """Resume a VM vcluster stopped: its job is to run again."""
+
+    vm_id: int
+    node_name: str
+    job_id: int
+
+
+@dataclass(frozen=True)
+class FinishResume:
+    """Every VM of a suspended job is RUNNING again: lift the DRAIN, resume the job in Slurm
+    (``slurm_resume``: vcluster suspended it) or deliver Slurm's resume again (``redeliver``:
+    Slurm resumed it while its VMs were stopped, and slurmd never got the message)."""
+
+    job_id: int
+    node_names: tuple[str, ...]
+    slurm_resume: bool
+    redeliver: bool
+    seconds: float
+    """Since the VMs were asked back."""
+
+
+@dataclass(frozen=True)
+class DropSuspension:
+    """Forget suspension rows that no longer hold (the job or its VM is gone)."""
+
+    node_names: tuple[str, ...]
+    job_id: int
+    reason: str
+
+
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
           | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled
-          | BootStandby | BootEarly | ClaimStandby)
+          | BootStandby | BootEarly | ClaimStandby | SuspendJob | StopVM | MarkStopped
+          | RestoreVM | FinishResume | DropSuspension)

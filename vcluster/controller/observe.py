@@ -121,6 +121,19 @@ class BackoffView:
 
 
 @dataclass(frozen=True)
+class SuspensionView:
+    """A VM vcluster stopped (or is stopping, or bringing back) for its suspended job."""
+
+    node_name: str
+    job_id: int
+    vm_id: int
+    by_job: int | None
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one pass of the planner looks at."""
 
@@ -153,6 +166,8 @@ class Observed:
     """Backed-off templates, by (node class, template)."""
     recent_boots: tuple[tuple[datetime, str], ...] = ()
     """(when, node class) of every VM allocation sent within the boot-rate window."""
+    suspensions: Mapping[str, SuspensionView] = field(default_factory=dict)
+    """VMs vcluster stopped for suspended jobs, by node name."""
 
 
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
@@ -218,7 +233,11 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                 (at, nc.name) for at, name in recent_boots
                 if (nc := config.class_of_node(name)) is not None),
             "drains": {d.target: DrainView(d.target, d.kind, d.reason, d.by)
-                       for d in session.scalars(select(db.Drain))}}
+                       for d in session.scalars(select(db.Drain))},
+            "suspensions": {r.node_name: SuspensionView(r.node_name, r.job_id, r.vm_id,
+                                                        r.by_job, r.state, r.created_at,
+                                                        r.updated_at)
+                            for r in session.scalars(select(db.Suspension))}}
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,

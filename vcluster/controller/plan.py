@@ -40,6 +40,11 @@ from vcluster.controller.actions import (
 from vcluster.controller.backoff import apply_backoff
 from vcluster.controller.drain import holds_back, plan_drains
 from vcluster.controller.observe import LaunchView, Observed
+from vcluster.controller.preempt import (
+    held_by_suspension,
+    plan_preemption,
+    under_suspended_job,
+)
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import (
     PER_JOB_REASON_PREFIX,
@@ -263,7 +268,7 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
 
     if vm_id is None:  # booting and up launches have their VM, unless edited by hand
         return [CloseLaunch(launch.id, name, "failed", f"a {state} launch without a VM id")]
-    if _is_off(node):
+    if _is_off(node) and not under_suspended_job(obs, node):
         if node is not None and node.is_down:
             # Slurm gave the node up (ResumeTimeout, SlurmdTimeout) and requeued its job
             # before ResumeFailProgram's request was seen: a failed launch all the same, so
@@ -272,6 +277,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
                                 f"({node.reason or 'DOWN'})", launch.id, close_as="failed")]
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
+    if vm is not None and not node.is_down and held_by_suspension(obs, launch):
+        return []  # stopped for its suspended job: asked for by vcluster (preempt.py)
     event = vm_event(vm)
     if event is not None:
         return _plan_vm_event(nc, launch, vm_id, vm, event)
@@ -340,7 +347,7 @@ def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
 
 def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
     actions: list[Action] = []
-    partitions = set(config.slurm.partitions)
+    partitions = set(config.slurm.partitions) | {config.slurm.preempt_partition} - {""}
     seen: set[int] = set()
     for job in sorted(obs.jobs.values(), key=lambda j: j.job_id):
         if not partitions & set(job.partition.split(",")):
@@ -451,6 +458,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     if power_down:
         actions.append(PowerDown(tuple(sorted(power_down)), "per-job node's job ended"))
     actions += plan_drains(obs, config)
+    actions += plan_preemption(obs, config)
     actions += _plan_jobs(config, obs)
     if obs.requests:
         actions.append(MarkHandled(tuple(r.id for r in obs.requests)))

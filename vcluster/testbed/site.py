@@ -86,6 +86,8 @@ class SiteSpec:
     """Standby VMs the per-job class keeps booted (its ``standby``)."""
     boot_s: float = 0.5
     """Seconds a VM spends in BOOT (the cloud's ``--boot-s``): 30 to look like a real VM."""
+    preempt_partition: str = ""
+    """The site's ``slurm.preempt_partition`` ("" for none)."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -159,6 +161,7 @@ command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
 configless = true
 munge_key_file = "{slurm.munge_key}"
+preempt_partition = "{spec.preempt_partition}"
 
 [database]
 url = "sqlite:///{spec.root / 'vcluster.db'}"

@@ -75,7 +75,9 @@ PHASES: dict[int, Phase] = {
     LCM["PROLOG_RESUME"]: Phase("prolog", "", _a("BOOT_STOPPED")),
     LCM["PROLOG_UNDEPLOY"]: Phase("prolog", "", _a("BOOT_UNDEPLOY")),
     LCM["BOOT"]: Phase("boot", "boot", _a("RUNNING"), _a("BOOT_FAILURE")),
-    LCM["BOOT_STOPPED"]: Phase("boot", "boot", _a("RUNNING"), _a("BOOT_STOPPED_FAILURE")),
+    # stop saves the guest's memory (oned: save, then epilog moves it off the host) and
+    # resume restores it (prolog back, then restore): the guest's processes go on
+    LCM["BOOT_STOPPED"]: Phase("boot", "resume", _a("RUNNING"), _a("BOOT_STOPPED_FAILURE")),
     LCM["BOOT_UNDEPLOY"]: Phase("boot", "boot", _a("RUNNING"), _a("BOOT_UNDEPLOY_FAILURE")),
     LCM["BOOT_POWEROFF"]: Phase("boot", "boot", _a("RUNNING"), (POWEROFF, 0)),
     LCM["BOOT_UNKNOWN"]: Phase("boot", "boot", _a("RUNNING"), _a("UNKNOWN")),
@@ -87,8 +89,8 @@ PHASES: dict[int, Phase] = {
     LCM["SHUTDOWN_POWEROFF"]: Phase("shutdown", "poweroff", (POWEROFF, 0)),
     LCM["SHUTDOWN_UNDEPLOY"]: Phase("shutdown", "poweroff", _a("EPILOG_UNDEPLOY")),
     LCM["EPILOG_UNDEPLOY"]: Phase("epilog", "poweroff", (UNDEPLOYED, 0), power_cut=True),
-    LCM["SAVE_STOP"]: Phase("save", "poweroff", _a("EPILOG_STOP"), power_cut=True),
-    LCM["EPILOG_STOP"]: Phase("epilog", "poweroff", (STOPPED, 0), power_cut=True),
+    LCM["SAVE_STOP"]: Phase("save", "suspend", _a("EPILOG_STOP")),
+    LCM["EPILOG_STOP"]: Phase("epilog", "", (STOPPED, 0)),
     LCM["SAVE_SUSPEND"]: Phase("save", "suspend", (SUSPENDED, 0)),
     LCM["SAVE_MIGRATE"]: Phase("save", "poweroff", _a("PROLOG_MIGRATE"), power_cut=True),
     LCM["PROLOG_MIGRATE"]: Phase("prolog", "", _a("BOOT_MIGRATE")),

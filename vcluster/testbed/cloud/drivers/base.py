@@ -93,10 +93,10 @@ class VMDriver(Protocol):
         (no signal the guest could act on); else an ACPI shutdown. Idempotent."""
 
     def suspend(self, vm_id: int) -> None:
-        """Freeze the VM's processes (SAVE_SUSPEND)."""
+        """Freeze the VM's processes (SAVE_SUSPEND; SAVE_STOP: its memory saved)."""
 
     def resume(self, vm_id: int) -> None:
-        """Thaw a suspended VM (BOOT_SUSPENDED)."""
+        """Thaw a suspended VM (BOOT_SUSPENDED; BOOT_STOPPED: its saved memory restored)."""
 
     def poweroff(self, vm_id: int, *, hard: bool = False) -> None:
         """Stop the VM's processes (frozen ones too) but keep its identity (disk, IP lease);
