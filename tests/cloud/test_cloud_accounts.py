@@ -7,6 +7,8 @@ NETWORK by name without NETWORK_UNAME) must be refused with oned 7.4's codes and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyone
 import pytest
 
@@ -138,3 +140,33 @@ def test_hosts_are_oneadmins(cloud: Running) -> None:
     assert (me.hostpool.info().HOST or []) == []
     assert _error(lambda: me.host.info(0)) == (
         AUTHORIZATION, "[one.host.info] User [2] : Not authorized to perform USE HOST [0].")
+
+
+def test_an_image_the_user_registers_is_the_one_its_disk_names(
+        start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(images=(("debian12", "/srv/root-a"),))
+    uid, _, me = _site_user(cloud)
+    text = 'NAME = "w"\nCPU = "0.1"\nMEMORY = "64"\nDISK = [ IMAGE = "debian12" ]\n'
+    tid = me.template.allocate(text)
+    assert _error(lambda: me.template.instantiate(tid, "", False, "", False)) == (
+        ALLOCATE, "[one.template.instantiate] Error allocating a new virtual machine "
+        "template. User 2 does not own an image with name: debian12 . Set IMAGE_UNAME or "
+        "IMAGE_UID of owner in DISK.")
+    image_id = me.image.allocate('NAME = "debian12"\nPATH = "/srv/root-b"\n', 1)
+    assert image_id == 1  # after the preset image 0
+    assert _error(lambda: me.image.allocate('NAME = "debian12"\nPATH = "/x"\n', 1)) == (
+        ALLOCATE, "[one.image.allocate] Error allocating a new image. "
+        "NAME is already taken by IMAGE 1.")
+    assert _error(lambda: me.image.allocate('NAME = "x"\nPATH = "/x"\n', 7)) == (
+        NO_EXISTS, "[one.image.allocate] Error getting datastore [7].")
+    vm = me.vm.info(me.template.instantiate(tid, "", False, "", False))
+    disk = vm.TEMPLATE["DISK"]
+    assert (disk["IMAGE_ID"], disk["SOURCE"], disk["IMAGE_UNAME"]) == (
+        "1", "/srv/root-b", "vcluster")
+    assert uid == 2
+    # oneadmin's image named with IMAGE_UNAME: found, but the user may not USE it
+    other = me.template.allocate(text.replace('"w"', '"w2"').replace(
+        '"debian12" ]', '"debian12", IMAGE_UNAME = "oneadmin" ]'))
+    assert _error(lambda: me.template.instantiate(other, "", False, "", False)) == (
+        AUTHORIZATION, "[one.template.instantiate] User [2] : Not authorized to perform "
+        "USE IMAGE [0].")

@@ -19,6 +19,7 @@ from vcluster.testbed.cloud import lifecycle
 from vcluster.testbed.cloud.accounts import Accounts
 from vcluster.testbed.cloud.context import build_context
 from vcluster.testbed.cloud.drivers.base import Fault, Nic, VMDriver, VMSpec
+from vcluster.testbed.cloud.images import Images
 from vcluster.testbed.cloud.lifecycle import HOLDS_HOST, ActionRefused
 from vcluster.testbed.cloud.model import (
     ACTION_NUMBERS,
@@ -71,7 +72,7 @@ def log_time() -> str:
     return time.strftime("%a %b %d %H:%M:%S %Y")
 
 
-class Cloud(Resources, Accounts):
+class Cloud(Images, Resources, Accounts):
     """All objects of the testbed cloud and the operations the API performs on them."""
 
     def __init__(self, settings: CloudSettings, store: Store, driver: VMDriver) -> None:
@@ -96,6 +97,7 @@ class Cloud(Resources, Accounts):
         """Read every object back from the store, or create the first hosts and network."""
         with self.lock:
             self.load_accounts()
+            self.load_images()
             self.vms = {vm.vm_id: vm for vm in self.store.load_vms()}
             self.load_resources()
             for host in self.hosts.values():

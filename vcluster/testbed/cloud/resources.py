@@ -211,47 +211,6 @@ class Resources:
             return user.uid
         return self.caller.uid
 
-    @property
-    def vms_uid(self) -> int:
-        """The uid whose images a DISK IMAGE name names (the testbed's images are
-        oneadmin's, resolved for any user as before)."""
-        return self.caller.uid
-
-    # --- images (a fixed datastore: settings.images) --------------------------------------
-
-    def attach_disks(self, vm: VM) -> None:
-        """Resolve each DISK's IMAGE / IMAGE_ID as oned's VirtualMachineDisks do (its texts),
-        and complete the vector with what oned adds (DISK_ID, SOURCE, TARGET...)."""
-        images = list(self.settings.images)
-        disks = []
-        for disk_id, value in enumerate(v for n, v in vm.template.attrs if n == "DISK"):
-            disk = dict(value) if isinstance(value, dict) else {}
-            image_id = -1
-            if disk.get("IMAGE"):
-                image_id = next((i for i, (name, _) in enumerate(images)
-                                 if name == disk["IMAGE"]), -1)
-                if image_id < 0:
-                    raise OneRequestError(
-                        INTERNAL, f"User {self.vms_uid} does not own an image with name: "
-                        f"{disk['IMAGE']} . Set IMAGE_UNAME or IMAGE_UID of owner in DISK.")
-            elif "IMAGE_ID" in disk:
-                text = disk["IMAGE_ID"]
-                image_id = int(text) if text.isdigit() else -1
-                if not 0 <= image_id < len(images):
-                    raise OneRequestError(INTERNAL, f"Image with ID: {text} does not exist")
-            if image_id >= 0:
-                name, source = images[image_id]
-                disk.update({"CLONE": "YES", "DATASTORE": "default", "DATASTORE_ID": "1",
-                             "IMAGE": name, "IMAGE_ID": str(image_id),
-                             "IMAGE_UNAME": self.settings.user, "READONLY": "NO",
-                             "SOURCE": source, "TYPE": "FILE"})
-            disk["DISK_ID"] = str(disk_id)
-            disk.setdefault("TARGET", "vd" + "abcdefghijklmnopqrstuvwxyz"[disk_id % 26])
-            disks.append(disk)
-        vm.template.remove("DISK")
-        for disk in disks:
-            vm.template.add("DISK", disk)
-
     def lease_nics(self, vm: VM) -> list[tuple[int, str]]:
         """Give every NIC of ``vm`` an address; returns the (vnet_id, ip) pairs leased."""
         leased: list[tuple[int, str]] = []

@@ -137,6 +137,7 @@ class OneApi:
             "one.vnpool.info": Method("iii", "", self._vnpool),
             "one.vn.info": Method("i", "b", self._vn_info),
             "one.vn.allocate": Method("si", "", self._vn_allocate),
+            "one.image.allocate": Method("si", "b", self._image_allocate),
             **accounts_xml.methods(c, Method),
         }
 
@@ -249,6 +250,16 @@ class OneApi:
         except TemplateParseError as exc:
             raise OneRequestError(ACTION, str(exc)) from None
         return self.cloud.update_vm(vm_id, tmpl, append)
+
+    def _image_allocate(self, text: str, ds_id: int, _no_check: bool = False) -> int:
+        tmpl = parse_template(text)
+        try:
+            return self.cloud.allocate_image(tmpl, ds_id)
+        except OneRequestError as exc:
+            if exc.code != INTERNAL:
+                raise
+            raise OneRequestError(ALLOCATE, f"Error allocating a new image. {exc.message}") \
+                from None
 
     def _template_allocate(self, text: str) -> int:
         return self.cloud.allocate_template(parse_template(text))
