@@ -105,12 +105,12 @@ def methods(cloud: Cloud, method: Any) -> dict[str, Any]:
 
     return {
         "one.user.allocate": method("sss", "a", user_allocate),
-        "one.user.info": method("", "i,b", user_info),
+        "one.user.info": method("i", "b", user_info),
         "one.user.chgrp": method("ii", "", c.user_chgrp),
         "one.user.passwd": method("is", "", c.user_passwd),
         "one.userpool.info": method("", "", userpool_info),
         "one.group.allocate": method("s", "", c.allocate_group),
-        "one.group.info": method("", "i,b", group_info),
+        "one.group.info": method("i", "b", group_info),
         "one.grouppool.info": method("", "", grouppool_info),
         "one.template.chmod": method("iiiiiiiiii", "b", chmod("template")),
         "one.template.chown": method("iii", "", chown("template")),
