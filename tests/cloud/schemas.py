@@ -84,4 +84,8 @@ METHOD_SCHEMAS: dict[str, tuple[str, bool]] = {
     "one.template.info": ("vmtemplate.xsd", False),
     "one.templatepool.info": ("vmtemplate_pool.xsd", False),
     "one.system.config": ("opennebula_configuration.xsd", False),
+    "one.user.info": ("user.xsd", False),
+    "one.userpool.info": ("user_pool.xsd", False),
+    "one.group.info": ("group.xsd", False),
+    "one.grouppool.info": ("group_pool.xsd", False),
 }

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 
 from vcluster.testbed.cloud import lifecycle
+from vcluster.testbed.cloud.accounts import Accounts
 from vcluster.testbed.cloud.context import build_context
 from vcluster.testbed.cloud.drivers.base import Fault, Nic, VMDriver, VMSpec
+from vcluster.testbed.cloud.images import Images
 from vcluster.testbed.cloud.lifecycle import HOLDS_HOST, ActionRefused
 from vcluster.testbed.cloud.model import (
     ACTION_NUMBERS,
@@ -70,7 +72,7 @@ def log_time() -> str:
     return time.strftime("%a %b %d %H:%M:%S %Y")
 
 
-class Cloud(Resources):
+class Cloud(Images, Resources, Accounts):
     """All objects of the testbed cloud and the operations the API performs on them."""
 
     def __init__(self, settings: CloudSettings, store: Store, driver: VMDriver) -> None:
@@ -94,6 +96,8 @@ class Cloud(Resources):
     def load(self) -> None:
         """Read every object back from the store, or create the first hosts and network."""
         with self.lock:
+            self.load_accounts()
+            self.load_images()
             self.vms = {vm.vm_id: vm for vm in self.store.load_vms()}
             self.load_resources()
             for host in self.hosts.values():
@@ -161,8 +165,8 @@ class Cloud(Resources):
             known.replace("VMID", str(vm_id))
             if template_id is not None:
                 known.replace("TEMPLATE_ID", str(template_id))
-            vm = VM(vm_id=vm_id, name=vm_name, uid=0, gid=0, uname=self.settings.user,
-                    gname="oneadmin", template=known, user_template=user)
+            vm = VM(vm_id=vm_id, name=vm_name, template=known, user_template=user,
+                    **self.owner_fields())
             self.attach_disks(vm)
             leased = self.lease_nics(vm)
             # oned's automatic requirements: the clusters of the VM's networks (all cluster 0)

@@ -130,6 +130,11 @@ class VM:
     """Incremented on every state change; timers carry it so stale ones are ignored."""
 
     @property
+    def perms(self) -> tuple[int, ...]:
+        """A VM's permissions: oned's default 600 (the testbed has no one.vm.chmod)."""
+        return (1, 1, 0, 0, 0, 0, 0, 0, 0)
+
+    @property
     def hid(self) -> int:
         return self.history[-1].hid if self.history else -1
 
@@ -250,6 +255,8 @@ class VNet:
     uname: str = "oneadmin"
     gname: str = "oneadmin"
     vn_mad: str = "bridge"
+    perms: tuple[int, ...] = (1, 1, 0, 0, 0, 0, 0, 0, 0)
+    """OWNER_U/M/A, GROUP_U/M/A, OTHER_U/M/A (oned's default UMASK 177: 600)."""
     leases: dict[str, int] = field(default_factory=dict)
     """Leased IP -> VM id (persisted in the store's lease table, not in the JSON body)."""
 
@@ -264,6 +271,7 @@ class VNet:
         data = dict(data)
         data["template"] = Template.from_dict(data["template"])
         data["ars"] = [AddressRange(**ar) for ar in data["ars"]]
+        data["perms"] = tuple(data.get("perms", (1, 1, 0, 0, 0, 0, 0, 0, 0)))
         return cls(**data)
 
 
@@ -277,6 +285,7 @@ class VMTemplate:
     uname: str = "oneadmin"
     gname: str = "oneadmin"
     regtime: int = field(default_factory=now_s)
+    perms: tuple[int, ...] = (1, 1, 0, 0, 0, 0, 0, 0, 0)
 
     def to_json(self) -> dict[str, Any]:
         data = _plain(self, "template")
@@ -287,4 +296,5 @@ class VMTemplate:
     def from_json(cls, data: dict[str, Any]) -> VMTemplate:
         data = dict(data)
         data["template"] = Template.from_dict(data["template"])
+        data["perms"] = tuple(data.get("perms", (1, 1, 0, 0, 0, 0, 0, 0, 0)))
         return cls(**data)

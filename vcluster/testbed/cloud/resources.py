@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vcluster.testbed.cloud.model import (
     HOST_DISABLED,
@@ -29,6 +29,7 @@ from vcluster.testbed.cloud.model import (
 )
 from vcluster.testbed.cloud.settings import (
     ALLOCATE,
+    AUTHORIZATION,
     INTERNAL,
     CloudSettings,
     OneRequestError,
@@ -60,6 +61,12 @@ class Resources:
     def allocate_vm(self, tmpl: Template, *, hold: bool, name: str = "",
                     template_id: int | None = None) -> int:
         raise NotImplementedError  # provided by Cloud
+
+    # provided by accounts.Accounts (mixed into Cloud)
+    users: dict[int, Any]
+    caller: Any
+    owner_fields: Callable[[], dict[str, Any]]
+    check: Callable[[str, Any, int, int], None]
 
     def load_resources(self) -> None:
         self.hosts = {h.host_id: h for h in self.store.load_hosts()}
@@ -144,7 +151,7 @@ class Resources:
             raise OneRequestError(INTERNAL, "No NAME in template for Virtual Network.")
         with self.lock:
             for vnet in self.vnets.values():
-                if vnet.name == name:
+                if vnet.name == name and vnet.uid == self.caller.uid:
                     raise OneRequestError(
                         INTERNAL, f"NAME is already taken by NET {vnet.vnet_id}.")
             if not tmpl.get_str("VN_MAD"):
@@ -161,7 +168,8 @@ class Resources:
                 ars.append(AddressRange(ar_id=i, ip_start=ar["IP"], size=size))
             vnet_id = self.store.next_id("vnet")
             stored = Template([(n, v) for n, v in tmpl.attrs if n not in ("NAME", "AR")])
-            vnet = VNet(vnet_id=vnet_id, name=name, bridge=bridge or f"onebr{vnet_id}",
+            vnet = VNet(**self.owner_fields(), vnet_id=vnet_id, name=name,
+                        bridge=bridge or f"onebr{vnet_id}",
                         network_address=tmpl.get_str("NETWORK_ADDRESS"),
                         netmask=tmpl.get_str("NETWORK_MASK"), gateway=tmpl.get_str("GATEWAY"),
                         dns=tmpl.get_str("DNS"), template=stored, ars=ars,
@@ -179,50 +187,29 @@ class Resources:
                 raise OneRequestError(INTERNAL, f"Virtual network {vnet_id} does not exist")
             return found
         name = nic.get("NETWORK", "")
+        uid = self._nic_uid(nic)
         for vnet in self.vnets.values():
-            if vnet.name == name:
+            if vnet.name == name and vnet.uid == uid:
                 return vnet
         raise OneRequestError(
-            INTERNAL, f"User {self.vms_uid} does not own a network with name: {name} . Set "
+            INTERNAL, f"User {uid} does not own a network with name: {name} . Set "
             "NETWORK_UNAME or NETWORK_UID of owner in NIC.")
 
-    vms_uid = 0
-    """The uid of every object's owner (the one accepted user is oneadmin, uid 0)."""
-
-    # --- images (a fixed datastore: settings.images) --------------------------------------
-
-    def attach_disks(self, vm: VM) -> None:
-        """Resolve each DISK's IMAGE / IMAGE_ID as oned's VirtualMachineDisks do (its texts),
-        and complete the vector with what oned adds (DISK_ID, SOURCE, TARGET...)."""
-        images = list(self.settings.images)
-        disks = []
-        for disk_id, value in enumerate(v for n, v in vm.template.attrs if n == "DISK"):
-            disk = dict(value) if isinstance(value, dict) else {}
-            image_id = -1
-            if disk.get("IMAGE"):
-                image_id = next((i for i, (name, _) in enumerate(images)
-                                 if name == disk["IMAGE"]), -1)
-                if image_id < 0:
-                    raise OneRequestError(
-                        INTERNAL, f"User {self.vms_uid} does not own an image with name: "
-                        f"{disk['IMAGE']} . Set IMAGE_UNAME or IMAGE_UID of owner in DISK.")
-            elif "IMAGE_ID" in disk:
-                text = disk["IMAGE_ID"]
-                image_id = int(text) if text.isdigit() else -1
-                if not 0 <= image_id < len(images):
-                    raise OneRequestError(INTERNAL, f"Image with ID: {text} does not exist")
-            if image_id >= 0:
-                name, source = images[image_id]
-                disk.update({"CLONE": "YES", "DATASTORE": "default", "DATASTORE_ID": "1",
-                             "IMAGE": name, "IMAGE_ID": str(image_id),
-                             "IMAGE_UNAME": self.settings.user, "READONLY": "NO",
-                             "SOURCE": source, "TYPE": "FILE"})
-            disk["DISK_ID"] = str(disk_id)
-            disk.setdefault("TARGET", "vd" + "abcdefghijklmnopqrstuvwxyz"[disk_id % 26])
-            disks.append(disk)
-        vm.template.remove("DISK")
-        for disk in disks:
-            vm.template.add("DISK", disk)
+    def _nic_uid(self, nic: dict[str, str]) -> int:
+        """oned's VirtualMachineNic::get_uid: NETWORK_UID, NETWORK_UNAME, else the VM's
+        owner (the requesting user)."""
+        if nic.get("NETWORK_UID"):
+            text = nic["NETWORK_UID"].strip()
+            if not text.lstrip("-").isdigit():
+                raise OneRequestError(INTERNAL, "Cannot get user in NETWORK_UID")
+            return int(text)
+        if nic.get("NETWORK_UNAME"):
+            user = next((u for u in self.users.values() if u.name == nic["NETWORK_UNAME"]),
+                        None)
+            if user is None:
+                raise OneRequestError(INTERNAL, "User set in NETWORK_UNAME does not exist")
+            return user.uid
+        return self.caller.uid
 
     def lease_nics(self, vm: VM) -> list[tuple[int, str]]:
         """Give every NIC of ``vm`` an address; returns the (vnet_id, ip) pairs leased."""
@@ -232,6 +219,7 @@ class Resources:
             for nic_id, value in enumerate(v for n, v in vm.template.attrs if n == "NIC"):
                 nic = dict(value) if isinstance(value, dict) else {}
                 vnet = self._find_vnet(nic)
+                self.check("vnet", vnet, vnet.vnet_id, 0)  # USE NET, as VM allocate asks
                 ip = self._lease(vnet, vm.vm_id, nic.get("IP", ""))
                 leased.append((vnet.vnet_id, ip))
                 nic.update({
@@ -317,14 +305,14 @@ class Resources:
             name = tmpl.get_str("NAME")
             check_name(name, required=True)  # VMTemplatePool::allocate: before duplicates
             for existing in self.templates.values():
-                if existing.name == name:
+                if existing.name == name and existing.uid == self.caller.uid:
                     raise OneRequestError(
                         INTERNAL, f"NAME is already taken by TEMPLATE {existing.tmpl_id}.")
             tmpl_id = self.store.next_id("template")
             stored = tmpl.copy()
             stored.remove("NAME")
             vmt = VMTemplate(tmpl_id=tmpl_id, name=name, template=stored,
-                             uname=self.settings.user)
+                             **self.owner_fields())
             self.templates[tmpl_id] = vmt
             self.store.put_template(vmt)
             return tmpl_id
@@ -332,6 +320,7 @@ class Resources:
     def instantiate(self, tmpl_id: int, name: str, *, hold: bool, extra: Template) -> int:
         with self.lock:
             stored = self.get_template(tmpl_id)
+            self.check("template", stored, tmpl_id, 0)  # USE TEMPLATE
             merged = stored.template.copy()
             merged.merge(extra)
             vm_name = name or ""
@@ -339,6 +328,8 @@ class Resources:
                 vm_id = self.allocate_vm(merged, hold=hold, name=vm_name,
                                          template_id=tmpl_id)
             except OneRequestError as exc:
+                if exc.code == AUTHORIZATION:  # USE NET: VM allocate's authorization step
+                    raise
                 # oned names the method's own object (the template) in ALLOCATE messages
                 raise OneRequestError(
                     ALLOCATE, f"Error allocating a new virtual machine template. {exc.message}"

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
-from vcluster.testbed.cloud import xmlgen
+from vcluster.testbed.cloud import accounts_xml, xmlgen
+from vcluster.testbed.cloud.accounts import ADMIN, MANAGE, USE, authorized, refuse
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.settings import (
     ACTION,
@@ -40,8 +41,9 @@ FAULT_TYPE = -501
 FAULT_NO_SUCH_METHOD = -506
 _TYPE_TEXT = {"i": "Parameter that is supposed to be integer is not",
               "b": "Parameter that is supposed to be boolean is not",
-              "s": "Parameter that is supposed to be a string is not"}
-_TYPES = {"i": int, "b": bool, "s": str}
+              "s": "Parameter that is supposed to be a string is not",
+              "a": "Parameter that is supposed to be an array is not"}
+_TYPES = {"i": int, "b": bool, "s": str, "a": list}
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class OneApi:
             "one.vm.info": Method("i", "b", self._vm_info),
             "one.vmpool.info": Method("iiii", "s", self._vmpool),
             "one.vmpool.infoextended": Method("iiii", "s", self._vmpool_extended),
-            "one.vm.action": Method("si", "", c.vm_action, read_first=2),
+            "one.vm.action": Method("si", "", self._vm_action, read_first=2),
             "one.vm.deploy": Method("ii", "b,i,s", self._vm_deploy),
             "one.vm.migrate": Method("iib", "b,i,i", self._vm_migrate),
             "one.vm.update": Method("is", "i", self._vm_update),
@@ -136,6 +138,8 @@ class OneApi:
             "one.vnpool.info": Method("iii", "", self._vnpool),
             "one.vn.info": Method("i", "b", self._vn_info),
             "one.vn.allocate": Method("si", "", self._vn_allocate),
+            "one.image.allocate": Method("si", "b", self._image_allocate),
+            **accounts_xml.methods(c, Method),
         }
 
     def dispatch(self, method_name: str, params: Sequence[Any]) -> list[Any]:
@@ -146,10 +150,12 @@ class OneApi:
             raise xmlrpc.client.Fault(FAULT_TYPE, "Not enough parameters")
         if type(params[0]) is not str:
             raise xmlrpc.client.Fault(FAULT_TYPE, _TYPE_TEXT["s"])
-        if params[0] != self.cloud.settings.auth:
+        user = self.cloud.authenticate(params[0])
+        if user is None:
             return [False, f"[{method_name}] User couldn't be authenticated, aborting call.",
                     AUTHENTICATION, -1, NO_REPLICATION]
         args = read_params(params, method.required, method.optional, method.read_first)
+        self.cloud.set_caller(user)
         try:
             return [True, method.handler(*args), 0]
         except OneRequestError as exc:
@@ -158,17 +164,24 @@ class OneApi:
         except Exception:
             log.exception("%s failed", method_name)
             return [False, f"[{method_name}] Internal error", INTERNAL, -1, NO_REPLICATION]
+        finally:
+            self.cloud.set_caller(None)
 
     # --- handlers ----------------------------------------------------------------------
 
     def _hostpool(self) -> str:
+        # hosts are oneadmin's (600) and oned's default ACLs give users no USE on them: a
+        # user outside group oneadmin gets an empty pool
         with self.cloud.lock:
-            return xmlgen.host_pool_xml(sorted(self.cloud.hosts.values(),
-                                               key=lambda h: -h.host_id))
+            hosts = self.cloud.hosts.values() if self.cloud.caller.is_admin else []
+            return xmlgen.host_pool_xml(sorted(hosts, key=lambda h: -h.host_id))
 
     def _host_info(self, host_id: int, _decrypt: bool = False) -> str:
         with self.cloud.lock:
-            return xmlgen.host_xml(self.cloud.get_host(host_id))
+            host = self.cloud.get_host(host_id)
+            if not self.cloud.caller.is_admin:
+                raise refuse(self.cloud.caller, "host", host_id, USE)
+            return xmlgen.host_xml(host)
 
     def _host_allocate(self, name: str, im_mad: str, vmm_mad: str, cluster_id: int) -> int:
         # oned 7.4 (HostAllocateAPI): the cluster first; the pool's refusal is ALLOCATE
@@ -184,7 +197,9 @@ class OneApi:
 
     def _vm_info(self, vm_id: int, _decrypt: bool = False) -> str:
         with self.cloud.lock:
-            return xmlgen.vm_xml(self.cloud.get_vm(vm_id))
+            vm = self.cloud.get_vm(vm_id)
+            self.cloud.check("vm", vm, vm_id, USE)
+            return xmlgen.vm_xml(vm)
 
     def _vmpool(self, flt: int, start: int, end: int, state: int, query: str = "") -> str:
         return self._vmpool_any(flt, start, end, state, query, extended=False)
@@ -203,11 +218,22 @@ class OneApi:
         with self.cloud.lock:
             vms = [vm for vm in self.cloud.vms.values()
                    if (state == -2 or (state == -1 and vm.state != 6) or vm.state == state)]
-            chosen = select(vms, lambda vm: vm.vm_id, lambda vm: vm.uid, flt, start, end)
+            chosen = select(vms, lambda vm: vm.vm_id, self.cloud, flt, start, end)
             return xmlgen.vm_pool_xml(chosen, extended=extended)
+
+    def _vm_may(self, vm_id: int, op: int) -> None:
+        with self.cloud.lock:
+            self.cloud.check("vm", self.cloud.get_vm(vm_id), vm_id, op)
+
+    def _vm_action(self, action: str, vm_id: int) -> int:
+        if vm_id in self.cloud.vms:  # an unknown id: vm_action's own NO_EXISTS
+            self._vm_may(vm_id, MANAGE)
+        return self.cloud.vm_action(action, vm_id)
 
     def _vm_deploy(self, vm_id: int, host_id: int, enforce: bool = False, _ds_id: int = -1,
                    _extra: str = "") -> int:
+        if vm_id in self.cloud.vms:
+            self._vm_may(vm_id, ADMIN)
         return self.cloud.deploy(vm_id, host_id, enforce=enforce)
 
     def _vm_migrate(self, vm_id: int, host_id: int, live: bool, enforce: bool = False,
@@ -217,8 +243,7 @@ class OneApi:
     def _vm_update(self, vm_id: int, text: str, append: int = 0) -> int:
         # oned 7.4 (VirtualMachineAPI::update): the VM, the update type, then the template,
         # whose parse error is an ACTION failure here (INTERNAL at allocate)
-        with self.cloud.lock:
-            self.cloud.get_vm(vm_id)
+        self._vm_may(vm_id, MANAGE)
         if append not in (0, 1):
             raise OneRequestError(XML_RPC_API, "Wrong update type")
         try:
@@ -226,6 +251,16 @@ class OneApi:
         except TemplateParseError as exc:
             raise OneRequestError(ACTION, str(exc)) from None
         return self.cloud.update_vm(vm_id, tmpl, append)
+
+    def _image_allocate(self, text: str, ds_id: int, _no_check: bool = False) -> int:
+        tmpl = parse_template(text)
+        try:
+            return self.cloud.allocate_image(tmpl, ds_id)
+        except OneRequestError as exc:
+            if exc.code != INTERNAL:
+                raise
+            raise OneRequestError(ALLOCATE, f"Error allocating a new image. {exc.message}") \
+                from None
 
     def _template_allocate(self, text: str) -> int:
         return self.cloud.allocate_template(parse_template(text))
@@ -249,7 +284,9 @@ class OneApi:
     def _template_info(self, tmpl_id: int, _extended: bool = False,
                        _decrypt: bool = False) -> str:
         with self.cloud.lock:
-            return xmlgen.vmtemplate_xml(self.cloud.get_template(tmpl_id))
+            tmpl = self.cloud.get_template(tmpl_id)
+            self.cloud.check("template", tmpl, tmpl_id, USE)
+            return xmlgen.vmtemplate_xml(tmpl)
 
     def _instantiate(self, tmpl_id: int, name: str, hold: bool = False, extra: str = "",
                      _persistent: bool = False) -> int:
@@ -261,18 +298,20 @@ class OneApi:
     def _templatepool(self, flt: int, start: int, end: int) -> str:
         with self.cloud.lock:
             chosen = select(list(self.cloud.templates.values()), lambda t: t.tmpl_id,
-                            lambda t: t.uid, flt, start, end)
+                            self.cloud, flt, start, end)
             return xmlgen.vmtemplate_pool_xml(chosen)
 
     def _vnpool(self, flt: int, start: int, end: int) -> str:
         with self.cloud.lock:
             chosen = select(list(self.cloud.vnets.values()), lambda v: v.vnet_id,
-                            lambda v: v.uid, flt, start, end)
+                            self.cloud, flt, start, end)
             return xmlgen.vnet_pool_xml(chosen)
 
     def _vn_info(self, vnet_id: int, _decrypt: bool = False) -> str:
         with self.cloud.lock:
-            return xmlgen.vnet_xml(self.cloud.get_vnet(vnet_id))
+            vnet = self.cloud.get_vnet(vnet_id)
+            self.cloud.check("vnet", vnet, vnet_id, USE)
+            return xmlgen.vnet_xml(vnet)
 
     def _vn_allocate(self, text: str, cluster_id: int) -> int:
         tmpl = parse_template(text)
@@ -286,13 +325,25 @@ def check_cluster(cluster_id: int) -> None:
         raise OneRequestError(NO_EXISTS, f"Error getting cluster [{cluster_id}].", cluster_id)
 
 
-def select(objs: list[Any], key: Callable[[Any], int], owner: Callable[[Any], int],
+def select(objs: list[Any], key: Callable[[Any], int], cloud: Cloud,
            flt: int, start: int, end: int) -> list[Any]:
-    """oned's pool filter, id range / page, newest first (API_LIST_ORDER=DESC)."""
+    """oned's pool filter (RequestManagerPoolInfoFilter: -4 the user's primary group, -3
+    the user's, -2 all the user may USE, -1 the user's and their groups'; a uid >= 0 that
+    user's, of what the caller may see), id range / page, newest first (DESC)."""
     if flt < -4:
         raise OneRequestError(XML_RPC_API, "Incorrect filter_flag")
-    # the session user is oneadmin (uid 0): -4..-1 all match it, a uid >= 0 selects an owner
-    objs = [o for o in objs if flt < 0 or owner(o) == flt]
+    user = cloud.caller
+    visible = [o for o in objs if authorized(user, o, USE)]
+    if flt == -4:
+        objs = [o for o in visible if o.gid == user.gid]
+    elif flt == -3:
+        objs = [o for o in objs if o.uid == user.uid]
+    elif flt == -2:
+        objs = visible
+    elif flt == -1:
+        objs = [o for o in visible if o.uid == user.uid or o.gid in user.groups]
+    else:
+        objs = [o for o in visible if o.uid == flt]
     objs.sort(key=key, reverse=True)
     if end >= -1 and start != -1:
         return [o for o in objs if key(o) >= start and (end == -1 or key(o) <= end)]

@@ -98,6 +98,13 @@ class Store:
         with self._lock:
             self._db.execute("DELETE FROM objects WHERE kind='template' AND id=?", (tmpl_id,))
 
+    def put_kind(self, kind: str, obj_id: int, body: dict[str, Any]) -> None:
+        """A plain object (users, groups: :mod:`accounts`) stored as its JSON body."""
+        self._put(kind, obj_id, body)
+
+    def load_kind(self, kind: str) -> list[dict[str, Any]]:
+        return self._all(kind)
+
     def load_vms(self) -> list[VM]:
         return [VM.from_json(d) for d in self._all("vm")]
 

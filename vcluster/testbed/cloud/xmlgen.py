@@ -187,7 +187,7 @@ def vnet_xml(vnet: VNet, *, full: bool = True) -> str:
     return (
         "<VNET>" + _e("ID", vnet.vnet_id) + _e("UID", vnet.uid) + _e("GID", vnet.gid)
         + _e("UNAME", vnet.uname) + _e("GNAME", vnet.gname) + _e("NAME", vnet.name)
-        + permissions_xml((1, 1, 0, 0, 0, 0, 0, 0, 0)) + _ids("CLUSTERS", [0])
+        + permissions_xml(vnet.perms) + _ids("CLUSTERS", [0])
         + _e("BRIDGE", vnet.bridge) + _e("BRIDGE_TYPE", "linux") + _e("STATE", 1)
         + _e("PREV_STATE", 1) + _e("PARENT_NETWORK_ID", "") + _e("TEMPLATE_ID", -1)
         + _e("VN_MAD", vnet.vn_mad) + _e("PHYDEV", "") + _e("VLAN_ID", "")
@@ -205,7 +205,7 @@ def vmtemplate_xml(tmpl: VMTemplate) -> str:
     return (
         "<VMTEMPLATE>" + _e("ID", tmpl.tmpl_id) + _e("UID", tmpl.uid) + _e("GID", tmpl.gid)
         + _e("UNAME", tmpl.uname) + _e("GNAME", tmpl.gname) + _e("NAME", tmpl.name)
-        + permissions_xml((1, 1, 0, 0, 0, 0, 0, 0, 0)) + _e("REGTIME", tmpl.regtime)
+        + permissions_xml(tmpl.perms) + _e("REGTIME", tmpl.regtime)
         + template_xml(tmpl.template, "TEMPLATE") + "</VMTEMPLATE>")
 
 
