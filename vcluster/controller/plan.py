@@ -166,6 +166,15 @@ def _power_down_pending(node: Node) -> bool:
     return node.state == "IDLE" and "POWER_DOWN" in node.flags and "COMPLETING" not in node.flags
 
 
+def _awaits_power_up(node: Node, job: Job | None) -> bool:
+    """A node Slurm gave to a job still CONFIGURING (waiting for its nodes to boot) whose
+    POWERED_DOWN flag a repeated power-down request cleared before the resume (a late
+    epilog of the node's previous job; 22.05 shows ``ALLOCATED+CLOUD+DRAIN+POWER_DOWN``):
+    Slurm waits for it as for a node that is up, so it needs a VM, not a failure."""
+    return (job is not None and job.is_booting and node.state in ("ALLOCATED", "MIXED")
+            and "POWER_DOWN" in node.flags and not node.powering_up)
+
+
 def vm_event(vm: VM | None) -> str | None:
     """The ``on_vm_event`` key of the state of a VM vcluster believes booting or up, or None
     while that state is one vcluster asked for (or one that passes: a migration, a hotplug).
@@ -413,6 +422,9 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
                                        "up", tagged[0].ips[0] if tagged[0].ips else None))
                 adopted.add(tagged[0].vm_id)
+            elif _awaits_power_up(node, jobs_by_node.get(name)):
+                if name not in given_up and _should_boot(obs, name):
+                    actions.append(_boot(config, nc, name, jobs_by_node.get(name)))
             else:
                 actions.append(FailNode(name, "vcluster: no VM backs this node "
                                         f"(Slurm: {_slurm_state(node)})",
