@@ -70,7 +70,7 @@ _EVENT_OF_STATE = {
     "SHUTDOWN_POWEROFF": "POWEROFF", "SAVE_SUSPEND": "SUSPENDED", "SAVE_STOP": "STOPPED",
     "EPILOG_STOP": "STOPPED", "SHUTDOWN_UNDEPLOY": "UNDEPLOYED",
     "EPILOG_UNDEPLOY": "UNDEPLOYED", "SHUTDOWN": "DONE", "EPILOG": "DONE",
-    "CLEANUP_DELETE": "DONE",
+    "CLEANUP_DELETE": "DONE", "CLEANUP_RESUBMIT": "DONE",  # recreated: the guest is lost
 }
 """What a VM's state means when vcluster did not ask for it: the ``on_vm_event`` key."""
 _CRASH_EVENTS = frozenset({"DONE", "UNKNOWN", "FAILURE"})
@@ -279,9 +279,19 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
                                 f"({node.reason or 'DOWN'})", launch.id, close_as="failed")]
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
+    job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
+    job_ended = (nc.policy == "per-job" and job is not None and job.is_finished
+                 and name not in jobs_by_node)
+    if job_ended and state == "booting":  # a cancelled job's VM goes, whatever its state
+        why = f"job {launch.job_id} ended before its VM was up"
+        if vm is None:
+            return [CloseLaunch(launch.id, name, "terminated", f"{why} (gone)")]
+        return [TerminateVM(vm_id, name, f"{why} ({vm.state_name})", launch.id)]
     event = vm_event(vm)
     if event is not None:
-        return _plan_vm_event(nc, launch, vm_id, vm, event)
+        # an ended job's up node is powered down through Slurm (see _per_job_idle), which
+        # terminates its VM: no node failure, no requeue, for a VM nobody needs
+        return [] if job_ended else _plan_vm_event(nc, launch, vm_id, vm, event)
     assert vm is not None
     host_state = obs.host_states.get(vm.host, "") if vm.host else ""
     host_event = _EVENT_OF_HOST_STATE.get(host_state)
@@ -290,11 +300,6 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
                          launch.id, vm_id, launch.job_id, host_event,
                          f"on host {vm.host} {host_state}")]
     if state == "booting":
-        job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
-        if (nc.policy == "per-job" and job is not None and job.is_finished
-                and name not in jobs_by_node):
-            return [TerminateVM(vm_id, name, f"job {launch.job_id} ended before its VM was "
-                                f"up ({vm.state_name})", launch.id)]
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
