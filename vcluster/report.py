@@ -29,6 +29,7 @@ from vcluster import db
 from vcluster.config import Config
 from vcluster.slurm import Node
 from vcluster.versions import SiteVersions
+from vcluster.vm_events import Unscheduled, query_unscheduled, unscheduled_lines
 
 RECENT_JOBS_S = 3600.0
 """Finished jobs stay in ``vcluster status`` this long after they end, seconds."""
@@ -123,6 +124,8 @@ class StatusReport:
     """The OpenNebula (oned) vcluster talks to (``7.4.0``); ``""`` if it could not be read."""
     opennebula_error: str = ""
     """Why oned's version is missing, if it is."""
+    unscheduled: tuple[Unscheduled, ...] = ()
+    """VMs that reached a state vcluster did not ask for (last day): seen, rule, recovery."""
 
 
 def node_state_label(node: Node) -> str:
@@ -215,6 +218,7 @@ def build_status(
         slurm_version=versions.slurm if versions else "",
         opennebula_version=versions.opennebula if versions else "",
         opennebula_error=versions.opennebula_error if versions else "",
+        unscheduled=tuple(query_unscheduled(session, now)),
     )
 
 
@@ -371,3 +375,8 @@ def render_status(report: StatusReport, console: Console) -> None:
     console.print()
     console.print(events_table("Last events", report.events) if report.events
                   else Text("Last events: none", style="bold"))
+    if report.unscheduled:
+        console.print()
+        console.print(Text("Unscheduled events (last day)", style="bold"))
+        for text in unscheduled_lines(report.unscheduled, report.generated_at):
+            console.print(Text(text), soft_wrap=True)  # one line each, for grep

@@ -46,6 +46,7 @@ from vcluster.slurm_parse import (
     compress_hostlist,
     expand_hostlist,
 )
+from vcluster.vm_events import RESUMED_REASON
 
 MIN_VM_MEMORY_MB = 512
 """Smallest VM booted for a job that asks for less (or only Slurm's DefMemPerCPU)."""
@@ -304,6 +305,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
         if not node.powering_up:
+            if launch.reason == RESUMED_REASON and not vm.is_running:
+                return []  # up once its resume has brought it back
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
         if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
             return [FailNode(name, _not_working_reason(vm, config.controller.resume_timeout_s),
