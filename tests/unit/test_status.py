@@ -319,6 +319,7 @@ def test_status_json_for_scripts(site: Config) -> None:
         "slurm_version": "22.05.8",
         "opennebula_version": "7.4.0",
         "opennebula_error": "",
+        "unscheduled": [],
     }
 
 

@@ -70,6 +70,15 @@ def test_status_without_unscheduled_events_has_no_such_section(site: Config) -> 
     assert "Unscheduled events" not in rendered(site)
 
 
+def test_status_json_has_each_unscheduled_event(site: Config) -> None:
+    add_unscheduled(site, db.utcnow())
+    result = CliRunner().invoke(cli, ["status", "--json"])
+    rows = json.loads(result.stdout)["unscheduled"]
+    assert [(r["node_name"], r["seen"], r["rule"], r["recovery_s"]) for r in rows] == [
+        ("vc-small-001", "POWEROFF", "fail", 34.2), ("vc-pool-001", "SUSPENDED", "resume", 2.5),
+        ("vc-small-003", "on host h1 OFFLINE", "fail", None)]
+
+
 def test_events_unscheduled_prints_the_same_lines(site: Config) -> None:
     now = db.utcnow()
     add_unscheduled(site, now.replace(microsecond=0))
