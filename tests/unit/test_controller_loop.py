@@ -66,6 +66,12 @@ class FakeSlurm:
     def hold(self, job_id: int) -> None:
         self.updates.append(f"hold {job_id}")
 
+    def requeue(self, job_id: int) -> None:
+        self.updates.append(f"requeue {job_id}")
+        if job_id in self.jobs_by_id:  # as slurmctld does: pending again, on no node
+            self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="PENDING",
+                                              nodes=(), start_time=None, end_time=None)
+
     def update_job(self, job_id: int, **fields: str) -> None:
         self.updates.append(" ".join([f"jobid={job_id}"] + [
             f"{k}={v}" for k, v in fields.items()]))
@@ -392,6 +398,25 @@ def test_a_vm_powered_off_behind_vclusters_back_fails_its_node_first(world: Worl
     assert w.events()[-1] == (
         "vm.recovered", S2, "job 12 has a working node again on VM 41, 5.0 s after VM 40 "
                             "was lost (recovery 5.0 s)")
+
+
+def test_a_job_slurm_ended_failed_as_its_vm_was_lost_is_requeued_once(world: World) -> None:
+    w = world
+    _job_running_on_vm_40(w)
+    started = w.clock().timestamp()
+    w.clock.advance(30)
+    # an admin's soft poweroff: the guest's shutdown killed the job before vcluster's pass
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=3, lcm_state=18,
+                                  state_name="SHUTDOWN_POWEROFF")
+    w.slurm.jobs_by_id = {12: job(12, S1, state="FAILED", start_time=started,
+                                  end_time=w.clock().timestamp() - 1, exit_code=143)}
+    w.controller.run_pass()  # the node is failed (the job has ended already)
+    w.clock.advance(2)
+    w.controller.run_pass()  # the job's end is read with the lost VM: requeued
+    w.controller.run_pass()
+    assert [u for u in w.slurm.updates if u.startswith("requeue")] == ["requeue 12"]
+    assert ("job.requeued", None, "job 12 requeued: vcluster: it ended FAILED when vcluster "
+                                  "gave its VM up") in w.events()
 
 
 def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:

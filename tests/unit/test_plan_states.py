@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.unit.controller_fixtures import job, launch, node, vm
+from tests.unit.controller_fixtures import T0, ago, job, launch, node, vm
 from tests.unit.test_plan import CONFIG, S1, jobs, picture
 from vcluster.controller.actions import (
     Action,
@@ -21,6 +21,7 @@ from vcluster.controller.actions import (
     CloseLaunch,
     FailNode,
     PowerDown,
+    RequeueJob,
     ResetNode,
     TerminateVM,
 )
@@ -237,3 +238,37 @@ def test_a_failed_nodes_reason_is_set_once_then_cleared_as_it_comes_back() -> No
     for seen, vms, expected in steps:
         assert plan(picture(nodes={S1: seen}, jobs=requeued, vms=vms), CONFIG) == expected
 
+
+
+# --- never FAILED because of the VM: a run Slurm ended FAILED as its VM was lost ---------------
+
+# (job state, run started / ended / VM lost: seconds before the pass) -> requeued
+FAILED_RUNS: list[tuple[str, str, float, float, float, bool]] = [
+    ("its guest killed it as the VM went", "FAILED", 60, 4, 5, True),
+    ("Slurm saw the node fail before vcluster did", "NODE_FAIL", 200, 100, 5, True),
+    ("Slurm ended it FAILED just before vcluster saw the VM go", "FAILED", 60, 30, 5, True),
+    ("tried only in the half minute after the loss", "FAILED", 60, 4, 31, False),
+    ("the rerun (started after the loss) failed on its own", "FAILED", 3, 1, 5, False),
+    ("ended long before the loss", "FAILED", 600, 300, 5, False),
+    ("completed", "COMPLETED", 60, 4, 5, False),
+    ("cancelled", "CANCELLED", 60, 4, 5, False),
+]
+
+
+@pytest.mark.parametrize(("state", "started", "ended", "lost", "requeued"),
+                         [r[1:] for r in FAILED_RUNS], ids=[r[0] for r in FAILED_RUNS])
+def test_a_run_ended_failed_as_vcluster_gave_its_vm_up_is_requeued(
+        state: str, started: float, ended: float, lost: float, requeued: bool) -> None:
+    t0 = T0.timestamp()
+    ended_job = job(12, S1, state=state, start_time=t0 - started, end_time=t0 - ended)
+    observed = picture(jobs=jobs(ended_job), failed_jobs={12: ago(lost)})
+    asked = [a for a in plan(observed, CONFIG) if isinstance(a, RequeueJob)]
+    assert asked == ([RequeueJob(12, f"vcluster: it ended {state} when vcluster gave its VM "
+                                     "up")] if requeued else [])
+
+
+def test_a_failed_run_without_a_lost_vm_is_left_failed() -> None:
+    t0 = T0.timestamp()
+    observed = picture(jobs=jobs(job(12, S1, state="FAILED", start_time=t0 - 60,
+                                     end_time=t0 - 4)))
+    assert not [a for a in plan(observed, CONFIG) if isinstance(a, RequeueJob)]

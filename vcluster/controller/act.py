@@ -32,6 +32,7 @@ from vcluster.controller.actions import (
     MarkHandled,
     MarkUp,
     PowerDown,
+    RequeueJob,
     ResetNode,
     ResumeVM,
     SetDrain,
@@ -405,6 +406,11 @@ class Actor:
     def _StartNow(self, a: StartNow) -> None:
         self.slurm.update_job(a.job_id, StartTime="now")
         self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
+                           job_id=a.job_id)
+
+    def _RequeueJob(self, a: RequeueJob) -> None:
+        self.slurm.requeue(a.job_id)
+        self._event_safely("job.requeued", f"job {a.job_id} requeued: {a.reason}",
                            job_id=a.job_id)
 
     def _HoldJob(self, a: HoldJob) -> None:

@@ -154,6 +154,16 @@ class StartNow:
 
 
 @dataclass(frozen=True)
+class RequeueJob:
+    """Requeue a job that Slurm ended FAILED (or NODE_FAIL) while vcluster gave up the VM it
+    ran on: the guest killed its processes (a shutdown from inside, an admin's soft action)
+    or Slurm saw the node fail before vcluster did. Its reason goes to the event log."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class HoldJob:
     """Hold a job whose VMs failed again and again (a missing template, a broken image):
     requeueing it once more would only fail once more. The reason goes to its AdminComment
@@ -190,4 +200,4 @@ class MarkHandled:
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | SetDrain | MarkHandled)
+          | SetDrain | MarkHandled | RequeueJob)

@@ -29,6 +29,7 @@ from vcluster.controller.actions import (
     MarkHandled,
     MarkUp,
     PowerDown,
+    RequeueJob,
     ResetNode,
     ResumeVM,
     SetNodeAddr,
@@ -53,6 +54,10 @@ MIN_VM_MEMORY_MB = 512
 MAX_JOB_FAILURES = 3
 """Failed VMs per node of a job (within twice ResumeTimeout) after which the job is held
 rather than requeued again: a cause that failed three times will fail a fourth."""
+LOST_VM_WINDOW_S = 120.0
+"""A job that ended FAILED this close to vcluster giving its VM up is requeued."""
+REQUEUE_TRIES_S = 30.0
+"""... in the passes of this long after vcluster gave its VM up."""
 TERMINATE_GRACE_S = 120.0
 """A VM still listed this long after its terminate is terminated again, hard."""
 REASON_PREFIX = "vcluster: "
@@ -290,9 +295,12 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         return [TerminateVM(vm_id, name, f"{why} ({vm.state_name})", launch.id)]
     event = vm_event(vm)
     if event is not None:
-        # an ended job's up node is powered down through Slurm (see _per_job_idle), which
-        # terminates its VM: no node failure, no requeue, for a VM nobody needs
-        return [] if job_ended else _plan_vm_event(nc, launch, vm_id, vm, event)
+        # the up node of a job that completed or was cancelled is powered down through
+        # Slurm (see _per_job_idle), which terminates its VM: no node failure, no requeue,
+        # for a VM nobody needs (a job that ended FAILED as its VM went is requeued)
+        if job_ended and job is not None and job.state not in ("FAILED", "NODE_FAIL"):
+            return []
+        return _plan_vm_event(nc, launch, vm_id, vm, event)
     assert vm is not None
     host_state = obs.host_states.get(vm.host, "") if vm.host else ""
     host_event = _EVENT_OF_HOST_STATE.get(host_state)
@@ -351,6 +359,19 @@ def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
             and launch.node_name not in jobs_by_node)
 
 
+def _failed_with_its_vm(obs: Observed, job: Job) -> bool:
+    """The run Slurm ended FAILED or NODE_FAIL was running when vcluster gave one of its VMs
+    up, within ``LOST_VM_WINDOW_S`` of its end (its guest killed the job's processes, or
+    Slurm saw the node fail first). Asked in the passes of the next ``REQUEUE_TRIES_S`` after
+    the loss (a requeued job is PENDING at once; one Slurm refuses is left FAILED)."""
+    lost_at = obs.failed_jobs.get(job.job_id)
+    if (job.state not in ("FAILED", "NODE_FAIL") or lost_at is None or job.start_time is None
+            or job.end_time is None or _age_s(obs.now, lost_at) > REQUEUE_TRIES_S):
+        return False
+    lost_s = lost_at.timestamp()
+    return job.start_time <= lost_s and abs(job.end_time - lost_s) <= LOST_VM_WINDOW_S
+
+
 def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
     actions: list[Action] = []
     partitions = set(config.slurm.partitions)
@@ -369,6 +390,9 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
                 actions.append(StartNow(job.job_id, "requeued after vcluster gave its node up"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
+        if _failed_with_its_vm(obs, job):
+            actions.append(RequeueJob(job.job_id, f"vcluster: it ended {job.state} when "
+                                      "vcluster gave its VM up"))
         if known is not None and (known.state, known.nodes) == (job.state, nodes):
             continue
         nc = next((c for n in job.nodes if (c := config.class_of_node(n))), None) or next(
