@@ -406,8 +406,8 @@ def test_a_vm_state_not_asked_for_fails_the_node_by_default(
 
 
 @pytest.mark.parametrize(("state_name", "expected"), [
-    ("SUSPENDED", [ResumeVM(7, S1, "SUSPENDED", "SUSPENDED", 1)]),
-    ("POWEROFF", [ResumeVM(7, S1, "POWEROFF", "POWEROFF", 1)]),
+    ("SUSPENDED", [ResumeVM(7, S1, "SUSPENDED", "SUSPENDED", 1, 12)]),
+    ("POWEROFF", [ResumeVM(7, S1, "POWEROFF", "POWEROFF", 1, 12)]),
     ("SAVE_SUSPEND", []),  # resumed once it has settled
     ("SHUTDOWN_POWEROFF", []),
     ("STOPPED", [FailNode(S1, f"vcluster: VM 7 STOPPED {BACK}", 1, 7, 12, "STOPPED",

@@ -25,6 +25,7 @@ from vcluster.controller.actions import (
     ResetNode,
     TerminateVM,
 )
+from vcluster.controller.observe import Observed
 from vcluster.controller.plan import plan, vm_event
 from vcluster.one_vm import LcmState, VmState, state_name
 from vcluster.slurm_parse import Node, node_from_record, parse_nodes_json, parse_sinfo_json
@@ -272,3 +273,18 @@ def test_a_failed_run_without_a_lost_vm_is_left_failed() -> None:
     observed = picture(jobs=jobs(job(12, S1, state="FAILED", start_time=t0 - 60,
                                      end_time=t0 - 4)))
     assert not [a for a in plan(observed, CONFIG) if isinstance(a, RequeueJob)]
+
+
+def test_a_lost_pool_vm_names_the_job_its_node_serves_now() -> None:
+    from tests.unit.test_plan import B1, RESUMING
+    from vcluster.controller.actions import ResumeVM
+
+    def lost(state_name: str) -> Observed:
+        return picture(nodes={B1: node(B1, "ALLOCATED")},
+                       jobs=jobs(job(13, B1, state="RUNNING")), vms={8: vm(8, B1, state_name)},
+                       launches=(launch(2, B1, "up", vm_id=8, job_id=None, ip="10.9.0.11"),))
+
+    assert plan(lost("SUSPENDED"), RESUMING) == [ResumeVM(8, B1, "SUSPENDED", "SUSPENDED", 2, 13)]
+    assert plan(lost("STOPPED"), CONFIG) == [
+        FailNode(B1, "vcluster: VM 8 STOPPED behind vcluster's back", 2, 8, 13, "STOPPED",
+                 "STOPPED")]

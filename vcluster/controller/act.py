@@ -279,8 +279,13 @@ class Actor:
                             if resumed else f"node up {a.boot_s:.1f} s after its launch",
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())
-            if row.job_id is not None:
-                db.record_recovery(s, row.job_id, f"VM {a.vm_id}", at=self.now(),
+            job_id = row.job_id
+            if resumed:  # the job its node served when the VM was lost
+                job_id = s.scalars(select(db.Event.job_id).where(
+                    db.Event.kind == LOST_EVENT, db.Event.vm_id == a.vm_id)
+                    .order_by(db.Event.id.desc()).limit(1)).first()
+            if job_id is not None:
+                db.record_recovery(s, job_id, f"VM {a.vm_id}", at=self.now(),
                                    node_name=a.node_name, vm_id=a.vm_id)
         if self.metrics is not None and not resumed:
             boot_s = None if allocated_at is None else (
@@ -337,11 +342,11 @@ class Actor:
 
     def _ResumeVM(self, a: ResumeVM) -> None:
         self.one.action("resume", a.vm_id)
-        job_id = None
+        job_id = a.job_id
         if a.launch_id is not None:
             with db.transaction(self.sessions) as s:
                 row = self._launch(s, a.launch_id)
-                job_id = row.job_id
+                job_id = job_id if job_id is not None else row.job_id
                 # booting again: the pass that sees it RUNNING marks it up, and that records
                 # how long its job went without a working node
                 row.state, row.reason, row.updated_at = "booting", RESUMED_REASON, self.now()

@@ -83,6 +83,8 @@ class ResumeVM:
     seen: str
     """The state the VM was seen in (``SUSPENDED``, ``POWEROFF``)."""
     launch_id: int | None = None
+    job_id: int | None = None
+    """The job its node serves (recovered once the VM runs again)."""
 
 
 @dataclass(frozen=True)

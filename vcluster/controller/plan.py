@@ -300,13 +300,13 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         # for a VM nobody needs (a job that ended FAILED as its VM went is requeued)
         if job_ended and job is not None and job.state not in ("FAILED", "NODE_FAIL"):
             return []
-        return _plan_vm_event(nc, launch, vm_id, vm, event)
+        return _plan_vm_event(nc, launch, vm_id, vm, event, _serving(launch, jobs_by_node))
     assert vm is not None
     host_state = obs.host_states.get(vm.host, "") if vm.host else ""
     host_event = _EVENT_OF_HOST_STATE.get(host_state)
     if host_event is not None and nc.vm_event_rule(host_event) == "fail":
         return [FailNode(name, f"vcluster: VM {vm_id}'s host {vm.host} is {host_state}",
-                         launch.id, vm_id, launch.job_id, host_event,
+                         launch.id, vm_id, _serving(launch, jobs_by_node), host_event,
                          f"on host {vm.host} {host_state}")]
     if state == "booting":
         if node.is_down:
@@ -330,22 +330,29 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     return []
 
 
+def _serving(launch: LaunchView, jobs_by_node: Mapping[str, Job]) -> int | None:
+    """The job a launch's node serves now (a pool node's may not be the one it was
+    launched for)."""
+    job = jobs_by_node.get(launch.node_name)
+    return job.job_id if job is not None else launch.job_id
+
+
 def _plan_vm_event(nc: NodeClass, launch: LaunchView, vm_id: int, vm: VM | None,
-                   event: str) -> list[Action]:
+                   event: str, job_id: int | None) -> list[Action]:
     """A VM reached a state vcluster did not ask for: the class's rule for it. ``resume``
     waits for the state to settle (SAVE_SUSPEND, SHUTDOWN_POWEROFF), then resumes; ``fail``
     acts at once, before the guest's processes are gone where it can."""
     name, seen = launch.node_name, vm.state_name if vm else "gone"
     if nc.vm_event_rule(event) == "resume" and vm is not None:
         if seen in ("SUSPENDED", "POWEROFF"):
-            return [ResumeVM(vm_id, name, event, seen, launch.id)]
+            return [ResumeVM(vm_id, name, event, seen, launch.id, job_id)]
         return []
     if event in _CRASH_EVENTS:
         what = "failed to boot" if launch.state == "booting" else "died"
         reason = f"vcluster: VM {vm_id} {what} ({seen})"
     else:
         reason = f"vcluster: VM {vm_id} {seen} behind vcluster's back"
-    return [FailNode(name, reason, launch.id, vm_id if vm else None, launch.job_id, event, seen)]
+    return [FailNode(name, reason, launch.id, vm_id if vm else None, job_id, event, seen)]
 
 
 def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
