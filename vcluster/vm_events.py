@@ -79,6 +79,11 @@ def query_unscheduled(session: Session, now: datetime, *, window_s: float = WIND
             match = _LOST.match(row.message)
             if match is None:
                 continue
+            if match["rule"] == "keep":  # the job kept its node: nothing to recover
+                found.append(Unscheduled(
+                    row.at, row.node_name or "", row.job_id, row.vm_id, match["seen"],
+                    match["event"], "keep", match["cls"] or "", match["done"]))
+                continue
             found.append(Unscheduled(
                 row.at, row.node_name or "", row.job_id, row.vm_id, match["seen"],
                 match["event"], match["rule"], match["cls"] or "", match["done"]))
@@ -97,6 +102,8 @@ def query_unscheduled(session: Session, now: datetime, *, window_s: float = WIND
 
 def recovery_text(u: Unscheduled, now: datetime) -> str:
     """``34.2 s, on VM 9`` or ``not yet (12 s)``; ``-`` for a VM that served no job."""
+    if u.rule == "keep":
+        return "none needed (kept)"
     if u.recovery_s is not None:
         return f"{u.recovery_s:.1f} s, on {u.recovered_on}"
     if u.job_id is None:

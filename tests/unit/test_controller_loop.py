@@ -419,6 +419,22 @@ def test_a_job_slurm_ended_failed_as_its_vm_was_lost_is_requeued_once(world: Wor
                                   "gave its VM up") in w.events()
 
 
+def test_a_class_that_keeps_vms_on_an_offline_host_says_so_once(world: World) -> None:
+    w = world
+    w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(
+        replace(w.config.node_classes[0], on_vm_event={"HOST_OFFLINE": "keep"}),))
+    _job_running_on_vm_40(w)
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], host="h1")
+    w.one.hosts = {"h1": "OFFLINE"}
+    for _ in range(3):
+        w.controller.run_pass()
+    lost = [e for e in w.events() if e[0] == "vm.lost"]
+    assert lost == [("vm.lost", S1, "VM 40 seen on host h1 OFFLINE (not asked by vcluster); "
+                                    "rule HOST_OFFLINE=keep (class small): VM and job left "
+                                    "running")]
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+
 def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:
     w = world
     w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(

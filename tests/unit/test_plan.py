@@ -29,6 +29,7 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
     ResetNode,
     ResumeVM,
@@ -449,7 +450,8 @@ def test_a_host_offline_or_in_error_fails_its_vms_nodes_by_default(
 def test_a_class_may_keep_its_vms_on_a_host_gone_offline() -> None:
     keeping = replace(CONFIG, node_classes=tuple(
         replace(nc, on_vm_event={"HOST_OFFLINE": "keep"}) for nc in CONFIG.node_classes))
-    assert plan(_on_host("OFFLINE"), keeping) == []
+    assert plan(_on_host("OFFLINE"), keeping) == [  # nothing done; the event says so
+        NoteKept(7, S1, "HOST_OFFLINE", "on host h1 OFFLINE", 12)]
     assert plan(_on_host("ERROR"), keeping)[0].reason == "vcluster: VM 7's host h1 is ERROR"
 
 

@@ -108,3 +108,19 @@ def test_the_raw_event_log_says_the_same_in_two_events(site: Config) -> None:
                     "small): node set DOWN (job 21 requeued by Slurm), VM terminated"),
         ("vm.recovered", "job 21 has a working node again on VM 8, 34.2 s after VM 7 was lost "
                          "(recovery 34.2 s)")]
+
+
+def test_a_kept_vm_needs_no_recovery(site: Config) -> None:
+    engine = db.make_engine(site.database)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            db.record_event(s, db.VM_LOST_EVENT, lost_message(
+                9, "on host h1 OFFLINE", "HOST_OFFLINE", "keep", "small",
+                "VM and job left running"), node_name="vc-small-003", job_id=23, vm_id=9,
+                at=db.utcnow())
+    finally:
+        engine.dispose()
+    (line,) = CliRunner().invoke(cli, ["events", "--unscheduled"]).stdout.splitlines()
+    assert line.endswith(" vc-small-003 job 23 VM 9: seen on host h1 OFFLINE; rule "
+                         "HOST_OFFLINE=keep (class small); VM and job left running; "
+                         "recovery none needed (kept)")

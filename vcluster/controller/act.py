@@ -31,6 +31,7 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
     RequeueJob,
     ResetNode,
@@ -353,6 +354,17 @@ class Actor:
         self._event(LOST_EVENT, lost_message(a.vm_id, a.seen, a.event, "resume",
                                              self._class_name(a.node_name), "VM resumed"),
                     a.node_name, job_id, a.vm_id)
+
+    def _NoteKept(self, a: NoteKept) -> None:
+        message = lost_message(a.vm_id, a.seen, a.event, "keep", self._class_name(a.node_name),
+                               "VM and job left running")
+        with db.transaction(self.sessions) as s:
+            last = s.scalars(select(db.Event.message).where(
+                db.Event.kind == LOST_EVENT, db.Event.vm_id == a.vm_id)
+                .order_by(db.Event.id.desc()).limit(1)).first()
+            if last != message:
+                db.record_event(s, LOST_EVENT, message, node_name=a.node_name,
+                                job_id=a.job_id, vm_id=a.vm_id, at=self.now())
 
     def _class_name(self, node_name: str) -> str:
         nc = self.config.class_of_node(node_name)

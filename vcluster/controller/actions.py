@@ -156,6 +156,18 @@ class StartNow:
 
 
 @dataclass(frozen=True)
+class NoteKept:
+    """A VM's host went OFFLINE or into ERROR and its class's rule is ``keep``: nothing is
+    done, but the event says so, once per VM and state."""
+
+    vm_id: int
+    node_name: str
+    event: str
+    seen: str
+    job_id: int | None = None
+
+
+@dataclass(frozen=True)
 class RequeueJob:
     """Requeue a job that Slurm ended FAILED (or NODE_FAIL) while vcluster gave up the VM it
     ran on: the guest killed its processes (a shutdown from inside, an admin's soft action)
@@ -202,4 +214,4 @@ class MarkHandled:
 
 Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | CloseLaunch
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
-          | SetDrain | MarkHandled | RequeueJob)
+          | SetDrain | MarkHandled | RequeueJob | NoteKept)

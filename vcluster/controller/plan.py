@@ -28,6 +28,7 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
     RequeueJob,
     ResetNode,
@@ -308,6 +309,9 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         return [FailNode(name, f"vcluster: VM {vm_id}'s host {vm.host} is {host_state}",
                          launch.id, vm_id, _serving(launch, jobs_by_node), host_event,
                          f"on host {vm.host} {host_state}")]
+    if host_event is not None:  # keep: said once (the act looks for its own event)
+        return [NoteKept(vm_id, name, host_event, f"on host {vm.host} {host_state}",
+                         _serving(launch, jobs_by_node))]
     if state == "booting":
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
