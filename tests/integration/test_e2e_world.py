@@ -156,7 +156,8 @@ def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
     (line,) = unscheduled(s, job_id)
     assert re.fullmatch(rf"\S+ \S+ {E2E_NAME}-small-\d+ job {job_id} VM {vm_id}: seen \S+; "
                         rf"rule {seen}=fail \(class small\); node set DOWN \(job {job_id} "
-                        rf"requeued by Slurm\), VM terminated; recovery [\d.]+ s, on VM \d+",
+                        rf"requeued by Slurm\), VM terminated; recovery [\d.]+ s, on "
+                        rf"(VM \d+|nodes {E2E_NAME}-small-\d+)",
                         line), line
     report(s, action, "handled (node DOWN, rule applied)", handled_s)
     report(s, action, "job running again on a fresh VM (vcluster's event)",
