@@ -79,15 +79,10 @@ def query_unscheduled(session: Session, now: datetime, *, window_s: float = WIND
             match = _LOST.match(row.message)
             if match is None:
                 continue
-            if match["rule"] == "keep":  # the job kept its node: nothing to recover
-                found.append(Unscheduled(
-                    row.at, row.node_name or "", row.job_id, row.vm_id, match["seen"],
-                    match["event"], "keep", match["cls"] or "", match["done"]))
-                continue
             found.append(Unscheduled(
                 row.at, row.node_name or "", row.job_id, row.vm_id, match["seen"],
                 match["event"], match["rule"], match["cls"] or "", match["done"]))
-            if row.job_id is not None:
+            if row.job_id is not None and match["rule"] != "keep":  # kept: nothing to recover
                 waiting.setdefault(row.job_id, []).append(len(found) - 1)
             continue
         recovered = _RECOVERED.search(row.message)
@@ -116,6 +111,7 @@ def unscheduled_lines(events: Sequence[Unscheduled], now: datetime) -> list[str]
     return [f"{u.at:%Y-%m-%d %H:%M:%S} {u.node_name} job {_opt(u.job_id)} VM {u.vm_id}: "
             f"seen {u.seen}; rule {u.event}={u.rule} (class {u.node_class}); {u.done}; "
             f"recovery {recovery_text(u, now)}" for u in events]
+
 
 def unscheduled_to_json(events: Sequence[Unscheduled]) -> list[dict[str, object]]:
     """For ``--json``: times ISO 8601 UTC, recovery in seconds (null: not yet)."""
