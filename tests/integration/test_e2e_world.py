@@ -165,6 +165,40 @@ def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
     report(s, action, "job completed on a fresh VM", recovered_s)
 
 
+def test_a_soft_poweroff_whose_guest_kills_the_job_still_ends_completed(s: Site) -> None:
+    # an ACPI shutdown: the guest's processes get SIGTERM, so Slurm may end the run FAILED
+    # (exit 143) before vcluster sets the node DOWN; vcluster then requeues it
+    out = s.work / "world-poweroff.out"
+    marker = s.work / "world-poweroff.marker"
+    marker.unlink(missing_ok=True)
+    script = f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.2)
+    (vm_id,) = vms_of_job(s, job_id)
+    acted = time.monotonic()
+    s.one.action("poweroff", vm_id)
+    states: list[str] = []
+
+    def completed() -> bool:
+        job = s.job(job_id)
+        if job is not None and (not states or states[-1] != job.state):
+            states.append(job.state)
+        return job is not None and job.state == "COMPLETED"
+
+    wait_for("job completed", completed, JOB_TIMEOUT_S, 0.5)
+    recovered_s = time.monotonic() - acted
+    assert out.read_text().strip().splitlines()[-1].startswith(f"{E2E_NAME}-small-")
+    assert len(vms_of_job(s, job_id)) >= 2, "the rerun had a fresh VM"
+    wait_for("nothing of the VM left", lambda: not nothing_left_of(s, vm_id), 60, 0.5)
+    log = events(s)
+    assert f"VM {vm_id} seen" in log and "rule POWEROFF=fail (class small)" in log
+    if "FAILED" in states:  # the guest's SIGTERM ended the run first: said, and requeued
+        assert f"job {job_id} requeued: vcluster: it ended FAILED when vcluster gave its " \
+            "VM up" in log, states
+    report(s, "poweroff (soft)", "Slurm's states of the job: " + ">".join(states), 0)
+    report(s, "poweroff (soft)", "job completed on a fresh VM", recovered_s)
+
+
 def test_a_host_set_offline_under_a_running_job_requeues_it_onto_a_fresh_vm(s: Site) -> None:
     one = server(s)
     out = s.work / "world-host-offline.out"
