@@ -43,10 +43,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vcluster.errors import ConfigError
-from vcluster.paths import DEFAULT_CONFIG_PATH, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
+from vcluster.paths import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_DIR,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_FILE,
+)
 
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_EVENTS_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 Policy = Literal["per-job", "pool"]
 
@@ -63,6 +69,9 @@ class OpenNebulaSettings:
     """Timeout of one XML-RPC call, seconds."""
     retry_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0)
     """Backoff before each retry of a temporary error, seconds; empty means no retry."""
+    events: str = ""
+    """oned's state-change publisher (HM_MAD's ZeroMQ PUB, ``tcp://host:2101``): the controller
+    subscribes and runs a pass at once on a change of its VMs; "" (the default): polling only."""
     # No OneGate setting: oned itself puts ONEGATE_ENDPOINT (from oned.conf) into the CONTEXT
     # of every VM with TOKEN=YES, replacing any value vcluster would set, and refuses such a
     # VM when oned.conf has none (VirtualMachine::generate_token_context, oned 6.10 and 7.x).
@@ -112,6 +121,9 @@ class ControllerSettings:
     """Where the controller keeps its wake-up socket and files."""
     log_dir: str = DEFAULT_LOG_DIR
     """Where hooks and the controller write their logs."""
+    status_file: str = DEFAULT_STATUS_FILE
+    """World-readable JSON with the controller's heartbeat (no secrets), so that ``fsub``,
+    run by any user, can say when the controller is down; "" writes none."""
     history_days: int = 90
     """Events, ended launches and ended jobs older than this are pruned, days."""
     metrics_port: int | None = None
@@ -324,7 +336,11 @@ def parse_config(
         auth_file=_env_or(env, "ONE_AUTH", one_r.get("auth_file", str, "~/.one/one_auth")),
         timeout_s=one_r.positive("timeout_s", float, 30.0),
         retry_delays_s=tuple(float(x) for x in one_r.get("retry_delays_s", list, [1, 2, 5])),
+        events=one_r.get("events", str, ""),
     )
+    if one.events and not _EVENTS_RE.fullmatch(one.events):
+        raise one_r.err("events", "must be oned's event publisher as tcp://HOST:PORT (HM_MAD's "
+                        f"-b and -p in oned.conf, port 2101 by default), got {one.events!r}")
     if "onegate_endpoint" in one_r.table:
         raise one_r.err(
             "onegate_endpoint", "is not used: oned gives every VM the ONEGATE_ENDPOINT of "
@@ -375,6 +391,7 @@ def parse_config(
         prolog_wait_s=c_r.positive("prolog_wait_s", float, 300.0),
         state_dir=c_r.get("state_dir", str, DEFAULT_STATE_DIR),
         log_dir=c_r.get("log_dir", str, DEFAULT_LOG_DIR),
+        status_file=c_r.get("status_file", str, DEFAULT_STATUS_FILE),
         history_days=c_r.positive("history_days", int, 90),
         metrics_port=c_r.get("metrics_port", int, None),
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),

@@ -50,7 +50,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0012"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -137,6 +137,7 @@ class Launch(Base):
         Index("uq_launch_open_node", "node_name", unique=True,
               sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
         Index("ix_launch_job_id", "job_id"),
+        Index("ix_launch_ended_at", "ended_at"),
     )
 
     @property
@@ -163,6 +164,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    __table_args__ = (Index("ix_job_ended_at", "ended_at"),)
+
 
 class HookRequest(Base):
     """What one of Slurm's hooks asked, recorded for the controller to act on."""
@@ -183,6 +186,7 @@ class HookRequest(Base):
             "kind IN (" + ", ".join(f"'{k}'" for k in HOOK_KINDS) + ")", name="ck_hook_kind"
         ),
         Index("ix_hook_request_unhandled", "handled_at"),
+        Index("ix_hook_request_kind_created", "kind", "created_at"),
     )
 
 

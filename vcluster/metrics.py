@@ -74,6 +74,10 @@ class Metrics:
                                     "command", ["command"], registry=r)
         self.hook_requests = Counter("vcluster_hook_requests", "Requests from Slurm's hooks "
                                      "served, by kind", ["kind"], registry=r)
+        self.one_events = Counter(
+            "vcluster_one_events", "State-change events received from OpenNebula's publisher "
+            "(opennebula.events), by object (vm, host) and whether they woke the controller "
+            "(a VM of this cluster, or any host)", ["object", "woke"], registry=r)
         self.heartbeat_age = Gauge("vcluster_heartbeat_age_seconds", "Age of the heartbeat "
                                    "the controller last wrote (hooks refuse when it is "
                                    "stale), seconds; NaN before the first", registry=r)
@@ -134,6 +138,10 @@ class Metrics:
         self.slurm_command_seconds.labels(command).observe(duration_s)
         if failed:
             self.slurm_errors.labels(command).inc()
+
+    def one_event(self, obj: str, *, woke: bool) -> None:
+        """One state-change event from oned (``obj``: ``VM`` or ``HOST``)."""
+        self.one_events.labels(obj.lower(), "yes" if woke else "no").inc()
 
     def hook_request(self, kind: str) -> None:
         self.hook_requests.labels(kind).inc()

@@ -7,6 +7,12 @@ newer oned must not crash the controller.
 
 :func:`vm_from_binding` turns pyone's parsed ``<VM>`` into a frozen :class:`VM`, smoothing
 what pyone leaves rough (an empty element is ``None``; one NIC is a dict, two a list).
+
+:func:`vms_from_pool_xml` reads a whole ``one.vmpool.infoextended`` answer without pyone's
+generated bindings, which cost about 150 Python calls per XML element (1.3 s of CPU for
+4,000 VMs): lxml streams the text, keeps only what vcluster reads of each VM, and drops each
+``<VM>`` element as soon as it is read, so a pass over a big pool neither burns the CPU nor
+holds the pool's tree in memory.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+from lxml import etree
 
 
 class VmState(IntEnum):
@@ -56,6 +64,10 @@ LcmState = IntEnum(  # type: ignore[misc]
 _FAILED_LCM = frozenset(
     v.value for v in LcmState if v.name.endswith("_FAILURE") or v.name == "UNKNOWN"
 )
+CONTEXT_KEPT = ("REPORT_READY", "ONEGATE_ENDPOINT", "TOKEN", "NETWORK")
+"""The CONTEXT attributes :attr:`VM.context` keeps from a pool listing: the ones vcluster
+reads. A worker VM's CONTEXT may hold kilobytes per VM that nothing reads in a pass."""
+
 _TERMINATING_LCM = frozenset(
     LcmState[n].value for n in ("SHUTDOWN", "EPILOG", "CLEANUP_DELETE")
 )
@@ -192,3 +204,75 @@ def vm_from_binding(obj: Any) -> VM:
         sched_message=user_template.get("SCHED_MESSAGE", ""),
         host=_last_host(obj),
     )
+
+
+_CHUNK_CHARS = 1 << 20
+
+
+def _text(elem: Any) -> str:
+    return "" if elem is None or elem.text is None else elem.text
+
+
+def _flat_children(elem: Any, keep: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Single-valued attributes (children without children) of a template element."""
+    if elem is None:
+        return {}
+    return {child.tag: child.text or "" for child in elem
+            if len(child) == 0 and isinstance(child.tag, str)
+            and (keep is None or child.tag in keep)}
+
+
+def _vm_from_element(elem: Any) -> VM:
+    template = elem.find("TEMPLATE")
+    user_template = _flat_children(elem.find("USER_TEMPLATE"))
+    ips: list[str] = []
+    context: dict[str, str] = {}
+    if template is not None:
+        for nic in (*template.findall("NIC"), *template.findall("NIC_ALIAS")):
+            ip = _text(nic.find("IP"))
+            if ip:
+                ips.append(ip)
+        context = _flat_children(template.find("CONTEXT"), CONTEXT_KEPT)
+    records = elem.findall("HISTORY_RECORDS/HISTORY")
+    state, lcm_state = int(_text(elem.find("STATE")) or 0), int(_text(elem.find("LCM_STATE")) or 0)
+    return VM(
+        vm_id=int(_text(elem.find("ID"))),
+        name=_text(elem.find("NAME")),
+        state=state,
+        lcm_state=lcm_state,
+        state_name=state_name(state, lcm_state),
+        ips=tuple(ips),
+        user_template=user_template,
+        context=context,
+        start_time=int(_text(elem.find("STIME")) or 0),
+        end_time=int(_text(elem.find("ETIME")) or 0),
+        sched_message=user_template.get("SCHED_MESSAGE", ""),
+        host=_text(records[-1].find("HOSTNAME")) if records else "",
+    )
+
+
+def vms_from_pool_xml(text: str, *, cluster: str | None = None) -> list[VM]:
+    """The VMs of a ``<VM_POOL>`` text (``one.vmpool.info``/``infoextended``), in its order;
+    only those tagged ``VCLUSTER_CLUSTER=cluster`` if given. Raises ValueError on a text
+    that is not a VM pool or not XML."""
+    # lxml picks the <VM> ends out in C: Python sees one event per VM, not per element
+    parser = etree.XMLPullParser(events=("end",), tag="VM")
+    found: list[VM] = []
+    try:
+        for at in range(0, len(text), _CHUNK_CHARS):
+            parser.feed(text[at:at + _CHUNK_CHARS])
+            for _event, elem in parser.read_events():
+                pool = elem.getparent()
+                if pool is None or pool.getparent() is not None:
+                    continue  # a template attribute that happens to be called VM
+                if pool.tag != "VM_POOL":
+                    raise ValueError(f"expected <VM_POOL>, got <{pool.tag}>")
+                if cluster is None or elem.findtext("USER_TEMPLATE/VCLUSTER_CLUSTER") == cluster:
+                    found.append(_vm_from_element(elem))
+                pool.remove(elem)  # read: let it go
+        root = parser.close()
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"not XML: {exc}") from exc
+    if root.tag != "VM_POOL":
+        raise ValueError(f"expected <VM_POOL>, got <{root.tag}>")
+    return found

@@ -16,6 +16,8 @@ DEFAULT_STATE_DIR = "/var/lib/vcluster"
 """``controller.state_dir``: the controller's sockets, lock and files."""
 DEFAULT_LOG_DIR = "/var/log/vcluster"
 """``controller.log_dir``: ``controller.log`` and ``hooks.log``."""
+DEFAULT_STATUS_FILE = "/run/vcluster/status.json"
+"""``controller.status_file``: the controller's liveness, world-readable, for fsub."""
 HOOK_SOCKET_NAME = "hooks.sock"
 """The controller's socket for Slurm's hooks, in ``controller.state_dir`` (mode 0600)."""
 

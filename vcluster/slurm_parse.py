@@ -111,6 +111,8 @@ class Job:
     on 23.02+; the one word on 22.05."""
     account: str = ""
     """The job's Slurm account; ``""`` where Slurm keeps no accounts."""
+    admin_comment: str = ""
+    """Set by admins (vcluster: why it requeued or held the job); users can read it."""
 
     @property
     def is_finished(self) -> bool:
@@ -391,6 +393,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         array_task_string=_str(raw.get("array_task_string")),
         state_words=tuple(states),
         account=_str(raw.get("account")),
+        admin_comment=_str(raw.get("admin_comment")),
     )
 
 

@@ -29,7 +29,7 @@ _SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 E2E_NAME = f"vce{_SLOT}" if _SLOT else "vce"
 E2E_SUBNET = f"10.{115 + 10 * _SLOT}.0.0/24"
 E2E_PORTS = {"slurm_port": 6917 + 10 * _SLOT, "one_port": 2733 + 10 * _SLOT,
-             "onegate_port": 5130 + 10 * _SLOT}
+             "onegate_port": 5130 + 10 * _SLOT, "events_port": 2201 + 10 * _SLOT}
 
 
 @dataclass

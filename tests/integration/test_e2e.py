@@ -150,6 +150,11 @@ def test_boot_failure_on_one_vm_requeues_and_completes(s: Site) -> None:
     assert done
     assert len(vm_ids_for_job(s, job_id)) >= 2, "a second VM was booted after the failure"
     assert out.read_text().strip().startswith(f"{E2E_NAME}-small-")
+    show = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
+                          text=True, env=s.env, check=True).stdout
+    # why it went back to the queue, where its user sees it (fsub --wait shows it too)
+    assert f"AdminComment=vcluster: requeued after a VM failed (1 so far); last: VM {first[0]} " \
+           "failed to boot (BOOT_FAILURE)" in show
 
 
 def test_vm_crash_under_a_running_job_requeues_and_completes(s: Site) -> None:
@@ -216,7 +221,12 @@ def test_job_submitted_while_the_controller_is_down_runs_when_it_returns(s: Site
     site.stop_controller(s.spec)
     time.sleep(s.config.controller.heartbeat_stale_s + 1)
     out = s.work / "ctl-down.out"
-    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", "hostname"))
+    proc = s.fsub("-N1", f"--output={out}", "--wrap", "hostname")
+    job_id = job_id_of(proc)
+    assert proc.stderr.startswith("fsub: the vcluster controller is not running (it was "
+                                  "stopped "), proc.stderr  # SIGTERM: it said it stopped
+    assert proc.stderr.endswith("): the job waits in the queue until it is back; tell your "
+                                "admin\n")
     reason = "vcluster: the vcluster controller is not running; nodes not resumed"
 
     def node_failed_with_reason() -> bool:
@@ -234,6 +244,10 @@ def test_job_submitted_while_the_controller_is_down_runs_when_it_returns(s: Site
     assert done
     assert time.monotonic() - started < 60, "not held back by Slurm's requeue deferral"
     assert out.read_text().strip().startswith(f"{E2E_NAME}-small-")
+    show = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
+                          text=True, env=s.env, check=True).stdout
+    assert ("AdminComment=vcluster: requeued as the controller was not running when Slurm "
+            "asked for its nodes") in show
 
 
 def test_a_job_whose_vms_always_fail_is_held_with_the_reason(s: Site) -> None:

@@ -21,7 +21,8 @@ def ago(seconds: float) -> datetime:
 def make_config(**controller: Any) -> Config:
     return parse_config({
         "opennebula": {"retry_delays_s": [1, 5]},
-        "controller": {"cluster_name": "vc", "resume_timeout_s": 60, **controller},
+        "controller": {"cluster_name": "vc", "resume_timeout_s": 60, "status_file": "",
+                       **controller},
         "node_class": [
             {"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048, "template": "worker",
              "templates": ["ubuntu"]},

@@ -6,6 +6,7 @@ a VM dies) and checks what a person would see: the calls made, the launch map, t
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from tests.unit.controller_fixtures import T0, job, node, powered_down, powering_up
-from vcluster import db
+from vcluster import db, public_status
 from vcluster.config import Config, parse_config
 from vcluster.controller.act import Actor
 from vcluster.controller.loop import (
@@ -175,7 +176,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         "database": {"url": f"sqlite:///{tmp_path}/state.db"},
         "opennebula": {"retry_delays_s": [1]},
         "controller": {"cluster_name": "vc", "resume_timeout_s": 60,
-                       "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log")},
+                       "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log"),
+                       "status_file": str(tmp_path / "run" / "status.json")},
         "node_class": [{"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048,
                         "template": "worker"}],
     })
@@ -495,9 +497,10 @@ def test_a_job_requeued_at_slurms_resume_timeout_starts_at_once(world: World,
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
     assert w.events()[-1] == ("vm.failed", S1, f"vcluster: Slurm gave the node up ({reason})")
     w.controller.run_pass()  # the requeued job waits no 2-minute deferral
-    assert w.slurm.updates[-1] == "jobid=12 StartTime=now"
-    assert w.events()[-1] == ("job.start_now", None, "job 12 eligible now: requeued after "
-                                                     "vcluster gave its node up")
+    why = ("vcluster: requeued after a VM failed (1 so far); last: Slurm gave the node up "
+           f"({reason})")
+    assert w.slurm.updates[-2:] == ["jobid=12 StartTime=now", f"jobid=12 AdminComment={why}"]
+    assert w.events()[-1] == ("job.start_now", None, f"job 12 eligible now: {why}")
 
 
 def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> None:
@@ -511,6 +514,23 @@ def test_half_a_picture_skips_the_pass_but_keeps_the_heartbeat(world: World) -> 
     with w.sessions() as s:
         hb = db.heartbeat(s)
         assert hb is not None and hb.at == T0
+
+
+def test_the_status_file_users_read_follows_the_heartbeat(world: World) -> None:
+    """fsub, run by any user, reads the controller's liveness from a world-readable file."""
+    w = world
+    path = w.config.controller.status_file
+    w.controller.run_pass()
+    status = public_status.read(path)
+    assert status is not None and status.running and status.at == T0
+    assert status.pid == os.getpid() and oct(os.stat(path).st_mode & 0o777) == "0o644"
+    assert public_status.down_reason(path, 60, now=T0 + timedelta(seconds=30)) is None
+    assert public_status.down_reason(path, 60, now=T0 + timedelta(seconds=300)) == (
+        f"its last heartbeat was 5 min ago on {status.host} (pid {os.getpid()})")
+    w.clock.advance(7)
+    w.controller.stopped()
+    assert public_status.down_reason(path, 60, now=T0 + timedelta(seconds=17)) == (
+        f"it was stopped 10 s ago on {status.host}")
 
 
 def test_an_unreachable_opennebula_skips_the_pass_before_any_action(world: World) -> None:

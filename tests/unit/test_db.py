@@ -156,3 +156,31 @@ def test_usage_columns_arrive_on_a_database_with_history(tmp_path: Path) -> None
                                                               None, None)
     finally:
         eng.dispose()
+
+
+def test_a_pass_reads_history_through_indexes(engine) -> None:  # type: ignore[no-untyped-def]
+    """Every query of the pass's database read is an index search, not a scan of a table
+    that grows with every job the site ever ran (the drain table, an admin's short list,
+    may be scanned)."""
+    from sqlalchemy import event
+
+    from tests.unit.controller_fixtures import make_config
+    from vcluster.controller.observe import read_database
+
+    params: list[tuple[str, object]] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            params.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", keep)
+    with db.session_factory(engine)() as s:
+        read_database(s, make_config(), datetime.now(UTC))
+    event.remove(engine, "before_cursor_execute", keep)
+    assert len(params) >= 6
+    with engine.connect() as conn:
+        for statement, parameters in params:
+            plan = [row[-1] for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters)]
+            scans = [p for p in plan if p.startswith("SCAN") and "drain" not in p]
+            assert not scans, f"{statement!r} scans: {plan}"

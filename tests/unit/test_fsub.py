@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from vcluster import public_status
 from vcluster.cli.fsub import Progress, follow_job, fsub
 from vcluster.config import load_config
 from vcluster.errors import ConfigError, SlurmError
@@ -30,6 +32,9 @@ from vcluster.submit import (
 )
 
 CONFIG = """
+[controller]
+status_file = "{bin_dir}/run/status.json"
+
 [slurm]
 partitions = ["vcluster", "vcpool"]
 bin_dir = "{bin_dir}"
@@ -256,6 +261,41 @@ def test_parsable_prints_the_id_only_and_stdin_script_goes_to_sbatch(site: Path)
     assert (site / "stdin").read_text() == script
 
 
+def _status(site: Path, running: bool, seconds_ago: float) -> None:
+    at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+    public_status.write(str(site / "bin" / "run" / "status.json"),
+                        public_status.ControllerStatus(running, at, "ctl1", 4242, "0.1"))
+
+
+@pytest.mark.parametrize(("running", "ago_s", "said"), [
+    (True, 5, ""),
+    (True, 600, "fsub: the vcluster controller is not running (its last heartbeat was 10 min "
+                "ago on ctl1 (pid 4242)): the job waits in the queue until it is back; tell "
+                "your admin\n"),
+    (False, 30, "fsub: the vcluster controller is not running (it was stopped 30 s ago on "
+                "ctl1): the job waits in the queue until it is back; tell your admin\n"),
+])
+def test_fsub_says_when_the_controller_is_down_and_submits(
+        site: Path, running: bool, ago_s: float, said: str) -> None:
+    _status(site, running, ago_s)
+    result = run_fsub(["job.sh"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        0, "Submitted batch job 42\n", said)
+    assert (site / "argv").exists()
+
+
+def test_a_status_file_fsub_cannot_read_says_nothing(site: Path) -> None:
+    """Not knowing is not "down": no status directory, or a file that is not a status."""
+    assert run_fsub(["job.sh"]).stderr == ""  # the directory does not even exist
+    (site / "bin" / "run").mkdir()
+    assert run_fsub(["job.sh"]).stderr == ("fsub: the vcluster controller is not running (it "
+                                           "has never run here (no status file)): the job "
+                                           "waits in the queue until it is back; tell your "
+                                           "admin\n")
+    (site / "bin" / "run" / "status.json").write_text("not json")
+    assert run_fsub(["job.sh"]).stderr == ""
+
+
 def test_sbatch_refusal_is_relayed_with_its_exit_code(site: Path) -> None:
     install_sbatch(site, "echo 'sbatch: error: Batch job submission failed: Invalid feature "
                          "specification' >&2\nexit 1")
@@ -300,6 +340,16 @@ STEPS = [  # (squeue --json, sinfo --json) as Slurm prints them while a job boot
     (job_json("RUNNING", nodes="vc-small-[001-002]"), nodes_json(False, False)),
     (job_json("FAILED", "NonZeroExitCode", "vc-small-[001-002]", 3 << 8), nodes_json()),
 ]
+def test_a_requeued_job_says_why_from_its_admin_comment() -> None:
+    why = "vcluster: requeued after a VM failed (1 so far); last: VM 7 failed (BOOT_FAILURE)"
+    requeued = json.loads(job_json("PENDING", "BeginTime"))
+    requeued["jobs"][0]["admin_comment"] = why
+    lines, _ = follow(ScriptedSlurm([(json.dumps(requeued), nodes_json()),
+                                     (job_json("COMPLETED", nodes="vc-small-001"),
+                                      nodes_json())]))
+    assert lines == [f"job 42: queued (BeginTime): {why}", "job 42: completed, exit code 0"]
+
+
 EXPECTED_LINES = [
     "job 42: queued (Resources)",
     "job 42: booting VMs (0/2 ready)",

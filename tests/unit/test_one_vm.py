@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pyone.bindings
+import pytest
 
 from tests.unit.fake_oned import running_fake_oned, vm_xml
 from vcluster.config import OpenNebulaSettings
 from vcluster.one import OneClient
-from vcluster.one_vm import VM, LcmState, VmState, state_name, vm_from_binding
+from vcluster.one_vm import (
+    VM,
+    LcmState,
+    VmState,
+    state_name,
+    vm_from_binding,
+    vms_from_pool_xml,
+)
 
 
 def test_state_names_follow_oned() -> None:
@@ -110,3 +118,47 @@ def test_vms_filtered_by_cluster_over_xml_rpc() -> None:
         assert [v.vm_id for v in one.vms(cluster="vc")] == [1]
         assert one.allocate('MEMORY = "64"\n', hold=True) == 4
         assert one.vm(4).state_name == "HOLD"
+
+
+def _pool(*vms: str) -> str:
+    return "<VM_POOL>" + "".join(vms) + "</VM_POOL>"
+
+
+def test_pool_reader_reads_what_pyone_reads() -> None:
+    """The lean pool reader gives the VM pyone's bindings give, but CONTEXT keeps only the
+    attributes vcluster reads (the join script and the like are left behind)."""
+    vms = [
+        vm_xml(12, "vc-small-001", state=3, lcm_state=3, nics=("10.111.0.100", "10.111.0.101"),
+               user_template=("<VCLUSTER_NODE><![CDATA[vc-small-001]]></VCLUSTER_NODE>"
+                              "<VCLUSTER_JOB><![CDATA[]]></VCLUSTER_JOB><EMPTY/>"
+                              "<READY><![CDATA[YES]]></READY><LABELS><A><![CDATA[1]]></A>"
+                              "</LABELS><SCHED_MESSAGE><![CDATA[Cannot & <dispatch>]]>"
+                              "</SCHED_MESSAGE>"),
+               context="<REPORT_READY><![CDATA[YES]]></REPORT_READY>"
+                       "<START_SCRIPT_BASE64><![CDATA[" + "QUJD" * 2000 +
+                       "]]></START_SCRIPT_BASE64><TOKEN><![CDATA[YES]]></TOKEN>"),
+        vm_xml(13, "vc-small-002", state=1, lcm_state=0, nics=()),
+        vm_xml(14, "vc-small-003", state=8, lcm_state=0),
+    ]
+    lean = vms_from_pool_xml(_pool(*vms))
+    full = [vm_from_binding(pyone.bindings.parseString(v.encode())) for v in vms]
+    assert [v.vm_id for v in lean] == [12, 13, 14]
+    for mine, theirs in zip(lean, full, strict=True):
+        assert mine.context == {k: v for k, v in theirs.context.items()
+                                if k in ("REPORT_READY", "ONEGATE_ENDPOINT", "TOKEN", "NETWORK")}
+        assert mine == VM(**{**theirs.__dict__, "context": mine.context})
+    assert lean[0].sched_message == "Cannot & <dispatch>"
+    assert lean[0].wants_ready and lean[0].is_ready
+
+
+def test_pool_reader_filters_by_cluster_and_refuses_what_is_not_a_pool() -> None:
+    tagged = vm_xml(1, "a", user_template="<VCLUSTER_CLUSTER><![CDATA[vc]]></VCLUSTER_CLUSTER>")
+    other = vm_xml(2, "b", user_template="<VCLUSTER_CLUSTER><![CDATA[x]]></VCLUSTER_CLUSTER>")
+    assert [v.vm_id for v in vms_from_pool_xml(_pool(tagged, other), cluster="vc")] == [1]
+    assert vms_from_pool_xml("<VM_POOL/>") == []
+    with pytest.raises(ValueError, match="expected <VM_POOL>, got <HOST_POOL>"):
+        vms_from_pool_xml("<HOST_POOL></HOST_POOL>")
+    with pytest.raises(ValueError, match="not XML"):
+        vms_from_pool_xml("<VM_POOL><VM>")
+    nested = vm_xml(3, "c", user_template="<VM><ID>9</ID></VM>")  # an attribute called VM
+    assert [v.vm_id for v in vms_from_pool_xml(_pool(nested))] == [3]

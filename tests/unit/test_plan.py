@@ -320,7 +320,8 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                                job(31, state="PENDING", state_reason="BeginTime"),
                                job(32, state="PENDING", state_reason="Resources")),
                      failed_jobs={30: ago(3), 32: ago(3)}),
-     [StartNow(30, "requeued after vcluster gave its node up")]),
+     [StartNow(30, "vcluster: requeued as the controller was not running when Slurm asked "
+                   "for its nodes")]),
     ("a job whose VMs failed three times per node is held with the last reason, "
      "not requeued a fourth time",
      lambda: picture(jobs=jobs(job(33, state="PENDING", state_reason="BeginTime"),
@@ -330,7 +331,8 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                      job_failures={33: (3, "vcluster: cannot boot a VM: no template x"),
                                    34: (3, "vcluster: VM 9 failed to boot (BOOT_FAILURE)")}),
      [HoldJob(33, "vcluster: held after 3 failed VMs; last: cannot boot a VM: no template x"),
-      StartNow(34, "requeued after vcluster gave its node up")]),
+      StartNow(34, "vcluster: requeued after a VM failed (3 so far); last: VM 9 failed to "
+                   "boot (BOOT_FAILURE)")]),
     ("jobs are recorded when new or changed, and closed when Slurm forgets them",
      lambda: picture(
          jobs=jobs(job(20, state="PENDING"), job(21, state="PENDING"),

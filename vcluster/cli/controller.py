@@ -22,6 +22,7 @@ from vcluster.errors import ConfigError
 
 if TYPE_CHECKING:
     from vcluster.metrics import Metrics
+    from vcluster.one_events import EventSubscriber
 
 log = logging.getLogger("vcluster.controller")
 
@@ -103,6 +104,29 @@ def _serve_metrics(config: Config, metrics: Metrics | None) -> Any:
     return server
 
 
+def _watch_events(config: Config, metrics: Metrics | None) -> EventSubscriber | None:
+    """Subscribe to oned's state-change events if ``opennebula.events`` is set (else None):
+    a change of this cluster's VMs, or of a host, wakes the loop for a pass at once."""
+    from vcluster.one_events import EventSubscriber, OneEvent, wakes
+    from vcluster.wake import send_wake
+
+    if not config.opennebula.events:
+        return None
+    state_dir, cluster = config.controller.state_dir, config.controller.cluster_name
+
+    def on_event(event: OneEvent) -> None:
+        woke = wakes(event, cluster)
+        if metrics is not None:
+            metrics.one_event(event.object, woke=woke)
+        if woke:
+            send_wake(state_dir)
+
+    subscriber = EventSubscriber(config.opennebula.events, on_event,
+                                 on_connect=lambda: send_wake(state_dir))
+    subscriber.start()
+    return subscriber
+
+
 def _run(config: Config, once: bool) -> None:
     from vcluster import db
     from vcluster.controller.act import Actor
@@ -144,6 +168,7 @@ def _run(config: Config, once: bool) -> None:
         hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
                                  metrics=metrics)
         hook_server.start()
+        events = None if once else _watch_events(config, metrics)
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -153,15 +178,19 @@ def _run(config: Config, once: bool) -> None:
 
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("controller started: pid %d, cluster %s, database %s, OpenNebula %s at %s, "
-                 "Slurm %s with slurm.conf %s, pass every %g s", os.getpid(),
+                 "Slurm %s with slurm.conf %s, pass every %g s%s", os.getpid(),
                  config.controller.cluster_name, engine.url,
                  versions.opennebula or "(version unknown)", config.opennebula.xmlrpc,
                  versions.slurm or "(version unknown)", config.slurm.conf,
-                 config.controller.interval_s)
+                 config.controller.interval_s,
+                 f" and on OpenNebula's events from {config.opennebula.events}"
+                 if events is not None else "")
         try:
             passes = run_loop(controller, listener, interval_s=config.controller.interval_s,
                               stop=stop, once=once)
         finally:
+            if events is not None:
+                events.stop()
             hook_server.stop()
             listener.close()
             if metrics_server is not None:
@@ -169,6 +198,7 @@ def _run(config: Config, once: bool) -> None:
                 metrics_server.server_close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        controller.stopped()
         log.info("controller stopped after %d passes", passes)
     finally:
         engine.dispose()

@@ -28,6 +28,7 @@ import click
 from vcluster import __version__
 from vcluster.config import load_config
 from vcluster.errors import SlurmError, UserInputError, VclusterError
+from vcluster.public_status import down_reason
 from vcluster.slurm import Job, Node, Slurm, compress_hostlist
 from vcluster.submit import SubmitRequest, parse_options, plan_submission, submitted_message
 
@@ -119,6 +120,8 @@ class Follower:
             return _finished(jid, job.state, job.exit_code, job.state_reason)
         if job.state == "PENDING":
             why = f" ({_reason(job.state_reason)})" if _reason(job.state_reason) else ""
+            if job.admin_comment.startswith("vcluster:"):
+                why += f": {job.admin_comment}"
             return Progress(jid, "queued", f"job {jid}: queued{why}")
         if job.state == "CONFIGURING":
             return Progress(jid, "booting", f"job {jid}: booting VMs ({ready}/{total} ready)")
@@ -289,6 +292,10 @@ def _run(ctx: click.Context, argv: list[str]) -> int:
     config = load_config()
     plan = plan_submission(request, config)
     interval_s = _interval_s() if plan.follow else FOLLOW_INTERVAL_S
+    down = down_reason(config.controller.status_file, config.controller.heartbeat_stale_s)
+    if down:
+        click.echo(f"fsub: the vcluster controller is not running ({down}): the job waits "
+                   "in the queue until it is back; tell your admin", err=True)
     slurm = Slurm(config.slurm)
     result = slurm.run(["sbatch", *plan.sbatch_args], input_text=plan.script_text, check=False)
     if result.stderr:

@@ -51,7 +51,8 @@ def _read_auth(auth: str | None, auth_file: str | None) -> str:
     return auth
 
 
-_LISTEN_OPTIONS = {"xmlrpc": ("--port", "--host"), "onegate": ("--onegate-port", "--onegate-host")}
+_LISTEN_OPTIONS = {"xmlrpc": ("--port", "--host"), "onegate": ("--onegate-port", "--onegate-host"),
+                   "events": ("--events-port", "--host")}
 
 
 def listen_error_text(exc: ListenError) -> str:
@@ -92,6 +93,10 @@ def listen_error_text(exc: ListenError) -> str:
               help="OneGate HTTP port.")
 @click.option("--onegate-host", default="127.0.0.1", show_default=True,
               help="Address OneGate binds and VMs are told (use the bridge IP for netns).")
+@click.option("--events-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Publish every VM and host state change as oned's hook manager does "
+                   "(ZeroMQ PUB on --host, oned's HM_MAD -p, 2101 there; 0 picks a free "
+                   "port) [default: no events].")
 @click.option("--bridge", default="vcbr0", show_default=True, help="Bridge of the vnet.")
 @click.option("--subnet", default="10.111.0.0/24", show_default=True, help="Subnet of the vnet.")
 @click.option("--lease-start", type=click.IntRange(min=1), default=100, show_default=True,
@@ -119,10 +124,10 @@ def listen_error_text(exc: ListenError) -> str:
                    "(repeatable; default /home and /tmp).")
 def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
           auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
-          onegate_host: str, bridge: str, subnet: str, lease_start: int, network_name: str,
-          prefix: str, sched_window_s: float, sched_window_length: int, boot_s: float,
-          step_s: float, monitor_s: float, images: tuple[str, ...],
-          shares: tuple[str, ...]) -> None:
+          onegate_host: str, events_port: int | None, bridge: str, subnet: str,
+          lease_start: int, network_name: str, prefix: str, sched_window_s: float,
+          sched_window_length: int, boot_s: float, step_s: float, monitor_s: float,
+          images: tuple[str, ...], shares: tuple[str, ...]) -> None:
     """Serve OpenNebula's XML-RPC API (and OneGate) until SIGTERM or Ctrl-C.
 
     \b
@@ -150,7 +155,7 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
         images=tuple(image_pairs), guest_shares=shares,
         state_dir=state_dir, driver=driver, prefix=prefix, auth=_read_auth(auth, auth_file),
         host=bind_host, port=port, onegate_host=onegate_host, onegate_port=onegate_port,
-        hosts=hosts, host_cpu_pct=host_cpu, host_mem_kb=host_mem,
+        events_port=events_port, hosts=hosts, host_cpu_pct=host_cpu, host_mem_kb=host_mem,
         network=NetworkSettings(name=network_name, bridge=bridge, subnet=str(network),
                                 lease_start=lease_start),
         scheduler=SchedulerSettings(max_wnd_time_s=sched_window_s,
@@ -170,8 +175,9 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    events = f", events {server.events.endpoint}" if server.events is not None else ""
     click.echo(f"testbed cloud: XML-RPC {server.endpoint}, OneGate "
-               f"{server.settings.gate_endpoint}, driver {driver}, state {state_dir}")
+               f"{server.settings.gate_endpoint}{events}, driver {driver}, state {state_dir}")
     while not stop.wait(1.0):
         pass
     server.stop()

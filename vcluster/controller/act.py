@@ -422,6 +422,11 @@ class Actor:
 
     def _StartNow(self, a: StartNow) -> None:
         self.slurm.update_job(a.job_id, StartTime="now")
+        try:  # AdminComment: users see why (fsub --wait, scontrol show job); Comment is theirs
+            self.slurm.update_job(a.job_id, AdminComment=slurm_reason(a.reason))
+        except VclusterError as exc:  # eligible is what matters; the event keeps the reason
+            log.warning("job %d made eligible, but its AdminComment was refused: %s",
+                        a.job_id, exc)
         self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
                            job_id=a.job_id)
 

@@ -149,7 +149,8 @@ class UpsertJob:
 @dataclass(frozen=True)
 class StartNow:
     """Make a job Slurm requeued after vcluster gave its node up eligible at once (Slurm
-    defers a requeued job's BeginTime by about two minutes)."""
+    defers a requeued job's BeginTime by about two minutes); ``reason`` (why it was
+    requeued) goes to its AdminComment, where its user sees it."""
 
     job_id: int
     reason: str

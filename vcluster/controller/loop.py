@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import IO, Any
 from sqlalchemy import Result, delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from vcluster import db
+from vcluster import __version__, db, public_status
 from vcluster.config import Config
 from vcluster.controller.act import Actor
 from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
@@ -32,6 +33,7 @@ from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.errors import VclusterError
 from vcluster.metrics import Metrics
+from vcluster.public_status import ControllerStatus
 from vcluster.wake import WakeListener
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,39 @@ class Controller:
         self.actor = actor
         self.now = now
         self._pruned_at = float("-inf")
+        self._status_unwritable = False
 
     def beat(self) -> None:
         try:
             with db.transaction(self.sessions) as s:
-                db.beat(s, at=self.now())
+                row = db.beat(s, at=self.now())
+                status = ControllerStatus(True, row.at, row.host, row.pid, row.version)
         except Exception as exc:
             log.error("cannot write the heartbeat: %s", exc)
             return
         if self.metrics is not None:
             self.metrics.beat()
+        self.publish(status)
+
+    def publish(self, status: ControllerStatus) -> None:
+        """Write the world-readable status file fsub reads (a failure is said once)."""
+        path = self.config.controller.status_file
+        if not path:
+            return
+        try:
+            public_status.write(path, status)
+        except OSError as exc:
+            if not self._status_unwritable:
+                log.warning("cannot write the status file %s (fsub cannot tell users when "
+                            "the controller is down): %s", path, exc)
+            self._status_unwritable = True
+        else:
+            self._status_unwritable = False
+
+    def stopped(self) -> None:
+        """Mark the status file stopped (the controller is stopping cleanly)."""
+        self.publish(ControllerStatus(False, self.now(), socket.gethostname(), os.getpid(),
+                                      __version__))
 
     def run_pass(self) -> PassReport:
         report = self._run_pass()

@@ -398,7 +398,10 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
                 actions.append(HoldJob(job.job_id, f"vcluster: held after {failures} failed "
                                        f"VMs; last: {reason.removeprefix(REASON_PREFIX)}"))
             else:
-                actions.append(StartNow(job.job_id, "requeued after vcluster gave its node up"))
+                why = (f"after a VM failed ({failures} so far); last: "
+                       f"{reason.removeprefix(REASON_PREFIX)}" if failures else
+                       "as the controller was not running when Slurm asked for its nodes")
+                actions.append(StartNow(job.job_id, f"vcluster: requeued {why}"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
         if _failed_with_its_vm(obs, job):

@@ -64,6 +64,8 @@ class SiteSpec:
     slurm_port: int = 6817
     one_port: int = 2633
     onegate_port: int = 5030
+    events_port: int = 2101
+    """The cloud's state-change publisher (oned's HM_MAD ``-p``); the controller subscribes."""
     per_job_nodes: int = 8
     pool_nodes: int = 2
     pool_idle_s: int = 30
@@ -74,6 +76,9 @@ class SiteSpec:
     pool_on_vm_event: tuple[tuple[str, str], ...] = ()
     """The pool class's ``on_vm_event`` rules as (event, rule) pairs, e.g.
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
+    driver: str = "netns"
+    """The cloud's VM driver: ``netns`` (VMs that join Slurm) or ``dummy`` (VMs that only
+    go through their states: for bursts of thousands, whose nodes never register)."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -135,6 +140,7 @@ def site_config_text(spec: SiteSpec) -> str:
 [opennebula]
 xmlrpc = "{spec.xmlrpc}"
 auth_file = "{spec.auth_file}"
+events = "tcp://127.0.0.1:{spec.events_port}"
 timeout_s = 15
 retry_delays_s = [0.5, 1, 2]
 
@@ -159,6 +165,7 @@ suspend_timeout_s = 5
 prolog_wait_s = {spec.resume_timeout_s}
 state_dir = "{spec.root / 'controller'}"
 log_dir = "{spec.root / 'log'}"
+status_file = "{spec.root / 'run' / 'status.json'}"
 
 [[node_class]]
 name = "small"
@@ -263,13 +270,16 @@ def choose_ports(spec: SiteSpec, fixed: Collection[str] = (), say: Say = quiet) 
                            fixed="one_port" in fixed)
     onegate_port = choose_port(spec.onegate_port, what="OneGate", option="--onegate-port",
                                fixed="onegate_port" in fixed, avoid={one_port})
+    events_port = choose_port(spec.events_port, what="OpenNebula events", option="",
+                              fixed=False, avoid={one_port, onegate_port})
     for old, new, what, option in ((spec.one_port, one_port, "XML-RPC", "--one-port"),
                                    (spec.onegate_port, onegate_port, "OneGate",
                                     "--onegate-port")):
         if new != old:
             say(f"port {old} is in use (an oned?): the cloud's {what} uses port {new} "
                 f"({option} to choose)")
-    return dataclasses.replace(spec, one_port=one_port, onegate_port=onegate_port)
+    return dataclasses.replace(spec, one_port=one_port, onegate_port=onegate_port,
+                               events_port=events_port)
 
 
 def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -> None:
@@ -309,11 +319,12 @@ def up(spec: SiteSpec, say: Say = quiet, *, fixed_ports: Collection[str] = ()) -
 
 def _start_cloud(spec: SiteSpec, say: Say) -> None:
     argv = _vcluster_argv(
-        "testbed", "cloud", "serve", "--driver", "netns",
+        "testbed", "cloud", "serve", "--driver", spec.driver,
         "--port", str(spec.one_port), "--state-dir", str(spec.root / "cloud"),
         "--auth-file", str(spec.auth_file), "--prefix", spec.name,
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
+        "--events-port", str(spec.events_port),
     )
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
@@ -339,7 +350,8 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
 
     _wait("the cloud server", answers, CLOUD_START_TIMEOUT_S, log)
     say(f"cloud pid {pid}: OpenNebula XML-RPC at {spec.xmlrpc}, "
-        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, netns VMs on {spec.slurm.bridge}")
+        f"OneGate at http://{spec.gateway}:{spec.onegate_port}, {spec.driver} VMs on "
+        f"{spec.slurm.bridge}")
 
 
 def _ensure_worker_template(spec: SiteSpec, say: Say) -> None:

@@ -84,6 +84,9 @@ class Cloud(Resources):
         self.on_pending: Callable[[], None] = lambda: None
         """Set by the scheduler: called when a VM becomes PENDING."""
         self.on_reboot: Callable[[VM], None] = lambda vm: None
+        self.on_state_change: Callable[[VM], None] = lambda vm: None
+        """Set by the server when events are on: called (under the lock) at each allocate
+        and each change of STATE or LCM_STATE, as oned hands its hook manager an event."""
         super().__init__()
 
     # --- loading -----------------------------------------------------------------------
@@ -179,6 +182,7 @@ class Cloud(Resources):
             self.vms[vm_id] = vm
             self.store.take_id("vm", vm_id)
             self.store.put_vm(vm)
+            self.on_state_change(vm)
             if not on_hold:
                 self.on_pending()
             return vm_id
@@ -314,6 +318,8 @@ class Cloud(Resources):
             vm.etime = now
             self.release_leases(vm, None)
         self.store.put_vm(vm)
+        if (vm.prev_state, vm.prev_lcm_state) != (state, lcm):
+            self.on_state_change(vm)
         if state == ACTIVE and lcm in lifecycle.PHASES:
             self.on_phase(vm)
         if state == PENDING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from vcluster.testbed.cloud.model import (
@@ -50,6 +50,9 @@ class Resources:
     vms: dict[int, VM]
 
     def __init__(self) -> None:
+        self.on_host_state_change: Callable[[Host], None] = lambda host: None
+        """Set by the server when events are on: called (under the lock) when a host's
+        state changes, as oned hands its hook manager an event."""
         self.hosts: dict[int, Host] = {}
         self.vnets: dict[int, VNet] = {}
         self.templates: dict[int, VMTemplate] = {}
@@ -110,6 +113,8 @@ class Resources:
                 raise OneRequestError(INTERNAL, "Wrong status code")
             host.prev_state, host.state = host.state, state
             self.store.put_host(host)
+            if host.prev_state != state:
+                self.on_host_state_change(host)
             return host_id
 
     # --- virtual networks --------------------------------------------------------------

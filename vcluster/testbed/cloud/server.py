@@ -20,6 +20,7 @@ from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.drivers import make_driver
 from vcluster.testbed.cloud.drivers.base import VMDriver
 from vcluster.testbed.cloud.engine import Engine
+from vcluster.testbed.cloud.events import EventPublisher
 from vcluster.testbed.cloud.model import DONE
 from vcluster.testbed.cloud.onegate import OneGateServer
 from vcluster.testbed.cloud.rpc import OneApi, RpcServer
@@ -46,13 +47,14 @@ def oned_config(settings: CloudSettings, port: int) -> dict[str, str]:
 
 _Server = TypeVar("_Server")
 
-WHAT = {"xmlrpc": "XML-RPC", "onegate": "OneGate"}
+WHAT = {"xmlrpc": "XML-RPC", "onegate": "OneGate", "events": "events"}
 
 
 class ListenError(Exception):
     """A port or address the server needs cannot be bound.
 
-    ``what`` is ``xmlrpc`` or ``onegate``; the caller knows which of its options sets it.
+    ``what`` is ``xmlrpc``, ``onegate`` or ``events``; the caller knows which of its options
+    sets it.
     """
 
     def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
@@ -84,6 +86,7 @@ class CloudServer:
         self.scheduler = Scheduler(self.cloud)
         self.rpc: RpcServer | None = None
         self.onegate: OneGateServer | None = None
+        self.events: EventPublisher | None = None
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
@@ -102,7 +105,7 @@ class CloudServer:
         return f"http://{self.settings.host}:{self.port}/RPC2"
 
     def start(self) -> None:
-        """Bind both ports first (a taken one raises :class:`ListenError` before anything
+        """Bind every port first (a taken one raises :class:`ListenError` before anything
         else has started), then load the state and start every thread."""
         self.rpc = _listen("xmlrpc", self.settings.host, self.settings.port,
                            lambda: RpcServer(OneApi(self.cloud, {}), self.settings.host,
@@ -112,10 +115,20 @@ class CloudServer:
                                    self.settings.onegate_port,
                                    lambda: OneGateServer(self.cloud, self.settings.onegate_host,
                                                          self.settings.onegate_port))
+            if self.settings.events_port is not None:
+                port = self.settings.events_port
+                self.events = _listen("events", self.settings.host, port,
+                                      lambda: EventPublisher(self.settings.host, port))
         except ListenError:
             self.rpc.server_close()
             self.rpc = None
+            if self.onegate is not None:
+                self.onegate.server_close()
+                self.onegate = None
             raise
+        if self.events is not None:
+            self.cloud.on_state_change = self.events.vm_changed
+            self.cloud.on_host_state_change = self.events.host_changed
         if not self.settings.onegate_endpoint and self.settings.onegate_port == 0:
             # an ephemeral OneGate port: tell VMs the port actually bound
             self.settings = replace(self.settings, onegate_port=self.onegate_port)
@@ -132,7 +145,8 @@ class CloudServer:
                                       name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("testbed cloud on %s (OneGate %s)", self.endpoint, self.settings.gate_endpoint)
+        log.info("testbed cloud on %s (OneGate %s%s)", self.endpoint, self.settings.gate_endpoint,
+                 f", events {self.events.endpoint}" if self.events is not None else "")
 
     def stop(self) -> None:
         """Stop serving; VMs stay as they are (the state directory keeps them). Idempotent."""
@@ -148,4 +162,8 @@ class CloudServer:
             thread.join(timeout=5)
         self.scheduler.stop()
         self.engine.stop()
+        if self.events is not None:
+            self.cloud.on_state_change = lambda vm: None
+            self.cloud.on_host_state_change = lambda host: None
+            self.events.close()
         self.store.close()

@@ -90,6 +90,9 @@ class CloudSettings:
     port: int = 2633
     onegate_host: str = "127.0.0.1"
     onegate_port: int = 5030
+    events_port: int | None = None
+    """Where state-change events are published (ZeroMQ PUB on ``host``, as oned's HM_MAD
+    ``-p``; 0: a free port); None: no events."""
     onegate_endpoint: str = ""
     """What VMs are told (ONEGATE_ENDPOINT); default ``http://<onegate_host>:<port>``."""
     hosts: int = 1

@@ -1,0 +1,332 @@
+"""Benchmark: one controller pass at 1,000 / 10,000 / 30,000 nodes (CPU time and peak RSS).
+
+Why: the controller reads the whole picture every pass (Slurm's jobs and nodes, OpenNebula's
+VMs, the database), so its cost grows with the site. This measures a quiet pass (nothing to
+do) at each size, the shape a big site is in most of the time:
+
+* OpenNebula: the testbed cloud (a separate process, dummy driver) holding ``0.4 * nodes``
+  RUNNING VMs, each allocated with the very template vcluster sends (``worker_vm_extra``:
+  tags, CONTEXT with the join script and a 1 KB munge key), READY=YES; read by the real
+  ``OneClient`` (pyone) as the controller reads it.
+* Slurm: ``sinfo --json`` / ``squeue --json`` texts in Slurm 22.05's shape (the captures in
+  tests/data/slurm/22.05, one entry per node and job), parsed by vcluster's own parsers on
+  every pass as the real adapter does with slurmctld's output; one running job per VM.
+* The database: SQLite with the open launch of every VM and a history of five ended
+  launches, ten events and two hook requests per node (history must not slow a pass).
+
+Each size runs in a fresh child process: imports, then ``--passes`` passes of the real
+``Controller.run_pass`` (observe, plan, act). Reported per size: CPU seconds of the best
+pass, the actions the first and the last pass planned, the baseline RSS after imports and
+the peak RSS (VmHWM) of the child, and, as a reference measured in the same run, the CPU
+time of reading the same VM pool with pyone's generated bindings (``reference_pyone_s``):
+``ratio_vs_pyone`` = pass CPU / that.
+
+    python3 benchmarks/controller_pass.py [--nodes 1000,10000,30000] [--passes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyone
+
+HERE = Path(__file__).resolve().parent
+CAPTURES = HERE.parent / "tests" / "data" / "slurm" / "22.05"
+AUTH = "oneadmin:opennebula"
+CLUSTER = "bench"
+PREFIX = "vb"
+VM_SHARE = 0.4
+BASE_TEXT = 'NIC = [ NETWORK = "vcluster" ]\nCONTEXT = [ NETWORK = "YES" ]\n'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status_kb(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def node_name(i: int, nodes: int) -> str:
+    """The name vcluster gives node ``i`` of a class of ``nodes`` (first index 0)."""
+    return f"{PREFIX}-{i:0{max(3, len(str(nodes - 1)))}d}"
+
+
+# --- the picture ------------------------------------------------------------------------------
+
+
+def config_dict(nodes: int, port: int, state_dir: Path) -> dict[str, Any]:
+    return {
+        "opennebula": {"xmlrpc": f"http://127.0.0.1:{port}/RPC2",
+                       "auth_file": str(state_dir / "one_auth"), "retry_delays_s": []},
+        "controller": {"cluster_name": CLUSTER, "state_dir": str(state_dir)},
+        "database": {"url": f"sqlite:///{state_dir}/vcluster.db"},
+        "slurm": {"munge_key_file": str(state_dir / "munge.key"), "configless": False,
+                  "conf": str(state_dir / "slurm.conf")},
+        "node_class": [{"name": "small", "prefix": f"{PREFIX}-", "count": nodes,
+                        "first_index": 0, "cpus": 2, "memory_mb": 2048,
+                        "template": "worker", "policy": "pool"}],
+    }
+
+
+def slurm_texts(nodes: int, vm_ips: dict[str, str], state_dir: Path) -> None:
+    """sinfo/squeue JSON of the site, in 22.05's shape, into state_dir."""
+    sinfo = json.loads((CAPTURES / "sinfo.json").read_text())
+    proto = sinfo["nodes"][0]
+    entries = []
+    for i in range(nodes):
+        name = node_name(i, nodes)
+        e = dict(proto, name=name, hostname=name, partitions=["vcluster"], features="small",
+                 active_features="small", cpus=2, real_memory=2048, reason="")
+        if name in vm_ips:
+            e.update(state="allocated", state_flags=["CLOUD"], address=vm_ips[name])
+        else:
+            e.update(state="idle", state_flags=["CLOUD", "POWERED_DOWN"], address=name)
+        entries.append(e)
+    sinfo["nodes"] = entries
+    (state_dir / "sinfo.json").write_text(json.dumps(sinfo))
+    squeue = json.loads((CAPTURES / "squeue.json").read_text())
+    proto_job = next(j for j in squeue["jobs"] if j["job_state"] == "RUNNING")
+    jobs = []
+    for k, name in enumerate(sorted(vm_ips)):
+        jobs.append(dict(proto_job, job_id=1000 + k, nodes=name, partition="vcluster",
+                         features="small", job_state="RUNNING", node_count=1))
+    squeue["jobs"] = jobs
+    (state_dir / "squeue.json").write_text(json.dumps(squeue))
+
+
+def build_database(config: Any, vm_of: dict[str, tuple[int, str, int]]) -> None:
+    from vcluster import db
+
+    engine = db.make_engine(config.database)
+    sessions = db.session_factory(engine)
+    now = db.utcnow()
+    old = now - timedelta(days=3)
+    nodes = config.node_classes[0].count
+    with db.transaction(sessions) as s:
+        for i in range(nodes):
+            name = node_name(i, nodes)
+            for h in range(5):
+                at = old + timedelta(minutes=h)
+                s.add(db.Launch(node_name=name, node_class="small", job_id=None, vm_id=None,
+                                state="terminated", attempts=1, reason="", created_at=at,
+                                updated_at=at, ended_at=at + timedelta(seconds=30)))
+            for h in range(10):
+                s.add(db.Event(at=old + timedelta(seconds=h), kind="vm.allocated",
+                               node_name=name, message="history"))
+            for kind in ("resume", "suspend"):
+                s.add(db.HookRequest(kind=kind, nodes=name, job_ids=[], payload={},
+                                     created_at=old, handled_at=old))
+        for name, (vm_id, ip, job_id) in vm_of.items():
+            s.add(db.Launch(node_name=name, node_class="small", job_id=job_id, vm_id=vm_id,
+                            state="up", ip=ip, attempts=1, reason="", created_at=now,
+                            updated_at=now, cpus=2, memory_mb=2048, template="worker"))
+            s.add(db.Job(job_id=job_id, node_class="small", user="alice", state="RUNNING",
+                         nodes=name, first_seen=now, started_at=now))
+    engine.dispose()
+
+
+def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, str]]:
+    """``count`` RUNNING, READY VMs made as vcluster makes them; {node: (vm id, ip)}."""
+    from vcluster.config import parse_config
+    from vcluster.vmtemplate import GuestContext, worker_vm_extra
+
+    nc = parse_config(config_dict(nodes, port, Path("/nonexistent"))).node_classes[0]
+    guest = GuestContext(slurm_conf_server="10.0.0.1:6817",
+                         munge_key_b64=base64.b64encode(os.urandom(1024)).decode())
+    one = pyone.OneServer(f"http://127.0.0.1:{port}/RPC2", session=AUTH)
+
+    def allocate(i: int) -> int:
+        extra = worker_vm_extra(node_class=nc, node_name=node_name(i, nodes), job_id=1000 + i,
+                                cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest)
+        return int(one.vm.allocate(BASE_TEXT + extra, False))
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(allocate, range(count)))
+    deadline = time.monotonic() + 600
+    while True:
+        pool_xml = one.vmpool.info(-2, -1, -1, -1)
+        vms = pool_xml.VM or []
+        if sum(1 for v in vms if (v.STATE, v.LCM_STATE) == (3, 3)) >= count:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the testbed's VMs did not all reach RUNNING")
+        time.sleep(1)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda vm_id: one.vm.update(vm_id, 'READY = "YES"', 1), ids))
+    ips = {int(v.ID): str(v.TEMPLATE["NIC"]["IP"]) for v in vms}
+    return {node_name(i, nodes): (vm_id, ips[vm_id]) for i, vm_id in enumerate(ids)}
+
+
+# --- the child: one size, measured --------------------------------------------------------------
+
+
+class FileSlurm:
+    """The controller's SlurmPort over captured-shape texts: parsed on every call, as the
+    real adapter parses slurmctld's output; updates are counted, not sent anywhere."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.updates: list[tuple[Any, ...]] = []
+
+    def jobs(self) -> list[Any]:
+        from vcluster.slurm_parse import parse_squeue_json
+        return parse_squeue_json((self.state_dir / "squeue.json").read_text(), "squeue")
+
+    def nodes(self) -> list[Any]:
+        from vcluster.slurm_parse import parse_nodes_json
+        return parse_nodes_json((self.state_dir / "sinfo.json").read_text(), "sinfo")
+
+    def update_nodes(self, nodes: Any, **fields: Any) -> None:
+        self.updates.append(("node", nodes, fields))
+
+    def update_job(self, job_id: int, **fields: str) -> None:
+        self.updates.append(("job", job_id, fields))
+
+    def hold(self, job_id: int) -> None:
+        self.updates.append(("hold", job_id))
+
+    def show_nodes(self, names: Any) -> list[Any]:
+        wanted = set(names)
+        return [n for n in self.nodes() if n.name in wanted]
+
+
+def child(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    from vcluster.config import parse_config
+    from vcluster.controller.act import Actor
+    from vcluster.controller.loop import Controller
+    from vcluster.db import make_engine, session_factory
+    from vcluster.one import OneClient
+    from vcluster.vmtemplate import GuestContext
+
+    baseline_kb = status_kb("self", "VmRSS")
+    config = parse_config(config_dict(args.nodes, args.port, state_dir))
+    sessions = session_factory(make_engine(config.database))
+    slurm = FileSlurm(state_dir)
+    one = OneClient(config.opennebula)
+    actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
+                  guest=GuestContext(slurm_conf_server="", munge_key_b64=""))
+    controller = Controller(config, sessions, slurm, one, actor)  # type: ignore[arg-type]
+    passes = []
+    for k in range(args.passes):
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        if os.environ.get("VCLUSTER_BENCH_PROFILE") and k == args.passes - 1:
+            import cProfile
+            import pstats
+            with cProfile.Profile() as prof:
+                report = controller.run_pass()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+        else:
+            report = controller.run_pass()
+        passes.append({"cpu_s": round(time.process_time() - cpu0, 3),
+                       "wall_s": round(time.monotonic() - wall0, 3),
+                       "actions": len(report.actions), "skipped": report.skipped})
+    peak_kb = status_kb("self", "VmHWM")
+    # the reference: the same pool read through pyone's generated bindings alone
+    cpu0 = time.process_time()
+    server = pyone.OneServer(config.opennebula.xmlrpc, session=AUTH)
+    pool = server.vmpool.infoextended(-2, -1, -1, -1)
+    reference_s = time.process_time() - cpu0
+    del pool
+    print(json.dumps({"passes": passes, "baseline_rss_mb": round(baseline_kb / 1024, 1),
+                      "peak_rss_mb": round(peak_kb / 1024, 1),
+                      "reference_pyone_s": round(reference_s, 3),
+                      "first_actions": passes[0]["actions"],
+                      "slurm_updates": len(slurm.updates)}))
+    return 0
+
+
+# --- the parent ----------------------------------------------------------------------------------
+
+
+def measure(nodes: int, passes: int) -> dict[str, Any]:
+    from vcluster.config import parse_config
+
+    vms = int(nodes * VM_SHARE)
+    port, gate_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="pass-bench-") as tmp:
+        state_dir = Path(tmp)
+        (state_dir / "one_auth").write_text(AUTH + "\n")
+        (state_dir / "munge.key").write_bytes(os.urandom(1024))
+        (state_dir / "slurm.conf").write_text("SlurmctldHost=bench(127.0.0.1)\n")
+        argv = [sys.executable, "-m", "vcluster", "testbed", "cloud", "serve", "--port",
+                str(port), "--onegate-port", str(gate_port), "--driver", "dummy",
+                "--state-dir", str(state_dir / "cloud"), "--hosts", "8",
+                "--host-cpu", str(400 * nodes), "--host-mem", str(64 * 1024 * 1024 * nodes),
+                "--subnet", "10.240.0.0/14", "--lease-start", "16", "--boot-s", "0",
+                "--step-s", "0", "--monitor-s", "30"]
+        server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            t0 = time.monotonic()
+            made = populate_cloud(port, vms, nodes)
+            populate_s = time.monotonic() - t0
+            vm_of = {name: (vm_id, ip, 1000 + i)
+                     for i, (name, (vm_id, ip)) in enumerate(sorted(made.items()))}
+            slurm_texts(nodes, {n: ip for n, (_, ip, _) in vm_of.items()}, state_dir)
+            config = parse_config(config_dict(nodes, port, state_dir))
+            build_database(config, vm_of)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "--nodes", str(nodes), "--port",
+                 str(port), "--state-dir", str(state_dir), "--passes", str(passes)],
+                stdout=subprocess.PIPE, text=True, check=True, timeout=1800)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    best = min(p["cpu_s"] for p in result["passes"])
+    return {"nodes": nodes, "vms": vms, "pass_cpu_s": best,
+            "ratio_vs_pyone": round(best / result["reference_pyone_s"], 3)
+            if result["reference_pyone_s"] else None,
+            "cloud_populate_s": round(populate_s, 1), **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="1000,10000,30000")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "controller_pass.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--state-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.nodes = int(args.nodes)
+        return child(args)
+    sizes = [measure(int(n), args.passes) for n in args.nodes.split(",")]
+    result = {"benchmark": "controller_pass", "sizes": sizes,
+              "python": platform.python_version(), "cpus": os.cpu_count(),
+              "max_rss_limit_note": "peak_rss_mb is the child's VmHWM: imports + passes",
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "ru_maxrss_parent_mb": round(
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
