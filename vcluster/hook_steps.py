@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -262,6 +262,10 @@ def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
         # Done even if the request was refused: Slurm's side must not wait for a dead
         # controller. If Slurm refuses (a node still powering up), the controller powers it
         # down later.
+        for name in list(per_job):
+            if why := _not_this_jobs(env, job_id, name):
+                log.info("job %d ended: node %s left alone (%s)", job_id, name, why)
+                per_job.remove(name)
         if per_job:
             try:
                 env.slurm.update_nodes(per_job, state="POWER_DOWN_ASAP")
@@ -271,6 +275,42 @@ def do_epilog(env: HookEnv, job_text: str | None, nodelist: str | None,
                 log.warning("job %d ended: cannot power down %s now: %s", job_id,
                             compress_hostlist(per_job), exc)
     return EXIT_OK
+
+
+_SLURM_HOLDS = frozenset({"ALLOCATED", "MIXED"})
+
+
+def _not_this_jobs(env: HookEnv, job_id: int, name: str) -> str:
+    """Why the ended job's epilog must leave node ``name`` alone ('' if it may power it
+    down). A late epilog (slurmctld runs EpilogSlurmctld after the job's nodes were released)
+    can find the node powered down by the prolog's POWER_DOWN_ASAP already, or given to the
+    next job: a power-down then is at best a repeated request (22.05 leaves the node
+    ``IDLE+DRAIN+POWER_DOWN``) and at worst drains the next job's node and clears its
+    POWERED_DOWN before its resume (``ALLOCATED+DRAIN+POWER_DOWN``, never powered up)."""
+    try:
+        node = env.slurm.node(name)
+    except VclusterError as exc:  # unknown: power it down, as before
+        log.debug("job %d: reading node %s failed: %s", job_id, name, exc)
+        return ""
+    if node is None or node.powered_down or node.powering_down:
+        return "powered down already"
+    if node.powering_up:
+        return "powering up for another job"
+    if node.state in _SLURM_HOLDS and "COMPLETING" not in node.flags:
+        return f"{node.state} to another job"
+    with env.sessions() as s:  # what the hooks recorded: a later job's resume or prolog
+        rows = s.execute(select(db.HookRequest.nodes, db.HookRequest.job_ids).where(
+            db.HookRequest.kind.in_(("resume", "prolog")),
+            db.HookRequest.created_at >= env.now() - timedelta(hours=1))
+            .order_by(db.HookRequest.id.desc()).limit(_RECENT_REQUESTS)).all()
+    for nodes, job_ids in rows:
+        if name in expand_hostlist(nodes):
+            return "" if job_id in (job_ids or []) else f"resumed for job {job_ids}"
+    return ""
+
+
+_RECENT_REQUESTS = 200
+"""Resume and prolog requests the epilog reads for a later job on its nodes (newest first)."""
 
 
 def do_prolog(env: HookEnv, job_text: str | None, nodelist: str | None) -> int:

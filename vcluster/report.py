@@ -29,6 +29,7 @@ from vcluster import db
 from vcluster.config import Config
 from vcluster.slurm import Node
 from vcluster.versions import SiteVersions
+from vcluster.vm_events import Unscheduled, query_unscheduled, unscheduled_lines
 
 RECENT_JOBS_S = 3600.0
 """Finished jobs stay in ``vcluster status`` this long after they end, seconds."""
@@ -155,6 +156,8 @@ class StatusReport:
     """Why oned's version is missing, if it is."""
     backoffs: tuple[BackoffStatus, ...] = ()
     """Templates of node classes backed off for want of capacity."""
+    unscheduled: tuple[Unscheduled, ...] = ()
+    """VMs that reached a state vcluster did not ask for (last day): seen, rule, recovery."""
 
 
 def node_state_label(node: Node) -> str:
@@ -262,6 +265,7 @@ def build_status(
                           b.until, max(0.0, (b.until - now).total_seconds()))
             for b in session.scalars(select(db.ClassBackoff).order_by(
                 db.ClassBackoff.node_class, db.ClassBackoff.template))),
+        unscheduled=tuple(query_unscheduled(session, now)),
     )
 
 
@@ -451,3 +455,8 @@ def render_status(report: StatusReport, console: Console) -> None:
     console.print()
     console.print(events_table("Last events", report.events) if report.events
                   else Text("Last events: none", style="bold"))
+    if report.unscheduled:
+        console.print()
+        console.print(Text("Unscheduled events (last day)", style="bold"))
+        for text in unscheduled_lines(report.unscheduled, report.generated_at):
+            console.print(Text(text), soft_wrap=True)  # one line each, for grep

@@ -46,10 +46,6 @@ def late_epilog(e2e_site: Site) -> Iterator[Site]:
     wait_clean(e2e_site, timeout_s=180)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, open: a late epilog's POWER_DOWN_ASAP can reach a node Slurm has already given to "
-    "the next job (22.05: ALLOCATED+CLOUD+DRAIN+POWER_DOWN, no power-up), and vcluster fails "
-    "that node with 'no VM backs this node' (the job is requeued and completes)"))
 def test_fifty_jobs_with_late_epilogs_fail_no_node(late_epilog: Site) -> None:
     s = late_epilog
     started = datetime.now(UTC).isoformat()  # the site's event log holds earlier tests' too

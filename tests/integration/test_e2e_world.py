@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyone
 import pytest
@@ -54,13 +56,42 @@ def vms_of_job(s: Site, job_id: int) -> dict[int, int]:
             if str((vm.USER_TEMPLATE or {}).get("VCLUSTER_JOB", "")) == str(job_id)}
 
 
-def report(what: str, seconds: float) -> None:
-    line = f"{what}: {seconds:.1f} s"
+def report(s: Site, scenario: str, measure: str, seconds: float) -> None:
+    """Print one recovery time; append it to ``$VCLUSTER_RECOVERY_LOG`` (a line) and merge it
+    into ``$VCLUSTER_RECOVERY_JSON`` (per Slurm version, scenario and measure) if set."""
+    line = f"{scenario}: {measure}: {seconds:.1f} s"
     print(line)
     path = os.environ.get("VCLUSTER_RECOVERY_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as log:
             log.write(f"{line}\n")
+    json_path = os.environ.get("VCLUSTER_RECOVERY_JSON")
+    if json_path:
+        version = subprocess.run(["scontrol", "--version"], capture_output=True, text=True,
+                                 env=s.env, check=True).stdout.split()[-1]
+        results = json.loads(Path(json_path).read_text()) if Path(json_path).exists() else {}
+        slurm = results.setdefault("runs", {}).setdefault(f"slurm {version}", {})
+        slurm.setdefault(scenario, {})[measure] = round(seconds, 1)
+        results["benchmark"] = "world_recovery"
+        results["unit"] = "seconds from the action on the VM (or its host)"
+        Path(json_path).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def unscheduled(s: Site, job_id: int) -> list[str]:
+    """What `vcluster events --unscheduled --job N` prints, one line each."""
+    out = subprocess.run(["vcluster", "events", "--unscheduled", "--job", str(job_id)],
+                         capture_output=True, text=True, env=s.env, check=True).stdout
+    return out.splitlines()
+
+
+def vclusters_recovery_s(s: Site, job_id: int) -> float:
+    """The recovery time vcluster itself recorded for the job's (one) unscheduled event."""
+    out = subprocess.run(["vcluster", "events", "--unscheduled", "--job", str(job_id),
+                          "--json"], capture_output=True, text=True, env=s.env,
+                         check=True).stdout
+    (row,) = json.loads(out)
+    assert row["recovery_s"] is not None, row
+    return float(row["recovery_s"])
 
 
 def events(s: Site) -> str:
@@ -122,8 +153,50 @@ def test_a_vm_acted_on_behind_vclusters_back_requeues_its_job_onto_a_fresh_vm(
     log = events(s)
     assert f"VM {vm_id} seen" in log and f"rule {seen}=fail" in log
     assert f"job {job_id} has a working node again" in log
-    report(f"{action}: handled (node DOWN, rule applied)", handled_s)
-    report(f"{action}: job completed on a fresh VM", recovered_s)
+    (line,) = unscheduled(s, job_id)
+    assert re.fullmatch(rf"\S+ \S+ {E2E_NAME}-small-\d+ job {job_id} VM {vm_id}: seen \S+; "
+                        rf"rule {seen}=fail \(class small\); node set DOWN \(job {job_id} "
+                        rf"requeued by Slurm\), VM terminated; recovery [\d.]+ s, on "
+                        rf"(VM \d+|nodes {E2E_NAME}-small-\d+)",
+                        line), line
+    report(s, action, "handled (node DOWN, rule applied)", handled_s)
+    report(s, action, "job running again on a fresh VM (vcluster's event)",
+           vclusters_recovery_s(s, job_id))
+    report(s, action, "job completed on a fresh VM", recovered_s)
+
+
+def test_a_soft_poweroff_whose_guest_kills_the_job_still_ends_completed(s: Site) -> None:
+    # an ACPI shutdown: the guest's processes get SIGTERM, so Slurm may end the run FAILED
+    # (exit 143) before vcluster sets the node DOWN; vcluster then requeues it
+    out = s.work / "world-poweroff.out"
+    marker = s.work / "world-poweroff.marker"
+    marker.unlink(missing_ok=True)
+    script = f"if [ -e {marker} ]; then hostname; else touch {marker}; sleep 300; fi"
+    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", script))
+    wait_for("job running", marker.exists, JOB_TIMEOUT_S, 0.2)
+    (vm_id,) = vms_of_job(s, job_id)
+    acted = time.monotonic()
+    s.one.action("poweroff", vm_id)
+    states: list[str] = []
+
+    def completed() -> bool:
+        job = s.job(job_id)
+        if job is not None and (not states or states[-1] != job.state):
+            states.append(job.state)
+        return job is not None and job.state == "COMPLETED"
+
+    wait_for("job completed", completed, JOB_TIMEOUT_S, 0.5)
+    recovered_s = time.monotonic() - acted
+    assert out.read_text().strip().splitlines()[-1].startswith(f"{E2E_NAME}-small-")
+    assert len(vms_of_job(s, job_id)) >= 2, "the rerun had a fresh VM"
+    wait_for("nothing of the VM left", lambda: not nothing_left_of(s, vm_id), 60, 0.5)
+    log = events(s)
+    assert f"VM {vm_id} seen" in log and "rule POWEROFF=fail (class small)" in log
+    if "FAILED" in states:  # the guest's SIGTERM ended the run first: said, and requeued
+        assert f"job {job_id} requeued: vcluster: it ended FAILED when vcluster gave its " \
+            "VM up" in log, states
+    print(f"poweroff (soft): the job went through {' > '.join(states)}")
+    report(s, "poweroff (soft)", "job completed on a fresh VM", recovered_s)
 
 
 def test_a_host_set_offline_under_a_running_job_requeues_it_onto_a_fresh_vm(s: Site) -> None:
@@ -159,9 +232,14 @@ def test_a_host_set_offline_under_a_running_job_requeues_it_onto_a_fresh_vm(s: S
     assert len(vms_of_job(s, job_id)) >= 2, "the rerun had a fresh VM"
     wait_for("nothing of the VM left", lambda: not nothing_left_of(s, vm_id), 60, 0.5)
     log = events(s)
-    assert "OFFLINE (not asked by vcluster); rule HOST_OFFLINE=fail: node set DOWN" in log
-    report("host OFFLINE: handled (node DOWN, rule applied)", handled_s)
-    report("host OFFLINE: job completed on a fresh VM", recovered_s)
+    assert "OFFLINE (not asked by vcluster); rule HOST_OFFLINE=fail (class small): node set " \
+        "DOWN" in log
+    (line,) = unscheduled(s, job_id)
+    assert f"VM {vm_id}: seen on host " in line and "; recovery " in line, line
+    report(s, "host OFFLINE", "handled (node DOWN, rule applied)", handled_s)
+    report(s, "host OFFLINE", "job running again on a fresh VM (vcluster's event)",
+           vclusters_recovery_s(s, job_id))
+    report(s, "host OFFLINE", "job completed on a fresh VM", recovered_s)
 
 
 def test_a_suspended_vm_of_a_class_whose_rule_is_resume_is_resumed_and_its_job_completes_on_it(
@@ -199,10 +277,16 @@ def test_a_suspended_vm_of_a_class_whose_rule_is_resume_is_resumed_and_its_job_c
     assert out.read_text().split() == [node_name, node_name], "ran once, on the same node"
     assert server(s).vm.info(vm_id).STATE == 3, "the same VM still ACTIVE"
     log = events(s)
-    assert f"VM {vm_id} seen SUSPENDED (not asked by vcluster); rule SUSPENDED=resume: " \
-        "VM resumed" in log
-    report("suspend (rule resume): VM RUNNING again", resumed_s)
-    report("suspend (rule resume): job completed on the same VM", completed_s)
+    assert f"VM {vm_id} seen SUSPENDED (not asked by vcluster); rule SUSPENDED=resume " \
+        "(class pool): VM resumed" in log
+    (line,) = unscheduled(s, job_id)
+    assert re.fullmatch(rf"\S+ \S+ {node_name} job {job_id} VM {vm_id}: seen SUSPENDED; rule "
+                        rf"SUSPENDED=resume \(class pool\); VM resumed; recovery [\d.]+ s, "
+                        rf"on VM {vm_id}", line), line
+    report(s, "suspend (rule resume)", "VM RUNNING again", resumed_s)
+    report(s, "suspend (rule resume)", "VM up again (vcluster's event)",
+           vclusters_recovery_s(s, job_id))
+    report(s, "suspend (rule resume)", "job completed on the same VM", completed_s)
 
 
 def test_a_job_cancelled_while_its_vm_cannot_be_placed_leaves_no_vm(s: Site) -> None:
@@ -225,7 +309,8 @@ def test_a_job_cancelled_while_its_vm_cannot_be_placed_leaves_no_vm(s: Site) -> 
         cancelled = time.monotonic()
         wait_for("no VM of the job left", lambda: all(
             state == DONE for state in vms_of_job(s, job_id).values()), 5, 0.1)
-        report("cancelled job's unplaceable VM terminated", time.monotonic() - cancelled)
+        report(s, "job cancelled while its VM cannot be placed", "no VM left",
+               time.monotonic() - cancelled)
     finally:
         for vm_id in fillers:  # oned refuses terminate-hard in PROLOG or BOOT: try again
             wait_for(f"filler {vm_id}'s terminate accepted",

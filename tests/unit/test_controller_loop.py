@@ -75,6 +75,11 @@ class FakeSlurm:
     def resume(self, job_id: int) -> None:
         self.updates.append(f"resume {job_id}")
         self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="RUNNING")
+    def requeue(self, job_id: int) -> None:
+        self.updates.append(f"requeue {job_id}")
+        if job_id in self.jobs_by_id:  # as slurmctld does: pending again, on no node
+            self.jobs_by_id[job_id] = replace(self.jobs_by_id[job_id], state="PENDING",
+                                              nodes=(), start_time=None, end_time=None)
 
     def update_job(self, job_id: int, **fields: str) -> None:
         self.updates.append(" ".join([f"jobid={job_id}"] + [
@@ -357,8 +362,8 @@ def test_a_vm_dying_under_a_running_job_sets_its_node_down(world: World) -> None
                                     f"nodename={S1} state=POWER_DOWN_FORCE reason={reason}"]
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
     assert w.events()[-2:] == [
-        ("vm.lost", S1, "VM 40 seen gone (not asked by vcluster); rule DONE=fail: node set "
-                        "DOWN (job 12 requeued by Slurm), VM terminated"),
+        ("vm.lost", S1, "VM 40 seen gone (not asked by vcluster); rule DONE=fail (class "
+                        "small): node set DOWN (job 12 requeued by Slurm), VM terminated"),
         ("node.failed", S1, reason)]
 
 
@@ -395,7 +400,8 @@ def test_a_vm_powered_off_behind_vclusters_back_fails_its_node_first(world: Worl
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
     assert w.events()[-2:] == [
         ("vm.lost", S1, "VM 40 seen SHUTDOWN_POWEROFF (not asked by vcluster); rule "
-                        "POWEROFF=fail: node set DOWN (job 12 requeued by Slurm), VM terminated"),
+                        "POWEROFF=fail (class small): node set DOWN (job 12 requeued by Slurm), "
+                        "VM terminated"),
         ("node.failed", S1, reason)]
     # Slurm requeued the job and resumes a node for it: a fresh VM, and the recovery time
     w.one.finish_terminations()
@@ -412,6 +418,41 @@ def test_a_vm_powered_off_behind_vclusters_back_fails_its_node_first(world: Worl
                             "was lost (recovery 5.0 s)")
 
 
+def test_a_job_slurm_ended_failed_as_its_vm_was_lost_is_requeued_once(world: World) -> None:
+    w = world
+    _job_running_on_vm_40(w)
+    started = w.clock().timestamp()
+    w.clock.advance(30)
+    # an admin's soft poweroff: the guest's shutdown killed the job before vcluster's pass
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=3, lcm_state=18,
+                                  state_name="SHUTDOWN_POWEROFF")
+    w.slurm.jobs_by_id = {12: job(12, S1, state="FAILED", start_time=started,
+                                  end_time=w.clock().timestamp() - 1, exit_code=143)}
+    w.controller.run_pass()  # the node is failed (the job has ended already)
+    w.clock.advance(2)
+    w.controller.run_pass()  # the job's end is read with the lost VM: requeued
+    w.controller.run_pass()
+    assert [u for u in w.slurm.updates if u.startswith("requeue")] == ["requeue 12"]
+    assert ("job.requeued", None, "job 12 requeued: vcluster: it ended FAILED when vcluster "
+                                  "gave its VM up") in w.events()
+
+
+def test_a_class_that_keeps_vms_on_an_offline_host_says_so_once(world: World) -> None:
+    w = world
+    w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(
+        replace(w.config.node_classes[0], on_vm_event={"HOST_OFFLINE": "keep"}),))
+    _job_running_on_vm_40(w)
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], host="h1")
+    w.one.hosts = {"h1": "OFFLINE"}
+    for _ in range(3):
+        w.controller.run_pass()
+    lost = [e for e in w.events() if e[0] == "vm.lost"]
+    assert lost == [("vm.lost", S1, "VM 40 seen on host h1 OFFLINE (not asked by vcluster); "
+                                    "rule HOST_OFFLINE=keep (class small): VM and job left "
+                                    "running")]
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+
 def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:
     w = world
     w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(
@@ -422,11 +463,33 @@ def test_a_class_that_resumes_suspended_vms_resumes_them(world: World) -> None:
     w.controller.run_pass()
     assert w.one.actions == [("resume", 40)]
     assert w.one.vm(40).is_running
-    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
     assert w.events()[-1] == ("vm.lost", S1, "VM 40 seen SUSPENDED (not asked by vcluster); "
-                                             "rule SUSPENDED=resume: VM resumed")
+                                             "rule SUSPENDED=resume (class small): VM resumed")
+    w.clock.advance(2)
     w.controller.run_pass()
     assert w.one.actions == [("resume", 40)], "resumed once"
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+    assert w.events()[-2:] == [
+        ("node.up", S1, "VM 40 RUNNING again after its resume"),
+        ("vm.recovered", S1, "job 12 has a working node again on VM 40, 2.0 s after VM 40 "
+                             "was lost (recovery 2.0 s)")]
+
+
+def test_a_resumed_vm_is_up_again_only_once_it_runs(world: World) -> None:
+    w = world
+    w.controller.actor.config = w.controller.config = replace(w.config, node_classes=(
+        replace(w.config.node_classes[0], on_vm_event={"POWEROFF": "resume"}),))
+    _job_running_on_vm_40(w)
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=8, lcm_state=0,
+                                  state_name="POWEROFF")
+    w.one.action = lambda action, vm_id: w.one.actions.append((action, vm_id))  # type: ignore
+    w.controller.run_pass()
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=3, lcm_state=20,
+                                  state_name="BOOT_POWEROFF")
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert w.events()[-1][0] == "vm.lost"
 
 
 @pytest.mark.parametrize("after_timeout", ["POWERING_DOWN", "POWERED_DOWN"])

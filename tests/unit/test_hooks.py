@@ -255,7 +255,13 @@ def test_resume_reads_the_real_resume_file_of_each_slurm(
     assert ("nodes_resume" in payload["jobs"][0]) == ("nodes_resume" in raw["jobs"][0])
 
 
+def completing(*names: str) -> dict[str, list[Node | None]]:
+    """The nodes of a job whose epilog runs on time: still COMPLETING it."""
+    return {n: [node(n, "IDLE", "COMPLETING")] for n in names}
+
+
 def test_epilog_powers_down_per_job_nodes_only(env: hooks.HookEnv) -> None:
+    env.slurm.script = completing("vc-small-001", "vc-small-002")  # type: ignore[attr-defined]
     code = hooks.do_epilog(env, "12", "vc-small-[001-002],vc-big-001,login1", "0")
     assert code == hooks.EXIT_OK
     assert env.slurm.updates == [  # type: ignore[attr-defined]
@@ -266,6 +272,7 @@ def test_epilog_powers_down_per_job_nodes_only(env: hooks.HookEnv) -> None:
 def test_epilog_powers_down_even_when_the_controller_is_stale(env: hooks.HookEnv) -> None:
     with db.transaction(env.sessions) as s:
         db.beat(s, at=NOW - timedelta(hours=1))
+    env.slurm.script = completing("vc-small-001")  # type: ignore[attr-defined]
     with pytest.raises(ControllerStale):
         hooks.do_epilog(env, "12", "vc-small-001", "0")
     assert env.slurm.updates == [  # type: ignore[attr-defined]
@@ -274,8 +281,53 @@ def test_epilog_powers_down_even_when_the_controller_is_stale(env: hooks.HookEnv
 
 def test_epilog_still_records_when_slurm_refuses_the_power_down(env: hooks.HookEnv) -> None:
     env.slurm.refuse_updates = True  # type: ignore[attr-defined]
+    env.slurm.script = completing("vc-small-001")  # type: ignore[attr-defined]
     assert hooks.do_epilog(env, "12", "vc-small-001", "0") == hooks.EXIT_OK
     assert requests(env) == [("epilog", "vc-small-001", [12])]
+
+
+# what a late epilog (job 12's, run after Slurm released its node) finds -> powers it down?
+LATE_EPILOG: list[tuple[str, Node | None, bool]] = [
+    ("on time: still completing job 12", node("vc-small-001", "IDLE", "COMPLETING"), True),
+    ("on time, 24.11: ALLOCATED+COMPLETING",
+     node("vc-small-001", "ALLOCATED", "COMPLETING"), True),
+    ("job 12's VM still up, idle (the prolog's drain refused)", node("vc-small-001", "IDLE"),
+     True),
+    ("powered down already (22.05 would repeat the request)",
+     node("vc-small-001", "IDLE", "POWERED_DOWN", "DRAIN"), False),
+    ("hidden: powered down, 22.05 without PrivateData=cloud", None, False),
+    ("powering down", node("vc-small-001", "IDLE", "POWERING_DOWN", "DRAIN"), False),
+    ("given to the next job, powering up", node("vc-small-001", "ALLOCATED", "POWERED_DOWN",
+                                                 "POWERING_UP"), False),
+    ("given to the next job, 24.11 spelling", node("vc-small-001", "ALLOCATED", "POWERING_UP",
+                                                    "POWER_UP_NODE"), False),
+    ("the next job runs on it", node("vc-small-001", "ALLOCATED"), False),
+    ("the next job runs on it (MIXED)", node("vc-small-001", "MIXED", "DRAIN", "POWER_DOWN"),
+     False),
+]
+
+
+@pytest.mark.parametrize(("seen", "powers_down"), [(n, p) for _, n, p in LATE_EPILOG],
+                         ids=[i for i, _, _ in LATE_EPILOG])
+def test_a_late_epilog_powers_down_only_a_node_its_job_still_holds(
+        env: hooks.HookEnv, seen: Node | None, powers_down: bool) -> None:
+    env.slurm.script = {"vc-small-001": [seen]}  # type: ignore[attr-defined]
+    assert hooks.do_epilog(env, "12", "vc-small-001", "0") == hooks.EXIT_OK
+    assert env.slurm.updates == ([  # type: ignore[attr-defined]
+        ("vc-small-001", {"state": "POWER_DOWN_ASAP", "reason": None})] if powers_down else [])
+    assert requests(env)[-1] == ("epilog", "vc-small-001", [12])
+
+
+def test_a_late_epilog_leaves_a_node_the_hooks_saw_resumed_for_a_later_job(
+        env: hooks.HookEnv) -> None:
+    env.slurm.script = {"vc-small-001": [node("vc-small-001", "IDLE")],  # type: ignore
+                        "vc-small-002": [node("vc-small-002", "IDLE")]}
+    hooks.do_prolog(env, "12", "vc-small-[001-002]")
+    hooks.do_resume(env, "vc-small-001", {"jobs": [{"job_id": 13, "nodes": "vc-small-001"}]})
+    env.slurm.updates.clear()  # type: ignore[attr-defined]
+    hooks.do_epilog(env, "12", "vc-small-[001-002]", "0")
+    assert env.slurm.updates == [  # type: ignore[attr-defined]
+        ("vc-small-002", {"state": "POWER_DOWN_ASAP", "reason": None})]
 
 
 def test_prolog_and_epilog_ignore_jobs_on_other_nodes(env: hooks.HookEnv) -> None:

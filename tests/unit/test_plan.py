@@ -30,6 +30,7 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
     ResetNode,
     ResumeVM,
@@ -412,8 +413,8 @@ def test_a_vm_state_not_asked_for_fails_the_node_by_default(
 
 
 @pytest.mark.parametrize(("state_name", "expected"), [
-    ("SUSPENDED", [ResumeVM(7, S1, "SUSPENDED", "SUSPENDED", 1)]),
-    ("POWEROFF", [ResumeVM(7, S1, "POWEROFF", "POWEROFF", 1)]),
+    ("SUSPENDED", [ResumeVM(7, S1, "SUSPENDED", "SUSPENDED", 1, 12)]),
+    ("POWEROFF", [ResumeVM(7, S1, "POWEROFF", "POWEROFF", 1, 12)]),
     ("SAVE_SUSPEND", []),  # resumed once it has settled
     ("SHUTDOWN_POWEROFF", []),
     ("STOPPED", [FailNode(S1, f"vcluster: VM 7 STOPPED {BACK}", 1, 7, 12, "STOPPED",
@@ -455,7 +456,8 @@ def test_a_host_offline_or_in_error_fails_its_vms_nodes_by_default(
 def test_a_class_may_keep_its_vms_on_a_host_gone_offline() -> None:
     keeping = replace(CONFIG, node_classes=tuple(
         replace(nc, on_vm_event={"HOST_OFFLINE": "keep"}) for nc in CONFIG.node_classes))
-    assert plan(_on_host("OFFLINE"), keeping) == []
+    assert plan(_on_host("OFFLINE"), keeping) == [  # nothing done; the event says so
+        NoteKept(7, S1, "HOST_OFFLINE", "on host h1 OFFLINE", 12)]
     assert plan(_on_host("ERROR"), keeping)[0].reason == "vcluster: VM 7's host h1 is ERROR"
 
 

@@ -320,6 +320,7 @@ def test_status_json_for_scripts(site: Config) -> None:
         "opennebula_version": "7.4.0",
         "opennebula_error": "",
         "backoffs": [],
+        "unscheduled": [],
     }
 
 

@@ -20,6 +20,7 @@ from vcluster.errors import VclusterError
 if TYPE_CHECKING:  # SQLAlchemy and rich load only when a command runs (fsub imports vcluster.cli)
     from rich.console import Console
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
     from vcluster.slurm import Node
     from vcluster.versions import SiteVersions
@@ -172,15 +173,19 @@ def _console() -> Console:
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="How many of the latest events.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--unscheduled", is_flag=True, help="Only VMs that reached a state vcluster did "
+              "not ask for (last day), one line each: what was seen, the rule of its node "
+              "class, what was done, how long its job took to recover.")
 @click.pass_context
 def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit: int,
-           as_json: bool) -> None:
+           as_json: bool, unscheduled: bool) -> None:
     """Show what vcluster did and saw, oldest first (times in UTC).
 
     \b
     Example:
       vcluster events --job 42
       vcluster events --node vc-small-001 -n 20 --json
+      vcluster events --unscheduled
     """
     from vcluster import db
     from vcluster.report import events_table, events_to_json, query_events
@@ -189,6 +194,9 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
     engine = _open_database(config)
     try:
         with db.session_factory(engine)() as session:
+            if unscheduled:
+                _print_unscheduled(session, job_id, node_name, limit, as_json)
+                return
             rows = query_events(session, job_id=job_id, node_name=node_name, limit=limit)
     finally:
         engine.dispose()
@@ -199,3 +207,21 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
                    + (f" for node {node_name}" if node_name else ""))
     else:
         _console().print(events_table("Events", rows))
+
+
+def _print_unscheduled(session: Session, job_id: int | None, node_name: str | None,
+                       limit: int, as_json: bool) -> None:
+    from vcluster import db
+    from vcluster.vm_events import query_unscheduled, unscheduled_lines, unscheduled_to_json
+
+    now = db.utcnow()
+    found = [u for u in query_unscheduled(session, now, limit=10**6)
+             if (job_id is None or u.job_id == job_id)
+             and (node_name is None or u.node_name == node_name)][-limit:]
+    if as_json:
+        click.echo(json.dumps(unscheduled_to_json(found), indent=2))
+    elif not found:
+        click.echo("no unscheduled events in the last day")
+    else:
+        for line in unscheduled_lines(found, now):
+            click.echo(line)

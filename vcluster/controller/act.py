@@ -37,7 +37,9 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
+    RequeueJob,
     ResetNode,
     ResumeVM,
     SetBackoff,
@@ -57,6 +59,7 @@ from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import compress_hostlist
+from vcluster.vm_events import RESUMED_REASON, lost_message
 from vcluster.vmtemplate import GuestContext, bootstrap_script_bytes, worker_vm_extra
 
 log = logging.getLogger(__name__)
@@ -291,15 +294,24 @@ class Actor(PreemptActs):
     def _MarkUp(self, a: MarkUp) -> None:
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)
+            resumed = row.reason == RESUMED_REASON
             row.state, row.updated_at = "up", self.now()
             node_class, allocated_at = row.node_class, row.vm_started_at
-            db.record_event(s, "node.up", f"node up {a.boot_s:.1f} s after its launch",
+            if resumed:
+                row.reason = ""
+            db.record_event(s, "node.up", f"VM {a.vm_id} RUNNING again after its resume"
+                            if resumed else f"node up {a.boot_s:.1f} s after its launch",
                             node_name=a.node_name, vm_id=a.vm_id, job_id=row.job_id,
                             at=self.now())
-            if row.job_id is not None:
-                db.record_recovery(s, row.job_id, f"VM {a.vm_id}", at=self.now(),
+            job_id = row.job_id
+            if resumed:  # the job its node served when the VM was lost
+                job_id = s.scalars(select(db.Event.job_id).where(
+                    db.Event.kind == LOST_EVENT, db.Event.vm_id == a.vm_id)
+                    .order_by(db.Event.id.desc()).limit(1)).first()
+            if job_id is not None:
+                db.record_recovery(s, job_id, f"VM {a.vm_id}", at=self.now(),
                                    node_name=a.node_name, vm_id=a.vm_id)
-        if self.metrics is not None:
+        if self.metrics is not None and not resumed:
             boot_s = None if allocated_at is None else (
                 self.now() - allocated_at).total_seconds()
             self.metrics.node_up(node_class, boot_s=boot_s, ready_s=a.boot_s)
@@ -356,20 +368,40 @@ class Actor(PreemptActs):
                 with self.sessions() as s:
                     vm_id = self._launch(s, a.launch_id).vm_id
             job = f"job {a.job_id} requeued by Slurm" if a.job_id is not None else "no job"
-            self._event(LOST_EVENT, f"VM {vm_id} seen {a.seen} (not asked by vcluster); rule "
-                        f"{a.event}=fail: node set DOWN ({job}), VM terminated", a.node_name,
-                        a.job_id, vm_id)
+            self._event(LOST_EVENT, lost_message(
+                vm_id, a.seen, a.event, "fail", self._class_name(a.node_name),
+                f"node set DOWN ({job}), VM terminated"), a.node_name, a.job_id, vm_id)
         self._close(a.launch_id, close_as, a.reason + slurm_error, kind, a.node_name, a.vm_id,
                     job_id=a.job_id)
 
     def _ResumeVM(self, a: ResumeVM) -> None:
         self.one.action("resume", a.vm_id)
-        job_id = None
+        job_id = a.job_id
         if a.launch_id is not None:
-            with self.sessions() as s:
-                job_id = self._launch(s, a.launch_id).job_id
-        self._event(LOST_EVENT, f"VM {a.vm_id} seen {a.seen} (not asked by vcluster); rule "
-                    f"{a.event}=resume: VM resumed", a.node_name, job_id, a.vm_id)
+            with db.transaction(self.sessions) as s:
+                row = self._launch(s, a.launch_id)
+                job_id = job_id if job_id is not None else row.job_id
+                # booting again: the pass that sees it RUNNING marks it up, and that records
+                # how long its job went without a working node
+                row.state, row.reason, row.updated_at = "booting", RESUMED_REASON, self.now()
+        self._event(LOST_EVENT, lost_message(a.vm_id, a.seen, a.event, "resume",
+                                             self._class_name(a.node_name), "VM resumed"),
+                    a.node_name, job_id, a.vm_id)
+
+    def _NoteKept(self, a: NoteKept) -> None:
+        message = lost_message(a.vm_id, a.seen, a.event, "keep", self._class_name(a.node_name),
+                               "VM and job left running")
+        with db.transaction(self.sessions) as s:
+            last = s.scalars(select(db.Event.message).where(
+                db.Event.kind == LOST_EVENT, db.Event.vm_id == a.vm_id)
+                .order_by(db.Event.id.desc()).limit(1)).first()
+            if last != message:
+                db.record_event(s, LOST_EVENT, message, node_name=a.node_name,
+                                job_id=a.job_id, vm_id=a.vm_id, at=self.now())
+
+    def _class_name(self, node_name: str) -> str:
+        nc = self.config.class_of_node(node_name)
+        return nc.name if nc else "?"
 
     def _event(self, kind: str, message: str, node_name: str, job_id: int | None,
                vm_id: int | None) -> None:
@@ -429,6 +461,11 @@ class Actor(PreemptActs):
             log.warning("job %d made eligible, but its AdminComment was refused: %s",
                         a.job_id, exc)
         self._event_safely("job.start_now", f"job {a.job_id} eligible now: {a.reason}",
+                           job_id=a.job_id)
+
+    def _RequeueJob(self, a: RequeueJob) -> None:
+        self.slurm.requeue(a.job_id)
+        self._event_safely("job.requeued", f"job {a.job_id} requeued: {a.reason}",
                            job_id=a.job_id)
 
     def _HoldJob(self, a: HoldJob) -> None:

@@ -84,6 +84,8 @@ class ResumeVM:
     seen: str
     """The state the VM was seen in (``SUSPENDED``, ``POWEROFF``)."""
     launch_id: int | None = None
+    job_id: int | None = None
+    """The job its node serves (recovered once the VM runs again)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,28 @@ class StartNow:
     """Make a job Slurm requeued after vcluster gave its node up eligible at once (Slurm
     defers a requeued job's BeginTime by about two minutes); ``reason`` (why it was
     requeued) goes to its AdminComment, where its user sees it."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class NoteKept:
+    """A VM's host went OFFLINE or into ERROR and its class's rule is ``keep``: nothing is
+    done, but the event says so, once per VM and state."""
+
+    vm_id: int
+    node_name: str
+    event: str
+    seen: str
+    job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RequeueJob:
+    """Requeue a job that Slurm ended FAILED (or NODE_FAIL) while vcluster gave up the VM it
+    ran on: the guest killed its processes (a shutdown from inside, an admin's soft action)
+    or Slurm saw the node fail before vcluster did. Its reason goes to the event log."""
 
     job_id: int
     reason: str
@@ -345,4 +369,4 @@ Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | Clo
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
           | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled
           | BootStandby | BootEarly | ClaimStandby | SuspendJob | StopVM | MarkStopped
-          | RestoreVM | FinishResume | DropSuspension)
+          | RestoreVM | FinishResume | DropSuspension | RequeueJob | NoteKept)

@@ -29,7 +29,9 @@ from vcluster.controller.actions import (
     HoldJob,
     MarkHandled,
     MarkUp,
+    NoteKept,
     PowerDown,
+    RequeueJob,
     ResetNode,
     ResumeVM,
     SetNodeAddr,
@@ -53,12 +55,17 @@ from vcluster.slurm_parse import (
     compress_hostlist,
     expand_hostlist,
 )
+from vcluster.vm_events import RESUMED_REASON
 
 MIN_VM_MEMORY_MB = 512
 """Smallest VM booted for a job that asks for less (or only Slurm's DefMemPerCPU)."""
 MAX_JOB_FAILURES = 3
 """Failed VMs per node of a job (within twice ResumeTimeout) after which the job is held
 rather than requeued again: a cause that failed three times will fail a fourth."""
+LOST_VM_WINDOW_S = 120.0
+"""A job that ended FAILED this close to vcluster giving its VM up is requeued."""
+REQUEUE_TRIES_S = 30.0
+"""... in the passes of this long after vcluster gave its VM up."""
 TERMINATE_GRACE_S = 120.0
 """A VM still listed this long after its terminate is terminated again, hard."""
 REASON_PREFIX = "vcluster: "
@@ -77,7 +84,7 @@ _EVENT_OF_STATE = {
     "SHUTDOWN_POWEROFF": "POWEROFF", "SAVE_SUSPEND": "SUSPENDED", "SAVE_STOP": "STOPPED",
     "EPILOG_STOP": "STOPPED", "SHUTDOWN_UNDEPLOY": "UNDEPLOYED",
     "EPILOG_UNDEPLOY": "UNDEPLOYED", "SHUTDOWN": "DONE", "EPILOG": "DONE",
-    "CLEANUP_DELETE": "DONE",
+    "CLEANUP_DELETE": "DONE", "CLEANUP_RESUBMIT": "DONE",  # recreated: the guest is lost
 }
 """What a VM's state means when vcluster did not ask for it: the ``on_vm_event`` key."""
 _CRASH_EVENTS = frozenset({"DONE", "UNKNOWN", "FAILURE"})
@@ -171,6 +178,15 @@ def _power_down_pending(node: Node) -> bool:
     ``IDLE+DRAIN+POWER_DOWN`` for a moment; a job cancelled while its node was powering up
     leaves it ``IDLE+DRAIN+POWER_DOWN+POWERING_UP``."""
     return node.state == "IDLE" and "POWER_DOWN" in node.flags and "COMPLETING" not in node.flags
+
+
+def _awaits_power_up(node: Node, job: Job | None) -> bool:
+    """A node Slurm gave to a job still CONFIGURING (waiting for its nodes to boot) whose
+    POWERED_DOWN flag a repeated power-down request cleared before the resume (a late
+    epilog of the node's previous job; 22.05 shows ``ALLOCATED+CLOUD+DRAIN+POWER_DOWN``):
+    Slurm waits for it as for a node that is up, so it needs a VM, not a failure."""
+    return (job is not None and job.is_booting and node.state in ("ALLOCATED", "MIXED")
+            and "POWER_DOWN" in node.flags and not node.powering_up)
 
 
 def vm_event(vm: VM | None) -> str | None:
@@ -277,30 +293,43 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
                                 f"({node.reason or 'DOWN'})", launch.id, close_as="failed")]
         return [TerminateVM(vm_id, name, "Slurm powered the node down", launch.id)]
     assert node is not None
+    job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
+    job_ended = (nc.policy == "per-job" and job is not None and job.is_finished
+                 and name not in jobs_by_node)
+    if job_ended and state == "booting":  # a cancelled job's VM goes, whatever its state
+        why = f"job {launch.job_id} ended before its VM was up"
+        if vm is None:
+            return [CloseLaunch(launch.id, name, "terminated", f"{why} (gone)")]
+        return [TerminateVM(vm_id, name, f"{why} ({vm.state_name})", launch.id)]
     if vm is not None and not node.is_down and held_by_suspension(obs, launch):
         return []  # stopped for its suspended job: asked for by vcluster (preempt.py)
     event = vm_event(vm)
     if event is not None:
-        return _plan_vm_event(nc, launch, vm_id, vm, event)
+        # the up node of a job that completed or was cancelled is powered down through
+        # Slurm (see _per_job_idle), which terminates its VM: no node failure, no requeue,
+        # for a VM nobody needs (a job that ended FAILED as its VM went is requeued)
+        if job_ended and job is not None and job.state not in ("FAILED", "NODE_FAIL"):
+            return []
+        return _plan_vm_event(nc, launch, vm_id, vm, event, _serving(launch, jobs_by_node))
     assert vm is not None
     host_state = obs.host_states.get(vm.host, "") if vm.host else ""
     host_event = _EVENT_OF_HOST_STATE.get(host_state)
     if host_event is not None and nc.vm_event_rule(host_event) == "fail":
         return [FailNode(name, f"vcluster: VM {vm_id}'s host {vm.host} is {host_state}",
-                         launch.id, vm_id, launch.job_id, host_event,
+                         launch.id, vm_id, _serving(launch, jobs_by_node), host_event,
                          f"on host {vm.host} {host_state}")]
+    if host_event is not None:  # keep: said once (the act looks for its own event)
+        return [NoteKept(vm_id, name, host_event, f"on host {vm.host} {host_state}",
+                         _serving(launch, jobs_by_node))]
     if state == "booting":
-        job = obs.jobs.get(launch.job_id) if launch.job_id is not None else None
-        if (nc.policy == "per-job" and job is not None and job.is_finished
-                and name not in jobs_by_node):
-            return [TerminateVM(vm_id, name, f"job {launch.job_id} ended before its VM was "
-                                f"up ({vm.state_name})", launch.id)]
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
         if (handover := standby.reclaim(launch, vm)) is not None:
             return [handover]
         if not node.powering_up:
+            if launch.reason == RESUMED_REASON and not vm.is_running:
+                return []  # up once its resume has brought it back
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
         if _age_s(now, launch.created_at) > config.controller.resume_timeout_s:
             return [FailNode(name, _not_working_reason(vm, config.controller.resume_timeout_s),
@@ -316,22 +345,29 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     return []
 
 
+def _serving(launch: LaunchView, jobs_by_node: Mapping[str, Job]) -> int | None:
+    """The job a launch's node serves now (a pool node's may not be the one it was
+    launched for)."""
+    job = jobs_by_node.get(launch.node_name)
+    return job.job_id if job is not None else launch.job_id
+
+
 def _plan_vm_event(nc: NodeClass, launch: LaunchView, vm_id: int, vm: VM | None,
-                   event: str) -> list[Action]:
+                   event: str, job_id: int | None) -> list[Action]:
     """A VM reached a state vcluster did not ask for: the class's rule for it. ``resume``
     waits for the state to settle (SAVE_SUSPEND, SHUTDOWN_POWEROFF), then resumes; ``fail``
     acts at once, before the guest's processes are gone where it can."""
     name, seen = launch.node_name, vm.state_name if vm else "gone"
     if nc.vm_event_rule(event) == "resume" and vm is not None:
         if seen in ("SUSPENDED", "POWEROFF"):
-            return [ResumeVM(vm_id, name, event, seen, launch.id)]
+            return [ResumeVM(vm_id, name, event, seen, launch.id, job_id)]
         return []
     if event in _CRASH_EVENTS:
         what = "failed to boot" if launch.state == "booting" else "died"
         reason = f"vcluster: VM {vm_id} {what} ({seen})"
     else:
         reason = f"vcluster: VM {vm_id} {seen} behind vcluster's back"
-    return [FailNode(name, reason, launch.id, vm_id if vm else None, launch.job_id, event, seen)]
+    return [FailNode(name, reason, launch.id, vm_id if vm else None, job_id, event, seen)]
 
 
 def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
@@ -343,6 +379,19 @@ def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
         return False
     return (node.state == "IDLE" and not node.flags & _BUSY_FLAGS
             and launch.node_name not in jobs_by_node)
+
+
+def _failed_with_its_vm(obs: Observed, job: Job) -> bool:
+    """The run Slurm ended FAILED or NODE_FAIL was running when vcluster gave one of its VMs
+    up, within ``LOST_VM_WINDOW_S`` of its end (its guest killed the job's processes, or
+    Slurm saw the node fail first). Asked in the passes of the next ``REQUEUE_TRIES_S`` after
+    the loss (a requeued job is PENDING at once; one Slurm refuses is left FAILED)."""
+    lost_at = obs.failed_jobs.get(job.job_id)
+    if (job.state not in ("FAILED", "NODE_FAIL") or lost_at is None or job.start_time is None
+            or job.end_time is None or _age_s(obs.now, lost_at) > REQUEUE_TRIES_S):
+        return False
+    lost_s = lost_at.timestamp()
+    return job.start_time <= lost_s and abs(job.end_time - lost_s) <= LOST_VM_WINDOW_S
 
 
 def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
@@ -366,6 +415,9 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
                 actions.append(StartNow(job.job_id, f"vcluster: requeued{why}"))
         nodes = compress_hostlist(job.nodes)
         known = obs.known_jobs.get(job.job_id)
+        if _failed_with_its_vm(obs, job):
+            actions.append(RequeueJob(job.job_id, f"vcluster: it ended {job.state} when "
+                                      "vcluster gave its VM up"))
         if known is not None and (known.state, known.nodes) == (job.state, nodes):
             continue
         nc = next((c for n in job.nodes if (c := config.class_of_node(n))), None) or next(
@@ -431,6 +483,9 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
                                        "up", tagged[0].ips[0] if tagged[0].ips else None))
                 adopted.add(tagged[0].vm_id)
+            elif _awaits_power_up(node, jobs_by_node.get(name)):
+                if name not in given_up and _should_boot(obs, name):
+                    actions.append(_boot(config, nc, name, jobs_by_node.get(name)))
             else:
                 actions.append(FailNode(name, "vcluster: no VM backs this node "
                                         f"(Slurm: {_slurm_state(node)})",
