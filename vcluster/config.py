@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vcluster import devices
 from vcluster.errors import ConfigError
 from vcluster.paths import DEFAULT_CONFIG_PATH, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
@@ -155,6 +156,14 @@ class NodeClass:
     cost_per_hour: float = 0.0
     """What one VM of this class costs per hour, in the site's currency, for ``vcluster
     usage``; 0 (the default) shows no cost."""
+    gres: tuple[devices.Gres, ...] = ()
+    """Slurm generic resources of each node (``gres = ["gpu:a100:1"]``): its ``Gres=``."""
+    gres_conf: str = ""
+    """Words added to the class's gres.conf lines (``File=/dev/nvidia0``, ``AutoDetect=nvml``);
+    "" writes count-only lines."""
+    pci: tuple[Mapping[str, str], ...] = ()
+    """OpenNebula PCI passthrough requests (``VENDOR``/``DEVICE``/``CLASS`` or
+    ``SHORT_ADDRESS``), each one ``PCI = [...]`` of the VM's template."""
     on_vm_event: Mapping[str, str] = field(default_factory=dict)
     """What to do when a VM reaches a state vcluster did not ask for (key: one of
     ``VM_EVENTS``; value: ``fail``, for ``RESUMABLE_VM_EVENTS`` ``resume``, for
@@ -444,6 +453,7 @@ def _parse_node_class(
         templates=tuple(str(t).strip() for t in templates),
         cost_per_hour=float(r.get("cost_per_hour", (int, float), 0.0)),
         on_vm_event=_vm_event_rules(r),
+        **_devices(r),
     )
     if nc.first_index < 0:
         raise r.err("first_index", "must be >= 0")
@@ -451,6 +461,29 @@ def _parse_node_class(
         raise r.err("cost_per_hour", f"must be >= 0, got {nc.cost_per_hour!r}")
     r.finish()
     return nc
+
+
+def _devices(r: _Reader) -> dict[str, Any]:
+    """``gres``, ``gres_conf`` and ``pci`` of a node class (see :mod:`vcluster.devices`)."""
+    try:
+        gres = devices.parse_class_gres(r.str_list("gres", ()))
+    except ValueError as exc:
+        raise r.err("gres", str(exc)) from None
+    try:
+        gres_conf = devices.check_gres_conf(r.get("gres_conf", str, ""))
+    except ValueError as exc:
+        raise r.err("gres_conf", str(exc)) from None
+    if gres_conf and not gres:
+        raise r.err("gres_conf", "is for the class's gres; set gres too")
+    pci = []
+    for i, raw in enumerate(r.get("pci", list, [])):
+        if not isinstance(raw, dict):
+            raise r.err("pci", f"item {i} must be a table such as {{ vendor = \"10de\" }}")
+        try:
+            pci.append(devices.parse_pci(raw))
+        except ValueError as exc:
+            raise r.err("pci", f"item {i}: {exc}") from None
+    return {"gres": gres, "gres_conf": gres_conf, "pci": tuple(pci)}
 
 
 def _vm_event_rules(r: _Reader) -> dict[str, str]:
