@@ -4,7 +4,9 @@ which is assigned to it -> slurmd registers the GPU (count-only gres.conf from s
 configless) -> the job runs with its GPU allocated -> VM terminated, the device free again.
 
 What is simulated: the testbed cloud's host0 reports a GPU (``--pci``) that does not exist,
-and the netns VM gets no device; Slurm's side is real (a count-only GRES binds no /dev file).
+and the netns VM gets a stand-in device file for it (/run/testbed-pci/pci0, what a driver in a
+real image creates as /dev/nvidia0), named by the class's gres.conf ``File=``; Slurm's side is
+real (slurmd registers the GPU from gres.conf fetched configless, binds it to the job).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def test_gres_gpu_job_runs_on_a_gpu_class_vm_with_the_device_assigned(s: Site) -
     proc = s.fsub("--gres=gpu:1", "--wait", f"--output={out}", "--wrap",
                   'echo "node=$(hostname)"; '
                   'scontrol show job -d "$SLURM_JOB_ID" | grep -o "GRES=[^ ]*"; '
-                  'scontrol show node "$(hostname)" | grep -o "Gres=[^ ]*"')
+                  'scontrol show node "$(hostname)" | grep -o "Gres=[^ ]*"; '
+                  'echo "cuda=$CUDA_VISIBLE_DEVICES"')
     assert proc.returncode == 0, proc.stderr
     job_id = job_id_of(proc)
     text = out.read_text()
@@ -61,6 +64,7 @@ def test_gres_gpu_job_runs_on_a_gpu_class_vm_with_the_device_assigned(s: Site) -
     assert node and node.group(1) == f"{E2E_NAME}-gpu-001", text
     assert "Gres=gpu:tesla:1" in text, text
     assert re.search(r"GRES=gpu:tesla:1\(IDX:0\)", text), text
+    assert "cuda=0" in text, text  # Slurm bound the VM's (stand-in) device file
 
     (vm,) = _job_vms(s, job_id)
     assert vm.USER_TEMPLATE["VCLUSTER_NODE"] == f"{E2E_NAME}-gpu-001"
@@ -76,5 +80,5 @@ def test_gres_no_class_has_is_refused_before_slurm(s: Site) -> None:
     proc = s.fsub("--gres=gpu:2", "--wrap", "true")
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
-        "fsub: --gres=gpu:2: no node class has gpu:2 per node "
+        "fsub: error: --gres=gpu:2: no node class has gpu:2 per node "
         "(small: none; pool: none; gpu: gpu:tesla:1)")

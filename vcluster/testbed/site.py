@@ -76,7 +76,8 @@ class SiteSpec:
     ``(("SUSPENDED", "resume"),)``; none: every event fails the node (the default)."""
     gpu_nodes: int = 0
     """Nodes of a "gpu" class (partition gpu, ``gres = ["gpu:tesla:1"]``, one PCI GPU each);
-    the cloud's host0 reports that many GPUs. 0: no such class."""
+    the cloud's host0 reports that many GPUs, and each VM gets a stand-in device file for
+    the one assigned to it (gres.conf ``File=``, see vminit.make_pci_devices). 0: none."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -206,6 +207,7 @@ template = "{WORKER_TEMPLATE}"
 policy = "per-job"
 partition = "gpu"
 gres = ["gpu:tesla:1"]
+gres_conf = "File=/run/testbed-pci/pci0"
 pci = [{{ vendor = "10de", class = "0302" }}]
 """
 
