@@ -159,8 +159,8 @@ class NodeClass:
     gres: tuple[devices.Gres, ...] = ()
     """Slurm generic resources of each node (``gres = ["gpu:a100:1"]``): its ``Gres=``."""
     gres_conf: str = ""
-    """Words added to the class's gres.conf lines (``File=/dev/nvidia0``, ``AutoDetect=nvml``);
-    "" writes count-only lines."""
+    """Words added to each of the class's gres.conf lines (``File=/dev/nvidia0``,
+    ``AutoDetect=nvml``), required for a gpu GRES; "" writes count-only lines (other GRES)."""
     pci: tuple[Mapping[str, str], ...] = ()
     """OpenNebula PCI passthrough requests (``VENDOR``/``DEVICE``/``CLASS`` or
     ``SHORT_ADDRESS``), each one ``PCI = [...]`` of the VM's template."""
@@ -475,6 +475,10 @@ def _devices(r: _Reader) -> dict[str, Any]:
         raise r.err("gres_conf", str(exc)) from None
     if gres_conf and not gres:
         raise r.err("gres_conf", "is for the class's gres; set gres too")
+    words = {w.split("=", 1)[0].lower() for w in gres_conf.split()}
+    if any(g.name == "gpu" for g in gres) and not words & {"file", "autodetect"}:
+        raise r.err("gres_conf", "a gpu GRES needs its device file (gres_conf = "
+                    "\"File=/dev/nvidia0\") or \"AutoDetect=nvml\": slurmd drops a GPU without")
     pci = []
     for i, raw in enumerate(r.get("pci", list, [])):
         if not isinstance(raw, dict):

@@ -47,7 +47,8 @@ cpus = 16
 memory_mb = 65536
 template = "worker-cuda"
 partition = "gpu"
-gres = ["gpu:a100:2", "nic:1"]
+gres = ["gpu:a100:2"]
+gres_conf = "AutoDetect=nvml"
 pci = [{ short_address = "41:00.0" }, { short_address = "42:00.0" }]
 """
 
@@ -71,6 +72,9 @@ def test_class_devices_are_read() -> None:
                              "number"),
     ("gres", '["9gpu"]', "node_class[0].gres: '9gpu': the name '9gpu' may hold only letters"),
     ("gres", '["gpu:1", "gpu:2"]', "node_class[0].gres: 'gpu:2' is given twice"),
+    ("gres", '["gpu:1"]', "node_class[0].gres_conf: a gpu GRES needs its device file "
+                          "(gres_conf = \"File=/dev/nvidia0\") or \"AutoDetect=nvml\""),
+    ("gres_conf", '"Count=2"', "node_class[0].gres_conf: 'Count=2': vcluster writes NodeName"),
     ("gres_conf", '"File=/dev/nvidia0"', "node_class[0].gres_conf: is for the class's gres; "
                                          "set gres too"),
     ("pci", '[{ vendor = "nvidia" }]', "node_class[0].pci: item 0: PCI vendor 'nvidia' is not "
@@ -92,10 +96,10 @@ def test_bad_device_keys_are_one_line_errors(key: str, value: str, message: str)
 
 def test_slurm_conf_declares_gres_and_gres_types() -> None:
     text = generate(_config(), HookPrograms.in_dir("/opt/bin"), slurm_version="24.11")
-    assert "GresTypes=gpu,nic\n" in text
+    assert "GresTypes=gpu\n" in text
     assert ("NodeName=vc-t4-[001-002] State=CLOUD CPUs=8 RealMemory=32768 Features=t4 "
             "Weight=2 Gres=gpu:t4:1\n") in text
-    assert "Features=a100 Weight=3 Gres=gpu:a100:2,nic:1\n" in text
+    assert "Features=a100 Weight=3 Gres=gpu:a100:2\n" in text
     assert "NodeName=vc-small-[001-004] State=CLOUD CPUs=2 RealMemory=4096 Features=small " \
            "Weight=1\n" in text
     assert "GresTypes" not in generate(_config(TOML.split("[[node_class]]\nname = \"t4\"")[0]),
@@ -105,8 +109,7 @@ def test_slurm_conf_declares_gres_and_gres_types() -> None:
 def test_gres_conf_lines_per_class() -> None:
     assert gres_conf(_config()).splitlines()[1:] == [
         "NodeName=vc-t4-[001-002] Name=gpu Type=t4 Count=1 File=/dev/nvidia0",
-        "NodeName=vc-a100-[001-002] Name=gpu Type=a100 Count=2",
-        "NodeName=vc-a100-[001-002] Name=nic Count=1",
+        "NodeName=vc-a100-[001-002] Name=gpu Type=a100 Count=2 AutoDetect=nvml",
         "# --- end of vcluster ---"]
 
 
@@ -167,7 +170,7 @@ def test_fsub_routes_a_gres_job_to_a_class_that_has_it() -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--gres=gpu:4", "job.sh"],
      "--gres=gpu:4: no node class has gpu:4 per node (small: none; t4: gpu:t4:1; "
-     "a100: gpu:a100:2,nic:1)"),
+     "a100: gpu:a100:2)"),
     (["-p", "vcluster", "--gres=gpu:1", "job.sh"],
      "--gres=gpu:1: no node class has gpu:1 per node (small: none)"),
     (["--vm-class=small", "--gres=gpu:1", "job.sh"],
