@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vcluster import devices
 from vcluster.errors import ConfigError
 from vcluster.journal import LOG_TARGETS
 from vcluster.paths import (
@@ -203,6 +204,14 @@ class NodeClass:
     fallback_templates: tuple[str, ...] = ()
     """Templates tried in this order when the chosen one is backed off (OpenNebula cannot
     place it)."""
+    gres: tuple[devices.Gres, ...] = ()
+    """Slurm generic resources of each node (``gres = ["gpu:a100:1"]``): its ``Gres=``."""
+    gres_conf: str = ""
+    """Words added to each of the class's gres.conf lines (``File=/dev/nvidia0``,
+    ``AutoDetect=nvml``), required for a gpu GRES; "" writes count-only lines (other GRES)."""
+    pci: tuple[Mapping[str, str], ...] = ()
+    """OpenNebula PCI passthrough requests (``VENDOR``/``DEVICE``/``CLASS`` or
+    ``SHORT_ADDRESS``), each one ``PCI = [...]`` of the VM's template."""
     on_vm_event: Mapping[str, str] = field(default_factory=dict)
     """What to do when a VM reaches a state vcluster did not ask for (key: one of
     ``VM_EVENTS``; value: ``fail``, for ``RESUMABLE_VM_EVENTS`` ``resume``, for
@@ -534,6 +543,7 @@ def _parse_node_class(
         on_vm_event=_vm_event_rules(r),
         standby=r.get("standby", int, 0),
         standby_max_age_s=r.positive("standby_max_age_s", int, 3600),
+        **_devices(r),
     )
     if not 0 <= nc.standby <= nc.count:
         raise r.err("standby", f"must be between 0 and count ({nc.count}), got {nc.standby}")
@@ -543,6 +553,33 @@ def _parse_node_class(
         raise r.err("cost_per_hour", f"must be >= 0, got {nc.cost_per_hour!r}")
     r.finish()
     return nc
+
+
+def _devices(r: _Reader) -> dict[str, Any]:
+    """``gres``, ``gres_conf`` and ``pci`` of a node class (see :mod:`vcluster.devices`)."""
+    try:
+        gres = devices.parse_class_gres(r.str_list("gres", ()))
+    except ValueError as exc:
+        raise r.err("gres", str(exc)) from None
+    try:
+        gres_conf = devices.check_gres_conf(r.get("gres_conf", str, ""))
+    except ValueError as exc:
+        raise r.err("gres_conf", str(exc)) from None
+    if gres_conf and not gres:
+        raise r.err("gres_conf", "is for the class's gres; set gres too")
+    words = {w.split("=", 1)[0].lower() for w in gres_conf.split()}
+    if any(g.name == "gpu" for g in gres) and not words & {"file", "autodetect"}:
+        raise r.err("gres_conf", "a gpu GRES needs its device file (gres_conf = "
+                    "\"File=/dev/nvidia0\") or \"AutoDetect=nvml\": slurmd drops a GPU without")
+    pci = []
+    for i, raw in enumerate(r.get("pci", list, [])):
+        if not isinstance(raw, dict):
+            raise r.err("pci", f"item {i} must be a table such as {{ vendor = \"10de\" }}")
+        try:
+            pci.append(devices.parse_pci(raw))
+        except ValueError as exc:
+            raise r.err("pci", f"item {i}: {exc}") from None
+    return {"gres": gres, "gres_conf": gres_conf, "pci": tuple(pci)}
 
 
 def _vm_event_rules(r: _Reader) -> dict[str, str]:

@@ -23,6 +23,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from vcluster import devices
 from vcluster.config import Config, NodeClass
 from vcluster.errors import UserInputError
 
@@ -273,18 +274,51 @@ class Submission:
     follow: bool
 
 
+def requested_gres(request: SubmitRequest) -> tuple[tuple[devices.Gres, ...], Option | None]:
+    """The GRES each node of the job needs and the option that asked (``--gres``, ``--gpus*``)."""
+    names = ("gres", "gpus-per-node", "gpus")
+    options = {name: request.effective(name) for name in names}
+    asked = next((o for o in options.values() if o is not None), None)
+    try:
+        wanted = devices.job_gres(*(request.value(name) for name in names))
+    except ValueError as exc:
+        raise UserInputError(f"{asked.label() if asked else '--gres'}: {exc}") from None
+    return wanted, asked
+
+
+def _gres_text(node_class: NodeClass) -> str:
+    return ",".join(str(g) for g in node_class.gres) or "none"
+
+
 def choose_class(request: SubmitRequest, config: Config) -> NodeClass:
+    """The class asked with ``--vm-class``; else the first (of ``--partition``, if given)
+    whose nodes have the GRES the job asks for."""
     if not config.node_classes:
         raise UserInputError(
             f"no node class is configured in {config.path or 'the vcluster config'}; "
             "ask your administrator")
+    gres, gres_option = requested_gres(request)
     wanted = request.effective("vm-class")
     if wanted is None:
         partition = request.value("partition")
         in_partition = [nc for nc in config.node_classes if nc.partition == partition]
-        return (in_partition or list(config.node_classes))[0]
+        candidates = in_partition or list(config.node_classes)
+        if not gres:
+            return candidates[0]
+        with_gres = [nc for nc in candidates if devices.missing(nc.gres, gres) is None]
+        if with_gres:
+            return with_gres[0]
+        offered = "; ".join(f"{nc.name}: {_gres_text(nc)}" for nc in candidates)
+        assert gres_option is not None
+        raise UserInputError(f"{gres_option.label()}: no node class has "
+                             f"{','.join(map(str, gres))} per node ({offered})")
     for node_class in config.node_classes:
         if node_class.name == wanted.value:
+            lacking = devices.missing(node_class.gres, gres)
+            if lacking is not None and gres_option is not None:
+                raise UserInputError(
+                    f"{gres_option.label()}: node class {node_class.name} has "
+                    f"{_gres_text(node_class)} per node, not {lacking}")
             return node_class
     known = ", ".join(nc.name for nc in config.node_classes)
     raise UserInputError(f"{wanted.label()}: unknown node class (known: {known})")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import importlib.resources
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vcluster.config import NodeClass
@@ -36,7 +36,8 @@ GUEST_SCRIPT_PACKAGE = "contextualization"
 GUEST_SCRIPT_NAME = "vcluster-join.sh"
 BOOTSTRAP_SCRIPT_NAME = "vcluster-boot.sh"
 
-TemplateValue = str | Mapping[str, str]
+TemplateValue = str | Mapping[str, str] | Sequence[Mapping[str, str]]
+"""A value, a vector attribute, or several vector attributes of one name (``PCI``)."""
 
 
 def escape_value(value: str) -> str:
@@ -62,13 +63,17 @@ def render_template(attrs: Mapping[str, TemplateValue]) -> str:
     """OpenNebula template text for ``attrs``, in their order, one attribute a line.
 
     A string value becomes ``KEY = "value"``; a mapping becomes a vector attribute
-    ``KEY = [ A = "x", B = "y" ]`` (written over several lines, as ``onetemplate`` does).
+    ``KEY = [ A = "x", B = "y" ]`` (written over several lines, as ``onetemplate`` does);
+    a sequence of mappings becomes one vector attribute of that name each.
     """
     lines: list[str] = []
     for name, value in attrs.items():
         _check_name(name)
         if isinstance(value, str):
             lines.append(f"{name} = {escape_value(value)}")
+            continue
+        if not isinstance(value, Mapping):
+            lines += [render_template({name: vector}).rstrip("\n") for vector in value]
             continue
         if not value:
             lines.append(f"{name} = [ ]")
@@ -208,6 +213,8 @@ def worker_vm_extra(
                 key=f"node_class[{node_class.name}].vm_options",
             )
         attrs[name] = value
+    if node_class.pci:  # replaces the template's own PCI (instantiate's extra does)
+        attrs["PCI"] = tuple(node_class.pci)
     attrs["CONTEXT"] = worker_context(
         node_name=node_name, job_id=job_id, cluster=cluster, context=context,
         guest_script=script, join_token=join_token, standby_class=standby_class,

@@ -163,6 +163,7 @@ def e2e_site(slurm_flavor: str) -> Iterator[Site]:
     spec = site.SiteSpec(name=E2E_NAME, subnet=E2E_SUBNET, state_dir=str(root / "state"),
                          **E2E_PORTS,
                          per_job_nodes=6, pool_nodes=2, pool_idle_s=15, resume_timeout_s=60,
+                         gpu_nodes=1,
                          heartbeat_stale_s=10, extra_templates=("vcluster-broken",),
                          pool_on_vm_event=(("SUSPENDED", "resume"),),
                          pool_template=POOL_TEMPLATE,

@@ -7,6 +7,7 @@ import click
 from vcluster.config import Config, load_config
 from vcluster.errors import SlurmCommandError, UserInputError
 from vcluster.slurmconf import HookPrograms, default_program_dir, generate
+from vcluster.slurmconf import gres_conf as generate_gres_conf
 
 
 @click.command("slurm-conf")
@@ -16,8 +17,11 @@ from vcluster.slurmconf import HookPrograms, default_program_dir, generate
 @click.option("--slurm-version", metavar="X.Y", default=None,
               help="The Slurm the lines are for, e.g. 24.11: only parameters it accepts are "
               "written [default: the installed Slurm's, from `scontrol --version`].")
+@click.option("--gres-conf", is_flag=True,
+              help="Print the gres.conf lines of node classes with gres instead.")
 @click.pass_context
-def slurm_conf(ctx: click.Context, program_dir: str | None, slurm_version: str | None) -> None:
+def slurm_conf(ctx: click.Context, program_dir: str | None, slurm_version: str | None,
+               gres_conf: bool) -> None:
     """Print the NodeName, PartitionName and power-saving lines to merge into slurm.conf.
 
     The lines come from the node classes in vcluster.toml; merge them into slurm.conf as
@@ -29,8 +33,12 @@ def slurm_conf(ctx: click.Context, program_dir: str | None, slurm_version: str |
       vcluster --config /etc/vcluster/vcluster.toml slurm-conf > /etc/slurm/vcluster.conf
       echo 'Include /etc/slurm/vcluster.conf' >> /etc/slurm/slurm.conf
       vcluster slurm-conf --slurm-version 24.11   # for a Slurm not installed here
+      vcluster slurm-conf --gres-conf > /etc/slurm/gres.conf   # classes with gres
     """
     config = load_config(ctx.obj.get("config_path") if ctx.obj else None)
+    if gres_conf:
+        click.echo(generate_gres_conf(config), nl=False)
+        return
     programs = HookPrograms.in_dir(program_dir or default_program_dir())
     version = slurm_version or installed_slurm_version(config)
     click.echo(generate(config, programs, slurm_version=version), nl=False)

@@ -122,12 +122,16 @@ def listen_error_text(exc: ListenError) -> str:
 @click.option("--share", "shares", multiple=True, metavar="PATH",
               help="A host path that VMs booted from an image root see at the same place "
                    "(repeatable; default /home and /tmp).")
+@click.option("--pci", "pci_devices", multiple=True, metavar="HOST=VENDOR:DEVICE:CLASS",
+              help="A PCI device the host reports, e.g. host0=10de:20b5:0302 (repeatable); "
+                   "VMs whose template asks PCI=[...] for it are placed there.")
 def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | None,
           auth_file: str | None, hosts: int, host_cpu: int, host_mem: int, onegate_port: int,
           onegate_host: str, events_port: int | None, bridge: str, subnet: str,
           lease_start: int, network_name: str, prefix: str, sched_window_s: float,
           sched_window_length: int, boot_s: float, step_s: float, monitor_s: float,
-          images: tuple[str, ...], shares: tuple[str, ...]) -> None:
+          images: tuple[str, ...], shares: tuple[str, ...],
+          pci_devices: tuple[str, ...]) -> None:
     """Serve OpenNebula's XML-RPC API (and OneGate) until SIGTERM or Ctrl-C.
 
     \b
@@ -135,6 +139,7 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
       vcluster testbed cloud serve --port 2633 --driver dummy --state-dir /tmp/cloud \\
           --hosts 2 --auth oneadmin:secret
     """
+    from vcluster.testbed.cloud.pci import parse_device_spec
     from vcluster.testbed.cloud.server import CloudServer, ListenError
     from vcluster.testbed.cloud.settings import SchedulerSettings, Timings
 
@@ -151,8 +156,18 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
         if not sep or not name or not source:
             raise UserInputError(f"--image {item!r}: expected NAME=SOURCE")
         image_pairs.append((name, source))
+    host_pci = []
+    for item in pci_devices:
+        host_name, sep, spec = item.partition("=")
+        try:
+            parse_device_spec(spec)
+        except ValueError as exc:
+            raise UserInputError(f"--pci {item!r}: {exc}") from None
+        if not sep or not host_name:
+            raise UserInputError(f"--pci {item!r}: expected HOST=VENDOR:DEVICE:CLASS")
+        host_pci.append((host_name, spec.lower()))
     settings = CloudSettings(
-        images=tuple(image_pairs), guest_shares=shares,
+        host_pci=tuple(host_pci), images=tuple(image_pairs), guest_shares=shares,
         state_dir=state_dir, driver=driver, prefix=prefix, auth=_read_auth(auth, auth_file),
         host=bind_host, port=port, onegate_host=onegate_host, onegate_port=onegate_port,
         events_port=events_port, hosts=hosts, host_cpu_pct=host_cpu, host_mem_kb=host_mem,

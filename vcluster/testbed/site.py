@@ -88,6 +88,10 @@ class SiteSpec:
     """Seconds a VM spends in BOOT (the cloud's ``--boot-s``): 30 to look like a real VM."""
     preempt_partition: str = ""
     """The site's ``slurm.preempt_partition`` ("" for none)."""
+    gpu_nodes: int = 0
+    """Nodes of a "gpu" class (partition gpu, ``gres = ["gpu:tesla:1"]``, one PCI GPU each);
+    the cloud's host0 reports that many GPUs, and each VM gets a stand-in device file for
+    the one assigned to it (gres.conf ``File=``, see vminit.make_pci_devices). 0: none."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -156,7 +160,7 @@ retry_delays_s = [0.5, 1, 2]
 [slurm]
 conf = "{slurm.conf}"
 bin_dir = "{slurm.client_bin_dir}"
-partitions = ["vcluster", "pool"]
+partitions = ["vcluster", "pool"{', "gpu"' if spec.gpu_nodes else ''}]
 command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
 configless = true
@@ -200,7 +204,30 @@ template = "{spec.pool_template or WORKER_TEMPLATE}"
 policy = "pool"
 partition = "pool"
 suspend_time_s = {spec.pool_idle_s}
-{_vm_event_rules_line(spec.pool_on_vm_event)}"""
+{_vm_event_rules_line(spec.pool_on_vm_event)}{_gpu_class(spec)}"""
+
+
+GPU_PCI_DEVICE = "10de:1eb8:0302"
+"""What the GPU nodes' host reports (vendor NVIDIA, class 3D controller: a Tesla T4's ids)."""
+
+
+def _gpu_class(spec: SiteSpec) -> str:
+    if not spec.gpu_nodes:
+        return ""
+    return f"""
+[[node_class]]
+name = "gpu"
+prefix = "{spec.name}-gpu-"
+count = {spec.gpu_nodes}
+cpus = 2
+memory_mb = 1024
+template = "{WORKER_TEMPLATE}"
+policy = "per-job"
+partition = "gpu"
+gres = ["gpu:tesla:1"]
+gres_conf = "File=/run/testbed-pci/pci0"
+pci = [{{ vendor = "10de", class = "0302" }}]
+"""
 
 
 def _vm_event_rules_line(rules: tuple[tuple[str, str], ...]) -> str:
@@ -338,6 +365,8 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--events-port", str(spec.events_port),
         "--boot-s", str(spec.boot_s),
     )
+    for _ in range(spec.gpu_nodes):
+        argv += ["--pci", f"host0={GPU_PCI_DEVICE}"]
     if spec.image_name:
         argv += ["--image", f"{spec.image_name}={spec.slurm_root}"]
         for shared in ("/home", "/tmp", str(spec.root)):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcluster.errors import UserInputError
+from vcluster.slurmconf import gres_conf, gres_types
 from vcluster.testbed import netns, slurm_root
 from vcluster.testbed.slurm_files import (
     STATIC_PARTITION,
@@ -258,6 +259,12 @@ def up(spec: TestbedSpec, say: Say = quiet) -> TestbedSpec:
     else:
         cgroup_path.write_text(cgroup_text, encoding="utf-8")
         os.chmod(cgroup_path, 0o644)
+    gres_path = spec.conf.with_name("gres.conf")  # configless slurmd fetches it too
+    if gres_types(config):
+        gres_path.write_text(gres_conf(config), encoding="utf-8")
+        os.chmod(gres_path, 0o644)
+    else:
+        gres_path.unlink(missing_ok=True)
     if not spec.slurm_install.is_host:
         slurm_root.write_client_wrappers(spec.slurm_install, spec.client_bin_dir)
     spec.spec_file.write_text(spec.to_json(), encoding="utf-8")

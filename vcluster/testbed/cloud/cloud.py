@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vcluster.testbed.cloud import lifecycle
+from vcluster.testbed.cloud import lifecycle, pci
 from vcluster.testbed.cloud.accounts import Accounts
 from vcluster.testbed.cloud.context import build_context
 from vcluster.testbed.cloud.drivers.base import Fault, Nic, VMDriver, VMSpec
@@ -163,6 +163,10 @@ class Cloud(Images, Resources, Accounts):
                     continue
                 (known if attr in KNOWN_ATTRIBUTES else user).add(attr, value)
             known.replace("VMID", str(vm_id))
+            try:
+                pci.check_requests(known)
+            except pci.PciError as exc:
+                raise OneRequestError(INTERNAL, str(exc)) from None
             if template_id is not None:
                 known.replace("TEMPLATE_ID", str(template_id))
             vm = VM(vm_id=vm_id, name=vm_name, template=known, user_template=user,
@@ -336,6 +340,11 @@ class Cloud(Images, Resources, Accounts):
         host.vm_ids.append(vm.vm_id)
         host.cpu_usage += int(round(vm.cpu * 100))
         host.mem_usage_kb += vm.memory_mb * 1024
+        requests = vm.template.vectors("PCI")
+        if requests:
+            pci.assign(requests, host.pci, vm.vm_id)
+            self._pci_context(vm)
+            self.store.put_host(host)
 
     def _del_capacity(self, vm: VM) -> None:
         host = self.hosts.get(vm.hid)
@@ -344,6 +353,23 @@ class Cloud(Images, Resources, Accounts):
         host.vm_ids.remove(vm.vm_id)
         host.cpu_usage -= int(round(vm.cpu * 100))
         host.mem_usage_kb -= vm.memory_mb * 1024
+        if vm.template.vectors("PCI"):
+            pci.release(vm.template.vectors("PCI"), host.pci, vm.vm_id)
+            self.store.put_host(host)
+
+    @staticmethod
+    def _pci_context(vm: VM) -> None:
+        """oned's context generation: ``PCI<PCI_ID>_ADDRESS`` = the device's guest address."""
+        context = vm.template.get("CONTEXT")
+        if not isinstance(context, dict):
+            return
+        for request in vm.template.vectors("PCI"):
+            if request.get("VM_ADDRESS"):
+                context[f"PCI{request.get('PCI_ID', '0')}_ADDRESS"] = request["VM_ADDRESS"]
+
+
+PCI_UNAVAILABLE = "Unavailable PCI device."
+"""oned's HostShare::test_pci text."""
 
 
 def fits(vm: VM, host: Host) -> bool:
@@ -357,6 +383,8 @@ def capacity_error(vm: VM, host: Host) -> str:
         return f"Not enough CPU: {cpu}/{host.free_cpu}"
     if host.free_mem_kb < mem_kb:
         return f"Not enough memory: {mem_kb}/{host.free_mem_kb}"
+    if not pci.fits(vm.template.vectors("PCI"), host.pci):
+        return PCI_UNAVAILABLE
     return ""
 
 

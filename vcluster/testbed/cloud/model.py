@@ -194,6 +194,8 @@ class Host:
     vm_ids: list[int] = field(default_factory=list)
     cpu_usage: int = 0
     mem_usage_kb: int = 0
+    pci: list[dict[str, str]] = field(default_factory=list)
+    """HOST_SHARE/PCI_DEVICES: monitored devices, each with the VMID holding it (-1 free)."""
 
     @property
     def free_cpu(self) -> int:
@@ -221,6 +223,7 @@ class Host:
     def to_json(self) -> dict[str, Any]:
         data = _plain(self, "template")
         data["vm_ids"] = list(self.vm_ids)
+        data["pci"] = [dict(d) for d in self.pci]
         data["template"] = self.template.to_dict()
         return data
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from vcluster.testbed.cloud import pci
 from vcluster.testbed.cloud.model import (
     HOST_DISABLED,
     HOST_MONITORED,
@@ -75,6 +76,7 @@ class Resources:
         if not self.hosts:
             for i in range(self.settings.hosts):
                 self.allocate_host(f"host{i}", "dummy", self.settings.driver)
+        self._monitor_pci()
         if not self.vnets:
             self._create_default_vnet()
 
@@ -103,6 +105,15 @@ class Resources:
             self.hosts[host_id] = host
             self.store.put_host(host)
             return host_id
+
+    def _monitor_pci(self) -> None:
+        """Each host's PCI_DEVICES as its monitoring reports them (``settings.host_pci``)."""
+        for host in self.hosts.values():
+            specs = [spec for name, spec in self.settings.host_pci if name == host.name]
+            reported = [pci.host_device(i, *pci.parse_device_spec(spec))
+                        for i, spec in enumerate(specs)]
+            host.pci = pci.monitor(host.pci, reported)
+            self.store.put_host(host)
 
     def host_status(self, host_id: int, status: int) -> int:
         """``one.host.status`` as oned 7.4 (HostAPI::status): enable, disable or set the host

@@ -14,7 +14,7 @@ import threading
 import time
 
 from vcluster.testbed.cloud import expr
-from vcluster.testbed.cloud.cloud import Cloud, fits, log_time
+from vcluster.testbed.cloud.cloud import PCI_UNAVAILABLE, Cloud, capacity_error, fits, log_time
 from vcluster.testbed.cloud.model import ACTIVE, HOST_MONITORED, LCM, PENDING, VM, Host
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ def choose_host(vm: VM, hosts: list[Host]) -> tuple[Host | None, str]:
     rank_expr = vm.user_template.get_str("SCHED_RANK") or DEFAULT_RANK
     fitting = [h for h in hosts if fits(vm, h)]
     if not fitting:
+        if all(capacity_error(vm, h) == PCI_UNAVAILABLE for h in hosts):
+            # oned 7.4's rank scheduler (SchedulerFailure::log_failures, HOST_PCI)
+            ids = ",".join(str(h.host_id) for h in hosts)
+            return None, f"[HOST] Unavailable PCI devices on hosts: {ids}"
         return None, "No host with enough capacity to deploy the VM"
     try:
         matching = [h for h in fitting if expr.matches(automatic, h.attribute)

@@ -98,6 +98,8 @@ class CloudSettings:
     hosts: int = 1
     host_cpu_pct: int = 800
     host_mem_kb: int = 16 * 1024 * 1024
+    host_pci: tuple[tuple[str, str], ...] = ()
+    """PCI devices hosts report: (host name, ``VENDOR:DEVICE:CLASS``) pairs, in order."""
     network: NetworkSettings = field(default_factory=NetworkSettings)
     timings: Timings = field(default_factory=Timings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)

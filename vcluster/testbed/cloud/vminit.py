@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -419,6 +420,27 @@ def reap_forever() -> None:
             time.sleep(1.0)
 
 
+PCI_DEVICE_DIR = "/run/testbed-pci"
+"""Where a VM finds a device file per PCI device passed to it (``pci<PCI_ID>``)."""
+
+
+def make_pci_devices(config: InitConfig, vm_dir: Path) -> None:
+    """A stand-in device file for each PCI device oned gave the VM (``PCI<n>_ADDRESS`` in its
+    context): what a device driver in a real image would create (/dev/nvidia0), so that
+    slurmd's gres.conf ``File=`` finds it. Nothing is passed through: the file is a character
+    device with /dev/null's numbers, on the VM's private /run (mounted nodev: stat only)."""
+    ids = sorted(int(m.group(1)) for key in config.context
+                 if (m := re.fullmatch(r"PCI(\d+)_ADDRESS", key)))
+    if not ids:
+        return
+    directory = in_guest(config, vm_dir, PCI_DEVICE_DIR)
+    directory.mkdir(mode=0o755, exist_ok=True)
+    for pci_id in ids:
+        os.mknod(directory / f"pci{pci_id}", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        log.info("PCI device %d at %s: %s", pci_id, config.context[f"PCI{pci_id}_ADDRESS"],
+                 directory / f"pci{pci_id}")
+
+
 def boot(vm_dir: Path, status_fd: int) -> InitConfig:
     """Set the VM up; tell the driver 'ok' or the error on ``status_fd``."""
     try:
@@ -429,6 +451,7 @@ def boot(vm_dir: Path, status_fd: int) -> InitConfig:
         else:
             setup_filesystem(vm_dir)
         socket.sethostname(config.hostname)
+        make_pci_devices(config, vm_dir)
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise InitError(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from xml.sax.saxutils import escape
 
 from vcluster.testbed.cloud.model import VM, Host, VMTemplate, VNet, now_s
-from vcluster.testbed.cloud.template_parse import Template, cdata, template_xml
+from vcluster.testbed.cloud.template_parse import Template, _attr_xml, cdata, template_xml
 
 VM_PERMISSIONS = (1, 1, 0, 0, 0, 0, 0, 0, 0)
 SHORT_USER_TEMPLATE_KEEP = ("LABELS", "ERROR", "USER_PRIORITY")
@@ -125,7 +125,10 @@ def host_xml(host: Host) -> str:
         + _e("MAX_MEM", host.max_mem_kb) + _e("MAX_CPU", host.max_cpu)
         + _e("RUNNING_VMS", len(host.vm_ids)) + _e("VMS_THREAD", 1)
         + "<DATASTORES>" + _e("DISK_USAGE", 0) + _e("FREE_DISK", 0) + _e("MAX_DISK", 0)
-        + _e("USED_DISK", 0) + "</DATASTORES><PCI_DEVICES/><NUMA_NODES/></HOST_SHARE>")
+        + _e("USED_DISK", 0) + "</DATASTORES>"
+        + ("<PCI_DEVICES>" + "".join(_attr_xml("PCI", d) for d in host.pci) + "</PCI_DEVICES>"
+           if host.pci else "<PCI_DEVICES/>")
+        + "<NUMA_NODES/></HOST_SHARE>")
     monitoring = (
         "<MONITORING>" + _e("TIMESTAMP", now_s()) + _e("ID", host.host_id) + "<CAPACITY>"
         + _e("FREE_CPU", host.free_cpu) + _e("FREE_MEMORY", host.free_mem_kb)
