@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -226,6 +226,9 @@ def make(sessions: sessionmaker[Session], slurm: Slurm, config: Config,
          hosts: Sequence[HostCapacity], nc: NodeClass, count: int, start: datetime,
          end: datetime, users: str, *, now: datetime) -> Made:
     """Admit, record, and create the Slurm reservation; a refusal is recorded too."""
+    # whole seconds, as Slurm keeps them (a start rounded up never falls before now)
+    start = start.replace(microsecond=0) + timedelta(seconds=1 if start.microsecond else 0)
+    end = end.replace(microsecond=0) + timedelta(seconds=1 if end.microsecond else 0)
     wish = wish_for(nc, count, start, end)
     with db.transaction(sessions) as s:  # admission and insert in one write transaction
         decision = admit(wish, len(nc.node_names()), hosts, held_of(overlapping(s, start, end)))

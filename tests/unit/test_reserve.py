@@ -90,7 +90,7 @@ def node(name: str, state: str = "IDLE", *flags: str) -> Node:
 
 def view(state: str = "accepted", lead_s: float = 30.0, powered_up: bool = False,
          rid: int = 1) -> ReservationView:
-    return ReservationView(rid, ("n1", "n2"), START, END, lead_s, state, powered_up)
+    return ReservationView(rid, f"vc-r{rid}", ("n1", "n2"), START, END, lead_s, state, powered_up)
 
 
 DOWN = {"n1": node("n1", "IDLE", "POWERED_DOWN"), "n2": node("n2", "IDLE", "POWERED_DOWN")}

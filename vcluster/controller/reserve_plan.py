@@ -19,6 +19,7 @@ database and Slurm, and carries the steps out one by one, recording each as an e
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ _NOT_WORKING_FLAGS = frozenset({"POWERED_DOWN", "POWERING_UP", "POWERING_DOWN",
 @dataclass(frozen=True)
 class ReservationView:
     reservation_id: int
+    slurm_name: str
     nodes: tuple[str, ...]
     start: datetime
     end: datetime
@@ -134,7 +136,7 @@ def _views(session: Session) -> list[ReservationView]:
     rows = session.scalars(select(db.Reservation).where(
         db.Reservation.ended_at.is_(None),
         db.Reservation.state.in_(("accepted", "booting", "ready", "cancelled")))).all()
-    return [ReservationView(r.id, tuple(expand_hostlist(r.nodes)) if r.nodes else (),
+    return [ReservationView(r.id, r.slurm_name, tuple(expand_hostlist(r.nodes)) if r.nodes else (),
                             r.start, r.end, r.lead_s, r.state, r.powered_up_at is not None)
             for r in rows]
 
@@ -155,7 +157,42 @@ def run_reservations(sessions: sessionmaker[Session], slurm: SlurmPort,
             _carry_out(sessions, slurm, step, now)
         except VclusterError as exc:
             log.warning("%s: failed: %s", step.message, exc)
+    for r in rows:
+        if r.state in ("booting", "ready") and 0 <= (r.start - now).total_seconds() <= \
+                KICK_HORIZON_S and r.reservation_id not in _kicks:
+            _kicks[r.reservation_id] = _kick_at_start(slurm, r, now)
     return held_nodes(now, rows)
+
+
+KICK_HORIZON_S = 30.0
+"""How long before a reservation's start the controller sets its start-time kick."""
+_kicks: dict[int, threading.Timer] = {}
+
+
+def _kick_at_start(slurm: SlurmPort, r: ReservationView, now: datetime) -> threading.Timer:
+    """slurmctld notices a reservation's start in its background loop (every 5 s) and only
+    then schedules; a job waiting for the reservation would start up to 5 s late. Any
+    successful reservation update runs a scheduling pass: one at the start time starts the
+    reservation's jobs at once."""
+    def kick() -> None:
+        try:
+            slurm.update_reservation(r.slurm_name,
+                                     EndTime=r.end.astimezone().strftime("%Y-%m-%dT%H:%M:%S"))
+            log.info("reservation %d started: Slurm asked to schedule its jobs",
+                     r.reservation_id)
+        except VclusterError as exc:
+            log.warning("reservation %d: start-time scheduling kick failed: %s",
+                        r.reservation_id, exc)
+
+    delay_s = max(0.0, (r.start - now).total_seconds()) + KICK_DELAY_S
+    timer = threading.Timer(delay_s, kick)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+KICK_DELAY_S = 0.05
+"""After the start second: Slurm compares whole seconds (start_time <= now)."""
 
 
 def _carry_out(sessions: sessionmaker[Session], slurm: SlurmPort, step: Step,
