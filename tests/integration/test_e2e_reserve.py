@@ -84,8 +84,9 @@ def node_state(s: Site, name: str) -> str:
 def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused(
         reserve_site: Site) -> None:
     s = reserve_site
-    # one job first, so that the lead comes from a boot vcluster measured
-    proc = s.fsub("-N1", "--wait", "--wrap", "hostname", timeout_s=180,
+    # one job first, so that the lead comes from a boot vcluster measured (long enough for
+    # the controller to see its node up: that is when it records the boot time)
+    proc = s.fsub("-N1", "--wait", "--wrap", "hostname; sleep 8", timeout_s=180,
                   fsub=str(BIN / "fsub"))
     assert proc.returncode == 0, proc.stderr
 
