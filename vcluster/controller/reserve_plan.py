@@ -159,14 +159,15 @@ def run_reservations(sessions: sessionmaker[Session], slurm: SlurmPort,
             log.warning("%s: failed: %s", step.message, exc)
     for r in rows:
         if r.state in ("booting", "ready") and 0 <= (r.start - now).total_seconds() <= \
-                KICK_HORIZON_S and r.reservation_id not in _kicks:
-            _kicks[r.reservation_id] = _kick_at_start(slurm, r, now)
+                KICK_HORIZON_S and (r.slurm_name, r.start) not in _kicks:
+            _kicks[(r.slurm_name, r.start)] = _kick_at_start(slurm, r, now)
     return held_nodes(now, rows)
 
 
 KICK_HORIZON_S = 30.0
 """How long before a reservation's start the controller sets its start-time kick."""
-_kicks: dict[int, threading.Timer] = {}
+_kicks: dict[tuple[str, datetime], threading.Timer] = {}
+"""The kicks set and not yet fired, by reservation (a pass sets one once)."""
 
 
 def _kick_at_start(slurm: SlurmPort, r: ReservationView, now: datetime) -> threading.Timer:
@@ -175,6 +176,7 @@ def _kick_at_start(slurm: SlurmPort, r: ReservationView, now: datetime) -> threa
     successful reservation update runs a scheduling pass: one at the start time starts the
     reservation's jobs at once."""
     def kick() -> None:
+        _kicks.pop((r.slurm_name, r.start), None)
         try:
             slurm.update_reservation(r.slurm_name,
                                      EndTime=r.end.astimezone().strftime("%Y-%m-%dT%H:%M:%S"))
