@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
@@ -44,6 +44,8 @@ DEFAULT_LEAD_S = 60.0
 LEAD_MARGIN_S = 10.0
 """Added to the slowest recent boot: Slurm's power-save pass, a controller pass, slurmd's
 registration."""
+ADMISSION_LOCK = 0x76637273
+"""PostgreSQL advisory lock key: two ``vcluster reserve`` at once admit one after the other."""
 LEAD_SAMPLES = 20
 """How many of the class's latest boots the lead is taken from."""
 
@@ -231,6 +233,8 @@ def make(sessions: sessionmaker[Session], slurm: Slurm, config: Config,
     end = end.replace(microsecond=0) + timedelta(seconds=1 if end.microsecond else 0)
     wish = wish_for(nc, count, start, end)
     with db.transaction(sessions) as s:  # admission and insert in one write transaction
+        if s.get_bind().dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE serializes
+            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
         decision = admit(wish, len(nc.node_names()), hosts, held_of(overlapping(s, start, end)))
         lead_s = lead_time_s(measured_boots_s(s, nc.name))
         row = db.Reservation(node_class=nc.name, node_count=count, nodes="",
