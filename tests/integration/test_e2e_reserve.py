@@ -115,7 +115,8 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
     sub = subprocess.run(["sbatch", "--parsable", f"--reservation={r['slurm_name']}", "-N1",
                           "--time=1", "-p", s.config.node_class("small").partition,
                           f"--output={out}", "--wrap", "date +%s.%N"],
-                         capture_output=True, text=True, env=s.env, timeout=30, check=False)
+                         capture_output=True, text=True, env=s.env, timeout=30, check=False,
+                         cwd=s.work)  # a directory the VMs have too (not this tree)
     assert sub.returncode == 0, sub.stderr
     job_id = int(sub.stdout.strip().split(";")[0])
 
@@ -131,7 +132,9 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
 
     wait_for(f"job {job_id}'s output", lambda: out.exists() and out.read_text().strip(),
              start_s - time.time() + 30)
-    delay_s = float(out.read_text().split()[0]) - start_s
+    printed = out.read_text().split()
+    assert len(printed) == 1, f"job {job_id} printed more than its start time: {printed}"
+    delay_s = float(printed[0]) - start_s
     print(f"reservation: nodes working {start_s - ready_s:.1f} s before the start "
           f"(lead {lead_s:.1f} s, boot {BOOT_S:g} s); job start {delay_s:+.2f} s from it")
     assert -1.0 <= delay_s < 2.0, f"the job started {delay_s:.2f} s after the start"
