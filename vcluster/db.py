@@ -31,6 +31,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Float,
     Index,
     Integer,
     String,
@@ -54,7 +55,7 @@ from vcluster.errors import ConfigError, VclusterError
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 """The newest migration; a unit test checks it equals Alembic's head."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -288,6 +289,45 @@ class Suspension(Base):
     __table_args__ = (
         CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in SUSPENSION_STATES) + ")",
                         name="ck_suspension_state"),
+    )
+
+
+RESERVATION_STATES = ("accepted", "booting", "ready", "ended", "cancelled", "refused")
+
+
+class Reservation(Base):
+    """An advance reservation (``vcluster reserve``): N nodes of a class from ``start`` to
+    ``end``, admitted against the cloud's capacity; its VMs are booted ``lead_s`` ahead
+    (:mod:`vcluster.reserve`, :mod:`vcluster.controller.reserve_plan`)."""
+
+    __tablename__ = "reservation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    slurm_name: Mapped[str] = mapped_column(String(64), default="")
+    """The Slurm reservation's name (``sbatch --reservation=``)."""
+    node_class: Mapped[str] = mapped_column(String(64))
+    node_count: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[str] = mapped_column(Text, default="")
+    """The reserved nodes as a Slurm hostlist (Slurm's choice)."""
+    cpu_pct: Mapped[int] = mapped_column(Integer)
+    """OpenNebula CPU (percent of a host core) one VM holds."""
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    """Memory one VM holds, MB."""
+    users: Mapped[str] = mapped_column(Text, default="")
+    start: Mapped[datetime] = mapped_column(UTCDateTime)
+    end: Mapped[datetime] = mapped_column(UTCDateTime)
+    lead_s: Mapped[float] = mapped_column(Float)
+    """How long before ``start`` its VMs are booted (from measured boot times)."""
+    state: Mapped[str] = mapped_column(String(16), default="accepted")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    powered_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in RESERVATION_STATES) + ")",
+                        name="ck_reservation_state"),
+        Index("ix_reservation_end", "end"),
     )
 
 

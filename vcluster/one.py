@@ -55,7 +55,9 @@ from vcluster.errors import (
     OneUnavailable,
 )
 from vcluster.one_site import (
+    HostCapacity,
     VNetInfo,
+    host_capacities_from_binding,
     host_states_from_binding,
     template_nics,
     vnet_from_binding,
@@ -426,6 +428,12 @@ class OneClient:
         pool = self._call("hostpool.info", doing="list hosts", subject="host pool",
                           hint="check the user's permissions")
         return host_states_from_binding(pool)
+
+    def host_capacities(self) -> list[HostCapacity]:
+        """Every host's capacity and usage (none without the right to list hosts)."""
+        pool = self._call("hostpool.info", doing="list hosts", subject="host pool",
+                          hint="check the user's permissions")
+        return host_capacities_from_binding(pool)
 
     def action(self, action: str, vm_id: int) -> None:
         """Run a VM action (``terminate``, ``poweroff-hard``, ``resume``...)."""

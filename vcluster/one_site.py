@@ -55,3 +55,31 @@ def host_states_from_binding(pool: Any) -> dict[str, str]:
     """{host NAME: STATE name} of a ``one.hostpool.info`` answer (a VM names its host)."""
     return {str(h.NAME): HOST_STATES.get(int(h.STATE), f"STATE {h.STATE}")
             for h in (pool.HOST or [])}
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What a host holds, as ``one.hostpool.info``'s HOST_SHARE says (CPU in percent of a
+    core, memory in KB), for admission control (:mod:`vcluster.reserve`)."""
+
+    name: str
+    state: str
+    max_cpu: int
+    max_mem_kb: int
+    cpu_usage: int
+    mem_usage_kb: int
+
+    @property
+    def schedulable(self) -> bool:
+        """oned's scheduler places VMs on monitored hosts only (not DISABLED/OFFLINE/ERROR)."""
+        return self.state in ("MONITORED", "MONITORING_MONITORED", "INIT")
+
+
+def host_capacities_from_binding(pool: Any) -> list[HostCapacity]:
+    hosts = []
+    for h in pool.HOST or []:
+        share = h.HOST_SHARE
+        hosts.append(HostCapacity(str(h.NAME), HOST_STATES.get(int(h.STATE), f"STATE {h.STATE}"),
+                                  int(share.MAX_CPU or 0), int(share.MAX_MEM or 0),
+                                  int(share.CPU_USAGE or 0), int(share.MEM_USAGE or 0)))
+    return hosts

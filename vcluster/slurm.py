@@ -304,6 +304,14 @@ class Slurm:
         self.run(["scontrol", "update", f"jobid={job_id}",
                   *(f"{key}={value}" for key, value in fields.items())])
 
+    def update_reservation(self, name: str, **fields: str) -> None:
+        """``scontrol update ReservationName=NAME Key=Value ...`` (slurmctld runs a
+        scheduling pass after any successful update)."""
+        if not fields:
+            raise ValueError("update_reservation() needs at least one field to change")
+        self.run(["scontrol", "update", f"ReservationName={name}",
+                  *(f"{key}={value}" for key, value in fields.items())])
+
     def hold(self, job_id: int) -> None:
         self.run(["scontrol", "hold", str(job_id)])
 

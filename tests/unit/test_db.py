@@ -29,7 +29,8 @@ def test_migrations_create_parent_dirs_and_all_tables(engine, tmp_path: Path) ->
     assert (tmp_path / "sub" / "dir" / "state.db").exists()
     tables = set(inspect(engine).get_table_names())
     assert tables == {"alembic_version", "launch", "job", "hook_request", "event", "heartbeat",
-                      "drain", "class_backoff", "controller", "join_token", "suspension"}
+                      "drain", "class_backoff", "controller", "join_token", "suspension",
+                      "reservation"}
     assert db.current_revision(engine) == db.HEAD_REVISION
 
 

@@ -74,6 +74,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "events": ("vcluster.cli.status", "events"),
     "hook": ("vcluster.cli.hook", "hook"),
     "nodes": ("vcluster.cli.admin", "nodes"),
+    "reserve": ("vcluster.cli.reserve", "reserve"),
     "slurm-conf": ("vcluster.cli.slurmconf", "slurm_conf"),
     "status": ("vcluster.cli.status", "status"),
     "terminate": ("vcluster.cli.admin", "terminate"),

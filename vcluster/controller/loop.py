@@ -34,6 +34,7 @@ from vcluster.controller.leader import HeartbeatWatch, Leadership, SoleLeader
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
 from vcluster.controller.ports import OnePort, SlurmPort
+from vcluster.controller.reserve_plan import run_reservations, spare_held
 from vcluster.errors import VclusterError
 from vcluster.metrics import Metrics
 from vcluster.public_status import ControllerStatus
@@ -229,6 +230,12 @@ class Controller:
             log.exception("planning failed; skipping this pass")
             return PassReport(skipped=f"planning failed: {exc}",
                               duration_s=time.monotonic() - started)
+        try:
+            held = run_reservations(self.sessions, self.slurm, self.now())
+        except VclusterError as exc:  # reservations wait a pass; the rest goes on
+            log.warning("reservations: %s", exc)
+            held = frozenset()
+        actions = spare_held(actions, held)
         result = self._act(actions)
         report = PassReport(
             actions=actions, done=result.done, failed=result.failed,
