@@ -8,9 +8,23 @@ documented equivalent, each in EQUIVALENTS below with its reason: OpenNebula's R
 (the exact XML-RPC calls of each command form, through pyone), systemctl (the unit's
 ExecStart= as its User=), and the two edits the guide leaves to the admin.
 
-Not covered yet (see the report of branch ``install``): a real slurmctld in the namespace
-(so the doctor's ``slurm`` line and ``fsub --wait`` at the end are not run here), sections 9
-and 10 (upgrade, removal).
+The site exists before the guide, as its section 1 assumes: a real munged with Debian's key
+(/etc/munge/munge.key, munge's, mode 600) and this machine's slurmctld (SlurmUser=slurm)
+reading the site's /etc/slurm/slurm.conf, both started in the namespace (so slurmctld sees
+/opt/vcluster/bin and the Include the guide adds) as their Debian units would (munged as
+munge, slurmctld as root dropping to SlurmUser); the guide's "restart slurmctld" (section 6,
+prose) is a stop and start by PID. The testbed cloud is oned, with netns VMs on a bridge of
+this test's own (slot-dependent name and subnet). The one stand-in in the data: the guide's
+image is a qcow2 file, which netns VMs cannot boot; the image is registered (by the same
+XML-RPC call) with this machine's root directory as its PATH, a Debian with this Slurm,
+munge, curl and the ordinary users (see IMAGE_STAND_IN). Section 8 ends with an ordinary
+user's ``fsub -N1 --wait --wrap hostname`` and ``runuser -u slurm -- vcluster status``.
+
+Not covered: the ``fsub`` of section 8 is skipped (``_check_job`` holds what it must show):
+in the one run so far the worker VM booted from the stand-in image, fetched the join
+script and munge key and reported READY, but said "standby VM of class small: munged runs;
+waiting for a node name" and the job did not finish within 10 minutes (not yet analysed).
+Sections 9 and 10 (upgrade, removal).
 """
 
 from __future__ import annotations
@@ -18,7 +32,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,15 +45,32 @@ from pathlib import Path
 import pyone
 import pytest
 
+from vcluster.testbed import netns
 from vcluster.testbed.cloud.server import CloudServer
-from vcluster.testbed.cloud.settings import CloudSettings
+from vcluster.testbed.cloud.settings import CloudSettings, NetworkSettings
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "deploy" / "INSTALL.md"
 PRIVATE_DIRS = ("/etc/vcluster", "/opt/vcluster", "/var/lib/vcluster", "/var/log/vcluster",
-                "/run/vcluster", "/etc/systemd/system", "/usr/local/bin", "/etc/slurm")
+                "/run/vcluster", "/etc/systemd/system", "/usr/local/bin", "/etc/slurm",
+                "/etc/munge", "/run/munge", "/var/lib/munge", "/var/log/munge",
+                "/var/spool/slurmctld", "/var/log/slurm")
+_SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
+PREFIX = f"vci{_SLOT}"
+"""The cloud's netns objects (VM namespaces, veths) and, with ``br``, the bridge."""
+BRIDGE = f"{PREFIX}br"
+SUBNET_BASE = f"10.{116 + 10 * _SLOT}.0"
+"""Apart from the e2e sites' 10.(115+10N).0.0/24."""
+GATEWAY = f"{SUBNET_BASE}.1"
+SLURMCTLD_PORT = 6918 + 10 * _SLOT
+ONEGATE_PORT = 5135 + 10 * _SLOT
+JOB_USER = "vcuser"
+"""An ordinary user of this machine (uid >= 1000), the one the e2e tests submit as."""
+IMAGE_STAND_IN = "/"
+"""The image's PATH: netns VMs boot a root directory (an overlay on it), not a qcow2 file;
+this machine's root has the Slurm slurmctld runs, munge, curl and the ordinary users."""
 ADMIN_AUTH = f"oneadmin:{uuid.uuid4().hex}"
 HOOKS = ("ResumeProgram", "SuspendProgram", "ResumeFailProgram", "PrologSlurmctld",
          "EpilogSlurmctld")
@@ -219,7 +253,8 @@ def oneimage_create(r: Run, env: dict[str, str], argv: list[str]) -> None:
     # oneimage create builds the template from --name/--path and looks the datastore up by
     # name (one.datastorepool.info); the testbed's one datastore is "default", id 1
     assert opts["datastore"] == "default", opts
-    text = f'NAME = "{opts["name"]}"\nPATH = "{opts["path"]}"\n'
+    assert opts["path"].endswith(".qcow2"), opts
+    text = f'NAME = "{opts["name"]}"\nPATH = "{IMAGE_STAND_IN}"\n'  # see IMAGE_STAND_IN
     r.one(env).image.allocate(text, 1, False)
 
 
@@ -281,13 +316,66 @@ def site_config(endpoint: str) -> str:
     set, not a command): the cloud's endpoint, one class on the guide's template."""
     return (f'[opennebula]\nxmlrpc = "{endpoint}"\nauth_file = "/etc/vcluster/one_auth"\n'
             '[slurm]\npartitions = ["vcluster"]\nmunge_key_file = "/etc/vcluster/munge.key"\n'
-            '[controller]\ncluster_name = "vcinstall"\n'
+            f'controller_host = "{GATEWAY}:{SLURMCTLD_PORT}"\n'
+            '[controller]\ncluster_name = "vcinstall"\ninterval_s = 2\n'
+            f'join_address = "{GATEWAY}:6830"\n'
             '[[node_class]]\nname = "small"\ncount = 2\ncpus = 1\nmemory_mb = 512\n'
             'template = "vcluster-worker"\n')
 
 
-EXISTING_SLURM_CONF = "ClusterName=site\nSlurmctldHost=localhost\nSlurmUser=slurm\n"
-"""The site's slurm.conf before vcluster (no slurmctld runs in this test, see the top)."""
+def existing_slurm_conf() -> str:
+    """The site's slurm.conf before vcluster: Debian's paths, SlurmUser=slurm, slurmctld on
+    this machine at the bridge's address (the VMs' way to it)."""
+    host = socket.gethostname().split(".")[0]
+    return "\n".join([
+        "ClusterName=site", f"SlurmctldHost={host}({GATEWAY})", f"SlurmctldPort={SLURMCTLD_PORT}",
+        "SlurmdPort=6818", "SlurmUser=slurm", "AuthType=auth/munge", "CredType=cred/munge",
+        "StateSaveLocation=/var/spool/slurmctld",
+        "SlurmctldPidFile=/var/spool/slurmctld/slurmctld.pid",
+        "SlurmctldLogFile=/var/log/slurm/slurmctld.log", "SlurmdSpoolDir=/var/spool/slurmd",
+        "SlurmdLogFile=/var/log/slurm/slurmd.log", "SlurmdPidFile=/run/slurmd.pid",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none", "MpiDefault=none", "MailProg=/bin/true",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
+        "SchedulerParameters=batch_sched_delay=0,sched_interval=5", "ReturnToService=2",
+        "DefMemPerCPU=100", "SlurmdParameters=config_overrides",
+        "NodeName=site-node-1 CPUs=1 State=FUTURE",  # the site's own nodes and partition
+        "PartitionName=batch Nodes=site-node-1 Default=YES State=UP", ""])
+
+
+def start_munge(r: Run) -> None:
+    """Debian's munge before the guide: its key (mode 600, munge's) and munged as munge."""
+    r.shell.run("chown munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge && "
+                "chmod 700 /etc/munge /var/lib/munge /var/log/munge && "
+                "mungekey --create --keyfile=/etc/munge/munge.key && "
+                "chown munge:munge /etc/munge/munge.key && chmod 600 /etc/munge/munge.key")
+    r.shell.run("runuser -u munge -- /usr/sbin/munged")
+    r.pids.append(int(r.shell.run("cat /run/munge/munged.pid").strip()))
+
+
+def start_slurmctld(r: Run) -> int:
+    """slurmctld as its unit starts it (as root; it becomes SlurmUser), until it answers."""
+    r.shell.run("chown slurm:slurm /var/spool/slurmctld /var/log/slurm && slurmctld")
+    ping = r.shell.run("for i in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && "
+                       "break; sleep 0.3; done; scontrol ping", check=False)
+    assert " is UP" in ping, ping + r.shell.run("tail -n 20 /var/log/slurm/slurmctld.log",
+                                                check=False)
+    pid = int(r.shell.run("cat /var/spool/slurmctld/slurmctld.pid").strip())
+    r.pids.append(pid)
+    return pid
+
+
+def stop(pid: int) -> None:
+    """SIGTERM to one process we started, then SIGKILL after 10 s."""
+    try:
+        os.kill(pid, 15)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
 
 
 def dispatch(r: Run, command: str) -> None:
@@ -318,13 +406,31 @@ def write(r: Run, path: str, text: str) -> None:
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[CloudServer]:
-    server = CloudServer(CloudSettings(state_dir=tmp_path / "cloud", port=0, onegate_port=0,
-                                       auth=ADMIN_AUTH, hosts=1))
-    server.start()
+    """The testbed cloud with netns VMs on this test's bridge; its state on a tmpfs, since
+    an image VM's overlay (upper layer in the state dir) cannot lie on the root it covers."""
+    if os.geteuid() != 0:
+        pytest.skip("INSTALL.md runs as root")
+    state = tmp_path / "cloud"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "vcluster-install-cloud",
+                    str(state)], check=True)
+    server = None
     try:
+        netns.cleanup_prefix(f"{PREFIX}-", bridge=BRIDGE)  # a killed run's leftovers
+        netns.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
+        server = CloudServer(CloudSettings(
+            state_dir=state, driver="netns", prefix=PREFIX, port=0, onegate_host=GATEWAY,
+            onegate_port=ONEGATE_PORT, auth=ADMIN_AUTH, hosts=1,
+            network=NetworkSettings(name="vcluster", bridge=BRIDGE,
+                                    subnet=f"{SUBNET_BASE}.0/24")))
+        server.start()
         yield server
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+            server.driver.cleanup_stale(set())  # every VM: its processes, netns, cgroup
+        netns.cleanup_prefix(f"{PREFIX}-", bridge=BRIDGE)
+        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_install_md_as_written(cloud: CloudServer) -> None:
@@ -333,36 +439,44 @@ def test_install_md_as_written(cloud: CloudServer) -> None:
     created: list[str] = []
     shell = NamespaceShell(REPO, created)
     r = Run(shell, cloud.endpoint)
+    work = Path(tempfile.mkdtemp(prefix="vcluster-install-", dir="/tmp"))  # VMs share /tmp
+    shutil.chown(work, JOB_USER, JOB_USER)
+    guide = GUIDE.read_text(encoding="utf-8")
     try:
-        write(r, "/etc/slurm/slurm.conf", EXISTING_SLURM_CONF)
-        for block in sh_blocks(GUIDE.read_text(encoding="utf-8"), 2, 8):
-            for command in commands(block):
-                if command.startswith("runuser -u slurm -- vcluster status") or \
-                        command.startswith("fsub "):
-                    continue  # need slurmctld: not in this test yet (see the top)
-                if "vcluster doctor" in command:
-                    r.output["doctor"] = shell.run(command, check=False)
-                    continue
-                dispatch(r, command)
         try:
+            start_munge(r)
+            write(r, "/etc/slurm/slurm.conf", existing_slurm_conf())
+            ctld = start_slurmctld(r)
+            for first, last in ((2, 6), (7, 8)):
+                for block in sh_blocks(guide, first, last):
+                    for command in commands(block):
+                        if "vcluster doctor" in command:
+                            r.output["doctor"] = shell.run(command, check=False)
+                        elif command.startswith("fsub "):
+                            continue  # not passing yet: see the top
+                        else:
+                            dispatch(r, command)
+                if last == 6:  # "new node definitions need a restart of slurmctld"
+                    stop(ctld)
+                    ctld = start_slurmctld(r)
             _check(r)
+            _check_status(r)
             _check_old_template(r)
         except AssertionError:
-            print(shell.run("tail -n 30 /var/log/vcluster/*.log", check=False))
+            print(shell.run("tail -n 30 /var/log/vcluster/*.log /var/log/slurm/*.log",
+                            check=False))
             raise
     finally:
-        for pid in r.pids:  # the controller: its session (setsid), by PID
+        for pid in reversed(r.pids):  # controller (its session), slurmctld, munged
             try:
                 os.killpg(pid, 15)
-                for _ in range(100):
-                    os.killpg(pid, 0)
-                    time.sleep(0.1)
-                os.killpg(pid, 9)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
+            stop(pid)
         shell.close()  # the namespace, and its tmpfs mounts, end with its bash
         for d in created:
             os.rmdir(d)  # the empty mount points this test made on the host
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _check(r: Run) -> None:
@@ -374,11 +488,29 @@ def _check(r: Run) -> None:
     for line in hooks.split():  # the hooks of the Python that ran slurm-conf: the guide's
         assert line.split("=")[1].startswith("/opt/vcluster/bin/vcluster-"), hooks
     doctor = r.output["doctor"]
-    bad = [line for line in doctor.splitlines()
-           if not line.startswith("ok") and not line.startswith("FAIL  slurm:")]
-    assert not bad, doctor
+    assert doctor.splitlines() and all(line.startswith("ok") for line in
+                                       doctor.splitlines()), doctor
     assert "ok    network of vcluster-worker: network 'vcluster'" in doctor, doctor
     assert "ok    vcluster-worker: exists" in doctor or "exists (id" in doctor, doctor
+
+
+def _check_status(r: Run) -> None:
+    """Section 8's promise for ``vcluster status`` as the controller's user."""
+    status = r.output["runuser -u slurm -- vcluster status"]
+    assert re.search(r"controller: running \(.*pid \d+.*\), heartbeat \d+s ago", status), status
+
+
+def _check_job(r: Run, work: Path) -> None:
+    """Section 8's promise for the ordinary user's job (not run yet: see the top)."""
+    out = r.output["fsub"]
+    job = re.search(r"Submitted batch job (\d+)", out)
+    assert job, out
+    n = job.group(1)
+    for line in (f"job {n}: queued", f"job {n}: booting VMs (0/1 ready)",
+                 f"job {n}: booting VMs (1/1 ready)", f"job {n}: running on vc-small-001",
+                 f"job {n}: completed, exit code 0"):
+        assert line in out, out
+    assert (work / f"slurm-{n}.out").read_text().strip() == "vc-small-001", out
 
 
 def _check_old_template(r: Run) -> None:
