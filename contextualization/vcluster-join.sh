@@ -85,7 +85,8 @@ load_context() {
 
 check_context() {
     [ -n "${VCLUSTER_NODE:-}" ] || die "VCLUSTER_NODE is not set: this VM's CONTEXT must name its Slurm node (vcluster sets it; was the VM booted by vcluster?)"
-    if [ -z "${MUNGE_KEY_BASE64:-}" ] && { [ -z "${VCLUSTER_JOIN_URL:-}" ] || [ -z "${VCLUSTER_JOIN_TOKEN:-}" ]; }; then
+    # a standby VM handed to its node has its key already (munged runs, token used up)
+    if [ -z "${MUNGED_STARTED:-}" ] && [ -z "${MUNGE_KEY_BASE64:-}" ] && { [ -z "${VCLUSTER_JOIN_URL:-}" ] || [ -z "${VCLUSTER_JOIN_TOKEN:-}" ]; }; then
         die "neither VCLUSTER_JOIN_URL with VCLUSTER_JOIN_TOKEN nor MUNGE_KEY_BASE64 is set: this VM cannot get the cluster's munge key (vcluster sets the first two; was the VM booted by vcluster?)"
     fi
     if [ -z "${SLURM_CONF_SERVER:-}" ] && [ -z "${SLURM_CONF_PATH:-}" ]; then

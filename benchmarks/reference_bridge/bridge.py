@@ -99,7 +99,7 @@ def resume(cfg: dict[str, Any], one: Any, nodes: list[str]) -> int:
 
 def suspend(cfg: dict[str, Any], one: Any, nodes: list[str]) -> int:
     wanted = set(nodes)
-    pool = one.vmpool.info(-2, -1, -1, -1)
+    pool = one.vmpool.infoextended(-2, -1, -1, -1)  # .info leaves USER_TEMPLATE out
     for vm in pool.VM or []:
         tmpl = vm.USER_TEMPLATE or {}
         node = tmpl.get("REFBRIDGE_NODE")
