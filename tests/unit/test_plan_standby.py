@@ -199,7 +199,7 @@ EARLY_CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("Slurm powers the node up: it is handed the VM booted for it, still booting",
      lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
                      vms={**NOT_READY, 30: early(30, S1)}),
-     [ClaimStandby(S1, "small", 30, 12, "10.9.0.60")]),
+     [ClaimStandby(S1, "small", 30, 12, "10.9.0.60", size=(1, 2048, "worker"))]),
     ("a ready standby VM beats an early VM still booting; that one goes next pass",
      lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
                      vms={20: standby(20), 21: standby(21), 30: early(30, S1)}),

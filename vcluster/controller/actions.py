@@ -291,6 +291,9 @@ class ClaimStandby:
     job_id: int | None
     ip: str
     launch_id: int | None = None
+    size: tuple[int, int, str] | None = None
+    """(CPUs, memory MB, template) the VM was booted with (for usage accounting); None: the
+    class's own (a standby VM)."""
 
 
 @dataclass(frozen=True)

@@ -476,7 +476,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                   and not holds_back(obs, nc, name, jobs_by_node)):
                 job = jobs_by_node.get(name)
                 handover = standby.claim(reserve, nc, name, job.job_id if job else None,
-                                         choose_template(job, nc))
+                                         choose_template(job, nc), vm_size(job, nc))
                 actions.append(handover or _boot(config, nc, name, job))
         elif not _is_off(node) and not node.is_down and node.state != "FUTURE":
             if tagged:

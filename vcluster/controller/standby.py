@@ -126,7 +126,7 @@ def reserve_of(obs: Observed, config: Config,
 
 
 def claim(reserve: Reserve, nc: NodeClass, node_name: str, job_id: int | None,
-          template: str) -> ClaimStandby | None:
+          template: str, size: tuple[int, int] | None = None) -> ClaimStandby | None:
     """The VM booted early for this node, else a ready standby VM of ``nc``, or None (none
     ready, or the job wants another template than the class's, which standby VMs are booted
     from). A ready standby VM is preferred to an early VM still booting (which then goes)."""
@@ -135,7 +135,9 @@ def claim(reserve: Reserve, nc: NodeClass, node_name: str, job_id: int | None,
             is_claimable(early) or template != nc.template or not reserve.ready[nc.name]):
         reserve.claimed.add(early.vm_id)
         del reserve.early[node_name]
-        return ClaimStandby(node_name, nc.name, early.vm_id, job_id, early.ips[0])
+        booted = (size[0], size[1], template) if size is not None else None
+        return ClaimStandby(node_name, nc.name, early.vm_id, job_id, early.ips[0],
+                            size=booted)  # booted at allocation with the job's size
     if template != nc.template or not reserve.ready[nc.name]:
         return None
     vm = reserve.ready[nc.name].pop(0)

@@ -119,13 +119,14 @@ def boot_early(actor: Actor, a: BootEarly) -> None:
 def claim_standby(actor: Actor, a: ClaimStandby) -> None:
     now = actor.now()
     nc = actor.config.node_class(a.node_class)
+    cpus, memory_mb, template = a.size or (nc.cpus, nc.memory_mb, nc.template)
     if a.launch_id is None:
         try:
             with db.transaction(actor.sessions) as s:
                 s.add(db.Launch(node_name=a.node_name, node_class=a.node_class,
                                 job_id=a.job_id, vm_id=a.vm_id, state="booting", ip=a.ip,
                                 attempts=1, reason="", created_at=now, updated_at=now,
-                                cpus=nc.cpus, memory_mb=nc.memory_mb, template=nc.template,
+                                cpus=cpus, memory_mb=memory_mb, template=template,
                                 vm_started_at=now))
                 db.record_event(s, "vm.standby_claimed", f"standby VM {a.vm_id} handed to "
                                 f"the node (no boot)", node_name=a.node_name,
