@@ -172,6 +172,11 @@ def _takeover(s: Site, pair: Pair, sig: int) -> tuple[float, int, db.Launch, dat
 
     since = wait_for("B leads", b_leads, 60, interval_s=0.1)
     assert isinstance(since, datetime)
+    if sig == signal.SIGSTOP:
+        # the hung leader wakes once deposed (a pause of seconds): the VM it was booting
+        # fetches its munge key from its join endpoint, which the frozen A held (and on
+        # two hosts would hold as well: see deploy/HA.md, "Known limits")
+        os.kill(pair.a.pid, signal.SIGCONT)
     stdout, stderr = fsub.communicate(timeout=JOB_TIMEOUT_S)
     assert fsub.returncode == 0, stderr
     job_id = job_id_of(subprocess.CompletedProcess([], 0, stdout, stderr))
@@ -234,7 +239,6 @@ def test_standby_takes_over_from_a_sigkilled_leader_while_a_vm_boots(s: Site) ->
 def test_standby_deposes_a_hung_leader_which_stands_by_when_it_wakes(s: Site) -> None:
     with two_controllers(s) as pair:
         took_s, _job_id, _launch, since = _takeover(s, pair, signal.SIGSTOP)
-        os.kill(pair.a.pid, signal.SIGCONT)
         wait_for("A stands by", lambda: (_role(pair.sessions, pair.a.pid) or ("",))[0]
                  == "standby", 30, interval_s=0.2)
         host = os.uname().nodename
