@@ -104,7 +104,8 @@ def test_no_vm_or_template_shows_the_munge_key_and_a_token_works_once(s: Site) -
     vm_xml = shown[f"one.vm.info {vm.vm_id}"]
     assert "VCLUSTER_JOIN_TOKEN" in vm_xml and "MUNGE_KEY" not in vm_xml
 
-    token, url = vm.context["VCLUSTER_JOIN_TOKEN"], vm.context["VCLUSTER_JOIN_URL"]
+    context = s.one.vm(vm.vm_id).context  # one.vm.info: the whole CONTEXT (a pool listing
+    token, url = context["VCLUSTER_JOIN_TOKEN"], context["VCLUSTER_JOIN_URL"]  # keeps less)
     assert _redeem_from(url, token, f"{E2E_NAME}-vm{vm.vm_id}").startswith(
         "403 token already redeemed at ")  # from the VM's own address: used up
     assert _redeem_from(url, token, None).startswith("403 token already redeemed at ")
