@@ -345,6 +345,15 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     return []
 
 
+def _failed_out(obs: Observed, job: Job | None) -> bool:
+    """The job's VMs failed as often as a job may before it is held: no VM ahead of its
+    resume (Slurm may allocate it again before the hold reaches it)."""
+    if job is None:
+        return False
+    failures, _reason = obs.job_failures.get(job.job_id, (0, ""))
+    return failures >= MAX_JOB_FAILURES * max(1, job.node_count)
+
+
 def _serving(launch: LaunchView, jobs_by_node: Mapping[str, Job]) -> int | None:
     """The job a launch's node serves now (a pool node's may not be the one it was
     launched for)."""
@@ -497,8 +506,9 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
-        elif name in reserve.allocated and (early := standby.boot_early(
-                reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name)))):
+        elif (name in reserve.allocated and not _failed_out(obs, jobs_by_node.get(name))
+              and (early := standby.boot_early(
+                  reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name))))):
             actions.append(early)  # the job's prolog ran: boot before Slurm's resume
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
