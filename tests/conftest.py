@@ -32,6 +32,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     choice = metafunc.config.getoption("--slurm")
     flavors = {"host": ["host"], "other": ["other"], "both": ["host", "other"]}[choice]
+    if choice == "both" and metafunc.definition.get_closest_marker("one_slurm") is not None:
+        flavors = ["host"]  # keeps the whole run within CI's time: see the marker's help
     metafunc.parametrize("slurm_flavor", flavors, indirect=True, scope="session")
 
 

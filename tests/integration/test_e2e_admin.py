@@ -23,7 +23,7 @@ from tests.integration.site_fixtures import (
 )
 from vcluster.config import read_one_auth
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_slurm]
 
 
 @pytest.fixture()

@@ -29,7 +29,7 @@ from tests.integration.site_fixtures import (
 from vcluster.config import read_one_auth
 from vcluster.controller.backoff import BACKOFF_REASON_PREFIX
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_slurm]
 
 NOWHERE = "ID = 9999"
 REASON = f"No host meets capacity and SCHED_REQUIREMENTS: {NOWHERE}"

@@ -24,7 +24,7 @@ from vcluster import db
 from vcluster.controller.loop import BUSY_INTERVAL_S
 from vcluster.testbed import site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_slurm]
 
 JOB_TIMEOUT_S = 240
 SLOW_PASS_S = 30

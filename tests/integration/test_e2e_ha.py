@@ -35,7 +35,7 @@ from vcluster import db
 from vcluster.config import DatabaseSettings
 from vcluster.testbed import site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_slurm]
 
 LEADER_POLL_S = 1.0
 LEADER_LEASE_S = 3.0

@@ -25,7 +25,7 @@ from vcluster import db
 from vcluster.config import read_one_auth
 from vcluster.testbed import netns
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_slurm]
 
 POST_PROGRAM = """
 import sys, urllib.error, urllib.request
