@@ -40,7 +40,7 @@ PG_PORT = 5499
 PG_USER = "postgres"
 COMMAND_TIMEOUT_S = 60.0
 TABLES = {"alembic_version", "launch", "job", "hook_request", "event", "drain", "heartbeat",
-          "controller"}
+          "controller", "class_backoff", "join_token", "suspension", "reservation"}
 
 
 def _pg_bin_dir() -> Path:
