@@ -260,10 +260,13 @@ def build_status(
         return VmStatus(la.node_name, la.node_class, la.job_id, la.vm_id, state, slurm_state,
                         la.ip or "", la.reason, _age_s(now, la.created_at), not la.is_open)
 
+    slurm_job_state = {j.job_id: j.state for j in slurm_jobs or ()}
     jobs = []
     for row in job_rows:
         vms = tuple(vm(la) for la in launches if la.job_id == row.job_id)
-        jobs.append(JobStatus(row.job_id, row.user, row.state, row.node_class or "",
+        # Slurm's word when it was read (SUSPENDED at once), else the controller's last view
+        jobs.append(JobStatus(row.job_id, row.user, slurm_job_state.get(row.job_id, row.state),
+                              row.node_class or "",
                               row.template or "", row.nodes, row.exit_code,
                               _age_s(now, row.first_seen), vms))
     pool_vms = tuple(vm(la) for la in launches

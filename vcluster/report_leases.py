@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from vcluster import db
@@ -157,11 +157,12 @@ def build_suspended(session: Session, slurm_jobs: Sequence[Job] | None,
 def suspension_reasons(session: Session) -> dict[str, str]:
     """A plain reason for each node whose VM vcluster stopped for a suspended job (what
     ``vcluster nodes`` shows instead of the DRAIN reason it gave Slurm)."""
-    what = {"suspending": "VM to be stopped", "stopping": "VM stopping",
-            "stopped": "VM stopped", "resuming": "VM resuming"}
-    return {r.node_name: f"job {r.job_id} suspended ({suspended_by_text(r.by_job)}): "
-            f"{what.get(r.state, r.state)} (VM {r.vm_id}); no other job placed here until "
-            "it runs again"
+    what = {"suspending": "to be stopped", "stopping": "stopping", "stopped": "stopped",
+            "resuming": "resuming"}
+    return {r.node_name: (f"job {r.job_id} preempted by vcluster for job {r.by_job}"
+                          if r.by_job is not None else f"job {r.job_id} suspended by Slurm "
+                          "or an admin") + f": VM {r.vm_id} {what.get(r.state, r.state)}, "
+            "node drained until the job runs again"
             for r in session.scalars(select(db.Suspension))}
 
 
@@ -214,10 +215,10 @@ def build_reservations(session: Session, launches: Sequence[db.Launch],
     query = select(db.Reservation).order_by(db.Reservation.start, db.Reservation.id)
     if not all_:
         recent = now - timedelta(seconds=RECENT_S)
-        query = query.where(or_(db.Reservation.state.in_(("accepted", "booting", "ready")),
-                                db.Reservation.ended_at >= recent,
-                                db.Reservation.end >= recent,
-                                db.Reservation.created_at >= recent))
+        query = query.where(or_(
+            db.Reservation.ended_at >= recent,
+            and_(db.Reservation.ended_at.is_(None), db.Reservation.state != "refused"),
+            and_(db.Reservation.state == "refused", db.Reservation.created_at >= recent)))
     vm_by_id = {v.vm_id: v for v in vms or ()}
     out = []
     for r in session.scalars(query):
