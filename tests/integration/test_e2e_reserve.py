@@ -129,6 +129,14 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
     assert time.time() < start_s, "the nodes came up only after the start"
     states = {n: node_state(s, n) for n in nodes}
     assert all(st.startswith("IDLE") and "POWER" not in st for st in states.values()), states
+    shown = vcluster(s, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (in_status,) = [x for x in json.loads(shown.stdout)["reservations"] if x["reservation_id"]
+                    == r["id"]]
+    assert (in_status["state"], in_status["working_nodes"], in_status["detail"]) == (
+        "ready", 2, "ready (2 of 2 nodes working)"), in_status
+    assert sorted((v["node_name"], v["vm_state"]) for v in in_status["vms"]) == [
+        (n, "RUNNING") for n in sorted(nodes)], in_status
 
     wait_for(f"job {job_id}'s output", lambda: out.exists() and out.read_text().strip(),
              start_s - time.time() + 30)
