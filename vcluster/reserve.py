@@ -289,12 +289,35 @@ def cancel(sessions: sessionmaker[Session], slurm: Slurm, reservation_id: int, *
     try:
         slurm.run(["scontrol", "delete", f"ReservationName={name}"])
     except SlurmCommandError as exc:
-        if "Invalid reservation name" not in str(exc):  # gone already (it ended)
+        if IN_USE in str(exc):
+            _end_in_use(sessions, slurm, reservation_id, name, now)
+        elif "Invalid reservation name" not in str(exc):  # gone already (it ended)
             raise
     with db.transaction(sessions) as s:
         row = s.get(db.Reservation, reservation_id)
         assert row is not None
         return to_dict(row)
+
+
+IN_USE = "Requested reservation is in use"
+"""slurmctld's refusal to delete a reservation a job runs in (ESLURM_RESERVATION_BUSY)."""
+
+
+def _end_in_use(sessions: sessionmaker[Session], slurm: Slurm, reservation_id: int,
+                name: str, now: datetime) -> None:
+    """A job runs in the reservation: Slurm keeps it, but lets it end now. The running jobs
+    finish (as at any reservation's end); the controller powers the nodes down after them
+    (POWER_DOWN_ASAP: no new job starts there) and their VMs are terminated."""
+    slurm.run(["scontrol", "update", f"ReservationName={name}",
+               f"EndTime={now.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}"])
+    why = ("cancelled while jobs run in it: Slurm's reservation ended now; the running jobs "
+           "finish, then their nodes power down and the VMs are terminated")
+    with db.transaction(sessions) as s:
+        row = s.get(db.Reservation, reservation_id)
+        if row is not None:
+            row.reason = why
+        db.record_event(s, "reservation.cancelled", f"reservation {reservation_id}: {why}",
+                        at=now)
 
 
 def listing(sessions: sessionmaker[Session], *, all_: bool) -> list[dict[str, object]]:

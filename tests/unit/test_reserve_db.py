@@ -34,12 +34,17 @@ class FakeScontrol:
 
     picks: str = "vc-small-[001-002]"
     refuse: str = ""
+    in_use: bool = False
+    """A job runs in the reservation: slurmctld refuses to delete it."""
     calls: list[list[str]] = field(default_factory=list)
 
     def run(self, argv: Sequence[str], **_: Any) -> Out:
         self.calls.append(list(argv))
         if self.refuse and argv[1] == "create":
             raise SlurmCommandError(list(argv), 1, "", self.refuse)
+        if self.in_use and argv[1] == "delete":
+            raise SlurmCommandError(list(argv), 1, "", "Error deleting the reservation: "
+                                    "Requested reservation is in use")
         if argv[1] == "show":
             return Out(f"ReservationName={argv[3]} StartTime=x Nodes={self.picks} NodeCnt=2")
         return Out("")
@@ -111,6 +116,25 @@ def test_cancel_deletes_slurms_reservation_and_ends_one_never_booted(sessions: A
         cancel(sessions, slurm, 1, now=NOW)  # type: ignore[arg-type]
     with pytest.raises(VclusterError, match="no reservation 9"):
         cancel(sessions, slurm, 9, now=NOW)  # type: ignore[arg-type]
+
+
+def test_cancel_of_a_reservation_a_job_runs_in_ends_slurms_now(sessions: Any) -> None:
+    slurm = FakeScontrol(in_use=True)
+    reserve(sessions, slurm, 2)
+    with db.transaction(sessions) as s:  # booted, started, a job running in it
+        row = s.get(db.Reservation, 1)
+        row.state, row.powered_up_at = "ready", NOW
+    later = NOW + timedelta(seconds=200)
+    row = cancel(sessions, slurm, 1, now=later)  # type: ignore[arg-type]
+    assert slurm.calls[-2:] == [
+        ["scontrol", "delete", "ReservationName=vc-r1"],
+        ["scontrol", "update", "ReservationName=vc-r1",
+         f"EndTime={later.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}"]]
+    # cancelled, not ended yet: the controller releases its nodes (POWER_DOWN_ASAP)
+    assert (row["state"], row["ended_at"]) == ("cancelled", None)
+    assert row["reason"] == ("cancelled while jobs run in it: Slurm's reservation ended now; "
+                             "the running jobs finish, then their nodes power down and the "
+                             "VMs are terminated")
 
 
 def test_the_lead_comes_from_the_class_s_measured_boots(sessions: Any) -> None:

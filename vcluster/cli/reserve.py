@@ -153,6 +153,10 @@ def list_(ctx: click.Context, all_: bool, as_json: bool) -> None:
 def cancel(ctx: click.Context, reservation_id: int, as_json: bool) -> None:
     """Cancel a reservation: Slurm's is deleted and its VMs are terminated.
 
+    If jobs run in it (Slurm will not delete it then), Slurm's reservation ends now
+    instead: the running jobs finish, then their nodes power down and their VMs are
+    terminated; no new job starts on its nodes.
+
     \b
     Example:
       vcluster reserve cancel 3
@@ -171,4 +175,6 @@ def cancel(ctx: click.Context, reservation_id: int, as_json: bool) -> None:
     if as_json:
         _echo_json(row)
     else:
-        click.echo(f"reservation {reservation_id} cancelled")
+        click.echo(f"reservation {reservation_id} cancelled"
+                   + (f": {row['reason']}" if str(row["reason"]).startswith("cancelled")
+                      else ""))
