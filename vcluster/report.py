@@ -33,6 +33,7 @@ from vcluster.report_leases import (
     SuspendedJob,
     build_reservations,
     build_suspended,
+    reservation_notes,
     reservations_table,
     suspended_table,
 )
@@ -503,6 +504,8 @@ def render_status(report: StatusReport, console: Console) -> None:
     if report.reservations:
         console.print()
         console.print(reservations_table(report.reservations))
+        for note in reservation_notes(report.reservations):
+            console.print(Text(note), soft_wrap=True)  # one line each, for grep
     console.print()
     console.print(events_table("Last events", report.events) if report.events
                   else Text("Last events: none", style="bold"))

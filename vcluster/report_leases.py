@@ -47,6 +47,8 @@ class LeaseVm:
     (``""``: vcluster has not stopped it), or a reservation VM's launch state."""
     slurm_state: str
     job_id: int | None
+    reason: str = ""
+    """Why its launch failed or ended, if it did (a reservation's VM that failed to boot)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,8 @@ def build_reservations(session: Session, launches: Sequence[db.Launch],
             lease_vms.append(LeaseVm(
                 la.node_name, la.vm_id, vm.state_name if vm else "",
                 (vm.host if vm else la.host) or "", la.state,
-                _node_label((nodes or {}).get(la.node_name), nodes is not None), la.job_id))
+                _node_label((nodes or {}).get(la.node_name), nodes is not None), la.job_id,
+                la.reason))
         out.append(ReservationStatus(
             r.id, r.slurm_name, r.node_class, r.nodes, r.node_count, r.start, r.end, r.lead_s,
             state, up, detail, r.reason, tuple(lease_vms)))
@@ -282,10 +285,21 @@ def reservations_table(reservations: Sequence[ReservationStatus]) -> Table:
     table = _table("Reservations", "ID", "NAME", "CLASS", "NODES", "START (UTC)", "END",
                    "STATE", "NODE", "VM", "VM STATE", "LAUNCH")
     for r in reservations:
-        detail = r.detail if r.state != "refused" else r.reason
         head = [str(r.reservation_id), r.slurm_name or "-", r.node_class,
                 f"{r.nodes or '-'} ({r.node_count})", f"{r.start:%Y-%m-%d %H:%M:%S}",
-                f"{r.end:%H:%M:%S}", detail]
+                f"{r.end:%H:%M:%S}", r.detail]
         for i, v in enumerate(r.vms or (None,)):
             table.add_row(*_cells(*(head if i == 0 else [""] * len(head)), *_vm_cells(v)))
     return table
+
+
+def reservation_notes(reservations: Sequence[ReservationStatus]) -> list[str]:
+    """One line per reason worth reading under the table: a refusal, a boot that failed
+    (the reservation's and its VM's), a cancellation while jobs ran."""
+    lines = []
+    for r in reservations:
+        if r.reason and not r.reason.startswith("accepted"):
+            lines.append(f"reservation {r.reservation_id}: {r.reason}")
+        lines += [f"reservation {r.reservation_id}: {v.node_name} VM {v.vm_id} {v.step}: "
+                  f"{v.reason}" for v in r.vms if v.reason]
+    return lines

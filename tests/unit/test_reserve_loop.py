@@ -105,3 +105,25 @@ def test_slurm_is_asked_to_schedule_at_the_start(sessions: sessionmaker[Session]
     run_reservations(sessions, slurm, datetime.now(UTC))  # once per reservation
     time.sleep(0.1)
     assert len(slurm.kicks) == 1
+
+
+def test_a_node_whose_vm_failed_before_the_start_boots_again_and_the_reason_is_kept(
+        sessions: sessionmaker[Session]) -> None:
+    add(sessions)
+    slurm = FakeSlurm([powered_down("vc-small-001"), powered_down("vc-small-002")])
+    run_reservations(sessions, slurm, START - timedelta(seconds=40))
+    # vcluster failed node 2's VM: DOWN, then POWER_DOWN_FORCE (Slurm keeps the reason)
+    failed = node("vc-small-002", "IDLE", "POWERED_DOWN",
+                  reason="vcluster: VM 18 failed: BOOT_FAILURE on host h1")
+    slurm.listed = [node("vc-small-001"), failed]
+    run_reservations(sessions, slurm, START - timedelta(seconds=20))
+    assert slurm.updates[-1] == ("vc-small-002", "POWER_UP")
+    row = state_of(sessions)
+    assert (row.state, row.reason) == ("booting", "booting again after a failure at 13:09:40 "
+                                       "UTC: vc-small-002: vcluster: VM 18 failed: "
+                                       "BOOT_FAILURE on host h1")
+    with db.transaction(sessions) as s:
+        messages = [e.message for e in s.query(db.Event).order_by(db.Event.id)]
+    assert messages[-1] == ("reservation 1: booting vc-small-002 20 s before its start (lead "
+                            "40 s); again after a failure: vc-small-002: vcluster: VM 18 "
+                            "failed: BOOT_FAILURE on host h1")

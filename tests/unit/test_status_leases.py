@@ -213,9 +213,11 @@ def test_a_refused_reservation_says_why_and_an_old_one_is_gone(site: Config) -> 
                              "VMs [of class small]", created_at=ago(5)))
     engine.dispose()
     lines = section(rendered(site), "Reservations")
-    assert spaced(lines[2]) == ("1 vcluster-r1 small - (3) 2026-11-21 09:00:00 10:00:00 "
-                                "refused: not enough CPU: the cloud can hold 2 of the 3 VMs "
-                                "[of class small] - - - -")
+    assert lines[2:] == [
+        "1   vcluster-r1  small  - (3)  2026-11-21 09:00:00  10:00:00  refused  -     -   -"
+        "         -",
+        "reservation 1: refused: not enough CPU: the cloud can hold 2 of the 3 VMs [of class "
+        "small]"]
     assert "Reservations" not in rendered(site, NOW + timedelta(hours=3))
 
 
@@ -233,7 +235,7 @@ def test_status_json_lists_suspended_jobs_and_reservations_with_their_vms(
     result = CliRunner().invoke(cli, ["status", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    vm = {"host": "h1", "slurm_state": "allocated"}
+    vm = {"host": "h1", "slurm_state": "allocated", "reason": ""}
     suspended = [{k: v for k, v in j.items() if k != "suspended_s"}
                  for j in data["suspended_jobs"]]
     assert suspended == [
@@ -259,7 +261,7 @@ def test_status_json_lists_suspended_jobs_and_reservations_with_their_vms(
         "detail": "booting (lead 35 s, 1 of 2 nodes working)",
         "reason": "accepted: 2 VMs of class pool fit",
         "vms": [{"node_name": "vc-pool-001", "vm_id": 19, "vm_state": "RUNNING", "host": "h1",
-                 "step": "up", "slurm_state": "idle", "job_id": None}]}]
+                 "step": "up", "slurm_state": "idle", "job_id": None, "reason": ""}]}]
     assert data["vm_error"] == ""
 
 
@@ -299,3 +301,26 @@ def test_nodes_says_plainly_why_a_suspended_jobs_node_is_drained(site: Config) -
         "STOPPED", "job 21 preempted by vcluster for job 23: VM 17 stopped, node drained "
         "until the job runs again")
     assert by_name["vc-small-002"].reason == ""
+
+
+def test_a_reservation_whose_vm_failed_to_boot_says_why(site: Config) -> None:
+    fill(site, NOW, heartbeat_age_s=3)
+    add_leases(site, NOW)
+    failure = "vcluster: VM 20 failed: BOOT_FAILURE on host h1"
+    with session(site) as s:
+        s.add(db.Launch(node_name="vc-pool-002", node_class="pool", vm_id=20, state="failed",
+                        reason=failure, created_at=ago(50), ended_at=ago(25)))
+        row = s.get(db.Reservation, 1)
+        assert row is not None
+        row.reason = f"booting again after a failure at 07:59:35 UTC: vc-pool-002: {failure}"
+        s.commit()
+    lines = section(rendered(site), "Reservations")
+    assert [spaced(line) for line in lines[2:]] == [
+        "1 vcluster-r1 pool vc-pool-[001-002] (2) 2026-11-21 08:01:00 08:11:00 booting (lead "
+        "35 s, 1 of 2 nodes working) vc-pool-001 19 RUNNING up",
+        "vc-pool-002 20 - failed",
+        "reservation 1: booting again after a failure at 07:59:35 UTC: vc-pool-002: vcluster: "
+        "VM 20 failed: BOOT_FAILURE on host h1",
+        "reservation 1: vc-pool-002 VM 20 failed: vcluster: VM 20 failed: BOOT_FAILURE on "
+        "host h1",
+    ]

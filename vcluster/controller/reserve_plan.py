@@ -59,6 +59,8 @@ class Step:
     reservation_id: int
     nodes: tuple[str, ...]
     message: str
+    failures: str = ""
+    """Why nodes it powered up already went down (Slurm's reasons): they boot again."""
 
 
 def working(node: Node | None) -> bool:
@@ -71,6 +73,10 @@ def _down(node: Node | None) -> bool:
     CLOUD node: 22.05 without PrivateData=cloud)."""
     return node is None or (node.powered_down and not node.powering_up
                             and not node.powering_down)
+
+
+def _reason(node: Node | None) -> str:
+    return node.reason if node is not None else ""
 
 
 def plan_reservations(now: datetime, rows: Sequence[ReservationView],
@@ -96,9 +102,14 @@ def plan_reservations(now: datetime, rows: Sequence[ReservationView],
             late = (now - r.start).total_seconds()
             when = f"{-late:.0f} s before its start" if late < 0 else \
                 f"{late:.0f} s after its start"
+            # powered up before and down again: their VMs failed (the reason is kept)
+            failures = "; ".join(f"{n}: {reason}" for n in down
+                                 if r.powered_up and (reason := _reason(nodes.get(n))))
             steps.append(Step("power_up", r.reservation_id, down,
                               f"reservation {r.reservation_id}: booting "
-                              f"{compress_hostlist(down)} {when} (lead {r.lead_s:.0f} s)"))
+                              f"{compress_hostlist(down)} {when} (lead {r.lead_s:.0f} s)"
+                              + (f"; again after a failure: {failures}" if failures else ""),
+                              failures))
         elif r.state == "booting" and all(working(nodes.get(n)) for n in r.nodes) \
                 and r.powered_up:
             ahead = (r.start - now).total_seconds()
@@ -213,6 +224,9 @@ def _carry_out(sessions: sessionmaker[Session], slurm: SlurmPort, step: Step,
             row.powered_up_at = row.powered_up_at or now
             if row.state in ("accepted", "ready"):
                 row.state = "booting"
+            if step.failures:  # seen in `vcluster reserve list` and `vcluster status`
+                row.reason = f"booting again after a failure at {now:%H:%M:%S} UTC: " \
+                    f"{step.failures}"
         elif step.kind == "ready":
             row.state, row.ready_at = "ready", row.ready_at or now
         else:
