@@ -98,7 +98,10 @@ def plan_reservations(now: datetime, rows: Sequence[ReservationView],
         # Before the start, every node must come up; after it, Slurm powers a node up for
         # the reservation's next job as for any job (a per-job node goes down after its job).
         down = tuple(n for n in r.nodes if _down(nodes.get(n))) if now < r.start else ()
-        if down:
+        if not down and r.state == "accepted":  # its nodes are up already (or past start)
+            steps.append(Step("power_up", r.reservation_id, (), f"reservation "
+                              f"{r.reservation_id}: its nodes are up already, nothing to boot"))
+        elif down:
             late = (now - r.start).total_seconds()
             when = f"{-late:.0f} s before its start" if late < 0 else \
                 f"{late:.0f} s after its start"
@@ -211,11 +214,21 @@ KICK_DELAY_S = 0.05
 def _carry_out(sessions: sessionmaker[Session], slurm: SlurmPort, step: Step,
                now: datetime) -> None:
     if step.kind == "power_up":
-        slurm.update_nodes(list(step.nodes), state="POWER_UP")
-    elif step.kind == "release":
+        # recorded first: a controller that dies after asking Slurm finds the reservation
+        # booting (its nodes held) on restart, and asks again only for nodes still down
+        _record(sessions, step, now)
+        if step.nodes:
+            slurm.update_nodes(list(step.nodes), state="POWER_UP")
+        log.info("%s", step.message)
+        return
+    if step.kind == "release":
         slurm.update_nodes(list(step.nodes), state="POWER_DOWN_ASAP",
                            reason=f"vcluster: reservation {step.reservation_id} over")
     log.info("%s", step.message)
+    _record(sessions, step, now)
+
+
+def _record(sessions: sessionmaker[Session], step: Step, now: datetime) -> None:
     with db.transaction(sessions) as s:
         row = s.get(db.Reservation, step.reservation_id)
         if row is None:
