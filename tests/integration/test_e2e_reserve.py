@@ -155,3 +155,37 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
         vm for vm in s.live_vms() if vm.user_template.get("VCLUSTER_NODE") in nodes], 60)
     events = vcluster(s, "events", "-n", "100")
     assert "reservation.ready" in events.stdout or "working" in events.stdout, events.stdout
+
+
+def test_cancelling_a_reservation_a_job_runs_in_lets_the_job_finish(
+        reserve_site: Site) -> None:
+    """Slurm will not delete a reservation a job runs in: vcluster ends it now instead; the
+    job completes, then its node powers down and its VM is terminated."""
+    s = reserve_site
+    made = vcluster(s, "reserve", "--start", "+5s", "--duration", "10m", "-N", "1",
+                    "--vm-class", "small", "--users", "root", "--json")
+    assert made.returncode == 0, made.stderr
+    r = json.loads(made.stdout)
+    assert r["state"] == "accepted", r
+    (node,) = expand_hostlist(str(r["nodes"]))
+    out = s.work / "in-cancelled.out"
+    sub = subprocess.run(["sbatch", "--parsable", f"--reservation={r['slurm_name']}", "-N1",
+                          "--time=2", "-p", s.config.node_class("small").partition,
+                          f"--output={out}", "--wrap", "sleep 15; echo done"],
+                         capture_output=True, text=True, env=s.env, timeout=30, check=False,
+                         cwd=s.work)
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip().split(";")[0])
+    wait_for(f"job {job_id} running", lambda: (j := s.job(job_id)) is not None
+             and j.state == "RUNNING", 120, 0.5)
+
+    cancelled = vcluster(s, "reserve", "cancel", str(r["id"]))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled while jobs run in it" in cancelled.stdout, cancelled.stdout
+    wait_for(f"job {job_id} completed", lambda: (j := s.job(job_id)) is not None
+             and j.state == "COMPLETED", 60, 0.5)
+    assert out.read_text().strip() == "done"
+    wait_for("the reservation's VM terminated", lambda: not [
+        vm for vm in s.live_vms() if vm.user_template.get("VCLUSTER_NODE") == node], 90)
+    row = reservation(s, r["id"])
+    assert row["state"] == "cancelled" and row["ended_at"] is not None, row
