@@ -290,8 +290,9 @@ def build_status(
             for b in session.scalars(select(db.ClassBackoff).order_by(
                 db.ClassBackoff.node_class, db.ClassBackoff.template))),
         unscheduled=tuple(query_unscheduled(session, now)),
-        suspended_jobs=build_suspended(session, slurm_jobs, launches, cloud_vms,
-                                       by_name if nodes is not None else None, now),
+        suspended_jobs=build_suspended(
+            session, slurm_jobs, launches, cloud_vms, by_name if nodes is not None else None,
+            now, frozenset(n for nc in config.node_classes for n in nc.node_names())),
         reservations=build_reservations(session, launches, cloud_vms,
                                         by_name if nodes is not None else None, now,
                                         all_=all_jobs),

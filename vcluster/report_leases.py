@@ -113,15 +113,18 @@ def suspended_by_text(by_job: int | None) -> str:
 
 def build_suspended(session: Session, slurm_jobs: Sequence[Job] | None,
                     launches: Sequence[db.Launch], vms: Sequence[VM] | None,
-                    nodes: Mapping[str, Node] | None, now: datetime) -> tuple[SuspendedJob, ...]:
-    """Jobs Slurm has SUSPENDED and jobs vcluster holds VMs stopped for (stopping them or
-    bringing them back); with Slurm unread, the database's last view of the jobs."""
+                    nodes: Mapping[str, Node] | None, now: datetime,
+                    class_nodes: frozenset[str] = frozenset()) -> tuple[SuspendedJob, ...]:
+    """Jobs Slurm has SUSPENDED on nodes of the classes (``class_nodes``) and jobs vcluster
+    holds VMs stopped for (stopping them or bringing them back); with Slurm unread, the
+    database's last view of the jobs."""
     rows: dict[int, list[db.Suspension]] = {}
     for r in session.scalars(select(db.Suspension).order_by(db.Suspension.node_name)):
         rows.setdefault(r.job_id, []).append(r)
     if slurm_jobs is not None:
         slurm_by_id = {j.job_id: j for j in slurm_jobs}
-        ids = {j.job_id for j in slurm_jobs if j.state == "SUSPENDED"}
+        ids = {j.job_id for j in slurm_jobs
+               if j.state == "SUSPENDED" and class_nodes & set(j.nodes)}
     else:
         slurm_by_id = {}
         ids = set(session.scalars(select(db.Job.job_id).where(db.Job.state == "SUSPENDED")))

@@ -38,7 +38,8 @@ ago = lambda seconds: NOW - timedelta(seconds=seconds)  # noqa: E731
 
 def squeue_json(now: datetime) -> str:
     """Slurm's view (the capture's job 4 record, reshaped): job 21 SUSPENDED by vcluster for
-    job 23 (urgent), job 22 SUSPENDED by an admin, job 23 RUNNING."""
+    job 23 (urgent), job 22 SUSPENDED by an admin, job 23 RUNNING; job 24 SUSPENDED on a
+    node of no class (not vcluster's)."""
     base = next(j for j in json.loads(SQUEUE.read_text())["jobs"] if j["job_id"] == 4)
     at = int((now - timedelta(seconds=40)).timestamp())
     jobs = [dict(base, job_id=21, job_state="SUSPENDED", nodes="vc-small-001",
@@ -46,7 +47,9 @@ def squeue_json(now: datetime) -> str:
             dict(base, job_id=22, job_state="SUSPENDED", nodes="vc-small-002",
                  partition="vcluster", user_name="bob", suspend_time=at + 10),
             dict(base, job_id=23, job_state="RUNNING", nodes="vc-small-003",
-                 partition="urgent", user_name="carol", suspend_time=0)]
+                 partition="urgent", user_name="carol", suspend_time=0),
+            dict(base, job_id=24, job_state="SUSPENDED", nodes="static01",
+                 partition="debug", user_name="dave", suspend_time=at)]
     return json.dumps({"jobs": jobs})
 
 
