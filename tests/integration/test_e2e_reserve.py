@@ -157,10 +157,11 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
     assert "reservation.ready" in events.stdout or "working" in events.stdout, events.stdout
 
 
-def test_cancelling_a_reservation_a_job_runs_in_lets_the_job_finish(
+def test_a_reservation_a_job_runs_in_is_not_cancelled_until_the_job_ends(
         reserve_site: Site) -> None:
-    """Slurm will not delete a reservation a job runs in: vcluster ends it now instead; the
-    job completes, then its node powers down and its VM is terminated."""
+    """Slurm deletes no reservation a job waits or runs in (and ending it now would kill
+    the job): the cancel is refused naming the job, the job completes, and a cancel after
+    it ends the reservation and terminates its VM."""
     s = reserve_site
     made = vcluster(s, "reserve", "--start", "+5s", "--duration", "10m", "-N", "1",
                     "--vm-class", "small", "--users", "root", "--json")
@@ -179,12 +180,19 @@ def test_cancelling_a_reservation_a_job_runs_in_lets_the_job_finish(
     wait_for(f"job {job_id} running", lambda: (j := s.job(job_id)) is not None
              and j.state == "RUNNING", 120, 0.5)
 
+    refused = vcluster(s, "reserve", "cancel", str(r["id"]))
+    assert refused.returncode == 1, refused.stdout
+    assert f"reservation {r['id']} not cancelled: job(s) {job_id} wait or run in it" in \
+        refused.stderr, refused.stderr
+    assert reservation(s, r["id"])["state"] in ("booting", "ready"), "changed by a refusal"
+    wait_for(f"job {job_id} completed", lambda: (j := s.job(job_id)) is not None
+             and j.is_finished, 60, 0.5)
+    job = s.job(job_id)
+    assert job is not None and job.state == "COMPLETED", job
+    assert out.read_text().strip() == "done"
+
     cancelled = vcluster(s, "reserve", "cancel", str(r["id"]))
     assert cancelled.returncode == 0, cancelled.stderr
-    assert "cancelled while jobs run in it" in cancelled.stdout, cancelled.stdout
-    wait_for(f"job {job_id} completed", lambda: (j := s.job(job_id)) is not None
-             and j.state == "COMPLETED", 60, 0.5)
-    assert out.read_text().strip() == "done"
     wait_for("the reservation's VM terminated", lambda: not [
         vm for vm in s.live_vms() if vm.user_template.get("VCLUSTER_NODE") == node], 90)
     row = reservation(s, r["id"])

@@ -153,9 +153,8 @@ def list_(ctx: click.Context, all_: bool, as_json: bool) -> None:
 def cancel(ctx: click.Context, reservation_id: int, as_json: bool) -> None:
     """Cancel a reservation: Slurm's is deleted and its VMs are terminated.
 
-    If jobs run in it (Slurm will not delete it then), Slurm's reservation ends now
-    instead: the running jobs finish, then their nodes power down and their VMs are
-    terminated; no new job starts on its nodes.
+    A reservation jobs wait or run in is not cancelled (Slurm deletes no reservation in
+    use, and ending it now would kill the running ones): the refusal names the jobs.
 
     \b
     Example:
@@ -175,6 +174,4 @@ def cancel(ctx: click.Context, reservation_id: int, as_json: bool) -> None:
     if as_json:
         _echo_json(row)
     else:
-        click.echo(f"reservation {reservation_id} cancelled"
-                   + (f": {row['reason']}" if str(row["reason"]).startswith("cancelled")
-                      else ""))
+        click.echo(f"reservation {reservation_id} cancelled")
