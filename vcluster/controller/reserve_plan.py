@@ -98,9 +98,12 @@ def plan_reservations(now: datetime, rows: Sequence[ReservationView],
         # Before the start, every node must come up; after it, Slurm powers a node up for
         # the reservation's next job as for any job (a per-job node goes down after its job).
         down = tuple(n for n in r.nodes if _down(nodes.get(n))) if now < r.start else ()
-        if not down and r.state == "accepted":  # its nodes are up already (or past start)
+        if not down and r.state == "accepted":  # its nodes are up already, or past its start
             steps.append(Step("power_up", r.reservation_id, (), f"reservation "
-                              f"{r.reservation_id}: its nodes are up already, nothing to boot"))
+                              f"{r.reservation_id}: " + (
+                                  "its nodes are up already, nothing to boot" if now < r.start
+                                  else "started before any boot (the controller was away): "
+                                  "Slurm powers its nodes up for its jobs")))
         elif down:
             late = (now - r.start).total_seconds()
             when = f"{-late:.0f} s before its start" if late < 0 else \
