@@ -64,8 +64,10 @@ class NodeRow:
 
 def build_nodes(config: Config, nodes: Sequence[Node] | None, vms: Sequence[VM] | None,
                 launches: Sequence[db.Launch], drains: Mapping[str, DrainView],
-                now: datetime) -> list[NodeRow]:
-    """One row per node of every class, in class then name order."""
+                now: datetime, suspended: Mapping[str, str] | None = None) -> list[NodeRow]:
+    """One row per node of every class, in class then name order; ``suspended`` gives the
+    plain reason of nodes whose VM vcluster stopped for a suspended job (it replaces the
+    DRAIN reason vcluster gave Slurm)."""
     by_name = {n.name: n for n in nodes or ()}
     vm_by_id = {v.vm_id: v for v in vms or ()}
     tagged = {v.user_template.get("VCLUSTER_NODE", ""): v for v in sorted(
@@ -80,8 +82,8 @@ def build_nodes(config: Config, nodes: Sequence[Node] | None, vms: Sequence[VM] 
             vm = vm_by_id.get(vm_id) if vm_id is not None else tagged.get(name)
             drain = drains.get(name) or drains.get(nc.name)
             slurm = node_state_label(node) if node else ("" if nodes is None else "hidden")
-            reason = (node.reason if node else "") or (launch.reason if launch else "") or (
-                drain_reason(drain) if drain else "")
+            reason = (suspended or {}).get(name) or (node.reason if node else "") or (
+                launch.reason if launch else "") or (drain_reason(drain) if drain else "")
             rows.append(NodeRow(
                 name, nc.name, slurm, vm.vm_id if vm else vm_id, vm.state_name if vm else "",
                 vm.host if vm else "",

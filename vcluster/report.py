@@ -27,7 +27,18 @@ from sqlalchemy.orm import Session
 
 from vcluster import db
 from vcluster.config import Config
+from vcluster.one_vm import VM
+from vcluster.report_leases import (
+    ReservationStatus,
+    SuspendedJob,
+    build_reservations,
+    build_suspended,
+    reservation_notes,
+    reservations_table,
+    suspended_table,
+)
 from vcluster.slurm import Node
+from vcluster.slurm_parse import Job as SlurmJob
 from vcluster.versions import SiteVersions
 from vcluster.vm_events import Unscheduled, query_unscheduled, unscheduled_lines
 
@@ -158,6 +169,12 @@ class StatusReport:
     """Templates of node classes backed off for want of capacity."""
     unscheduled: tuple[Unscheduled, ...] = ()
     """VMs that reached a state vcluster did not ask for (last day): seen, rule, recovery."""
+    suspended_jobs: tuple[SuspendedJob, ...] = ()
+    """Jobs Slurm suspended or vcluster holds VMs stopped for, with their VMs' states."""
+    reservations: tuple[ReservationStatus, ...] = ()
+    """Open reservations (and those over in the last hour) with their VMs."""
+    vm_error: str = ""
+    """Why OpenNebula's VM states are missing, if they are."""
 
 
 def node_state_label(node: Node) -> str:
@@ -201,9 +218,13 @@ def build_status(
     all_jobs: bool = False,
     event_limit: int = STATUS_EVENTS,
     versions: SiteVersions | None = None,
+    slurm_jobs: Sequence[SlurmJob] | None = None,
+    cloud_vms: Sequence[VM] | None = None,
+    vm_error: str = "",
 ) -> StatusReport:
     """The whole picture from the database and Slurm's nodes (None if sinfo failed), with
-    the versions of Slurm and OpenNebula if they were read."""
+    the versions of Slurm and OpenNebula if they were read, Slurm's jobs (None: the
+    database's last view of them) and OpenNebula's VMs (None: their states unknown)."""
     by_name = {n.name: n for n in nodes or ()}
     job_query = select(db.Job).order_by(db.Job.job_id)
     if not all_jobs:
@@ -240,10 +261,13 @@ def build_status(
         return VmStatus(la.node_name, la.node_class, la.job_id, la.vm_id, state, slurm_state,
                         la.ip or "", la.reason, _age_s(now, la.created_at), not la.is_open)
 
+    slurm_job_state = {j.job_id: j.state for j in slurm_jobs or ()}
     jobs = []
     for row in job_rows:
         vms = tuple(vm(la) for la in launches if la.job_id == row.job_id)
-        jobs.append(JobStatus(row.job_id, row.user, row.state, row.node_class or "",
+        # Slurm's word when it was read (SUSPENDED at once), else the controller's last view
+        jobs.append(JobStatus(row.job_id, row.user, slurm_job_state.get(row.job_id, row.state),
+                              row.node_class or "",
                               row.template or "", row.nodes, row.exit_code,
                               _age_s(now, row.first_seen), vms))
     pool_vms = tuple(vm(la) for la in launches
@@ -266,19 +290,39 @@ def build_status(
             for b in session.scalars(select(db.ClassBackoff).order_by(
                 db.ClassBackoff.node_class, db.ClassBackoff.template))),
         unscheduled=tuple(query_unscheduled(session, now)),
+        suspended_jobs=build_suspended(
+            session, slurm_jobs, launches, cloud_vms, by_name if nodes is not None else None,
+            now, frozenset(n for nc in config.node_classes for n in nc.node_names())),
+        reservations=build_reservations(session, launches, cloud_vms,
+                                        by_name if nodes is not None else None, now,
+                                        all_=all_jobs),
+        vm_error=vm_error,
     )
 
 
 def query_events(
     session: Session, *, job_id: int | None = None, node_name: str | None = None,
+    vm_id: int | None = None, kind: str | None = None, reservation_id: int | None = None,
     limit: int = 50,
 ) -> list[EventRow]:
-    """The latest ``limit`` events (oldest first), optionally of one job and/or node."""
+    """The latest ``limit`` events (oldest first), optionally of one job, node, VM, kind
+    (``vm`` also matches ``vm.stop``) and/or reservation."""
     query = select(db.Event).order_by(db.Event.at.desc(), db.Event.id.desc()).limit(limit)
     if job_id is not None:
         query = query.where(db.Event.job_id == job_id)
     if node_name is not None:
         query = query.where(db.Event.node_name == node_name)
+    if vm_id is not None:
+        query = query.where(db.Event.vm_id == vm_id)
+    if kind:
+        prefix = kind.rstrip(".")
+        query = query.where(or_(db.Event.kind == prefix,
+                                db.Event.kind.startswith(prefix + ".", autoescape=True)))
+    if reservation_id is not None:
+        # a reservation's events name it first: "reservation 3: ...", "reservation 3 ..."
+        query = query.where(db.Event.kind.startswith("reservation.")).where(or_(
+            db.Event.message.startswith(f"reservation {reservation_id}:"),
+            db.Event.message.startswith(f"reservation {reservation_id} ")))
     rows = session.scalars(query).all()
     return [EventRow(e.at, e.kind, e.node_name, e.job_id, e.vm_id, e.message)
             for e in reversed(rows)]
@@ -431,6 +475,9 @@ def render_status(report: StatusReport, console: Console) -> None:
     if report.slurm_error:
         console.print(Text(f"slurm: node states unavailable: {report.slurm_error}",
                            style="yellow"))
+    if report.vm_error and (report.suspended_jobs or report.reservations):
+        console.print(Text(f"opennebula: VM states unavailable: {report.vm_error}",
+                           style="yellow"))
     console.print()
     classes = _table("Node classes", "CLASS", "POLICY", "PARTITION", "TEMPLATE", "NODES",
                      "VMS", "SLURM STATES")
@@ -449,9 +496,17 @@ def render_status(report: StatusReport, console: Console) -> None:
         add_plain_row(jobs, str(j.job_id), _opt(j.user), j.state, _opt(j.node_class),
                       _opt(j.template), _opt(j.nodes), format_age(j.age_s), _opt(j.exit_code))
     console.print(jobs if report.jobs else Text("Jobs: none", style="bold"))
+    if report.suspended_jobs:
+        console.print()
+        console.print(suspended_table(report.suspended_jobs, report.generated_at))
     vms = [v for j in report.jobs for v in j.vms] + list(report.pool_vms)
     console.print()
     console.print(vm_table("VMs", vms) if vms else Text("VMs: none", style="bold"))
+    if report.reservations:
+        console.print()
+        console.print(reservations_table(report.reservations))
+        for note in reservation_notes(report.reservations):
+            console.print(Text(note), soft_wrap=True)  # one line each, for grep
     console.print()
     console.print(events_table("Last events", report.events) if report.events
                   else Text("Last events: none", style="bold"))

@@ -273,7 +273,11 @@ def make(sessions: sessionmaker[Session], slurm: Slurm, config: Config,
 
 def cancel(sessions: sessionmaker[Session], slurm: Slurm, reservation_id: int, *,
            now: datetime) -> dict[str, object]:
-    """Cancel an open reservation: Slurm's is deleted, the controller powers its nodes down."""
+    """Cancel an open reservation: Slurm's is deleted, the controller powers its nodes down.
+
+    Slurm refuses to delete a reservation a job waits or runs in (and ending it now would
+    kill the running ones, TIMEOUT): such a cancel is refused, naming the jobs, and nothing
+    changes."""
     with db.transaction(sessions) as s:
         row = s.get(db.Reservation, reservation_id)
         if row is None:
@@ -281,7 +285,14 @@ def cancel(sessions: sessionmaker[Session], slurm: Slurm, reservation_id: int, *
         if row.state not in OPEN_STATES:
             raise VclusterError(f"reservation {reservation_id} is {row.state}: nothing to "
                                 "cancel")
-        row.state, name = "cancelled", row.slurm_name
+        name, was, ended_at = row.slurm_name, row.state, row.ended_at
+    jobs = _jobs_in(slurm, name)
+    if jobs:
+        raise VclusterError(_in_use(reservation_id, name, jobs))
+    with db.transaction(sessions) as s:
+        row = s.get(db.Reservation, reservation_id)
+        assert row is not None
+        row.state = "cancelled"
         if row.powered_up_at is None:
             row.ended_at = now
         db.record_event(s, "reservation.cancelled", f"reservation {reservation_id} "
@@ -289,12 +300,42 @@ def cancel(sessions: sessionmaker[Session], slurm: Slurm, reservation_id: int, *
     try:
         slurm.run(["scontrol", "delete", f"ReservationName={name}"])
     except SlurmCommandError as exc:
+        if IN_USE in str(exc):  # a job came between: back to what it was
+            with db.transaction(sessions) as s:
+                row = s.get(db.Reservation, reservation_id)
+                assert row is not None
+                row.state, row.ended_at = was, ended_at
+                db.record_event(s, "reservation.cancel_refused", f"reservation "
+                                f"{reservation_id}: {IN_USE}", at=now)
+            raise VclusterError(_in_use(reservation_id, name, _jobs_in(slurm, name))) \
+                from exc
         if "Invalid reservation name" not in str(exc):  # gone already (it ended)
             raise
     with db.transaction(sessions) as s:
         row = s.get(db.Reservation, reservation_id)
         assert row is not None
         return to_dict(row)
+
+
+IN_USE = "Requested reservation is in use"
+"""slurmctld's refusal to delete a reservation a job waits or runs in (ESLURM_RESERVATION_BUSY:
+any job of it not finished)."""
+
+
+def _jobs_in(slurm: Slurm, name: str) -> list[str]:
+    """The unfinished jobs of a Slurm reservation (squeue's default states: pending,
+    running, suspended, completing)."""
+    if not name:
+        return []
+    out = slurm.run(["squeue", "--noheader", f"--reservation={name}", "--format=%i"]).stdout
+    return out.split()
+
+
+def _in_use(reservation_id: int, name: str, jobs: list[str]) -> str:
+    listed = ", ".join(jobs) if jobs else "some"
+    return (f"reservation {reservation_id} not cancelled: job(s) {listed} wait or run in it "
+            f"and Slurm deletes no reservation in use; cancel them (scancel) or let them "
+            f"end (squeue --reservation={name}), then cancel it again")
 
 
 def listing(sessions: sessionmaker[Session], *, all_: bool) -> list[dict[str, object]]:

@@ -113,6 +113,9 @@ class Job:
     """The job's Slurm account; ``""`` where Slurm keeps no accounts."""
     admin_comment: str = ""
     """Set by admins (vcluster: why it requeued or held the job); users can read it."""
+    suspend_time: float | None = None
+    """Epoch seconds Slurm suspended the job (``scontrol suspend``, preemption); None unless
+    it is SUSPENDED now."""
 
     @property
     def is_finished(self) -> bool:
@@ -394,6 +397,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         state_words=tuple(states),
         account=_str(raw.get("account")),
         admin_comment=_str(raw.get("admin_comment")),
+        suspend_time=_time(raw.get("suspend_time")) if state == "SUSPENDED" else None,
     )
 
 

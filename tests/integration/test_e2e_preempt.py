@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyone
 import pytest
@@ -145,6 +146,23 @@ def check_every_tick_once(out: Path) -> float:
     return max(b - a for (_, a), (_, b) in zip(got, got[1:], strict=False))
 
 
+def suspended_in_status(s: Site, job_id: int) -> tuple[object, ...]:
+    """What ``vcluster status --json`` says of a suspended job: Slurm's state, who suspended
+    it (``vcluster``, for which job; or ``slurm``), its VMs' OpenNebula states and vcluster's
+    step; the VM is STOPPED once vcluster has seen it so (a pass after oned)."""
+    def read() -> dict[str, Any]:
+        out = subprocess.run(["vcluster", "status", "--json"], capture_output=True, text=True,
+                             env=s.env, check=True).stdout
+        return next((j for j in json.loads(out)["suspended_jobs"] if j["job_id"] == job_id),
+                    {})
+
+    wait_for(f"job {job_id} stopped in vcluster status", lambda: [
+        v["step"] for v in read().get("vms", [])] == ["stopped"], 30, 0.5)
+    job = read()
+    return (job["slurm_state"], job["origin"], job["by_job"],
+            [(v["vm_id"], v["vm_state"], v["step"]) for v in job["vms"]])
+
+
 def fill_host_but(s: Site, free_cpu: float) -> list[int]:
     """Filler VMs leaving ``free_cpu`` CPUs on every host."""
     one = server(s)
@@ -194,6 +212,8 @@ def test_an_urgent_job_suspends_a_running_one_that_then_completes_with_every_tic
                                 env=s.env, check=True).stdout
         assert "SUSPENDED" in status and f"job {low} suspended for job {urgent}" in status, \
             status
+        assert suspended_in_status(s, low) == ("SUSPENDED", "vcluster", urgent,
+                                               [(low_vm, "STOPPED", "stopped")])
         wait_for("the urgent job completed", lambda: slurm_state(s, urgent) == "COMPLETED",
                  180, 0.3)
         urgent_done = time.monotonic()
@@ -228,6 +248,8 @@ def test_an_admin_suspend_and_resume_stop_and_bring_back_the_vm(
     subprocess.run(["scontrol", "suspend", str(low)], env=s.env, check=True)
     wait_for("its VM STOPPED", lambda: vms_of_job(s, low)[vm_id][0] == STOPPED, 60, 0.2)
     suspend_s = time.monotonic() - asked
+    assert suspended_in_status(s, low) == ("SUSPENDED", "slurm", None,
+                                           [(vm_id, "STOPPED", "stopped")])
     time.sleep(5)
     assert slurm_state(s, low) == "SUSPENDED"
     resumed = time.monotonic()

@@ -129,6 +129,14 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
     assert time.time() < start_s, "the nodes came up only after the start"
     states = {n: node_state(s, n) for n in nodes}
     assert all(st.startswith("IDLE") and "POWER" not in st for st in states.values()), states
+    shown = vcluster(s, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (in_status,) = [x for x in json.loads(shown.stdout)["reservations"] if x["reservation_id"]
+                    == r["id"]]
+    assert (in_status["state"], in_status["working_nodes"], in_status["detail"]) == (
+        "ready", 2, "ready (2 of 2 nodes working)"), in_status
+    assert sorted((v["node_name"], v["vm_state"]) for v in in_status["vms"]) == [
+        (n, "RUNNING") for n in sorted(nodes)], in_status
 
     wait_for(f"job {job_id}'s output", lambda: out.exists() and out.read_text().strip(),
              start_s - time.time() + 30)
@@ -147,3 +155,45 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
         vm for vm in s.live_vms() if vm.user_template.get("VCLUSTER_NODE") in nodes], 60)
     events = vcluster(s, "events", "-n", "100")
     assert "reservation.ready" in events.stdout or "working" in events.stdout, events.stdout
+
+
+def test_a_reservation_a_job_runs_in_is_not_cancelled_until_the_job_ends(
+        reserve_site: Site) -> None:
+    """Slurm deletes no reservation a job waits or runs in (and ending it now would kill
+    the job): the cancel is refused naming the job, the job completes, and a cancel after
+    it ends the reservation and terminates its VM."""
+    s = reserve_site
+    made = vcluster(s, "reserve", "--start", "+5s", "--duration", "10m", "-N", "1",
+                    "--vm-class", "small", "--users", "root", "--json")
+    assert made.returncode == 0, made.stderr
+    r = json.loads(made.stdout)
+    assert r["state"] == "accepted", r
+    (node,) = expand_hostlist(str(r["nodes"]))
+    out = s.work / "in-cancelled.out"
+    sub = subprocess.run(["sbatch", "--parsable", f"--reservation={r['slurm_name']}", "-N1",
+                          "--time=2", "-p", s.config.node_class("small").partition,
+                          f"--output={out}", "--wrap", "sleep 15; echo done"],
+                         capture_output=True, text=True, env=s.env, timeout=30, check=False,
+                         cwd=s.work)
+    assert sub.returncode == 0, sub.stderr
+    job_id = int(sub.stdout.strip().split(";")[0])
+    wait_for(f"job {job_id} running", lambda: (j := s.job(job_id)) is not None
+             and j.state == "RUNNING", 120, 0.5)
+
+    refused = vcluster(s, "reserve", "cancel", str(r["id"]))
+    assert refused.returncode == 1, refused.stdout
+    assert f"reservation {r['id']} not cancelled: job(s) {job_id} wait or run in it" in \
+        refused.stderr, refused.stderr
+    assert reservation(s, r["id"])["state"] in ("booting", "ready"), "changed by a refusal"
+    wait_for(f"job {job_id} completed", lambda: (j := s.job(job_id)) is not None
+             and j.is_finished, 60, 0.5)
+    job = s.job(job_id)
+    assert job is not None and job.state == "COMPLETED", job
+    assert out.read_text().strip() == "done"
+
+    cancelled = vcluster(s, "reserve", "cancel", str(r["id"]))
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_for("the reservation's VM terminated", lambda: not [
+        vm for vm in s.live_vms() if vm.user_template.get("VCLUSTER_NODE") == node], 90)
+    row = reservation(s, r["id"])
+    assert row["state"] == "cancelled" and row["ended_at"] is not None, row

@@ -126,6 +126,16 @@ def test_reservation_steps(case: str, now: datetime, rows: list[ReservationView]
     assert [(st.kind, st.nodes) for st in steps] == kinds, case
 
 
+def test_a_reservation_the_controller_missed_the_lead_of_is_kept_from_its_start() -> None:
+    [step] = plan_reservations(START + timedelta(seconds=3), [view()], DOWN)
+    assert (step.kind, step.nodes, step.message) == (
+        "power_up", (), "reservation 1: started before any boot (the controller was away): "
+        "Slurm powers its nodes up for its jobs")
+    [step] = plan_reservations(START - timedelta(seconds=10), [view()], UP)
+    assert (step.kind, step.nodes, step.message) == (
+        "power_up", (), "reservation 1: its nodes are up already, nothing to boot")
+
+
 def test_the_power_up_message_says_how_far_ahead() -> None:
     [step] = plan_reservations(START - timedelta(seconds=30), [view()], DOWN)
     assert step.message == "reservation 1: booting n[1-2] 30 s before its start (lead 30 s)"

@@ -34,12 +34,21 @@ class FakeScontrol:
 
     picks: str = "vc-small-[001-002]"
     refuse: str = ""
+    in_use: bool = False
+    """A job waits or runs in the reservation: slurmctld refuses to delete it."""
+    listed: str = ""
+    """What ``squeue --reservation`` lists (job ids, one a line)."""
     calls: list[list[str]] = field(default_factory=list)
 
     def run(self, argv: Sequence[str], **_: Any) -> Out:
         self.calls.append(list(argv))
         if self.refuse and argv[1] == "create":
             raise SlurmCommandError(list(argv), 1, "", self.refuse)
+        if self.in_use and argv[1] == "delete":
+            raise SlurmCommandError(list(argv), 1, "", "Error deleting the reservation: "
+                                    "Requested reservation is in use")
+        if argv[0] == "squeue":
+            return Out(self.listed)
         if argv[1] == "show":
             return Out(f"ReservationName={argv[3]} StartTime=x Nodes={self.picks} NodeCnt=2")
         return Out("")
@@ -111,6 +120,30 @@ def test_cancel_deletes_slurms_reservation_and_ends_one_never_booted(sessions: A
         cancel(sessions, slurm, 1, now=NOW)  # type: ignore[arg-type]
     with pytest.raises(VclusterError, match="no reservation 9"):
         cancel(sessions, slurm, 9, now=NOW)  # type: ignore[arg-type]
+
+
+def test_cancel_of_a_reservation_jobs_are_in_is_refused_naming_them(sessions: Any) -> None:
+    slurm = FakeScontrol(listed="41\n42\n")
+    reserve(sessions, slurm, 2)
+    with db.transaction(sessions) as s:  # booted, started, jobs in it
+        row = s.get(db.Reservation, 1)
+        row.state, row.powered_up_at = "ready", NOW
+    refusal = ("reservation 1 not cancelled: job(s) 41, 42 wait or run in it and Slurm "
+               "deletes no reservation in use; cancel them (scancel) or let them end (squeue "
+               "--reservation=vc-r1), then cancel it again")
+    with pytest.raises(VclusterError) as exc:
+        cancel(sessions, slurm, 1, now=NOW)  # type: ignore[arg-type]
+    assert str(exc.value) == refusal
+    assert slurm.calls[-1] == ["squeue", "--noheader", "--reservation=vc-r1", "--format=%i"]
+    assert [r["state"] for r in listing(sessions, all_=False)] == ["ready"]
+    # a job submitted between the check and the delete: back to what it was
+    slurm.listed, slurm.in_use = "", True
+    with pytest.raises(VclusterError, match="reservation 1 not cancelled: job"):
+        cancel(sessions, slurm, 1, now=NOW)  # type: ignore[arg-type]
+    assert [(r["state"], r["ended_at"]) for r in listing(sessions, all_=False)] == [
+        ("ready", None)]
+    slurm.in_use = False
+    assert cancel(sessions, slurm, 1, now=NOW)["state"] == "cancelled"  # type: ignore[arg-type]
 
 
 def test_the_lead_comes_from_the_class_s_measured_boots(sessions: Any) -> None:

@@ -17,6 +17,7 @@ from tests.unit.controller_fixtures import node, powered_down
 from vcluster import db
 from vcluster.config import DatabaseSettings
 from vcluster.controller.reserve_plan import run_reservations
+from vcluster.errors import SlurmCommandError
 from vcluster.slurm_parse import Node
 
 START = datetime(2026, 12, 2, 13, 10, tzinfo=UTC)
@@ -105,3 +106,79 @@ def test_slurm_is_asked_to_schedule_at_the_start(sessions: sessionmaker[Session]
     run_reservations(sessions, slurm, datetime.now(UTC))  # once per reservation
     time.sleep(0.1)
     assert len(slurm.kicks) == 1
+
+
+def test_a_node_whose_vm_failed_before_the_start_boots_again_and_the_reason_is_kept(
+        sessions: sessionmaker[Session]) -> None:
+    add(sessions)
+    slurm = FakeSlurm([powered_down("vc-small-001"), powered_down("vc-small-002")])
+    run_reservations(sessions, slurm, START - timedelta(seconds=40))
+    # vcluster failed node 2's VM: DOWN, then POWER_DOWN_FORCE (Slurm keeps the reason)
+    failed = node("vc-small-002", "IDLE", "POWERED_DOWN",
+                  reason="vcluster: VM 18 failed: BOOT_FAILURE on host h1")
+    slurm.listed = [node("vc-small-001"), failed]
+    run_reservations(sessions, slurm, START - timedelta(seconds=20))
+    assert slurm.updates[-1] == ("vc-small-002", "POWER_UP")
+    row = state_of(sessions)
+    assert (row.state, row.reason) == ("booting", "booting again after a failure at 13:09:40 "
+                                       "UTC: vc-small-002: vcluster: VM 18 failed: "
+                                       "BOOT_FAILURE on host h1")
+    with db.transaction(sessions) as s:
+        messages = [e.message for e in s.query(db.Event).order_by(db.Event.id)]
+    assert messages[-1] == ("reservation 1: booting vc-small-002 20 s before its start (lead "
+                            "40 s); again after a failure: vc-small-002: vcluster: VM 18 "
+                            "failed: BOOT_FAILURE on host h1")
+
+
+def test_a_controller_restarted_in_the_lead_time_boots_nothing_twice(
+        sessions: sessionmaker[Session]) -> None:
+    add(sessions)
+    slurm = FakeSlurm([powered_down("vc-small-001"), powered_down("vc-small-002")])
+    run_reservations(sessions, slurm, START - timedelta(seconds=40))
+    assert slurm.updates == [("vc-small-001,vc-small-002", "POWER_UP")]
+    # a new controller (nothing kept in memory but the kicks) while the VMs boot
+    slurm.listed = [node("vc-small-001", "IDLE", "POWERING_UP"),
+                    node("vc-small-002", "IDLE", "POWERING_UP")]
+    held = run_reservations(sessions, slurm, START - timedelta(seconds=30))
+    assert slurm.updates == [("vc-small-001,vc-small-002", "POWER_UP")]
+    assert held == {"vc-small-001", "vc-small-002"}  # kept: the idle power-down spares them
+    slurm.listed = [node("vc-small-001"), node("vc-small-002")]
+    run_reservations(sessions, slurm, START - timedelta(seconds=10))
+    assert state_of(sessions).state == "ready"
+
+
+@dataclass
+class RefusingSlurm(FakeSlurm):
+    """slurmctld unreachable for the first POWER_UP (or the controller died at that call)."""
+
+    refused: int = 1
+
+    def update_nodes(self, nodes: str | Sequence[str], *, state: str | None = None,
+                     reason: str | None = None, nodeaddr: str | None = None,
+                     nodehostname: str | None = None) -> None:
+        if self.refused:
+            self.refused -= 1
+            raise SlurmCommandError(["scontrol", "update"], 1, "", "Unable to contact "
+                                    "slurm controller (connect failure)")
+        super().update_nodes(nodes, state=state, reason=reason)
+
+
+def test_a_power_up_slurm_did_not_take_is_asked_again_on_the_next_pass(
+        sessions: sessionmaker[Session]) -> None:
+    add(sessions)
+    slurm = RefusingSlurm([powered_down("vc-small-001"), powered_down("vc-small-002")])
+    run_reservations(sessions, slurm, START - timedelta(seconds=40))
+    assert slurm.updates == [] and state_of(sessions).state == "booting"
+    held = run_reservations(sessions, slurm, START - timedelta(seconds=38))
+    assert slurm.updates == [("vc-small-001,vc-small-002", "POWER_UP")]
+    assert held == {"vc-small-001", "vc-small-002"}
+
+
+def test_nodes_up_already_at_the_lead_time_are_kept_not_booted(
+        sessions: sessionmaker[Session]) -> None:
+    add(sessions)
+    slurm = FakeSlurm([node("vc-small-001"), node("vc-small-002")])
+    run_reservations(sessions, slurm, START - timedelta(seconds=40))
+    assert slurm.updates == [] and state_of(sessions).state == "booting"
+    held = run_reservations(sessions, slurm, START - timedelta(seconds=39))
+    assert state_of(sessions).state == "ready" and held == {"vc-small-001", "vc-small-002"}

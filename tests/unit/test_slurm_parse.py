@@ -436,3 +436,20 @@ def test_job_account_is_read_for_usage_accounting(version: str) -> None:
     assert {j.account for j in parse_squeue_json(json.dumps(data))} == {""}  # no accounts kept
     data["jobs"][0]["account"] = "physics"
     assert parse_squeue_json(json.dumps(data))[0].account == "physics"
+
+
+def test_a_suspended_job_says_since_when_on_every_version(version: str) -> None:
+    """The capture's running job reshaped as Slurm prints a SUSPENDED one (22.05: a number,
+    24.11: ``{"set", "infinite", "number"}``); a running job has no suspend time."""
+    import json
+
+    raw = json.loads(read(version, "squeue-all.json"))["jobs"]
+    running = next(j for j in raw if "RUNNING" in str(j["job_state"]))
+    at = 1764690000
+    shaped = {"job_state": ["SUSPENDED"] if version != "22.05" else "SUSPENDED",
+              "suspend_time": at if version == "22.05" else
+              {"set": True, "infinite": False, "number": at}}
+    (suspended, still) = parse_squeue_json(json.dumps({"jobs": [dict(running, **shaped),
+                                                                 running]}))
+    assert (suspended.state, suspended.suspend_time) == ("SUSPENDED", float(at))
+    assert (still.state, still.suspend_time) == ("RUNNING", None)

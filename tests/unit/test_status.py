@@ -321,6 +321,9 @@ def test_status_json_for_scripts(site: Config) -> None:
         "opennebula_error": "",
         "backoffs": [],
         "unscheduled": [],
+        "suspended_jobs": [],
+        "reservations": [],
+        "vm_error": "",
     }
 
 

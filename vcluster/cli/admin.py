@@ -62,6 +62,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     from vcluster import db
     from vcluster.admin import build_nodes, read_drains
     from vcluster.report import add_plain_row, format_age, plain_table
+    from vcluster.report_leases import suspension_reasons
 
     config = _config(ctx)
     engine = _open_database(config)
@@ -77,7 +78,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     try:
         with db.session_factory(engine)() as session:
             rows = build_nodes(config, slurm_nodes, vms, db.open_launches(session),
-                               read_drains(session), db.utcnow())
+                               read_drains(session), db.utcnow(), suspension_reasons(session))
     finally:
         engine.dispose()
     if as_json:

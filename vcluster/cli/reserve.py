@@ -153,6 +153,9 @@ def list_(ctx: click.Context, all_: bool, as_json: bool) -> None:
 def cancel(ctx: click.Context, reservation_id: int, as_json: bool) -> None:
     """Cancel a reservation: Slurm's is deleted and its VMs are terminated.
 
+    A reservation jobs wait or run in is not cancelled (Slurm deletes no reservation in
+    use, and ending it now would kill the running ones): the refusal names the jobs.
+
     \b
     Example:
       vcluster reserve cancel 3

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # SQLAlchemy and rich load only when a command runs (fsub imp
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session
 
-    from vcluster.slurm import Node
+    from vcluster.one_vm import VM
+    from vcluster.slurm import Job, Node
     from vcluster.versions import SiteVersions
 
 
@@ -55,9 +56,10 @@ def _open_database(config: Config) -> Engine:
     return db.make_engine(config.database, migrate=False)
 
 
-def _site(config: Config) -> tuple[SiteVersions, list[Node] | None, str]:
-    """The versions of Slurm and OpenNebula (refusing unsupported ones), and Slurm's nodes
-    (None with the reason if they cannot be read)."""
+def _site(config: Config) -> tuple[SiteVersions, list[Node] | None, str, list[Job] | None]:
+    """The versions of Slurm and OpenNebula (refusing unsupported ones), Slurm's nodes
+    (None with the reason if they cannot be read) and jobs (None if they cannot be read:
+    the database's last view of them is shown)."""
     from dataclasses import replace
 
     from vcluster.one import OneClient
@@ -69,27 +71,49 @@ def _site(config: Config) -> tuple[SiteVersions, list[Node] | None, str]:
     one = OneClient(replace(config.opennebula, retry_delays_s=()))
     versions = read_versions(slurm, one)
     if versions.slurm_error:
-        return versions, None, versions.slurm_error
+        return versions, None, versions.slurm_error, None
     try:
-        return versions, slurm.nodes(), ""
+        nodes = slurm.nodes()
     except VclusterError as exc:
-        return versions, None, str(exc)
+        return versions, None, str(exc), None
+    try:
+        return versions, nodes, "", slurm.jobs()
+    except VclusterError:
+        return versions, nodes, "", None
+
+
+def _vms(config: Config) -> tuple[list[VM] | None, str]:
+    """The cluster's VMs as OpenNebula lists them (one attempt), or None and why not."""
+    from dataclasses import replace
+
+    from vcluster.one import OneClient
+
+    one = OneClient(replace(config.opennebula, retry_delays_s=()))
+    try:
+        return one.vms(cluster=config.controller.cluster_name), ""
+    except VclusterError as exc:
+        return None, str(exc)
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (times ISO 8601 UTC, ages "
               "in seconds) instead of tables.")
 @click.option("--all", "all_jobs", is_flag=True,
-              help="Also show jobs that ended more than an hour ago.")
+              help="Also show jobs and reservations that ended more than an hour ago.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
     """Show the controller's heartbeat, the Slurm and OpenNebula versions, node classes,
-    jobs with their VMs, and last events.
+    jobs with their VMs, suspended jobs, reservations, and last events.
 
-    Node states come from Slurm (sinfo, or scontrol on 23.02+); launches, jobs and events
-    from vcluster's database. A node class's "hidden" nodes are powered-down CLOUD nodes
-    that Slurm does not list (22.05's slurm.conf without PrivateData=cloud). A Slurm older
-    than 22.05 or an OpenNebula older than 6.10 is refused.
+    Node and job states come from Slurm (sinfo, or scontrol on 23.02+; squeue); launches,
+    reservations and events from vcluster's database; VM states (a suspended job's VMs
+    STOPPED, PENDING while resuming, RUNNING) from OpenNebula. A suspended job says who
+    suspended it: vcluster, preempting it for a job of the preempt partition, or Slurm or
+    an admin (scontrol suspend). A reservation is admitted, booting (its lead time), ready
+    (k of N nodes working), active, ended, cancelled or refused. A node class's "hidden"
+    nodes are powered-down CLOUD nodes that Slurm does not list (22.05's slurm.conf without
+    PrivateData=cloud). A Slurm older than 22.05 or an OpenNebula older than 6.10 is
+    refused.
 
     \b
     Example:
@@ -102,10 +126,13 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
     config = _config(ctx)
     engine = _open_database(config)
     try:
-        versions, nodes, slurm_error = _site(config)
+        versions, nodes, slurm_error, slurm_jobs = _site(config)
+        vms, vm_error = _vms(config) if not versions.opennebula_error else (
+            None, versions.opennebula_error)
         with db.session_factory(engine)() as session:
             report = build_status(session, config, nodes, db.utcnow(), slurm_error=slurm_error,
-                                  all_jobs=all_jobs, versions=versions)
+                                  all_jobs=all_jobs, versions=versions, slurm_jobs=slurm_jobs,
+                                  cloud_vms=vms, vm_error=vm_error)
     finally:
         engine.dispose()
     standby = _standby(config, db.utcnow().timestamp())
@@ -172,19 +199,31 @@ def _console() -> Console:
 @click.option("--node", "node_name", metavar="NODE", help="Only events of this node.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="How many of the latest events.")
+@click.option("--vm", "vm_id", type=int, metavar="VMID", help="Only events of this VM.")
+@click.option("--kind", metavar="KIND", help="Only events of this kind, or of kinds starting "
+              "KIND. (job, vm, reservation, node...).")
+@click.option("--reservation", "reservation_id", type=int, metavar="ID",
+              help="Only events of this reservation (see `vcluster reserve list`).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--unscheduled", is_flag=True, help="Only VMs that reached a state vcluster did "
               "not ask for (last day), one line each: what was seen, the rule of its node "
               "class, what was done, how long its job took to recover.")
 @click.pass_context
-def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit: int,
-           as_json: bool, unscheduled: bool) -> None:
+def events(ctx: click.Context, job_id: int | None, node_name: str | None, vm_id: int | None,
+           kind: str | None, reservation_id: int | None, limit: int, as_json: bool,
+           unscheduled: bool) -> None:
     """Show what vcluster did and saw, oldest first (times in UTC).
+
+    Suspensions and preemptions are job.preempt, vm.stop, vm.stopped, vm.restore and
+    job.resumed; reservations' are reservation.* (accepted, refused, power_up, ready,
+    release, finish, cancelled).
 
     \b
     Example:
       vcluster events --job 42
       vcluster events --node vc-small-001 -n 20 --json
+      vcluster events --vm 17 --kind vm
+      vcluster events --reservation 3
       vcluster events --unscheduled
     """
     from vcluster import db
@@ -197,14 +236,19 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, limit:
             if unscheduled:
                 _print_unscheduled(session, job_id, node_name, limit, as_json)
                 return
-            rows = query_events(session, job_id=job_id, node_name=node_name, limit=limit)
+            rows = query_events(session, job_id=job_id, node_name=node_name, vm_id=vm_id,
+                                kind=kind, reservation_id=reservation_id, limit=limit)
     finally:
         engine.dispose()
     if as_json:
         click.echo(json.dumps(events_to_json(rows), indent=2))
     elif not rows:
         click.echo("no events" + (f" for job {job_id}" if job_id is not None else "")
-                   + (f" for node {node_name}" if node_name else ""))
+                   + (f" for node {node_name}" if node_name else "")
+                   + (f" for VM {vm_id}" if vm_id is not None else "")
+                   + (f" of kind {kind}" if kind else "")
+                   + (f" for reservation {reservation_id}" if reservation_id is not None
+                      else ""))
     else:
         _console().print(events_table("Events", rows))
 

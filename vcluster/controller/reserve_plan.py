@@ -59,6 +59,8 @@ class Step:
     reservation_id: int
     nodes: tuple[str, ...]
     message: str
+    failures: str = ""
+    """Why nodes it powered up already went down (Slurm's reasons): they boot again."""
 
 
 def working(node: Node | None) -> bool:
@@ -71,6 +73,10 @@ def _down(node: Node | None) -> bool:
     CLOUD node: 22.05 without PrivateData=cloud)."""
     return node is None or (node.powered_down and not node.powering_up
                             and not node.powering_down)
+
+
+def _reason(node: Node | None) -> str:
+    return node.reason if node is not None else ""
 
 
 def plan_reservations(now: datetime, rows: Sequence[ReservationView],
@@ -92,13 +98,24 @@ def plan_reservations(now: datetime, rows: Sequence[ReservationView],
         # Before the start, every node must come up; after it, Slurm powers a node up for
         # the reservation's next job as for any job (a per-job node goes down after its job).
         down = tuple(n for n in r.nodes if _down(nodes.get(n))) if now < r.start else ()
-        if down:
+        if not down and r.state == "accepted":  # its nodes are up already, or past its start
+            steps.append(Step("power_up", r.reservation_id, (), f"reservation "
+                              f"{r.reservation_id}: " + (
+                                  "its nodes are up already, nothing to boot" if now < r.start
+                                  else "started before any boot (the controller was away): "
+                                  "Slurm powers its nodes up for its jobs")))
+        elif down:
             late = (now - r.start).total_seconds()
             when = f"{-late:.0f} s before its start" if late < 0 else \
                 f"{late:.0f} s after its start"
+            # powered up before and down again: their VMs failed (the reason is kept)
+            failures = "; ".join(f"{n}: {reason}" for n in down
+                                 if r.powered_up and (reason := _reason(nodes.get(n))))
             steps.append(Step("power_up", r.reservation_id, down,
                               f"reservation {r.reservation_id}: booting "
-                              f"{compress_hostlist(down)} {when} (lead {r.lead_s:.0f} s)"))
+                              f"{compress_hostlist(down)} {when} (lead {r.lead_s:.0f} s)"
+                              + (f"; again after a failure: {failures}" if failures else ""),
+                              failures))
         elif r.state == "booting" and all(working(nodes.get(n)) for n in r.nodes) \
                 and r.powered_up:
             ahead = (r.start - now).total_seconds()
@@ -200,11 +217,21 @@ KICK_DELAY_S = 0.05
 def _carry_out(sessions: sessionmaker[Session], slurm: SlurmPort, step: Step,
                now: datetime) -> None:
     if step.kind == "power_up":
-        slurm.update_nodes(list(step.nodes), state="POWER_UP")
-    elif step.kind == "release":
+        # recorded first: a controller that dies after asking Slurm finds the reservation
+        # booting (its nodes held) on restart, and asks again only for nodes still down
+        _record(sessions, step, now)
+        if step.nodes:
+            slurm.update_nodes(list(step.nodes), state="POWER_UP")
+        log.info("%s", step.message)
+        return
+    if step.kind == "release":
         slurm.update_nodes(list(step.nodes), state="POWER_DOWN_ASAP",
                            reason=f"vcluster: reservation {step.reservation_id} over")
     log.info("%s", step.message)
+    _record(sessions, step, now)
+
+
+def _record(sessions: sessionmaker[Session], step: Step, now: datetime) -> None:
     with db.transaction(sessions) as s:
         row = s.get(db.Reservation, step.reservation_id)
         if row is None:
@@ -213,6 +240,9 @@ def _carry_out(sessions: sessionmaker[Session], slurm: SlurmPort, step: Step,
             row.powered_up_at = row.powered_up_at or now
             if row.state in ("accepted", "ready"):
                 row.state = "booting"
+            if step.failures:  # seen in `vcluster reserve list` and `vcluster status`
+                row.reason = f"booting again after a failure at {now:%H:%M:%S} UTC: " \
+                    f"{step.failures}"
         elif step.kind == "ready":
             row.state, row.ready_at = "ready", row.ready_at or now
         else:
