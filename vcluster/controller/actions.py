@@ -357,6 +357,19 @@ class FinishResume:
     redeliver: bool
     seconds: float
     """Since the VMs were asked back."""
+    moved: tuple[tuple[str, int, str, str], ...] = ()
+    """(node, VM id, old host, new host) of each VM that came back on another host."""
+
+
+@dataclass(frozen=True)
+class MoveSuspendedVM:
+    """A suspended job's VM, SUSPENDED or POWEROFF on a host that is no longer enabled: move
+    it cold (one.vm.migrate) to an enabled host with room before it is resumed."""
+
+    vm_id: int
+    node_name: str
+    job_id: int
+    from_host: str
 
 
 @dataclass(frozen=True)
@@ -372,4 +385,5 @@ Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | Clo
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
           | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled
           | BootStandby | BootEarly | ClaimStandby | SuspendJob | StopVM | MarkStopped
-          | RestoreVM | FinishResume | DropSuspension | RequeueJob | NoteKept)
+          | RestoreVM | FinishResume | DropSuspension | RequeueJob | NoteKept
+          | MoveSuspendedVM)
