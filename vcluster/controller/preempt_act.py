@@ -119,7 +119,13 @@ class PreemptActs:
             self._RestoreVM(RestoreVM(a.vm_id, a.node_name, a.job_id))
             return
         target = room[0]
-        self.one.migrate(a.vm_id, target.host_id, live=False)
+        try:
+            self.one.migrate(a.vm_id, target.host_id, live=False)
+        except VclusterError as exc:  # refused (rights, state): resumed where it is
+            self._note("vm.migrate.skipped", f"job {a.job_id}: VM {a.vm_id} stays on host "
+                       f"{a.from_host}: {exc}", a.node_name, a.job_id, a.vm_id)
+            self._RestoreVM(RestoreVM(a.vm_id, a.node_name, a.job_id))
+            return
         self._note("vm.migrated", f"job {a.job_id}: VM {a.vm_id} ({vm.state_name}) migrated "
                    f"cold from {a.from_host} (not enabled) to {target.name}, to be resumed "
                    "there", a.node_name, a.job_id, a.vm_id)
