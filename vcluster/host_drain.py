@@ -236,3 +236,22 @@ def _event(sessions: sessionmaker[Session], kind: str, message: str, move: HostM
     with db.transaction(sessions) as s:
         db.record_event(s, kind, message, node_name=move.node_name or None,
                         job_id=move.job_id, vm_id=move.vm_id, at=now)
+
+
+MIGRATING = frozenset({"MIGRATE", "SAVE_MIGRATE", "PROLOG_MIGRATE", "BOOT_MIGRATE",
+                       "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_SUSPEND",
+                       "PROLOG_MIGRATE_UNKNOWN"})
+"""LCM states of a VM on its way from one host to another."""
+
+
+def describe_hosts(hosts: Sequence[HostCapacity], vms: Sequence[VM]) -> dict[str, list[str]]:
+    """For ``vcluster status``: hosts out of service (not enabled: drained or down) with how
+    many of the cluster's VMs they still hold, and migrations in flight. Pure."""
+    held = {h.name: sum(1 for v in vms if v.host == h.name and v.state in HOLDS_HOST)
+            for h in hosts}
+    out = [f"host {h.name} {h.state}: no new VMs; {held[h.name]} VM(s) of this cluster on it"
+           for h in hosts if not h.schedulable]
+    moving = [f"VM {v.vm_id} ({v.user_template.get('VCLUSTER_NODE') or 'standby'}) "
+              f"{v.state_name}: {v.previous_host or '?'} -> {v.host}"
+              for v in sorted(vms, key=lambda v: v.vm_id) if v.state_name in MIGRATING]
+    return {"hosts_out_of_service": out, "migrating": moving}

@@ -161,3 +161,16 @@ def test_undrain_host(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(UserInputError, match=r"^host host1 is not drained \(it is "
                        r"MONITORED\)$"):
         undrain_host(sessions, one, "host1", by="bob", now=T0)
+
+
+def test_status_lines_for_drained_hosts_and_migrations_in_flight() -> None:
+    from vcluster.host_drain import describe_hosts
+
+    hosts = [host("host0", 0, state="DISABLED"), host("host1", 1)]
+    vms = [replace(on(vm(40, S1, "MIGRATE"), "host1"), previous_host="host0"),
+           on(vm(41, S2, "SUSPENDED")), on(vm(42, S3), "host1")]
+    assert describe_hosts(hosts, vms) == {
+        "hosts_out_of_service": ["host host0 DISABLED: no new VMs; 1 VM(s) of this cluster "
+                                 "on it"],
+        "migrating": [f"VM 40 ({S1}) MIGRATE: host0 -> host1"]}
+    assert describe_hosts(hosts[1:], vms[2:]) == {"hosts_out_of_service": [], "migrating": []}
