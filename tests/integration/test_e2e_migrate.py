@@ -165,6 +165,11 @@ def watch_states(s: Site, job_id: int, until: str, timeout_s: float) -> list[str
     return seen
 
 
+def show_job(s: Site, job_id: int) -> str:
+    return subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
+                          text=True, env=s.env, check=True).stdout
+
+
 def enable_all(s: Site) -> None:
     one = server(s)
     for h in one.hostpool.info().HOST:
@@ -279,9 +284,8 @@ def test_drain_host_with_no_room_elsewhere_requeues_the_job_which_completes_late
         assert done.returncode == 0, done.stderr
         assert (f"VM {vm_id} " in done.stdout and "job requeued (no other enabled host has "
                 "room for it)" in done.stdout), done.stdout
-        watch_states(s, job, "PENDING", 90)
-        info = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True,
-                              text=True, env=s.env, check=True).stdout
+        wait_for("the job requeued", lambda: "Restarts=1" in show_job(s, job), 90, 0.3)
+        info = show_job(s, job)
         assert f"AdminComment={REASON.format(first)}" in info, info
         wait_for("nothing left on the drained host", lambda: vms_on(s, first) == [], 60, 0.3)
         for filler in fillers:  # room again: the job runs on the other host
