@@ -177,19 +177,34 @@ def enable_all(s: Site) -> None:
             one.host.status(int(h.ID), 0)
 
 
-def test_a_suspended_job_whose_host_was_disabled_resumes_on_the_other_host(
-        ms: Site, slurm_flavor: str) -> None:
+def fill(s: Site, host: str, leave_cpu: float) -> int:
+    """A filler VM on ``host`` leaving ``leave_cpu`` CPUs free there; RUNNING."""
+    one = server(s)
+    (h,) = [h for h in one.hostpool.info().HOST if str(h.NAME) == host]
+    cpu = (int(h.HOST_SHARE.MAX_CPU) - int(h.HOST_SHARE.CPU_USAGE)) / 100 - leave_cpu
+    filler = one.vm.allocate(f'NAME = "filler"\nCPU = "{cpu}"\nMEMORY = "64"\n'
+                             f'SCHED_REQUIREMENTS = "ID = {int(h.ID)}"\n')
+    wait_for("the filler RUNNING", lambda: state(s, filler) == (3, 3), 60, 0.2)
+    return int(filler)
+
+
+@pytest.mark.parametrize("taken_out", ["disabled", "full"])
+def test_a_suspended_job_whose_host_was_taken_resumes_on_the_other_host(
+        ms: Site, slurm_flavor: str, taken_out: str) -> None:
     s = ms
     wait_clean(s)
-    job, out = counter_job(s, "cold")
+    job, out = counter_job(s, f"cold-{taken_out}")
+    fillers: list[int] = []
     try:
         wait_for("the job ticking", lambda: len(ticks(out)) >= 3, 120, 0.3)
         (vm_id,) = vms_of_job(s, job)
         first = history(s, vm_id)[-1][0]
         subprocess.run(["scontrol", "suspend", str(job)], env=s.env, check=True)
         wait_for("its VM STOPPED", lambda: state(s, vm_id)[0] == STOPPED, 60, 0.2)
-        # the admin takes the host out (onehost disable): no VM may be placed there
-        server(s).host.status(host_ids(s)[first], 1)
+        if taken_out == "disabled":  # the admin takes the host out (onehost disable)
+            server(s).host.status(host_ids(s)[first], 1)
+        else:  # another VM takes the room the stopped VM freed
+            fillers.append(fill(s, first, 0.5))
         resumed = time.monotonic()
         subprocess.run(["scontrol", "resume", str(job)], env=s.env, check=True)
         wait_for("its VM RUNNING", lambda: state(s, vm_id) == (ACTIVE, RUNNING), 60, 0.2)
@@ -206,8 +221,11 @@ def test_a_suspended_job_whose_host_was_disabled_resumes_on_the_other_host(
                  if e["job_id"] == job and e["kind"] == "vm.migrated"]
         assert moved == [f"job {job}: VM {vm_id} resumed on host {hosts[-1]}, suspended on "
                          f"{first}"], moved
-        report("cold: scontrol resume -> ticking on the other host", resume_s, slurm_flavor)
+        report(f"cold ({taken_out} host): scontrol resume -> ticking on the other host",
+               resume_s, slurm_flavor)
     finally:
+        for filler in fillers:
+            server(s).vm.action("terminate-hard", filler)
         enable_all(s)
     wait_clean(s, 120)
 
@@ -272,13 +290,8 @@ def test_drain_host_with_no_room_elsewhere_requeues_the_job_which_completes_late
         (vm_id,) = vms_of_job(s, job)
         first = history(s, vm_id)[-1][0]
         one = server(s)
-        for h in one.hostpool.info().HOST:  # the other host full
-            if str(h.NAME) != first:
-                share = h.HOST_SHARE
-                cpu = (int(share.MAX_CPU) - int(share.CPU_USAGE)) / 100 - 0.5
-                fillers.append(one.vm.allocate(f'NAME = "filler"\nCPU = "{cpu}"\nMEMORY = '
-                                               f'"64"\nSCHED_REQUIREMENTS = "ID = {int(h.ID)}"\n'))
-        wait_for("the filler RUNNING", lambda: state(s, fillers[0]) == (3, 3), 60, 0.2)
+        (other,) = [h for h in host_ids(s) if h != first]
+        fillers.append(fill(s, other, 0.5))  # the other host full
         asked = time.monotonic()
         done = vcluster(s, "drain-host", first)
         assert done.returncode == 0, done.stderr
