@@ -282,7 +282,7 @@ def test_drain_host_with_no_room_elsewhere_requeues_the_job_which_completes_late
     wait_clean(s)
     out = s.work / "requeue.out"
     job = job_id_of(s.fsub("-N1", "-n1", f"--output={out}", "--wrap",
-                           "sleep 8; echo done-on-$(hostname)"))
+                           "sleep 30; echo done-on-$(hostname)"))
     fillers: list[int] = []
     first = ""
     try:
