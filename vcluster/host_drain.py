@@ -246,12 +246,13 @@ MIGRATING = frozenset({"MIGRATE", "SAVE_MIGRATE", "PROLOG_MIGRATE", "BOOT_MIGRAT
 
 def describe_hosts(hosts: Sequence[HostCapacity], vms: Sequence[VM]) -> dict[str, list[str]]:
     """For ``vcluster status``: hosts out of service (not enabled: drained or down) with how
-    many of the cluster's VMs they still hold, and migrations in flight. Pure."""
+    many of the cluster's VMs they still hold, and migrations in flight (a pool listing has
+    only a VM's last history record: the host it is going to). Pure."""
     held = {h.name: sum(1 for v in vms if v.host == h.name and v.state in HOLDS_HOST)
             for h in hosts}
     out = [f"host {h.name} {h.state}: no new VMs; {held[h.name]} VM(s) of this cluster on it"
            for h in hosts if not h.schedulable]
     moving = [f"VM {v.vm_id} ({v.user_template.get('VCLUSTER_NODE') or 'standby'}) "
-              f"{v.state_name}: {v.previous_host or '?'} -> {v.host}"
+              f"{v.state_name} to {v.host}"
               for v in sorted(vms, key=lambda v: v.vm_id) if v.state_name in MIGRATING]
     return {"hosts_out_of_service": out, "migrating": moving}

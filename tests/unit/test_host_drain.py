@@ -172,5 +172,5 @@ def test_status_lines_for_drained_hosts_and_migrations_in_flight() -> None:
     assert describe_hosts(hosts, vms) == {
         "hosts_out_of_service": ["host host0 DISABLED: no new VMs; 1 VM(s) of this cluster "
                                  "on it"],
-        "migrating": [f"VM 40 ({S1}) MIGRATE: host0 -> host1"]}
+        "migrating": [f"VM 40 ({S1}) MIGRATE to host1"]}
     assert describe_hosts(hosts[1:], vms[2:]) == {"hosts_out_of_service": [], "migrating": []}

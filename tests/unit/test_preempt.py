@@ -62,10 +62,9 @@ def suspended(state: str = "SUSPENDED", vm_state: str = "RUNNING", rows: tuple[s
         suspensions={S1: row(S1, 12, 40, rows[0], by_job)} if rows else {})
 
 
-def on_host(obs: Observed, host_state: str, host: str = "host0", previous: str = ""
-            ) -> Observed:
-    """VM 40 placed on ``host`` (after ``previous``), whose state is ``host_state``."""
-    vms = {i: replace(v, host=host, previous_host=previous) if i == 40 else v
+def on_host(obs: Observed, host_state: str, host: str = "host0") -> Observed:
+    """VM 40 placed on ``host``, whose state is ``host_state``."""
+    vms = {i: replace(v, host=host) if i == 40 else v
            for i, v in obs.vms.items()}
     return replace(obs, vms=vms, host_states={"host0": host_state, "host1": "MONITORED"})
 
@@ -90,7 +89,8 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: suspended("RUNNING", "PENDING", rows=("resuming",)), []),
     ("back: the drain lifted and Slurm's resume said again (slurmd never got it)",
      lambda: suspended("RUNNING", "RUNNING", rows=("resuming",)),
-     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0)]),
+     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0,
+                   stopped_vms=((S1, 40),))]),
     ("a job suspended on a node a preemptor shares keeps its VM (the preemptor runs there)",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")},
                      jobs={12: job(12, S1, state="SUSPENDED"), 13: job(13, S1, state="RUNNING")},
@@ -114,11 +114,6 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("a STOPPED VM has no host: resumed, and OpenNebula places it (no migrate)",
      lambda: on_host(suspended("RUNNING", "STOPPED", rows=("stopped",)), "DISABLED"),
      [RestoreVM(40, S1, 12)]),
-    ("back on another host: the move is said when the job runs again",
-     lambda: on_host(suspended("RUNNING", "RUNNING", rows=("resuming",)), "DISABLED",
-                     host="host1", previous="host0"),
-     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0,
-                   moved=((S1, 40, "host0", "host1"),))]),
     ("vcluster's drain of a suspended job's node whose row is gone is lifted",
      lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWERED_DOWN",
                                             reason=suspend_reason(12))}),
@@ -177,7 +172,8 @@ def test_the_preempted_job_comes_back_once_the_preemptor_is_gone() -> None:
     back = replace(obs, vms={40: vm(40, S1, "RUNNING")},
                    suspensions={S1: row(S1, 12, 40, "resuming", 20, 3)})
     assert [a for a in plan(back, PREEMPT) if isinstance(a, FinishResume)] == [
-        FinishResume(12, (S1,), slurm_resume=True, redeliver=False, seconds=3.0)]
+        FinishResume(12, (S1,), slurm_resume=True, redeliver=False, seconds=3.0,
+                     stopped_vms=((S1, 40),))]
 
 
 def test_not_back_while_the_preemptor_still_holds_a_vm() -> None:

@@ -357,8 +357,10 @@ class FinishResume:
     redeliver: bool
     seconds: float
     """Since the VMs were asked back."""
-    moved: tuple[tuple[str, int, str, str], ...] = ()
-    """(node, VM id, old host, new host) of each VM that came back on another host."""
+    stopped_vms: tuple[tuple[str, int], ...] = ()
+    """(node, VM id) of the VMs vcluster stopped or moved: each one back on another host
+    than before is a ``vm.migrated`` event (one.vm.info has the VM's history; a pool
+    listing has only its last record)."""
 
 
 @dataclass(frozen=True)

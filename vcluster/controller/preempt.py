@@ -164,20 +164,10 @@ def _follow(obs: Observed, job_id: int, rows: list[SuspensionView],
                      if r.state == "resuming"), default=0.0)
         actions.append(FinishResume(job_id, stopped, slurm_resume=job.state == "SUSPENDED",
                                     redeliver=job.state == "RUNNING" and bool(stopped),
-                                    seconds=since, moved=_moved(obs, rows)))
+                                    seconds=since,
+                                    stopped_vms=tuple((r.node_name, r.vm_id) for r in rows
+                                                      if r.state != "suspending")))
     return actions
-
-
-def _moved(obs: Observed, rows: list[SuspensionView]) -> tuple[tuple[str, int, str, str], ...]:
-    """The VMs that came back on another host than the one they were suspended on (their
-    last two placements differ: a resume or a migration adds a history record)."""
-    out = []
-    for r in rows:
-        vm = obs.vms.get(r.vm_id) if r.vm_id is not None else None
-        if (r.state != "suspending" and vm is not None and vm.previous_host
-                and vm.previous_host != vm.host):
-            out.append((r.node_name, vm.vm_id, vm.previous_host, vm.host))
-    return tuple(out)
 
 
 def _lift_drains(obs: Observed) -> list[Action]:

@@ -130,7 +130,22 @@ class PreemptActs:
                    f"cold from {a.from_host} (not enabled) to {target.name}, to be resumed "
                    "there", a.node_name, a.job_id, a.vm_id)
 
+    def _moved(self, a: FinishResume) -> list[tuple[str, int, str, str]]:
+        """(node, VM, old host, new host) of the VMs back on another host: their last two
+        history records differ (a resume of a STOPPED VM or a migration adds one)."""
+        moved = []
+        for node, vm_id in a.stopped_vms:
+            try:
+                vm = self.one.vm(vm_id)
+            except VclusterError as exc:  # only the event is lost
+                log.warning("cannot read VM %d's hosts: %s", vm_id, exc)
+                continue
+            if vm.previous_host and vm.previous_host != vm.host:
+                moved.append((node, vm_id, vm.previous_host, vm.host))
+        return moved
+
     def _FinishResume(self, a: FinishResume) -> None:
+        moved = self._moved(a)
         if a.node_names:
             try:
                 self.slurm.update_nodes(list(a.node_names), state="RESUME")
@@ -145,7 +160,7 @@ class PreemptActs:
             self.slurm.resume(a.job_id)
         with db.transaction(self.sessions) as s:
             s.execute(delete(db.Suspension).where(db.Suspension.job_id == a.job_id))
-            for node, vm_id, old, new in a.moved:
+            for node, vm_id, old, new in moved:
                 db.record_event(s, "vm.migrated", f"job {a.job_id}: VM {vm_id} resumed on "
                                 f"host {new}, suspended on {old}", node_name=node,
                                 job_id=a.job_id, vm_id=vm_id, at=self.now())
