@@ -178,13 +178,14 @@ def enable_all(s: Site) -> None:
 
 
 def fill(s: Site, host: str, leave_cpu: float) -> int:
-    """A filler VM on ``host`` leaving ``leave_cpu`` CPUs free there; RUNNING."""
+    """A filler VM on ``host`` leaving ``leave_cpu`` CPUs free there: placed (its capacity
+    is the host's from PROLOG on; a netns VM with no NIC need not boot)."""
     one = server(s)
     (h,) = [h for h in one.hostpool.info().HOST if str(h.NAME) == host]
     cpu = (int(h.HOST_SHARE.MAX_CPU) - int(h.HOST_SHARE.CPU_USAGE)) / 100 - leave_cpu
     filler = one.vm.allocate(f'NAME = "filler"\nCPU = "{cpu}"\nMEMORY = "64"\n'
                              f'SCHED_REQUIREMENTS = "ID = {int(h.ID)}"\n')
-    wait_for("the filler RUNNING", lambda: state(s, filler) == (3, 3), 60, 0.2)
+    wait_for("the filler placed", lambda: state(s, filler)[0] == ACTIVE, 60, 0.2)
     return int(filler)
 
 
