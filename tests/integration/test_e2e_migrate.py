@@ -262,6 +262,9 @@ def test_drain_host_moves_a_running_job_live_and_empties_the_host(
         assert ticks(out) == list(range(1, TICKS + 1)), f"ticks lost or repeated: {ticks(out)}"
         assert history(s, vm_id)[:2] == [(first, 2), (move["to_host"], 0)]  # live-migrate
         assert vms_on(s, first) == []
+        status = vcluster(s, "status").stdout
+        assert (f"Hosts out of service:\n  host {first} DISABLED: no new VMs; 0 VM(s) of this "
+                "cluster on it") in status, status
         again = vcluster(s, "drain-host", first)
         assert again.returncode == 1 and again.stderr.strip() == (
             f"vcluster: error: host {first} is already DISABLED (drained); `vcluster "
