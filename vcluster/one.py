@@ -435,6 +435,21 @@ class OneClient:
                           hint="check the user's permissions")
         return host_capacities_from_binding(pool)
 
+    def migrate(self, vm_id: int, host_id: int, *, live: bool, enforce: bool = True) -> None:
+        """Move a VM to host ``host_id`` (one.vm.migrate): ``live`` keeps a RUNNING guest
+        running; a SUSPENDED or POWEROFF VM moves cold; ``enforce`` has oned check the
+        host's capacity (it refuses with "does not fit in host")."""
+        how = "live-migrate" if live else "migrate"
+        self._call("vm.migrate", int(vm_id), int(host_id), bool(live), bool(enforce), -1, 0,
+                   doing=f"{how} VM {vm_id} to host {host_id}", subject=f"VM {vm_id}",
+                   hint="the VM's state or the host does not allow it", idempotent=False)
+
+    def host_status(self, host_id: int, status: int) -> None:
+        """one.host.status: 0 ENABLED, 1 DISABLED (no new VMs), 2 OFFLINE."""
+        self._call("host.status", int(host_id), int(status),
+                   doing=f"set the status of host {host_id}", subject=f"host {host_id}",
+                   hint="managing hosts needs an oneadmin-group user")
+
     def action(self, action: str, vm_id: int) -> None:
         """Run a VM action (``terminate``, ``poweroff-hard``, ``resume``...)."""
         self._call("vm.action", action, int(vm_id), doing=f"{action} VM {vm_id}",

@@ -68,6 +68,8 @@ class HostCapacity:
     max_mem_kb: int
     cpu_usage: int
     mem_usage_kb: int
+    host_id: int = -1
+    """oned's host ID (what one.vm.migrate and one.host.status take)."""
 
     @property
     def schedulable(self) -> bool:
@@ -81,5 +83,6 @@ def host_capacities_from_binding(pool: Any) -> list[HostCapacity]:
         share = h.HOST_SHARE
         hosts.append(HostCapacity(str(h.NAME), HOST_STATES.get(int(h.STATE), f"STATE {h.STATE}"),
                                   int(share.MAX_CPU or 0), int(share.MAX_MEM or 0),
-                                  int(share.CPU_USAGE or 0), int(share.MEM_USAGE or 0)))
+                                  int(share.CPU_USAGE or 0), int(share.MEM_USAGE or 0),
+                                  int(h.ID)))
     return hosts

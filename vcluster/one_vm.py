@@ -106,6 +106,13 @@ class VM:
     sched_message: str = ""
     host: str = ""
     """The host of its last placement (last HISTORY record's HOSTNAME); "" if never placed."""
+    cpu: float = 0.0
+    """TEMPLATE/CPU: what it takes of its host (oned counts 100 per CPU)."""
+    memory_mb: int = 0
+    """TEMPLATE/MEMORY, MB."""
+    previous_host: str = ""
+    """The host of the placement before the last one ("" if none): a VM resumed or migrated
+    elsewhere has its old host here."""
 
     @property
     def is_running(self) -> bool:
@@ -170,13 +177,13 @@ def _vectors(node: Any, name: str) -> list[Mapping[str, Any]]:
     return []
 
 
-def _last_host(obj: Any) -> str:
-    """HOSTNAME of the VM's last history record (``vm.info`` and ``infoextended`` list them
-    oldest first); "" before its first placement."""
+def _last_host(obj: Any, back: int = 1) -> str:
+    """HOSTNAME of the VM's last history record (``back`` = 2: the one before; ``vm.info``
+    and ``infoextended`` list them oldest first); "" if there is none."""
     records = getattr(getattr(obj, "HISTORY_RECORDS", None), "HISTORY", None) or []
     if not isinstance(records, list):
         records = [records]
-    return str(getattr(records[-1], "HOSTNAME", "") or "") if records else ""
+    return str(getattr(records[-back], "HOSTNAME", "") or "") if len(records) >= back else ""
 
 
 def vm_from_binding(obj: Any) -> VM:
@@ -203,7 +210,17 @@ def vm_from_binding(obj: Any) -> VM:
         end_time=int(obj.ETIME or 0),
         sched_message=user_template.get("SCHED_MESSAGE", ""),
         host=_last_host(obj),
+        previous_host=_last_host(obj, 2),
+        cpu=_number(template.get("CPU")),
+        memory_mb=int(_number(template.get("MEMORY"))),
     )
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(str(text or 0))
+    except ValueError:
+        return 0.0
 
 
 _CHUNK_CHARS = 1 << 20
@@ -248,6 +265,9 @@ def _vm_from_element(elem: Any) -> VM:
         end_time=int(_text(elem.find("ETIME")) or 0),
         sched_message=user_template.get("SCHED_MESSAGE", ""),
         host=_text(records[-1].find("HOSTNAME")) if records else "",
+        previous_host=_text(records[-2].find("HOSTNAME")) if len(records) > 1 else "",
+        cpu=_number(_text(template.find("CPU")) if template is not None else ""),
+        memory_mb=int(_number(_text(template.find("MEMORY")) if template is not None else "")),
     )
 
 

@@ -191,3 +191,59 @@ def test_deploy_from_hold_and_enforced_capacity(start_cloud: Callable[..., Runni
     assert cloud.one.vm.deploy(big, 0, False) == big   # without enforce oned overcommits
     cloud.wait_state(big, *S["RUNNING"])
     assert cloud.one.host.info(0).HOST_SHARE.CPU_USAGE == 210
+
+
+def test_cold_migration_of_a_suspended_vm_and_what_oned_refuses(
+        start_cloud: Callable[..., Running]) -> None:
+    """oned's VirtualMachineAPI::migrate: SUSPENDED and POWEROFF VMs move cold (the flag
+    ``live`` makes no difference), a STOPPED one has no host and is refused; the history
+    gets one record per host, the new one with action migrate, the old one keeping suspend."""
+    cloud = start_cloud(timings=SLOW_STEPS, hosts=2)
+    vm_id = cloud.one.vm.allocate(VM_TEXT, True)
+    cloud.one.vm.deploy(vm_id, 0)
+    cloud.wait_state(vm_id, *S["RUNNING"])
+    cloud.one.vm.action("suspend", vm_id)
+    cloud.wait_state(vm_id, *S["SUSPENDED"])
+    assert cloud.one.host.status(0, 1) == 0  # host0 DISABLED
+    assert cloud.one.vm.migrate(vm_id, 1, True, True) == vm_id
+    assert cloud.vm_state(vm_id) == (3, 45)  # PROLOG_MIGRATE_SUSPEND
+    assert cloud.one.host.info(1).HOST_SHARE.RUNNING_VMS == 1
+    assert cloud.one.host.info(0).HOST_SHARE.RUNNING_VMS == 0
+    cloud.wait_state(vm_id, *S["SUSPENDED"])
+    records = cloud.one.vm.info(vm_id).HISTORY_RECORDS.HISTORY
+    assert [(h.SEQ, h.HOSTNAME, h.HID, h.ACTION) for h in records] == [
+        (0, "host0", 0, 10), (1, "host1", 1, 1)]   # suspend, then migrate
+    assert records[0].ETIME >= records[0].STIME > 0 and records[1].ETIME == 0
+    cloud.one.vm.action("resume", vm_id)
+    cloud.wait_state(vm_id, *S["RUNNING"])
+    cloud.one.vm.action("stop", vm_id)
+    cloud.wait_state(vm_id, *S["STOPPED"])
+    with pytest.raises(pyone.OneActionException,
+                       match=r"^\[one.vm.migrate\] Migrate action is not available for state "
+                             r"STOPPED$"):
+        cloud.one.vm.migrate(vm_id, 0, False)
+    # a STOPPED VM resumed goes back to PENDING and the scheduler skips the disabled host
+    cloud.one.vm.action("resume", vm_id)
+    cloud.wait_state(vm_id, *S["RUNNING"])
+    assert [h.HOSTNAME for h in cloud.one.vm.info(vm_id).HISTORY_RECORDS.HISTORY] == [
+        "host0", "host1", "host1"]
+
+
+def test_live_migration_needs_room_when_enforced(start_cloud: Callable[..., Running]) -> None:
+    cloud = start_cloud(timings=SLOW_STEPS, hosts=2, host_cpu_pct=100)
+    vm_id = cloud.one.vm.allocate('CPU = "0.6"\nMEMORY = "64"\nSCHED_REQUIREMENTS = "ID = 0"\n')
+    other = cloud.one.vm.allocate('CPU = "0.6"\nMEMORY = "64"\nSCHED_REQUIREMENTS = "ID = 1"\n')
+    cloud.wait_state(vm_id, *S["RUNNING"])
+    cloud.wait_state(other, *S["RUNNING"])
+    with pytest.raises(pyone.OneActionException) as info:
+        cloud.one.vm.migrate(vm_id, 1, True, True)
+    assert str(info.value) == (f"[one.vm.migrate] virtual machine [{vm_id}] does not fit in "
+                               "host [1]. Not enough CPU: 60/40")
+    assert cloud.vm_state(vm_id) == S["RUNNING"]
+    cloud.one.vm.action("terminate-hard", other)
+    cloud.wait_state(other, *S["DONE"])
+    assert cloud.one.vm.migrate(vm_id, 1, True, True) == vm_id
+    assert cloud.vm_state(vm_id) == (3, 4)  # MIGRATE: the guest keeps running
+    cloud.wait_state(vm_id, *S["RUNNING"])
+    records = cloud.one.vm.info(vm_id).HISTORY_RECORDS.HISTORY
+    assert [(h.HOSTNAME, h.ACTION) for h in records] == [("host0", 2), ("host1", 0)]

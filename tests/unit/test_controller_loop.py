@@ -31,6 +31,7 @@ from vcluster.controller.loop import (
     run_loop,
 )
 from vcluster.errors import OneAuthorizationError, OneNotFound, OneUnavailable, SlurmCommandError
+from vcluster.one_site import HostCapacity
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node
 from vcluster.vmtemplate import GuestContext
@@ -96,6 +97,8 @@ class FakeOne:
     terminated: list[int] = field(default_factory=list)
     actions: list[tuple[str, int]] = field(default_factory=list)
     hosts: dict[str, str] = field(default_factory=dict)
+    capacities: list[HostCapacity] = field(default_factory=list)
+    migrated: list[tuple[int, int, bool]] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
     """Raised, in order, by the next instantiate calls."""
     next_id: int = 40
@@ -132,6 +135,15 @@ class FakeOne:
 
     def host_states(self) -> dict[str, str]:
         return dict(self.hosts)
+
+    def host_capacities(self) -> list[HostCapacity]:
+        return list(self.capacities)
+
+    def migrate(self, vm_id: int, host_id: int, *, live: bool, enforce: bool = True) -> None:
+        self.migrated.append((vm_id, host_id, live))
+        to = next(h.name for h in self.capacities if h.host_id == host_id)
+        vm = self.vms_by_id[vm_id]
+        self.vms_by_id[vm_id] = replace(vm, host=to, previous_host=vm.host)
 
     def action(self, action: str, vm_id: int) -> None:
         self.actions.append((action, vm_id))
@@ -767,3 +779,50 @@ def test_a_job_slurm_suspends_has_its_vm_stopped_and_brought_back(world: World) 
     assert [k for k in kinds if k.startswith(("vm.", "job."))][-4:] == [
         "vm.stop", "vm.stopped", "vm.restore", "job.resumed"]
     assert "vm.lost" not in kinds and w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_a_suspended_vm_on_a_disabled_host_moves_cold_before_its_resume(
+        world: World, room: bool) -> None:
+    """A suspended job's VM held SUSPENDED on a host since DISABLED: on resume vcluster
+    migrates it (cold) to the enabled host with room and resumes it there; with no room
+    anywhere it is resumed where it is (a disabled host still runs its VMs)."""
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    w.one.run(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}
+    w.controller.run_pass()
+    w.slurm.jobs_by_id = {12: job(12, S1, state="SUSPENDED")}
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN")}
+    w.controller.run_pass()
+    w.controller.run_pass()
+    # held SUSPENDED on host0 (oned's suspend keeps the host), which is then disabled
+    w.one.vms_by_id[40] = replace(w.one.vms_by_id[40], state=5, lcm_state=0,
+                                  state_name="SUSPENDED", host="host0", cpu=2.0,
+                                  memory_mb=2048)
+    w.one.hosts = {"host0": "DISABLED", "host1": "MONITORED", "host2": "MONITORED"}
+    free_cpu = 800 if room else 100
+    w.one.capacities = [HostCapacity("host0", "DISABLED", 800, 8 << 20, 200, 2 << 20, 0),
+                        HostCapacity("host1", "MONITORED", 800, 8 << 20, 800 - free_cpu, 0, 1),
+                        HostCapacity("host2", "MONITORED", 800, 8 << 20, 700, 0, 2)]
+    w.slurm.jobs_by_id = {12: job(12, S1, state="RUNNING")}  # scontrol resume
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED", "DRAIN", "POWER_DOWN")}
+    w.controller.run_pass()
+    if room:
+        assert w.one.migrated == [(40, 1, False)] and w.one.actions == [("stop", 40)]
+        w.controller.run_pass()  # now SUSPENDED on host1 (enabled): resumed there
+    else:
+        assert w.one.migrated == []
+    assert w.one.actions == [("stop", 40), ("resume", 40)]
+    w.controller.run_pass()
+    assert w.slurm.updates[-2:] == ["suspend 12", "resume 12"]
+    events = {k: m for k, _, m in w.events()}
+    if room:
+        assert events["vm.migrated"] == "job 12: VM 40 resumed on host host1, suspended on host0"
+    else:
+        assert events["vm.migrate.skipped"] == (
+            "job 12: VM 40 stays on host host0 (not enabled): no enabled host has room for it")
+        assert "vm.migrated" not in events
+    assert "job.resumed" in events and "vm.lost" not in events

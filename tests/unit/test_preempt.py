@@ -17,6 +17,7 @@ from vcluster.controller.actions import (
     FailNode,
     FinishResume,
     MarkStopped,
+    MoveSuspendedVM,
     RestoreVM,
     SetDrain,
     StopVM,
@@ -61,6 +62,13 @@ def suspended(state: str = "SUSPENDED", vm_state: str = "RUNNING", rows: tuple[s
         suspensions={S1: row(S1, 12, 40, rows[0], by_job)} if rows else {})
 
 
+def on_host(obs: Observed, host_state: str, host: str = "host0") -> Observed:
+    """VM 40 placed on ``host``, whose state is ``host_state``."""
+    vms = {i: replace(v, host=host) if i == 40 else v
+           for i, v in obs.vms.items()}
+    return replace(obs, vms=vms, host_states={"host0": host_state, "host1": "MONITORED"})
+
+
 CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
     ("Slurm suspended a job: its VM is stopped",
      lambda: suspended(), [StopVM(40, S1, 12)]),
@@ -81,7 +89,8 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: suspended("RUNNING", "PENDING", rows=("resuming",)), []),
     ("back: the drain lifted and Slurm's resume said again (slurmd never got it)",
      lambda: suspended("RUNNING", "RUNNING", rows=("resuming",)),
-     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0)]),
+     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0,
+                   stopped_vms=((S1, 40),))]),
     ("a job suspended on a node a preemptor shares keeps its VM (the preemptor runs there)",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")},
                      jobs={12: job(12, S1, state="SUSPENDED"), 13: job(13, S1, state="RUNNING")},
@@ -93,6 +102,18 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: replace(suspended(vm_state="STOPPED", rows=("stopped",)), vms={}),
      [FailNode(S1, "vcluster: VM 40 died (gone)", 1, None, 12, "DONE", "gone"),
       DropSuspension((S1,), 12, "its VM or launch is gone")]),
+    ("resumed by Slurm, its VM SUSPENDED on a host now DISABLED: moved cold first",
+     lambda: on_host(suspended("RUNNING", "SUSPENDED", rows=("stopped",)), "DISABLED"),
+     [MoveSuspendedVM(40, S1, 12, "host0")]),
+    ("... or POWEROFF on a host OFFLINE",
+     lambda: on_host(suspended("RUNNING", "POWEROFF", rows=("stopped",)), "OFFLINE"),
+     [MoveSuspendedVM(40, S1, 12, "host0")]),
+    ("SUSPENDED on an enabled host: resumed where it is",
+     lambda: on_host(suspended("RUNNING", "SUSPENDED", rows=("stopped",)), "MONITORED"),
+     [RestoreVM(40, S1, 12)]),
+    ("a STOPPED VM has no host: resumed, and OpenNebula places it (no migrate)",
+     lambda: on_host(suspended("RUNNING", "STOPPED", rows=("stopped",)), "DISABLED"),
+     [RestoreVM(40, S1, 12)]),
     ("vcluster's drain of a suspended job's node whose row is gone is lifted",
      lambda: picture(nodes={S1: node(S1, "IDLE", "DRAIN", "POWERED_DOWN",
                                             reason=suspend_reason(12))}),
@@ -151,7 +172,8 @@ def test_the_preempted_job_comes_back_once_the_preemptor_is_gone() -> None:
     back = replace(obs, vms={40: vm(40, S1, "RUNNING")},
                    suspensions={S1: row(S1, 12, 40, "resuming", 20, 3)})
     assert [a for a in plan(back, PREEMPT) if isinstance(a, FinishResume)] == [
-        FinishResume(12, (S1,), slurm_resume=True, redeliver=False, seconds=3.0)]
+        FinishResume(12, (S1,), slurm_resume=True, redeliver=False, seconds=3.0,
+                     stopped_vms=((S1, 40),))]
 
 
 def test_not_back_while_the_preemptor_still_holds_a_vm() -> None:

@@ -71,6 +71,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("vcluster.cli.controller", "controller_group"),
     "doctor": ("vcluster.cli.doctor", "doctor"),
     "drain": ("vcluster.cli.admin", "drain"),
+    "drain-host": ("vcluster.cli.host", "drain_host"),
     "events": ("vcluster.cli.status", "events"),
     "hook": ("vcluster.cli.hook", "hook"),
     "nodes": ("vcluster.cli.admin", "nodes"),
@@ -80,6 +81,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "terminate": ("vcluster.cli.admin", "terminate"),
     "testbed": ("vcluster.cli.testbed", "testbed"),
     "undrain": ("vcluster.cli.admin", "undrain"),
+    "undrain-host": ("vcluster.cli.host", "undrain_host"),
     "usage": ("vcluster.cli.usage", "usage"),
 }
 

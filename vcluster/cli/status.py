@@ -136,14 +136,36 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
     finally:
         engine.dispose()
     standby = _standby(config, db.utcnow().timestamp())
+    hosts = _hosts(config)
     if as_json:
         payload = status_to_json(report)
         if any(nc.standby for nc in config.node_classes):
             payload["standby_vms"] = standby
+        payload.update({k: v for k, v in hosts.items() if v})  # only when there are some
         click.echo(json.dumps(payload, indent=2))
     else:
         render_status(report, _console())
         _print_standby(config, standby)
+        for title, lines in (("Hosts out of service", hosts["hosts_out_of_service"]),
+                             ("Migrations in flight", hosts["migrating"])):
+            if lines:
+                click.echo(f"\n{title}:\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def _hosts(config: Config) -> dict[str, list[str]]:
+    """Drained (or down) hosts and VMs migrating (:func:`vcluster.host_drain.describe_hosts`);
+    nothing if OpenNebula cannot be read (the versions line already says so)."""
+    from dataclasses import replace
+
+    from vcluster.host_drain import describe_hosts
+    from vcluster.one import OneClient
+
+    one = OneClient(replace(config.opennebula, retry_delays_s=()))
+    try:
+        return describe_hosts(one.host_capacities(),
+                              one.vms(cluster=config.controller.cluster_name))
+    except VclusterError:
+        return {"hosts_out_of_service": [], "migrating": []}
 
 
 def _standby(config: Config, now_s: float) -> list[dict[str, object]] | str:

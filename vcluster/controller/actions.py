@@ -357,6 +357,21 @@ class FinishResume:
     redeliver: bool
     seconds: float
     """Since the VMs were asked back."""
+    stopped_vms: tuple[tuple[str, int], ...] = ()
+    """(node, VM id) of the VMs vcluster stopped or moved: each one back on another host
+    than before is a ``vm.migrated`` event (one.vm.info has the VM's history; a pool
+    listing has only its last record)."""
+
+
+@dataclass(frozen=True)
+class MoveSuspendedVM:
+    """A suspended job's VM, SUSPENDED or POWEROFF on a host that is no longer enabled: move
+    it cold (one.vm.migrate) to an enabled host with room before it is resumed."""
+
+    vm_id: int
+    node_name: str
+    job_id: int
+    from_host: str
 
 
 @dataclass(frozen=True)
@@ -372,4 +387,5 @@ Action = (BootVM | AdoptVM | SetNodeAddr | MarkUp | TerminateVM | ResumeVM | Clo
           | FailNode | PowerDown | ResetNode | ClearReason | UpsertJob | StartNow | HoldJob
           | SetDrain | Unplaceable | SetBackoff | ClearBackoff | BackoffNodes | MarkHandled
           | BootStandby | BootEarly | ClaimStandby | SuspendJob | StopVM | MarkStopped
-          | RestoreVM | FinishResume | DropSuspension | RequeueJob | NoteKept)
+          | RestoreVM | FinishResume | DropSuspension | RequeueJob | NoteKept
+          | MoveSuspendedVM)

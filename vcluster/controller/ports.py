@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from vcluster.one_site import HostCapacity
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node
 
@@ -50,5 +51,10 @@ class OnePort(Protocol):
     def action(self, action: str, vm_id: int) -> None: ...
 
     def host_states(self) -> dict[str, str]: ...
+
+    def host_capacities(self) -> list[HostCapacity]: ...
+
+    def migrate(self, vm_id: int, host_id: int, *, live: bool, enforce: bool = True
+                ) -> None: ...
 
     def update_user_template(self, vm_id: int, attrs: Mapping[str, str]) -> None: ...

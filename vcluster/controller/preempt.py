@@ -24,6 +24,12 @@ the room, one job at a time; once the preemptor's VMs are gone, the VMs come bac
 is resumed (``scontrol resume``). Slurm cannot make that choice: it does not know the cloud's
 hosts are full.
 
+Cold migration: a STOPPED VM has left its host, and its resume makes it PENDING, so
+OpenNebula's scheduler places it on any enabled host with room (its old one if that is
+still enabled and has room). A VM held SUSPENDED or POWEROFF on a host that is no longer
+enabled (``onehost disable``, ``vcluster drain-host``) is moved cold first (one.vm.migrate to
+the enabled host with the most free CPU that has room) and resumed there.
+
 A ``suspension`` row per node records what vcluster asked for, so a STOPPED VM it stopped is
 never taken for an ``on_vm_event``. Pure: the picture in, actions out.
 """
@@ -39,6 +45,7 @@ from vcluster.controller.actions import (
     DropSuspension,
     FinishResume,
     MarkStopped,
+    MoveSuspendedVM,
     RestoreVM,
     SetDrain,
     StopVM,
@@ -50,6 +57,8 @@ from vcluster.slurm_parse import Job, Node
 PREEMPT_SETTLE_S = 10.0
 """After the jobs preempted for a waiting VM have their VMs STOPPED, how long OpenNebula's
 scheduler gets to place that VM before one more job is preempted for it."""
+HOST_NOT_ENABLED = frozenset({"DISABLED", "OFFLINE", "ERROR"})
+"""Host states in which OpenNebula places no VM: a suspended VM there moves before resuming."""
 SUSPEND_REASON_PREFIX = "vcluster suspend: "
 """Starts the DRAIN reason of a node whose VM vcluster stopped (lifted once it is back)."""
 
@@ -140,7 +149,14 @@ def _follow(obs: Observed, job_id: int, rows: list[SuspensionView],
                 actions.append(MarkStopped(r.vm_id, r.node_name, job_id, _age_s(obs, r)))
         return actions
     for r in rows:
-        if _vm_state(obs, r.vm_id) in ("STOPPED", "SUSPENDED") and r.state != "resuming":
+        state = _vm_state(obs, r.vm_id)
+        vm = obs.vms.get(r.vm_id) if r.vm_id is not None else None
+        if (state in ("SUSPENDED", "POWEROFF") and r.state != "resuming" and vm is not None
+                and obs.host_states.get(vm.host, "") in HOST_NOT_ENABLED):
+            actions.append(MoveSuspendedVM(vm.vm_id, r.node_name, job_id, vm.host))
+        elif state in ("STOPPED", "SUSPENDED") and r.state != "resuming":
+            # a STOPPED VM resumed is PENDING again: OpenNebula's scheduler places it on
+            # any enabled host with room (vcluster does not pin it to its old host)
             actions.append(RestoreVM(r.vm_id, r.node_name, job_id))
     if all(_vm_state(obs, r.vm_id) == "RUNNING" for r in rows):
         stopped = tuple(sorted(r.node_name for r in rows if r.state != "suspending"))
@@ -148,7 +164,9 @@ def _follow(obs: Observed, job_id: int, rows: list[SuspensionView],
                      if r.state == "resuming"), default=0.0)
         actions.append(FinishResume(job_id, stopped, slurm_resume=job.state == "SUSPENDED",
                                     redeliver=job.state == "RUNNING" and bool(stopped),
-                                    seconds=since))
+                                    seconds=since,
+                                    stopped_vms=tuple((r.node_name, r.vm_id) for r in rows
+                                                      if r.state != "suspending")))
     return actions
 
 

@@ -19,6 +19,7 @@ from vcluster.controller.actions import (
     DropSuspension,
     FinishResume,
     MarkStopped,
+    MoveSuspendedVM,
     RestoreVM,
     StopVM,
     SuspendJob,
@@ -103,7 +104,48 @@ class PreemptActs:
         self._note("vm.restore", f"job {a.job_id} to run again: VM {a.vm_id} resumed",
                    a.node_name, a.job_id, a.vm_id)
 
+    def _MoveSuspendedVM(self, a: MoveSuspendedVM) -> None:
+        vm = self.one.vm(a.vm_id)
+        need_cpu, need_mem_kb = int(round(vm.cpu * 100)), vm.memory_mb * 1024
+        room = sorted((h for h in self.one.host_capacities()
+                       if h.schedulable and h.name != vm.host
+                       and h.max_cpu - h.cpu_usage >= need_cpu
+                       and h.max_mem_kb - h.mem_usage_kb >= need_mem_kb),
+                      key=lambda h: (h.cpu_usage - h.max_cpu, h.name))
+        if not room:  # resumed where it is: a disabled host still runs the VMs it has
+            self._note("vm.migrate.skipped", f"job {a.job_id}: VM {a.vm_id} stays on host "
+                       f"{a.from_host} (not enabled): no enabled host has room "
+                       "for it", a.node_name, a.job_id, a.vm_id)
+            self._RestoreVM(RestoreVM(a.vm_id, a.node_name, a.job_id))
+            return
+        target = room[0]
+        try:
+            self.one.migrate(a.vm_id, target.host_id, live=False)
+        except VclusterError as exc:  # refused (rights, state): resumed where it is
+            self._note("vm.migrate.skipped", f"job {a.job_id}: VM {a.vm_id} stays on host "
+                       f"{a.from_host}: {exc}", a.node_name, a.job_id, a.vm_id)
+            self._RestoreVM(RestoreVM(a.vm_id, a.node_name, a.job_id))
+            return
+        self._note("vm.migrated", f"job {a.job_id}: VM {a.vm_id} ({vm.state_name}) migrated "
+                   f"cold from {a.from_host} (not enabled) to {target.name}, to be resumed "
+                   "there", a.node_name, a.job_id, a.vm_id)
+
+    def _moved(self, a: FinishResume) -> list[tuple[str, int, str, str]]:
+        """(node, VM, old host, new host) of the VMs back on another host: their last two
+        history records differ (a resume of a STOPPED VM or a migration adds one)."""
+        moved = []
+        for node, vm_id in a.stopped_vms:
+            try:
+                vm = self.one.vm(vm_id)
+            except VclusterError as exc:  # only the event is lost
+                log.warning("cannot read VM %d's hosts: %s", vm_id, exc)
+                continue
+            if vm.previous_host and vm.previous_host != vm.host:
+                moved.append((node, vm_id, vm.previous_host, vm.host))
+        return moved
+
     def _FinishResume(self, a: FinishResume) -> None:
+        moved = self._moved(a)
         if a.node_names:
             try:
                 self.slurm.update_nodes(list(a.node_names), state="RESUME")
@@ -118,6 +160,10 @@ class PreemptActs:
             self.slurm.resume(a.job_id)
         with db.transaction(self.sessions) as s:
             s.execute(delete(db.Suspension).where(db.Suspension.job_id == a.job_id))
+            for node, vm_id, old, new in moved:
+                db.record_event(s, "vm.migrated", f"job {a.job_id}: VM {vm_id} resumed on "
+                                f"host {new}, suspended on {old}", node_name=node,
+                                job_id=a.job_id, vm_id=vm_id, at=self.now())
             how = "resumed by vcluster" if a.slurm_resume else "resumed by Slurm"
             db.record_event(s, "job.resumed", f"job {a.job_id} running again ({how}): VMs "
                             f"back {a.seconds:.1f} s after their resume", job_id=a.job_id,

@@ -92,6 +92,8 @@ class SiteSpec:
     """Nodes of a "gpu" class (partition gpu, ``gres = ["gpu:tesla:1"]``, one PCI GPU each);
     the cloud's host0 reports that many GPUs, and each VM gets a stand-in device file for
     the one assigned to it (gres.conf ``File=``, see vminit.make_pci_devices). 0: none."""
+    hosts: int = 1
+    """The cloud's hosts (``--hosts``): 2 or more to move VMs between them."""
     slurm_root: str = ""
     """A Debian root with another Slurm (:mod:`vcluster.testbed.slurm_root`): slurmctld runs
     from it, and the worker template boots VMs from it as their image. "" for the host's."""
@@ -363,7 +365,7 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--bridge", spec.slurm.bridge, "--subnet", spec.subnet,
         "--onegate-host", spec.gateway, "--onegate-port", str(spec.onegate_port),
         "--events-port", str(spec.events_port),
-        "--boot-s", str(spec.boot_s),
+        "--boot-s", str(spec.boot_s), "--hosts", str(spec.hosts),
     )
     for _ in range(spec.gpu_nodes):
         argv += ["--pci", f"host0={GPU_PCI_DEVICE}"]

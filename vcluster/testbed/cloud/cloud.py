@@ -274,12 +274,21 @@ class Cloud(Images, Resources, Accounts):
                                       f"[{host_id}]. {capacity_error(vm, host)}")
             now = now_s()
             old = vm.history[-1]
-            old.action = ACTION_NUMBERS["live-migrate" if live else "migrate"]
+            # oned's LifeCycleManager: a live migration marks the old record live-migrate; a
+            # cold one of a RUNNING (or UNKNOWN) VM marks both records migrate; a POWEROFF or
+            # SUSPENDED VM's old record keeps its action (poweroff, suspend), the new one is
+            # migrate. ``live`` asked of a VM not RUNNING is a cold migration.
+            live_run = live and lcm == LCM["MIGRATE"]
+            if live_run:
+                old.action = ACTION_NUMBERS["live-migrate"]
+            elif vm.state == ACTIVE:
+                old.action = ACTION_NUMBERS["migrate"]
             old.etime = old.retime = now
             self._del_capacity(vm)
             vm.history.append(History(seq=len(vm.history), hid=host.host_id,
                                       hostname=host.name, vm_mad=host.vm_mad,
-                                      cid=host.cluster_id, stime=now))
+                                      cid=host.cluster_id, stime=now,
+                                      action=0 if live_run else ACTION_NUMBERS["migrate"]))
             self._add_capacity(vm)
             self.transition(vm, state, lcm)
             return vm_id
