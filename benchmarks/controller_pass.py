@@ -211,6 +211,27 @@ class FileSlurm:
         return [n for n in self.nodes() if n.name in wanted]
 
 
+class Phases:
+    """CPU seconds and peak RSS of each phase of a pass: the peak is the kernel's VmHWM,
+    reset to the current RSS as each phase starts (``/proc/self/clear_refs`` = 5)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            Path("/proc/self/clear_refs").write_text("5")
+            cpu0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - cpu0, 3)
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0),
+                                         round(status_kb("self", "VmHWM") / 1024, 1))
+        return timed
+
+
 def child(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     from vcluster.config import parse_config
@@ -228,8 +249,22 @@ def child(args: argparse.Namespace) -> int:
     actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
                   guest=GuestContext(slurm_conf_server="", join_url=""))
     controller = Controller(config, sessions, slurm, one, actor)  # type: ignore[arg-type]
+    import vcluster.controller.loop as loop_module
+    import vcluster.controller.observe as observe_module
+    phases = Phases()
+    observe_module.read_database = phases.wrap(  # type: ignore[assignment]
+        "database", observe_module.read_database)
+    slurm.jobs = phases.wrap("slurm_jobs", slurm.jobs)  # type: ignore[method-assign]
+    slurm.nodes = phases.wrap("slurm_nodes", slurm.nodes)  # type: ignore[method-assign]
+    one.vms = phases.wrap("one_vms", one.vms)  # type: ignore[method-assign]
+    one.host_states = phases.wrap("one_hosts", one.host_states)  # type: ignore[method-assign]
+    loop_module.plan = phases.wrap("plan", loop_module.plan)  # type: ignore[assignment]
+    actor.act = phases.wrap("act", actor.act)  # type: ignore[method-assign]
     passes = []
     for k in range(args.passes):
+        phases.cpu.clear()
+        phases.peak_mb.clear()
+        Path("/proc/self/clear_refs").write_text("5")
         cpu0, wall0 = time.process_time(), time.monotonic()
         if os.environ.get("VCLUSTER_BENCH_PROFILE") and k == args.passes - 1:
             import cProfile
@@ -241,8 +276,12 @@ def child(args: argparse.Namespace) -> int:
             report = controller.run_pass()
         passes.append({"cpu_s": round(time.process_time() - cpu0, 3),
                        "wall_s": round(time.monotonic() - wall0, 3),
-                       "actions": len(report.actions), "skipped": report.skipped})
-    peak_kb = status_kb("self", "VmHWM")
+                       "actions": len(report.actions), "skipped": report.skipped,
+                       "peak_rss_mb": max([round(status_kb("self", "VmHWM") / 1024, 1),
+                                           *phases.peak_mb.values()]),
+                       "phase_cpu_s": dict(phases.cpu),
+                       "phase_peak_rss_mb": dict(phases.peak_mb)})
+    peak_kb = max(round(p["peak_rss_mb"] * 1024) for p in passes)
     # the reference: the same pool read through pyone's generated bindings alone
     cpu0 = time.process_time()
     server = pyone.OneServer(config.opennebula.xmlrpc, session=AUTH)

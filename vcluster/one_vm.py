@@ -17,6 +17,7 @@ holds the pool's tree in memory.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -217,7 +218,7 @@ def _flat_children(elem: Any, keep: tuple[str, ...] | None = None) -> dict[str, 
     """Single-valued attributes (children without children) of a template element."""
     if elem is None:
         return {}
-    return {child.tag: child.text or "" for child in elem
+    return {sys.intern(child.tag): child.text or "" for child in elem
             if len(child) == 0 and isinstance(child.tag, str)
             and (keep is None or child.tag in keep)}
 
@@ -251,28 +252,53 @@ def _vm_from_element(elem: Any) -> VM:
     )
 
 
+class PoolReader:
+    """A ``<VM_POOL>`` text read piece by piece (:meth:`feed`), each ``<VM>`` turned into a
+    :class:`VM` and dropped as soon as it ends; only those tagged
+    ``VCLUSTER_CLUSTER=cluster`` are kept if ``cluster`` is given. :meth:`close` gives them in
+    the pool's order; ValueError on a text that is not a VM pool or not XML."""
+
+    def __init__(self, cluster: str | None = None) -> None:
+        self.cluster = cluster
+        # lxml picks the <VM> ends out in C: Python sees one event per VM, not per element
+        self._parser = etree.XMLPullParser(events=("end",), tag="VM")
+        self._found: list[VM] = []
+
+    def feed(self, text: str) -> None:
+        try:
+            self._parser.feed(text)
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"not XML: {exc}") from exc
+        self._read_events()
+
+    def _read_events(self) -> None:
+        cluster = self.cluster
+        for _event, elem in self._parser.read_events():
+            pool = elem.getparent()
+            if pool is None or pool.getparent() is not None:
+                continue  # a template attribute that happens to be called VM
+            if pool.tag != "VM_POOL":
+                raise ValueError(f"expected <VM_POOL>, got <{pool.tag}>")
+            if cluster is None or elem.findtext("USER_TEMPLATE/VCLUSTER_CLUSTER") == cluster:
+                self._found.append(_vm_from_element(elem))
+            pool.remove(elem)  # read: let it go
+
+    def close(self) -> list[VM]:
+        try:
+            root = self._parser.close()
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"not XML: {exc}") from exc
+        self._read_events()
+        if root.tag != "VM_POOL":
+            raise ValueError(f"expected <VM_POOL>, got <{root.tag}>")
+        return self._found
+
+
 def vms_from_pool_xml(text: str, *, cluster: str | None = None) -> list[VM]:
     """The VMs of a ``<VM_POOL>`` text (``one.vmpool.info``/``infoextended``), in its order;
     only those tagged ``VCLUSTER_CLUSTER=cluster`` if given. Raises ValueError on a text
     that is not a VM pool or not XML."""
-    # lxml picks the <VM> ends out in C: Python sees one event per VM, not per element
-    parser = etree.XMLPullParser(events=("end",), tag="VM")
-    found: list[VM] = []
-    try:
-        for at in range(0, len(text), _CHUNK_CHARS):
-            parser.feed(text[at:at + _CHUNK_CHARS])
-            for _event, elem in parser.read_events():
-                pool = elem.getparent()
-                if pool is None or pool.getparent() is not None:
-                    continue  # a template attribute that happens to be called VM
-                if pool.tag != "VM_POOL":
-                    raise ValueError(f"expected <VM_POOL>, got <{pool.tag}>")
-                if cluster is None or elem.findtext("USER_TEMPLATE/VCLUSTER_CLUSTER") == cluster:
-                    found.append(_vm_from_element(elem))
-                pool.remove(elem)  # read: let it go
-        root = parser.close()
-    except etree.XMLSyntaxError as exc:
-        raise ValueError(f"not XML: {exc}") from exc
-    if root.tag != "VM_POOL":
-        raise ValueError(f"expected <VM_POOL>, got <{root.tag}>")
-    return found
+    reader = PoolReader(cluster)
+    for at in range(0, len(text), _CHUNK_CHARS):
+        reader.feed(text[at:at + _CHUNK_CHARS])
+    return reader.close()

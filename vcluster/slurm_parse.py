@@ -28,13 +28,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hostlist
 
 from vcluster.errors import SlurmError, SlurmParseError
+
+T = TypeVar("T")
 
 # Job states after which the job will not run again (unless requeued by hand).
 FINISHED_JOB_STATES = frozenset({
@@ -286,6 +288,64 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
     return data
 
 
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _load_json_list(text: str, command: str, key: str,
+                    convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
+    """The top-level object of ``text`` without its ``key`` list, and that list's object
+    items each passed through ``convert``, one at a time: at 10,000 nodes the raw records
+    of the whole listing (tens of MB of dicts) are never all alive at once. Same errors as
+    :func:`_load_json`. ``data[key]`` is True when the list was read, absent (or what the
+    text holds: ``null``) when there was none."""
+    data: dict[str, Any] = {}
+    items: list[T] = []
+    ws, decode = _WHITESPACE.match, _DECODER.raw_decode
+    try:
+        at = ws(text, 0).end()  # type: ignore[union-attr]
+        if text[at:at + 1] != "{":
+            value, at = decode(text, at)  # not an object: an error, or the non-object
+            if ws(text, at).end() != len(text):  # type: ignore[union-attr]
+                raise json.JSONDecodeError("Extra data", text, at)
+            raise SlurmParseError(f"`{command}` printed JSON that is not an object")
+        at = ws(text, at + 1).end()  # type: ignore[union-attr]
+        while text[at:at + 1] != "}":
+            name, at = decode(text, at)
+            at = ws(text, at).end()  # type: ignore[union-attr]
+            if not isinstance(name, str) or text[at:at + 1] != ":":
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
+            at = ws(text, at + 1).end()  # type: ignore[union-attr]
+            if name == key and text[at:at + 1] == "[":
+                data[name] = True
+                at = ws(text, at + 1).end()  # type: ignore[union-attr]
+                while text[at:at + 1] != "]":
+                    item, at = decode(text, at)
+                    if isinstance(item, Mapping):
+                        items.append(convert(item))
+                    at = ws(text, at).end()  # type: ignore[union-attr]
+                    if text[at:at + 1] == ",":
+                        at = ws(text, at + 1).end()  # type: ignore[union-attr]
+                    elif text[at:at + 1] != "]":
+                        raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+                at += 1
+            else:
+                data[name], at = decode(text, at)
+            at = ws(text, at).end()  # type: ignore[union-attr]
+            if text[at:at + 1] == ",":
+                at = ws(text, at + 1).end()  # type: ignore[union-attr]
+            elif text[at:at + 1] != "}":
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+        if ws(text, at + 1).end() != len(text):  # type: ignore[union-attr]
+            raise json.JSONDecodeError("Extra data", text, at + 1)
+    except json.JSONDecodeError as exc:
+        raise SlurmParseError(
+            f"`{command}` printed something that is not JSON ({exc.msg} at line {exc.lineno}); "
+            "is this Slurm 22.05 or newer?"
+        ) from exc
+    return data, items
+
+
 def _number(value: Any) -> int | None:
     """An integer field: plain number, ``{"set":..,"number":..}`` (23.x), or None if unset."""
     if isinstance(value, Mapping):
@@ -413,11 +473,10 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
 
 def parse_squeue_json(text: str, command: str = "squeue --json") -> list[Job]:
     """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
-    data = _load_json(text, command)
-    raw_jobs = data.get("jobs")
-    if raw_jobs is None:
+    data, jobs = _load_json_list(text, command, "jobs", job_from_json)
+    if data.get("jobs") is None:
         raise SlurmParseError(f"`{command}` gave no job list; errors: {_errors(data)}")
-    return [job_from_json(raw) for raw in raw_jobs if isinstance(raw, Mapping)]
+    return jobs
 
 
 def _errors(data: Mapping[str, Any]) -> str:
@@ -482,18 +541,15 @@ def parse_nodes_json(text: str, command: str) -> list[Node]:
     --json`` (23.02+). 23.02+'s ``sinfo --json`` has no ``nodes`` list (records grouped by
     partition and state, without addresses) and is refused with the command to use instead.
     """
-    data = _load_json(text, command)
-    raw_nodes = data.get("nodes")
-    if raw_nodes is None:
+    data, nodes = _load_json_list(text, command, "nodes", node_from_json)
+    if data.get("nodes") is None:
         hint = ("; Slurm 23.02 and later list nodes with `scontrol show node --json`"
                 if "sinfo" in data else "")
         raise SlurmParseError(f"`{command}` gave no node list; errors: {_errors(data)}{hint}")
     by_name: dict[str, Node] = {}
-    for raw in raw_nodes:
-        if isinstance(raw, Mapping):
-            node = node_from_json(raw)
-            if node.name and node.name not in by_name:
-                by_name[node.name] = node
+    for node in nodes:
+        if node.name and node.name not in by_name:
+            by_name[node.name] = node
     return [by_name[name] for name in sorted(by_name)]
 
 
