@@ -271,7 +271,8 @@ def child(args: argparse.Namespace) -> int:
             import pstats
             with cProfile.Profile() as prof:
                 report = controller.run_pass()
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats(
+                os.environ["VCLUSTER_BENCH_PROFILE"]).print_stats(45)
         else:
             report = controller.run_pass()
         passes.append({"cpu_s": round(time.process_time() - cpu0, 3),

@@ -223,32 +223,50 @@ def _flat_children(elem: Any, keep: tuple[str, ...] | None = None) -> dict[str, 
             and (keep is None or child.tag in keep)}
 
 
+_VM_FIELDS = frozenset({"ID", "NAME", "STATE", "LCM_STATE", "STIME", "ETIME"})
+
+
 def _vm_from_element(elem: Any) -> VM:
-    template = elem.find("TEMPLATE")
-    user_template = _flat_children(elem.find("USER_TEMPLATE"))
+    """A :class:`VM` from a ``<VM>`` element: its children walked once (no XPath), only
+    what vcluster reads kept."""
+    fields: dict[str, str] = {}
+    template = user = records = None
+    for child in elem:
+        tag = child.tag
+        if tag == "TEMPLATE":
+            template = child
+        elif tag == "USER_TEMPLATE":
+            user = child
+        elif tag == "HISTORY_RECORDS":
+            records = child
+        elif tag in _VM_FIELDS:
+            fields[tag] = child.text or ""
+    user_template = _flat_children(user)
     ips: list[str] = []
     context: dict[str, str] = {}
     if template is not None:
-        for nic in (*template.findall("NIC"), *template.findall("NIC_ALIAS")):
-            ip = _text(nic.find("IP"))
-            if ip:
-                ips.append(ip)
-        context = _flat_children(template.find("CONTEXT"), CONTEXT_KEPT)
-    records = elem.findall("HISTORY_RECORDS/HISTORY")
-    state, lcm_state = int(_text(elem.find("STATE")) or 0), int(_text(elem.find("LCM_STATE")) or 0)
+        for child in template:
+            if child.tag in ("NIC", "NIC_ALIAS"):
+                ip = _text(child.find("IP"))
+                if ip:
+                    ips.append(ip)
+            elif child.tag == "CONTEXT" and not context:
+                context = _flat_children(child, CONTEXT_KEPT)
+    last = records[-1] if records is not None and len(records) else None
+    state, lcm_state = int(fields.get("STATE") or 0), int(fields.get("LCM_STATE") or 0)
     return VM(
-        vm_id=int(_text(elem.find("ID"))),
-        name=_text(elem.find("NAME")),
+        vm_id=int(fields.get("ID", "")),
+        name=fields.get("NAME", ""),
         state=state,
         lcm_state=lcm_state,
         state_name=state_name(state, lcm_state),
         ips=tuple(ips),
         user_template=user_template,
         context=context,
-        start_time=int(_text(elem.find("STIME")) or 0),
-        end_time=int(_text(elem.find("ETIME")) or 0),
+        start_time=int(fields.get("STIME") or 0),
+        end_time=int(fields.get("ETIME") or 0),
         sched_message=user_template.get("SCHED_MESSAGE", ""),
-        host=_text(records[-1].find("HOSTNAME")) if records else "",
+        host=_text(last.find("HOSTNAME")) if last is not None else "",
     )
 
 

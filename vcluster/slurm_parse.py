@@ -257,6 +257,8 @@ def expand_hostlist(text: str) -> list[str]:
     text = text.strip()
     if not text or text in ("(null)", "None"):
         return []
+    if "[" not in text and "," not in text:
+        return [text]  # one plain name, as most jobs' nodes are
     try:
         return list(hostlist.expand_hostlist(text))
     except hostlist.BadHostlist as exc:
@@ -348,6 +350,8 @@ def _load_json_list(text: str, command: str, key: str,
 
 def _number(value: Any) -> int | None:
     """An integer field: plain number, ``{"set":..,"number":..}`` (23.x), or None if unset."""
+    if type(value) is int:
+        return None if value in _SENTINELS else value
     if isinstance(value, Mapping):
         if value.get("infinite") or not value.get("set", True):
             return None
