@@ -51,7 +51,10 @@ AUTH = "oneadmin:opennebula"
 CLUSTER = "bench"
 PREFIX = "vb"
 VM_SHARE = 0.4
-BASE_TEXT = 'NIC = [ NETWORK = "vcluster" ]\nCONTEXT = [ NETWORK = "YES" ]\n'
+WORKER_TEMPLATE = (  # what a site registers (vcluster.testbed.site.worker_template_text)
+    'NAME = "worker"\nCPU = "1"\nVCPU = "1"\nMEMORY = "512"\nNIC = [ NETWORK = "vcluster" ]\n'
+    'CONTEXT = [ NETWORK = "YES" ]\n'
+    'DESCRIPTION = "vcluster worker: an image with one-context, slurmd and munge"\n')
 
 
 def free_port() -> int:
@@ -154,12 +157,15 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
     nc = parse_config(config_dict(nodes, port, Path("/nonexistent"))).node_classes[0]
     guest = GuestContext(slurm_conf_server="10.0.0.1:6817", join_url="http://10.0.0.1:6830")
     one = pyone.OneServer(f"http://127.0.0.1:{port}/RPC2", session=AUTH)
+    template_id = int(one.template.allocate(WORKER_TEMPLATE))
 
-    def allocate(i: int) -> int:
-        extra = worker_vm_extra(node_class=nc, node_name=node_name(i, nodes), job_id=1000 + i,
+    def allocate(i: int) -> int:  # as act boots a VM: the class's template + worker_vm_extra
+        name = node_name(i, nodes)
+        extra = worker_vm_extra(node_class=nc, node_name=name, job_id=1000 + i,
                                 cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest,
                                 join_token=secrets.token_urlsafe(32))
-        return int(one.vm.allocate(BASE_TEXT + extra, False))
+        return int(one.template.instantiate(template_id, f"{name}-j{1000 + i}", False, extra,
+                                            False))
 
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(allocate, range(count)))
@@ -175,7 +181,34 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda vm_id: one.vm.update(vm_id, 'READY = "YES"', 1), ids))
     ips = {int(v.ID): str(v.TEMPLATE["NIC"]["IP"]) for v in vms}
+    check_shape(port)
     return {node_name(i, nodes): (vm_id, ips[vm_id]) for i, vm_id in enumerate(ids)}
+
+
+def check_shape(port: int) -> None:
+    """The listing the pass reads is oned's: one.vmpool.infoextended's first VM, alone in a
+    pool, valid against oned's vm_pool_extended.xsd; one CONTEXT, REPORT_READY, no script
+    but the bootstrap. Prints the size of a VM's XML."""
+    import xmlrpc.client
+
+    from lxml import etree
+
+    server = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+    ok, text, _code = server.one.vmpool.infoextended(AUTH, -2, -1, -1, -1)[:3]
+    assert ok, text
+    pool = etree.fromstring(text.encode())
+    vm = pool[0]
+    for extra in pool[1:]:
+        pool.remove(extra)
+    sys.path.insert(0, str(HERE.parent))
+    from tests.cloud.schemas import validate  # oned's namespace added, as the cloud tests do
+
+    validate(etree.tostring(pool, encoding="unicode"), "vm_pool_extended.xsd", full_vms=True)
+    contexts = vm.findall("TEMPLATE/CONTEXT")
+    assert len(contexts) == 1 and contexts[0].findtext("REPORT_READY") == "YES", "CONTEXT"
+    assert contexts[0].findtext("VCLUSTER_JOIN_TOKEN") and not contexts[0].find("MUNGE_KEY")
+    print(f"shape: one VM of the pool is {len(etree.tostring(vm))} bytes of XML, valid "
+          f"against vm_pool_extended.xsd", file=sys.stderr)
 
 
 # --- the child: one size, measured --------------------------------------------------------------
