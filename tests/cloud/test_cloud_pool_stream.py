@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import xmlrpc.client
-from collections.abc import Callable
 
 import pytest
 import requests
@@ -92,8 +91,7 @@ def _loads(body: bytes) -> object:
 def test_refused_session_is_an_answer_not_a_stream(cloud: Running) -> None:
     body = _body(cloud, "one.vmpool.infoextended", "oneadmin:wrong", -2, -1, -1, -1)
     pieces: list[str] = []
-    answer: Callable[[], object] = lambda: AnswerStream(pieces.append, _loads).read([body])
-    result = answer()
+    result = AnswerStream(pieces.append, _loads).read([body])
     assert isinstance(result, list) and result[0] is False and pieces == []
     with pytest.raises(OneAuthError, match="rejected the credentials"):
         _client(cloud, "oneadmin:wrong").vms()
