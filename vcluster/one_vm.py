@@ -251,7 +251,10 @@ def _vm_from_element(elem: Any) -> VM:
                 if ip:
                     ips.append(ip)
             elif child.tag == "CONTEXT" and not context:
-                context = _flat_children(child, CONTEXT_KEPT)
+                for key in CONTEXT_KEPT:  # a few finds: the CONTEXT has dozens of others
+                    value = child.find(key)
+                    if value is not None and len(value) == 0:
+                        context[key] = value.text or ""
     last = records[-1] if records is not None and len(records) else None
     state, lcm_state = int(fields.get("STATE") or 0), int(fields.get("LCM_STATE") or 0)
     return VM(

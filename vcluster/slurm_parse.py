@@ -268,6 +268,8 @@ def expand_hostlist(text: str) -> list[str]:
 def compress_hostlist(names: Iterable[str]) -> str:
     """``["n1", "n2", "n3", "x"]`` -> ``"n[1-3],x"`` (duplicates removed)."""
     items = [n for n in names if n]
+    if len(items) == 1 and "[" not in items[0] and "," not in items[0]:
+        return items[0]  # one plain name, as most jobs' nodes are
     try:
         return str(hostlist.collect_hostlist(items))
     except hostlist.BadHostlist as exc:
@@ -371,6 +373,8 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _str(value: Any) -> str:
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, list):
@@ -400,6 +404,8 @@ def _exit_status(value: Any) -> int | None:
 
 
 def _state_words(value: Any) -> list[str]:
+    if type(value) is str and value.isalpha():  # one word (22.05's "idle")
+        return [value.upper()]
     if isinstance(value, list):
         words = [str(v) for v in value]
     else:
