@@ -5,19 +5,26 @@ VMs, the database), so its cost grows with the site. This measures a quiet pass 
 do) at each size, the shape a big site is in most of the time:
 
 * OpenNebula: the testbed cloud (a separate process, dummy driver) holding ``0.4 * nodes``
-  RUNNING VMs, each allocated with the very template vcluster sends (``worker_vm_extra``:
-  tags, CONTEXT with the bootstrap script and a join token), READY=YES; read by the real
-  ``OneClient`` (pyone) as the controller reads it.
-* Slurm: ``sinfo --json`` / ``squeue --json`` texts in Slurm 22.05's shape (the captures in
-  tests/data/slurm/22.05, one entry per node and job), parsed by vcluster's own parsers on
-  every pass as the real adapter does with slurmctld's output; one running job per VM.
+  RUNNING VMs, each instantiated as act boots one: a registered worker template (as a site
+  registers it) plus the very extra template vcluster sends (``worker_vm_extra``: tags, one
+  CONTEXT with the small bootstrap, the join URL and a one-time token), READY=YES; read by
+  the real ``OneClient`` (pyone's connection, vcluster's streamed pool read) as the
+  controller reads it. Before measuring, one listed VM is checked against oned's
+  ``vm_pool_extended.xsd`` and its size printed.
+* Slurm: the node listing and ``squeue --json`` in the shape of Slurm 22.05's
+  (``sinfo --json``) or, with ``--slurm 24.11``, 24.11's (``scontrol show node --json``)
+  captures in tests/data/slurm/VERSION, one entry per node and job, parsed by vcluster's own
+  parsers on every pass as the real adapter does with slurmctld's output; one running job
+  per VM.
 * The database: SQLite with the open launch of every VM and a history of five ended
   launches, ten events and two hook requests per node (history must not slow a pass).
 
 Each size runs in a fresh child process: imports, then ``--passes`` passes of the real
 ``Controller.run_pass`` (observe, plan, act). Reported per size: CPU seconds of the best
 pass, the actions the first and the last pass planned, the baseline RSS after imports and
-the peak RSS (VmHWM) of the child, and, as a reference measured in the same run, the CPU
+the peak RSS (VmHWM) of the child during the passes, per pass and per phase (database,
+Slurm jobs, Slurm nodes, OpenNebula VMs and hosts, plan, act: CPU and the peak while each
+ran, VmHWM reset as each starts), and, as a reference measured in the same run, the CPU
 time of reading the same VM pool with pyone's generated bindings (``reference_pyone_s``):
 ``ratio_vs_pyone`` = pass CPU / that.
 
@@ -92,28 +99,40 @@ def config_dict(nodes: int, port: int, state_dir: Path) -> dict[str, Any]:
     }
 
 
-def slurm_texts(nodes: int, vm_ips: dict[str, str], state_dir: Path) -> None:
-    """sinfo/squeue JSON of the site, in 22.05's shape, into state_dir."""
-    sinfo = json.loads((CAPTURES / "sinfo.json").read_text())
-    proto = sinfo["nodes"][0]
+def slurm_texts(nodes: int, vm_ips: dict[str, str], state_dir: Path, version: str) -> None:
+    """The node listing and squeue JSON of the site into state_dir, in the shape of Slurm
+    ``version``'s captures: 22.05's ``sinfo --json`` or 24.11's ``scontrol show node --json``
+    (what vcluster.slurm runs on each), and that version's ``squeue --json``."""
+    new = version != "22.05"
+    captures = CAPTURES.parent / version
+    listing = json.loads((captures / ("scontrol-show-node.json" if new else "sinfo.json"))
+                         .read_text())
+    proto = listing["nodes"][0]
     entries = []
     for i in range(nodes):
         name = node_name(i, nodes)
-        e = dict(proto, name=name, hostname=name, partitions=["vcluster"], features="small",
-                 active_features="small", cpus=2, real_memory=2048, reason="")
-        if name in vm_ips:
-            e.update(state="allocated", state_flags=["CLOUD"], address=vm_ips[name])
+        e = dict(proto, name=name, hostname=name, partitions=["vcluster"],
+                 features=["small"] if new else "small",
+                 active_features=["small"] if new else "small", cpus=2, real_memory=2048,
+                 reason="")
+        flags = ["CLOUD"] if name in vm_ips else ["CLOUD", "POWERED_DOWN"]
+        base = "ALLOCATED" if name in vm_ips else "IDLE"
+        if new:
+            e.update(state=[base, *flags])
         else:
-            e.update(state="idle", state_flags=["CLOUD", "POWERED_DOWN"], address=name)
+            e.update(state=base.lower(), state_flags=flags)
+        e.update(address=vm_ips.get(name, name))
         entries.append(e)
-    sinfo["nodes"] = entries
-    (state_dir / "sinfo.json").write_text(json.dumps(sinfo))
-    squeue = json.loads((CAPTURES / "squeue.json").read_text())
-    proto_job = next(j for j in squeue["jobs"] if j["job_state"] == "RUNNING")
+    listing["nodes"] = entries
+    (state_dir / "nodes.json").write_text(json.dumps(listing))
+    squeue = json.loads((captures / "squeue.json").read_text())
+    proto_job = next(j for j in squeue["jobs"] if "RUNNING" in j["job_state"])
     jobs = []
     for k, name in enumerate(sorted(vm_ips)):
         jobs.append(dict(proto_job, job_id=1000 + k, nodes=name, partition="vcluster",
-                         features="small", job_state="RUNNING", node_count=1))
+                         features="small", job_state=["RUNNING"] if new else "RUNNING",
+                         node_count={"set": True, "infinite": False, "number": 1}
+                         if new else 1))
     squeue["jobs"] = jobs
     (state_dir / "squeue.json").write_text(json.dumps(squeue))
 
@@ -228,7 +247,7 @@ class FileSlurm:
 
     def nodes(self) -> list[Any]:
         from vcluster.slurm_parse import parse_nodes_json
-        return parse_nodes_json((self.state_dir / "sinfo.json").read_text(), "sinfo")
+        return parse_nodes_json((self.state_dir / "nodes.json").read_text(), "nodes")
 
     def update_nodes(self, nodes: Any, **fields: Any) -> None:
         self.updates.append(("node", nodes, fields))
@@ -333,7 +352,7 @@ def child(args: argparse.Namespace) -> int:
 # --- the parent ----------------------------------------------------------------------------------
 
 
-def measure(nodes: int, passes: int) -> dict[str, Any]:
+def measure(nodes: int, passes: int, slurm_version: str) -> dict[str, Any]:
     from vcluster.config import parse_config
 
     vms = int(nodes * VM_SHARE)
@@ -358,7 +377,8 @@ def measure(nodes: int, passes: int) -> dict[str, Any]:
             populate_s = time.monotonic() - t0
             vm_of = {name: (vm_id, ip, 1000 + i)
                      for i, (name, (vm_id, ip)) in enumerate(sorted(made.items()))}
-            slurm_texts(nodes, {n: ip for n, (_, ip, _) in vm_of.items()}, state_dir)
+            slurm_texts(nodes, {n: ip for n, (_, ip, _) in vm_of.items()}, state_dir,
+                        slurm_version)
             config = parse_config(config_dict(nodes, port, state_dir))
             build_database(config, vm_of)
             out = subprocess.run(
@@ -380,6 +400,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,10000,30000")
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--slurm", default="22.05", choices=("22.05", "24.11"),
+                        help="the shape of Slurm's outputs (tests/data/slurm/VERSION)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "controller_pass.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -388,8 +410,8 @@ def main() -> int:
     if args.child:
         args.nodes = int(args.nodes)
         return child(args)
-    sizes = [measure(int(n), args.passes) for n in args.nodes.split(",")]
-    result = {"benchmark": "controller_pass", "sizes": sizes,
+    sizes = [measure(int(n), args.passes, args.slurm) for n in args.nodes.split(",")]
+    result = {"benchmark": "controller_pass", "slurm_shape": args.slurm, "sizes": sizes,
               "python": platform.python_version(), "cpus": os.cpu_count(),
               "max_rss_limit_note": "peak_rss_mb is the child's VmHWM: imports + passes",
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
