@@ -270,10 +270,17 @@ class Phases:
     def __init__(self) -> None:
         self.cpu: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}
+        self.heap_mb: dict[str, float] = {}
+        """With VCLUSTER_BENCH_TRACEMALLOC: the Python heap's peak above its level as each
+        phase started (tracemalloc; slows the pass, so CPU is not reported then)."""
 
     def wrap(self, name: str, fn: Any) -> Any:
+        import tracemalloc
+
         def timed(*args: Any, **kwargs: Any) -> Any:
             Path("/proc/self/clear_refs").write_text("5")
+            heap0 = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
             cpu0 = time.process_time()
             try:
                 return fn(*args, **kwargs)
@@ -281,6 +288,9 @@ class Phases:
                 self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - cpu0, 3)
                 self.peak_mb[name] = max(self.peak_mb.get(name, 0.0),
                                          round(status_kb("self", "VmHWM") / 1024, 1))
+                if tracemalloc.is_tracing():
+                    self.heap_mb[name] = round(
+                        (tracemalloc.get_traced_memory()[1] - heap0) / 2**20, 1)
         return timed
 
 
@@ -313,6 +323,9 @@ def child(args: argparse.Namespace) -> int:
     loop_module.plan = phases.wrap("plan", loop_module.plan)  # type: ignore[assignment]
     actor.act = phases.wrap("act", actor.act)  # type: ignore[method-assign]
     passes = []
+    if os.environ.get("VCLUSTER_BENCH_TRACEMALLOC"):
+        import tracemalloc
+        tracemalloc.start()
     for k in range(args.passes):
         phases.cpu.clear()
         phases.peak_mb.clear()
@@ -333,7 +346,9 @@ def child(args: argparse.Namespace) -> int:
                        "peak_rss_mb": max([round(status_kb("self", "VmHWM") / 1024, 1),
                                            *phases.peak_mb.values()]),
                        "phase_cpu_s": dict(phases.cpu),
-                       "phase_peak_rss_mb": dict(phases.peak_mb)})
+                       "phase_peak_rss_mb": dict(phases.peak_mb),
+                       **({"phase_heap_peak_mb": dict(phases.heap_mb)} if phases.heap_mb
+                          else {})})
     peak_kb = max(round(p["peak_rss_mb"] * 1024) for p in passes)
     # the reference: the same pool read through pyone's generated bindings alone
     cpu0 = time.process_time()
