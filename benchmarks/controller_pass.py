@@ -60,7 +60,7 @@ PREFIX = "vb"
 VM_SHARE = 0.4
 WORKER_TEMPLATE = (  # what a site registers (vcluster.testbed.site.worker_template_text)
     'NAME = "worker"\nCPU = "1"\nVCPU = "1"\nMEMORY = "512"\nNIC = [ NETWORK = "vcluster" ]\n'
-    'CONTEXT = [ NETWORK = "YES" ]\n'
+    'DISK = [ IMAGE = "vcluster-worker" ]\nCONTEXT = [ NETWORK = "YES" ]\n'
     'DESCRIPTION = "vcluster worker: an image with one-context, slurmd and munge"\n')
 
 
@@ -183,8 +183,7 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
         extra = worker_vm_extra(node_class=nc, node_name=name, job_id=1000 + i,
                                 cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest,
                                 join_token=secrets.token_urlsafe(32))
-        return int(one.template.instantiate(template_id, f"{name}-j{1000 + i}", False, extra,
-                                            False))
+        return int(one.template.instantiate(template_id, name, False, extra, False))
 
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(allocate, range(count)))
@@ -234,20 +233,25 @@ def check_shape(port: int) -> None:
 
 
 class FileSlurm:
-    """The controller's SlurmPort over captured-shape texts: parsed on every call, as the
-    real adapter parses slurmctld's output; updates are counted, not sent anywhere."""
+    """The controller's SlurmPort over captured-shape texts: read and parsed on every call
+    as the real adapter reads the command's output (from the file it went to, a MB at a
+    time); updates are counted, not sent anywhere."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.updates: list[tuple[Any, ...]] = []
 
     def jobs(self) -> list[Any]:
+        from vcluster.slurm import _file_chunks
         from vcluster.slurm_parse import parse_squeue_json
-        return parse_squeue_json((self.state_dir / "squeue.json").read_text(), "squeue")
+        with open(self.state_dir / "squeue.json", "rb") as out:  # as Slurm.jobs reads
+            return parse_squeue_json(_file_chunks(out), "squeue")
 
     def nodes(self) -> list[Any]:
+        from vcluster.slurm import _file_chunks
         from vcluster.slurm_parse import parse_nodes_json
-        return parse_nodes_json((self.state_dir / "nodes.json").read_text(), "nodes")
+        with open(self.state_dir / "nodes.json", "rb") as out:  # as Slurm.nodes reads
+            return parse_nodes_json(_file_chunks(out), "nodes")
 
     def update_nodes(self, nodes: Any, **fields: Any) -> None:
         self.updates.append(("node", nodes, fields))
@@ -382,7 +386,8 @@ def measure(nodes: int, passes: int, slurm_version: str) -> dict[str, Any]:
                 "--state-dir", str(state_dir / "cloud"), "--hosts", "8",
                 "--host-cpu", str(400 * nodes), "--host-mem", str(64 * 1024 * 1024 * nodes),
                 "--subnet", "10.240.0.0/14", "--lease-start", "16", "--boot-s", "0",
-                "--step-s", "0", "--monitor-s", "30"]
+                "--step-s", "0", "--monitor-s", "30",
+                "--image", "vcluster-worker=/var/lib/one/images/vcluster-worker.qcow2"]
         server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None

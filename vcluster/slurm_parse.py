@@ -35,6 +35,9 @@ from typing import Any, TypeVar
 import hostlist
 
 from vcluster.errors import SlurmError, SlurmParseError
+from vcluster.json_stream import CHUNK_CHARS, NotAnObject, read_listing, text_chunks
+
+__all__ = ["CHUNK_CHARS"]  # re-exported for vcluster.slurm
 
 T = TypeVar("T")
 
@@ -292,62 +295,19 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
     return data
 
 
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-
-
-def _load_json_list(text: str, command: str, key: str,
+def _load_json_list(text: str | Iterable[str], command: str, key: str,
                     convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
-    """The top-level object of ``text`` without its ``key`` list, and that list's object
-    items each passed through ``convert``, one at a time: at 10,000 nodes the raw records
-    of the whole listing (tens of MB of dicts) are never all alive at once. Same errors as
-    :func:`_load_json`. ``data[key]`` is True when the list was read, absent (or what the
-    text holds: ``null``) when there was none."""
-    data: dict[str, Any] = {}
-    items: list[T] = []
-    ws, decode = _WHITESPACE.match, _DECODER.raw_decode
+    """:func:`vcluster.json_stream.read_listing` with :func:`_load_json`'s errors: the
+    ``key`` list's records converted one at a time, the text given whole or in pieces."""
     try:
-        at = ws(text, 0).end()  # type: ignore[union-attr]
-        if text[at:at + 1] != "{":
-            value, at = decode(text, at)  # not an object: an error, or the non-object
-            if ws(text, at).end() != len(text):  # type: ignore[union-attr]
-                raise json.JSONDecodeError("Extra data", text, at)
-            raise SlurmParseError(f"`{command}` printed JSON that is not an object")
-        at = ws(text, at + 1).end()  # type: ignore[union-attr]
-        while text[at:at + 1] != "}":
-            name, at = decode(text, at)
-            at = ws(text, at).end()  # type: ignore[union-attr]
-            if not isinstance(name, str) or text[at:at + 1] != ":":
-                raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
-            at = ws(text, at + 1).end()  # type: ignore[union-attr]
-            if name == key and text[at:at + 1] == "[":
-                data[name] = True
-                at = ws(text, at + 1).end()  # type: ignore[union-attr]
-                while text[at:at + 1] != "]":
-                    item, at = decode(text, at)
-                    if isinstance(item, Mapping):
-                        items.append(convert(item))
-                    at = ws(text, at).end()  # type: ignore[union-attr]
-                    if text[at:at + 1] == ",":
-                        at = ws(text, at + 1).end()  # type: ignore[union-attr]
-                    elif text[at:at + 1] != "]":
-                        raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
-                at += 1
-            else:
-                data[name], at = decode(text, at)
-            at = ws(text, at).end()  # type: ignore[union-attr]
-            if text[at:at + 1] == ",":
-                at = ws(text, at + 1).end()  # type: ignore[union-attr]
-            elif text[at:at + 1] != "}":
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
-        if ws(text, at + 1).end() != len(text):  # type: ignore[union-attr]
-            raise json.JSONDecodeError("Extra data", text, at + 1)
+        return read_listing(text_chunks(text) if isinstance(text, str) else text, key, convert)
+    except NotAnObject:
+        raise SlurmParseError(f"`{command}` printed JSON that is not an object") from None
     except json.JSONDecodeError as exc:
         raise SlurmParseError(
             f"`{command}` printed something that is not JSON ({exc.msg} at line {exc.lineno}); "
             "is this Slurm 22.05 or newer?"
         ) from exc
-    return data, items
 
 
 def _number(value: Any) -> int | None:
@@ -481,7 +441,7 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
     return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
-def parse_squeue_json(text: str, command: str = "squeue --json") -> list[Job]:
+def parse_squeue_json(text: str | Iterable[str], command: str = "squeue --json") -> list[Job]:
     """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
     data, jobs = _load_json_list(text, command, "jobs", job_from_json)
     if data.get("jobs") is None:
@@ -544,7 +504,7 @@ def node_from_json(raw: Mapping[str, Any]) -> Node:
     )
 
 
-def parse_nodes_json(text: str, command: str) -> list[Node]:
+def parse_nodes_json(text: str | Iterable[str], command: str) -> list[Node]:
     """All nodes of a JSON node listing, one per name (first seen wins), sorted by name.
 
     ``command`` is what printed it: ``sinfo --json`` (22.05) or ``scontrol show node

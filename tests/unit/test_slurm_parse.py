@@ -455,15 +455,18 @@ def test_listings_read_record_by_record_read_as_the_whole_json(version: str) -> 
         assert expected  # the captures are not empty
         assert parse(json.dumps({**listed, **data})) == expected  # list first
         assert parse(json.dumps({**data, **listed}, indent=1)) == expected  # list last
+        for size in (1, 7, 4096):  # read from pieces (a file, a pipe), cut anywhere
+            assert parse(text[at:at + size] for at in range(0, len(text), size)) == expected
 
 
 @pytest.mark.parametrize("text", ["", "[1]", "{", '{"jobs": [1,', '{"jobs": []} x',
                                   '{"jobs": [{"job_id": 1}]', '{"a": 1 "jobs": []}',
                                   '{"jobs": [{"job_id": 1} {"job_id": 2}]}'])
 def test_broken_squeue_json_is_one_clear_error(text: str) -> None:
-    with pytest.raises(SlurmParseError, match="squeue --json` printed (something that is not"
-                                               " JSON|JSON that is not an object)"):
-        parse_squeue_json(text, "squeue --json")
+    for given in (text, iter(text)):  # whole, or one character at a time
+        with pytest.raises(SlurmParseError, match="squeue --json` printed (something that is"
+                                                   " not JSON|JSON that is not an object)"):
+            parse_squeue_json(given, "squeue --json")
 
 
 def test_null_job_list_is_no_job_list() -> None:
