@@ -282,9 +282,11 @@ class OneClient:
                     proxy, reader = self._proxy(), stream()
                     proxy.transport.sink = reader.feed
                     try:
-                        proxy._do_request("one." + method, proxy._cast_parms(params))
+                        answer = proxy._do_request("one." + method, proxy._cast_parms(params))
                     finally:
                         proxy.transport.sink = None
+                    if isinstance(answer[1], str) and answer[1]:
+                        reader.feed(answer[1])  # a layout that was not streamed: read whole
                     result = reader.close()
                 elif raw:
                     proxy = self._proxy()

@@ -111,3 +111,12 @@ def test_a_pool_text_that_is_not_a_pool_is_a_bad_request(cloud: Running) -> None
     with pytest.raises(ValueError, match="expected <VM_POOL>, got <HOST_POOL>"):
         _client(cloud)._call("hostpool.info", doing="list hosts", subject="host pool",
                              hint="", stream=PoolReader)
+
+
+def test_an_untyped_string_value_is_read_whole_by_the_fallback() -> None:
+    """XML-RPC allows a string without <string>: not streamed, but not lost either."""
+    body = xmlrpc.client.dumps(([True, "<VM_POOL></VM_POOL>", 0],), methodresponse=True)
+    body = body.replace("<value><string>", "<value>").replace("</string></value>", "</value>")
+    pieces: list[str] = []
+    answer = AnswerStream(pieces.append, _loads).read([body.encode()])
+    assert answer == [True, "<VM_POOL></VM_POOL>", 0] and pieces == []
