@@ -120,3 +120,25 @@ def test_an_untyped_string_value_is_read_whole_by_the_fallback() -> None:
     pieces: list[str] = []
     answer = AnswerStream(pieces.append, _loads).read([body.encode()])
     assert answer == [True, "<VM_POOL></VM_POOL>", 0] and pieces == []
+
+
+def test_xmlrpc_c_layout_is_streamed() -> None:
+    """oned answers through xmlrpc-c: an encoding declaration, CRLF line ends, <i4>, and
+    CRs in values written as character references."""
+    pool = "<VM_POOL><VM><ID>7</ID><NAME>a&amp;b\r\nc</NAME></VM></VM_POOL>"
+    escaped = pool.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") \
+        .replace("\r", "&#x0d;")
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n<params>\r\n'
+            "<param><value><array><data>\r\n<value><boolean>1</boolean></value>\r\n"
+            f"<value><string>{escaped}</string></value>\r\n<value><i4>0</i4></value>\r\n"
+            "</data></array></value></param>\r\n</params>\r\n</methodResponse>\r\n").encode()
+    for size in (1, 5, 64):
+        pieces: list[str] = []
+        answer = AnswerStream(pieces.append, _fail).read(
+            body[at:at + size] for at in range(0, len(body), size))
+        assert answer == [True, "", 0] and "".join(pieces) == pool
+        reader = PoolReader()
+        for piece in pieces:
+            reader.feed(piece)
+        (vm,) = reader.close()
+        assert (vm.vm_id, vm.name) == (7, "a&b\r\nc".replace("\r\n", "\n"))
