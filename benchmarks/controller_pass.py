@@ -5,19 +5,26 @@ VMs, the database), so its cost grows with the site. This measures a quiet pass 
 do) at each size, the shape a big site is in most of the time:
 
 * OpenNebula: the testbed cloud (a separate process, dummy driver) holding ``0.4 * nodes``
-  RUNNING VMs, each allocated with the very template vcluster sends (``worker_vm_extra``:
-  tags, CONTEXT with the bootstrap script and a join token), READY=YES; read by the real
-  ``OneClient`` (pyone) as the controller reads it.
-* Slurm: ``sinfo --json`` / ``squeue --json`` texts in Slurm 22.05's shape (the captures in
-  tests/data/slurm/22.05, one entry per node and job), parsed by vcluster's own parsers on
-  every pass as the real adapter does with slurmctld's output; one running job per VM.
+  RUNNING VMs, each instantiated as act boots one: a registered worker template (as a site
+  registers it) plus the very extra template vcluster sends (``worker_vm_extra``: tags, one
+  CONTEXT with the small bootstrap, the join URL and a one-time token), READY=YES; read by
+  the real ``OneClient`` (pyone's connection, vcluster's streamed pool read) as the
+  controller reads it. Before measuring, one listed VM is checked against oned's
+  ``vm_pool_extended.xsd`` and its size printed.
+* Slurm: the node listing and ``squeue --json`` in the shape of Slurm 22.05's
+  (``sinfo --json``) or, with ``--slurm 24.11``, 24.11's (``scontrol show node --json``)
+  captures in tests/data/slurm/VERSION, one entry per node and job, parsed by vcluster's own
+  parsers on every pass as the real adapter does with slurmctld's output; one running job
+  per VM.
 * The database: SQLite with the open launch of every VM and a history of five ended
   launches, ten events and two hook requests per node (history must not slow a pass).
 
 Each size runs in a fresh child process: imports, then ``--passes`` passes of the real
 ``Controller.run_pass`` (observe, plan, act). Reported per size: CPU seconds of the best
 pass, the actions the first and the last pass planned, the baseline RSS after imports and
-the peak RSS (VmHWM) of the child, and, as a reference measured in the same run, the CPU
+the peak RSS (VmHWM) of the child during the passes, per pass and per phase (database,
+Slurm jobs, Slurm nodes, OpenNebula VMs and hosts, plan, act: CPU and the peak while each
+ran, VmHWM reset as each starts), and, as a reference measured in the same run, the CPU
 time of reading the same VM pool with pyone's generated bindings (``reference_pyone_s``):
 ``ratio_vs_pyone`` = pass CPU / that.
 
@@ -51,7 +58,10 @@ AUTH = "oneadmin:opennebula"
 CLUSTER = "bench"
 PREFIX = "vb"
 VM_SHARE = 0.4
-BASE_TEXT = 'NIC = [ NETWORK = "vcluster" ]\nCONTEXT = [ NETWORK = "YES" ]\n'
+WORKER_TEMPLATE = (  # what a site registers (vcluster.testbed.site.worker_template_text)
+    'NAME = "worker"\nCPU = "1"\nVCPU = "1"\nMEMORY = "512"\nNIC = [ NETWORK = "vcluster" ]\n'
+    'DISK = [ IMAGE = "vcluster-worker" ]\nCONTEXT = [ NETWORK = "YES" ]\n'
+    'DESCRIPTION = "vcluster worker: an image with one-context, slurmd and munge"\n')
 
 
 def free_port() -> int:
@@ -89,28 +99,40 @@ def config_dict(nodes: int, port: int, state_dir: Path) -> dict[str, Any]:
     }
 
 
-def slurm_texts(nodes: int, vm_ips: dict[str, str], state_dir: Path) -> None:
-    """sinfo/squeue JSON of the site, in 22.05's shape, into state_dir."""
-    sinfo = json.loads((CAPTURES / "sinfo.json").read_text())
-    proto = sinfo["nodes"][0]
+def slurm_texts(nodes: int, vm_ips: dict[str, str], state_dir: Path, version: str) -> None:
+    """The node listing and squeue JSON of the site into state_dir, in the shape of Slurm
+    ``version``'s captures: 22.05's ``sinfo --json`` or 24.11's ``scontrol show node --json``
+    (what vcluster.slurm runs on each), and that version's ``squeue --json``."""
+    new = version != "22.05"
+    captures = CAPTURES.parent / version
+    listing = json.loads((captures / ("scontrol-show-node.json" if new else "sinfo.json"))
+                         .read_text())
+    proto = listing["nodes"][0]
     entries = []
     for i in range(nodes):
         name = node_name(i, nodes)
-        e = dict(proto, name=name, hostname=name, partitions=["vcluster"], features="small",
-                 active_features="small", cpus=2, real_memory=2048, reason="")
-        if name in vm_ips:
-            e.update(state="allocated", state_flags=["CLOUD"], address=vm_ips[name])
+        e = dict(proto, name=name, hostname=name, partitions=["vcluster"],
+                 features=["small"] if new else "small",
+                 active_features=["small"] if new else "small", cpus=2, real_memory=2048,
+                 reason="")
+        flags = ["CLOUD"] if name in vm_ips else ["CLOUD", "POWERED_DOWN"]
+        base = "ALLOCATED" if name in vm_ips else "IDLE"
+        if new:
+            e.update(state=[base, *flags])
         else:
-            e.update(state="idle", state_flags=["CLOUD", "POWERED_DOWN"], address=name)
+            e.update(state=base.lower(), state_flags=flags)
+        e.update(address=vm_ips.get(name, name))
         entries.append(e)
-    sinfo["nodes"] = entries
-    (state_dir / "sinfo.json").write_text(json.dumps(sinfo))
-    squeue = json.loads((CAPTURES / "squeue.json").read_text())
-    proto_job = next(j for j in squeue["jobs"] if j["job_state"] == "RUNNING")
+    listing["nodes"] = entries
+    (state_dir / "nodes.json").write_text(json.dumps(listing))
+    squeue = json.loads((captures / "squeue.json").read_text())
+    proto_job = next(j for j in squeue["jobs"] if "RUNNING" in j["job_state"])
     jobs = []
     for k, name in enumerate(sorted(vm_ips)):
         jobs.append(dict(proto_job, job_id=1000 + k, nodes=name, partition="vcluster",
-                         features="small", job_state="RUNNING", node_count=1))
+                         features="small", job_state=["RUNNING"] if new else "RUNNING",
+                         node_count={"set": True, "infinite": False, "number": 1}
+                         if new else 1))
     squeue["jobs"] = jobs
     (state_dir / "squeue.json").write_text(json.dumps(squeue))
 
@@ -154,12 +176,14 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
     nc = parse_config(config_dict(nodes, port, Path("/nonexistent"))).node_classes[0]
     guest = GuestContext(slurm_conf_server="10.0.0.1:6817", join_url="http://10.0.0.1:6830")
     one = pyone.OneServer(f"http://127.0.0.1:{port}/RPC2", session=AUTH)
+    template_id = int(one.template.allocate(WORKER_TEMPLATE))
 
-    def allocate(i: int) -> int:
-        extra = worker_vm_extra(node_class=nc, node_name=node_name(i, nodes), job_id=1000 + i,
+    def allocate(i: int) -> int:  # as act boots a VM: the class's template + worker_vm_extra
+        name = node_name(i, nodes)
+        extra = worker_vm_extra(node_class=nc, node_name=name, job_id=1000 + i,
                                 cluster=CLUSTER, cpus=2, memory_mb=2048, context=guest,
                                 join_token=secrets.token_urlsafe(32))
-        return int(one.vm.allocate(BASE_TEXT + extra, False))
+        return int(one.template.instantiate(template_id, name, False, extra, False))
 
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(allocate, range(count)))
@@ -175,27 +199,59 @@ def populate_cloud(port: int, count: int, nodes: int) -> dict[str, tuple[int, st
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda vm_id: one.vm.update(vm_id, 'READY = "YES"', 1), ids))
     ips = {int(v.ID): str(v.TEMPLATE["NIC"]["IP"]) for v in vms}
+    check_shape(port)
     return {node_name(i, nodes): (vm_id, ips[vm_id]) for i, vm_id in enumerate(ids)}
+
+
+def check_shape(port: int) -> None:
+    """The listing the pass reads is oned's: one.vmpool.infoextended's first VM, alone in a
+    pool, valid against oned's vm_pool_extended.xsd; one CONTEXT, REPORT_READY, no script
+    but the bootstrap. Prints the size of a VM's XML."""
+    import xmlrpc.client
+
+    from lxml import etree
+
+    server = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+    ok, text, _code = server.one.vmpool.infoextended(AUTH, -2, -1, -1, -1)[:3]
+    assert ok, text
+    pool = etree.fromstring(text.encode())
+    vm = pool[0]
+    for extra in pool[1:]:
+        pool.remove(extra)
+    sys.path.insert(0, str(HERE.parent))
+    from tests.cloud.schemas import validate  # oned's namespace added, as the cloud tests do
+
+    validate(etree.tostring(pool, encoding="unicode"), "vm_pool_extended.xsd", full_vms=True)
+    contexts = vm.findall("TEMPLATE/CONTEXT")
+    assert len(contexts) == 1 and contexts[0].findtext("REPORT_READY") == "YES", "CONTEXT"
+    assert contexts[0].findtext("VCLUSTER_JOIN_TOKEN") and not contexts[0].find("MUNGE_KEY")
+    print(f"shape: one VM of the pool is {len(etree.tostring(vm))} bytes of XML, valid "
+          f"against vm_pool_extended.xsd", file=sys.stderr)
 
 
 # --- the child: one size, measured --------------------------------------------------------------
 
 
 class FileSlurm:
-    """The controller's SlurmPort over captured-shape texts: parsed on every call, as the
-    real adapter parses slurmctld's output; updates are counted, not sent anywhere."""
+    """The controller's SlurmPort over captured-shape texts: read and parsed on every call
+    as the real adapter reads the command's output (from the file it went to, a MB at a
+    time); updates are counted, not sent anywhere."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.updates: list[tuple[Any, ...]] = []
 
     def jobs(self) -> list[Any]:
+        from vcluster.slurm import _file_chunks
         from vcluster.slurm_parse import parse_squeue_json
-        return parse_squeue_json((self.state_dir / "squeue.json").read_text(), "squeue")
+        with open(self.state_dir / "squeue.json", "rb") as out:  # as Slurm.jobs reads
+            return parse_squeue_json(_file_chunks(out), "squeue")
 
     def nodes(self) -> list[Any]:
+        from vcluster.slurm import _file_chunks
         from vcluster.slurm_parse import parse_nodes_json
-        return parse_nodes_json((self.state_dir / "sinfo.json").read_text(), "sinfo")
+        with open(self.state_dir / "nodes.json", "rb") as out:  # as Slurm.nodes reads
+            return parse_nodes_json(_file_chunks(out), "nodes")
 
     def update_nodes(self, nodes: Any, **fields: Any) -> None:
         self.updates.append(("node", nodes, fields))
@@ -209,6 +265,37 @@ class FileSlurm:
     def show_nodes(self, names: Any) -> list[Any]:
         wanted = set(names)
         return [n for n in self.nodes() if n.name in wanted]
+
+
+class Phases:
+    """CPU seconds and peak RSS of each phase of a pass: the peak is the kernel's VmHWM,
+    reset to the current RSS as each phase starts (``/proc/self/clear_refs`` = 5)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+        self.heap_mb: dict[str, float] = {}
+        """With VCLUSTER_BENCH_TRACEMALLOC: the Python heap's peak above its level as each
+        phase started (tracemalloc; slows the pass, so CPU is not reported then)."""
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        import tracemalloc
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            Path("/proc/self/clear_refs").write_text("5")
+            heap0 = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            cpu0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - cpu0, 3)
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0),
+                                         round(status_kb("self", "VmHWM") / 1024, 1))
+                if tracemalloc.is_tracing():
+                    self.heap_mb[name] = round(
+                        (tracemalloc.get_traced_memory()[1] - heap0) / 2**20, 1)
+        return timed
 
 
 def child(args: argparse.Namespace) -> int:
@@ -228,21 +315,45 @@ def child(args: argparse.Namespace) -> int:
     actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
                   guest=GuestContext(slurm_conf_server="", join_url=""))
     controller = Controller(config, sessions, slurm, one, actor)  # type: ignore[arg-type]
+    import vcluster.controller.loop as loop_module
+    import vcluster.controller.observe as observe_module
+    phases = Phases()
+    observe_module.read_database = phases.wrap(  # type: ignore[assignment]
+        "database", observe_module.read_database)
+    slurm.jobs = phases.wrap("slurm_jobs", slurm.jobs)  # type: ignore[method-assign]
+    slurm.nodes = phases.wrap("slurm_nodes", slurm.nodes)  # type: ignore[method-assign]
+    one.vms = phases.wrap("one_vms", one.vms)  # type: ignore[method-assign]
+    one.host_states = phases.wrap("one_hosts", one.host_states)  # type: ignore[method-assign]
+    loop_module.plan = phases.wrap("plan", loop_module.plan)  # type: ignore[assignment]
+    actor.act = phases.wrap("act", actor.act)  # type: ignore[method-assign]
     passes = []
+    if os.environ.get("VCLUSTER_BENCH_TRACEMALLOC"):
+        import tracemalloc
+        tracemalloc.start()
     for k in range(args.passes):
+        phases.cpu.clear()
+        phases.peak_mb.clear()
+        Path("/proc/self/clear_refs").write_text("5")
         cpu0, wall0 = time.process_time(), time.monotonic()
         if os.environ.get("VCLUSTER_BENCH_PROFILE") and k == args.passes - 1:
             import cProfile
             import pstats
             with cProfile.Profile() as prof:
                 report = controller.run_pass()
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats(
+                os.environ["VCLUSTER_BENCH_PROFILE"]).print_stats(45)
         else:
             report = controller.run_pass()
         passes.append({"cpu_s": round(time.process_time() - cpu0, 3),
                        "wall_s": round(time.monotonic() - wall0, 3),
-                       "actions": len(report.actions), "skipped": report.skipped})
-    peak_kb = status_kb("self", "VmHWM")
+                       "actions": len(report.actions), "skipped": report.skipped,
+                       "peak_rss_mb": max([round(status_kb("self", "VmHWM") / 1024, 1),
+                                           *phases.peak_mb.values()]),
+                       "phase_cpu_s": dict(phases.cpu),
+                       "phase_peak_rss_mb": dict(phases.peak_mb),
+                       **({"phase_heap_peak_mb": dict(phases.heap_mb)} if phases.heap_mb
+                          else {})})
+    peak_kb = max(round(p["peak_rss_mb"] * 1024) for p in passes)
     # the reference: the same pool read through pyone's generated bindings alone
     cpu0 = time.process_time()
     server = pyone.OneServer(config.opennebula.xmlrpc, session=AUTH)
@@ -260,7 +371,7 @@ def child(args: argparse.Namespace) -> int:
 # --- the parent ----------------------------------------------------------------------------------
 
 
-def measure(nodes: int, passes: int) -> dict[str, Any]:
+def measure(nodes: int, passes: int, slurm_version: str) -> dict[str, Any]:
     from vcluster.config import parse_config
 
     vms = int(nodes * VM_SHARE)
@@ -275,7 +386,8 @@ def measure(nodes: int, passes: int) -> dict[str, Any]:
                 "--state-dir", str(state_dir / "cloud"), "--hosts", "8",
                 "--host-cpu", str(400 * nodes), "--host-mem", str(64 * 1024 * 1024 * nodes),
                 "--subnet", "10.240.0.0/14", "--lease-start", "16", "--boot-s", "0",
-                "--step-s", "0", "--monitor-s", "30"]
+                "--step-s", "0", "--monitor-s", "30",
+                "--image", "vcluster-worker=/var/lib/one/images/vcluster-worker.qcow2"]
         server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
@@ -285,7 +397,8 @@ def measure(nodes: int, passes: int) -> dict[str, Any]:
             populate_s = time.monotonic() - t0
             vm_of = {name: (vm_id, ip, 1000 + i)
                      for i, (name, (vm_id, ip)) in enumerate(sorted(made.items()))}
-            slurm_texts(nodes, {n: ip for n, (_, ip, _) in vm_of.items()}, state_dir)
+            slurm_texts(nodes, {n: ip for n, (_, ip, _) in vm_of.items()}, state_dir,
+                        slurm_version)
             config = parse_config(config_dict(nodes, port, state_dir))
             build_database(config, vm_of)
             out = subprocess.run(
@@ -307,6 +420,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,10000,30000")
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--slurm", default="22.05", choices=("22.05", "24.11"),
+                        help="the shape of Slurm's outputs (tests/data/slurm/VERSION)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "controller_pass.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -315,8 +430,8 @@ def main() -> int:
     if args.child:
         args.nodes = int(args.nodes)
         return child(args)
-    sizes = [measure(int(n), args.passes) for n in args.nodes.split(",")]
-    result = {"benchmark": "controller_pass", "sizes": sizes,
+    sizes = [measure(int(n), args.passes, args.slurm) for n in args.nodes.split(",")]
+    result = {"benchmark": "controller_pass", "slurm_shape": args.slurm, "sizes": sizes,
               "python": platform.python_version(), "cpus": os.cpu_count(),
               "max_rss_limit_note": "peak_rss_mb is the child's VmHWM: imports + passes",
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -62,13 +62,14 @@ from vcluster.one_site import (
     template_nics,
     vnet_from_binding,
 )
+from vcluster.one_stream import AnswerStream
 from vcluster.one_vm import (
     VM,
     LcmState,
+    PoolReader,
     VmState,
     state_name,
     vm_from_binding,
-    vms_from_pool_xml,
 )
 from vcluster.vmtemplate import render_template
 
@@ -111,6 +112,9 @@ class _FaultSeen(Exception):
         self.fault = fault
 
 
+_STREAM_CHUNK = 1 << 16
+
+
 class _TimeoutTransport(pyone.RequestsTransport):
     """pyone's requests transport, with a timeout and HTTP errors that keep their reason."""
 
@@ -131,20 +135,37 @@ class _TimeoutTransport(pyone.RequestsTransport):
             expat_parser.buffer_text = True
         return parser, unmarshaller
 
+    sink: Callable[[str], None] | None = None
+    """Set for one call: a successful answer's string value goes there as it arrives
+    (:mod:`vcluster.one_stream`) and the call returns ``[True, "", code]``."""
+
     def request(self, host: str, handler: str, request_body: bytes,
                 verbose: bool = False) -> Any:
         url = self._build_url(host, handler)
         headers = {"User-Agent": "vcluster (pyone)", "Content-Type": "text/xml",
                    "Accept": "*/*"}
+        sink = self.sink
         resp = requests.post(url, data=request_body, headers=headers,
-                             verify=self.https_verify, timeout=self.timeout_s)
-        if resp.status_code != 200:
-            raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason or "",
-                                              dict(resp.headers))
+                             verify=self.https_verify, timeout=self.timeout_s,
+                             stream=sink is not None)
         try:
+            if resp.status_code != 200:
+                raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason or "",
+                                                  dict(resp.headers))
+            if sink is not None:
+                return AnswerStream(sink, self._parse_body).read(
+                    resp.iter_content(_STREAM_CHUNK))
             return self.parse_response(resp)
         except xmlrpc.client.Fault as fault:
             raise _FaultSeen(fault) from fault
+        finally:
+            resp.close()
+
+    def _parse_body(self, body: bytes) -> Any:
+        parser, unmarshaller = self.getparser()
+        parser.feed(body)
+        parser.close()
+        return unmarshaller.close()
 
 
 class _OneServer(pyone.OneServer):
@@ -155,6 +176,7 @@ class _OneServer(pyone.OneServer):
         if not hasattr(self, "_ServerProxy__transport"):
             raise RuntimeError("pyone's OneServer changed: cannot set a per-call timeout")
         self._ServerProxy__transport = transport
+        self.transport = transport
 
     def _do_request(self, method: str, params: Any) -> Any:
         raw = super()._do_request(method, params)
@@ -240,20 +262,33 @@ class OneClient:
         return self._server
 
     def _call(self, method: str, *params: Any, doing: str, subject: str, hint: str,
-              idempotent: bool = True, raw: bool = False) -> Any:
+              idempotent: bool = True, raw: bool = False,
+              stream: Callable[[], PoolReader] | None = None) -> Any:
         """Call ``one.<method>``; retry temporary errors, translate every failure.
 
         ``doing`` ("read VM 4") and ``subject`` ("VM 4") word the messages; ``hint`` says
         what to do when oned refuses. Not ``idempotent``: a retry after a failure that may
         have reached oned could act twice (two VMs), so such failures are not retried.
         ``raw``: the answer's value as oned sent it (an XML text), not parsed by pyone.
+        ``stream``: makes a fresh reader for each attempt; the answer's value is fed to it
+        as it arrives (never held whole) and the call returns what its ``close()`` returns.
         """
         delays = self.settings.retry_delays_s
         attempts = 1 + len(delays)
         for attempt in range(1, attempts + 1):
             started = time.monotonic()
             try:
-                if raw:
+                if stream is not None:
+                    proxy, reader = self._proxy(), stream()
+                    proxy.transport.sink = reader.feed
+                    try:
+                        answer = proxy._do_request("one." + method, proxy._cast_parms(params))
+                    finally:
+                        proxy.transport.sink = None
+                    if isinstance(answer[1], str) and answer[1]:
+                        reader.feed(answer[1])  # a layout that was not streamed: read whole
+                    result = reader.close()
+                elif raw:
                     proxy = self._proxy()
                     result = proxy._do_request("one." + method, proxy._cast_parms(params))[1]
                 else:
@@ -414,10 +449,10 @@ class OneClient:
 
     def vms(self, *, cluster: str | None = None) -> list[VM]:
         """Every VM not DONE the user can see, newest first; only ``cluster``'s if given."""
-        text = self._call("vmpool.infoextended", -2, -1, -1, -1, doing="list VMs",
-                          subject="VM pool", hint="check the user's permissions", raw=True)
-        try:
-            return vms_from_pool_xml(text, cluster=cluster)
+        try:  # streamed: the pool is read as it arrives, never held whole
+            return list(self._call("vmpool.infoextended", -2, -1, -1, -1, doing="list VMs",
+                                   subject="VM pool", hint="check the user's permissions",
+                                   stream=lambda: PoolReader(cluster)))
         except ValueError as exc:
             raise OneBadRequest(f"OpenNebula at {self.url} answered one.vmpool.infoextended "
                                 f"with a VM pool vcluster cannot read: {exc}") from exc

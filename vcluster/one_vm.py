@@ -17,6 +17,7 @@ holds the pool's tree in memory.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -234,65 +235,117 @@ def _flat_children(elem: Any, keep: tuple[str, ...] | None = None) -> dict[str, 
     """Single-valued attributes (children without children) of a template element."""
     if elem is None:
         return {}
-    return {child.tag: child.text or "" for child in elem
+    return {sys.intern(child.tag): child.text or "" for child in elem
             if len(child) == 0 and isinstance(child.tag, str)
             and (keep is None or child.tag in keep)}
 
 
+_VM_FIELDS = frozenset({"ID", "NAME", "STATE", "LCM_STATE", "STIME", "ETIME"})
+
+
 def _vm_from_element(elem: Any) -> VM:
-    template = elem.find("TEMPLATE")
-    user_template = _flat_children(elem.find("USER_TEMPLATE"))
+    """A :class:`VM` from a ``<VM>`` element: its children walked once (no XPath), only
+    what vcluster reads kept."""
+    fields: dict[str, str] = {}
+    template = user = records = None
+    for child in elem:
+        tag = child.tag
+        if tag == "TEMPLATE":
+            template = child
+        elif tag == "USER_TEMPLATE":
+            user = child
+        elif tag == "HISTORY_RECORDS":
+            records = child
+        elif tag in _VM_FIELDS:
+            fields[tag] = child.text or ""
+    user_template = _flat_children(user)
     ips: list[str] = []
     context: dict[str, str] = {}
+    cpu = memory = ""
     if template is not None:
-        for nic in (*template.findall("NIC"), *template.findall("NIC_ALIAS")):
-            ip = _text(nic.find("IP"))
-            if ip:
-                ips.append(ip)
-        context = _flat_children(template.find("CONTEXT"), CONTEXT_KEPT)
-    records = elem.findall("HISTORY_RECORDS/HISTORY")
-    state, lcm_state = int(_text(elem.find("STATE")) or 0), int(_text(elem.find("LCM_STATE")) or 0)
+        for child in template:
+            if child.tag == "CPU":
+                cpu = child.text or ""
+            elif child.tag == "MEMORY":
+                memory = child.text or ""
+            elif child.tag in ("NIC", "NIC_ALIAS"):
+                ip = _text(child.find("IP"))
+                if ip:
+                    ips.append(ip)
+            elif child.tag == "CONTEXT" and not context:
+                for key in CONTEXT_KEPT:  # a few finds: the CONTEXT has dozens of others
+                    value = child.find(key)
+                    if value is not None and len(value) == 0:
+                        context[key] = value.text or ""
+    last = records[-1] if records is not None and len(records) else None
+    state, lcm_state = int(fields.get("STATE") or 0), int(fields.get("LCM_STATE") or 0)
     return VM(
-        vm_id=int(_text(elem.find("ID"))),
-        name=_text(elem.find("NAME")),
+        vm_id=int(fields.get("ID", "")),
+        name=fields.get("NAME", ""),
         state=state,
         lcm_state=lcm_state,
         state_name=state_name(state, lcm_state),
         ips=tuple(ips),
         user_template=user_template,
         context=context,
-        start_time=int(_text(elem.find("STIME")) or 0),
-        end_time=int(_text(elem.find("ETIME")) or 0),
+        start_time=int(fields.get("STIME") or 0),
+        end_time=int(fields.get("ETIME") or 0),
         sched_message=user_template.get("SCHED_MESSAGE", ""),
-        host=_text(records[-1].find("HOSTNAME")) if records else "",
-        previous_host=_text(records[-2].find("HOSTNAME")) if len(records) > 1 else "",
-        cpu=_number(_text(template.find("CPU")) if template is not None else ""),
-        memory_mb=int(_number(_text(template.find("MEMORY")) if template is not None else "")),
+        host=_text(last.find("HOSTNAME")) if last is not None else "",
+        previous_host=(_text(records[-2].find("HOSTNAME"))
+                       if records is not None and len(records) > 1 else ""),
+        cpu=_number(cpu),
+        memory_mb=int(_number(memory)),
     )
+
+
+class PoolReader:
+    """A ``<VM_POOL>`` text read piece by piece (:meth:`feed`), each ``<VM>`` turned into a
+    :class:`VM` and dropped as soon as it ends; only those tagged
+    ``VCLUSTER_CLUSTER=cluster`` are kept if ``cluster`` is given. :meth:`close` gives them in
+    the pool's order; ValueError on a text that is not a VM pool or not XML."""
+
+    def __init__(self, cluster: str | None = None) -> None:
+        self.cluster = cluster
+        # lxml picks the <VM> ends out in C: Python sees one event per VM, not per element
+        self._parser = etree.XMLPullParser(events=("end",), tag="VM")
+        self._found: list[VM] = []
+
+    def feed(self, text: str) -> None:
+        try:
+            self._parser.feed(text)
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"not XML: {exc}") from exc
+        self._read_events()
+
+    def _read_events(self) -> None:
+        cluster = self.cluster
+        for _event, elem in self._parser.read_events():
+            pool = elem.getparent()
+            if pool is None or pool.getparent() is not None:
+                continue  # a template attribute that happens to be called VM
+            if pool.tag != "VM_POOL":
+                raise ValueError(f"expected <VM_POOL>, got <{pool.tag}>")
+            if cluster is None or elem.findtext("USER_TEMPLATE/VCLUSTER_CLUSTER") == cluster:
+                self._found.append(_vm_from_element(elem))
+            pool.remove(elem)  # read: let it go
+
+    def close(self) -> list[VM]:
+        try:
+            root = self._parser.close()
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"not XML: {exc}") from exc
+        self._read_events()
+        if root.tag != "VM_POOL":
+            raise ValueError(f"expected <VM_POOL>, got <{root.tag}>")
+        return self._found
 
 
 def vms_from_pool_xml(text: str, *, cluster: str | None = None) -> list[VM]:
     """The VMs of a ``<VM_POOL>`` text (``one.vmpool.info``/``infoextended``), in its order;
     only those tagged ``VCLUSTER_CLUSTER=cluster`` if given. Raises ValueError on a text
     that is not a VM pool or not XML."""
-    # lxml picks the <VM> ends out in C: Python sees one event per VM, not per element
-    parser = etree.XMLPullParser(events=("end",), tag="VM")
-    found: list[VM] = []
-    try:
-        for at in range(0, len(text), _CHUNK_CHARS):
-            parser.feed(text[at:at + _CHUNK_CHARS])
-            for _event, elem in parser.read_events():
-                pool = elem.getparent()
-                if pool is None or pool.getparent() is not None:
-                    continue  # a template attribute that happens to be called VM
-                if pool.tag != "VM_POOL":
-                    raise ValueError(f"expected <VM_POOL>, got <{pool.tag}>")
-                if cluster is None or elem.findtext("USER_TEMPLATE/VCLUSTER_CLUSTER") == cluster:
-                    found.append(_vm_from_element(elem))
-                pool.remove(elem)  # read: let it go
-        root = parser.close()
-    except etree.XMLSyntaxError as exc:
-        raise ValueError(f"not XML: {exc}") from exc
-    if root.tag != "VM_POOL":
-        raise ValueError(f"expected <VM_POOL>, got <{root.tag}>")
-    return found
+    reader = PoolReader(cluster)
+    for at in range(0, len(text), _CHUNK_CHARS):
+        reader.feed(text[at:at + _CHUNK_CHARS])
+    return reader.close()

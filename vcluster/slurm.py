@@ -13,19 +13,22 @@ stdout and stderr. The parsers live in :mod:`vcluster.slurm_parse` and are re-ex
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 from vcluster.config import SlurmSettings
 from vcluster.errors import SlurmCommandError, SlurmParseError
 from vcluster.slurm_parse import (
+    CHUNK_CHARS,
     FINISHED_JOB_STATES,
     Job,
     Node,
@@ -106,6 +109,7 @@ class Slurm:
         timeout_s: float | None = None,
         input_text: str | None = None,
         check: bool = True,
+        stdout_file: IO[bytes] | None = None,
     ) -> CommandResult:
         """Run one Slurm command and return what it printed.
 
@@ -113,7 +117,8 @@ class Slurm:
         path). Raises :class:`SlurmCommandError` when the command cannot be started, runs
         longer than ``timeout_s`` (default ``settings.command_timeout_s``; the command and
         anything it forked are killed; ``timed_out=True``), or exits non-zero while
-        ``check`` is true.
+        ``check`` is true. With ``stdout_file``, what it prints goes to that file (the
+        result's ``stdout`` is then empty, or the file's first 64 KB in an error).
         """
         if not argv:
             raise ValueError("run() needs a command")
@@ -126,7 +131,8 @@ class Slurm:
             # A session of its own, so that a timeout kills whatever the command forked too.
             proc = subprocess.Popen(
                 full, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                stdout=subprocess.PIPE if stdout_file is None else stdout_file,
+                stderr=subprocess.PIPE, env=self.env,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -149,11 +155,13 @@ class Slurm:
             log.warning("slurm command timed out after %.3f s: %s", duration_s, full)
             self._tell(full, duration_s, True)
             raise SlurmCommandError(
-                full, None, _text(out_b), _text(err_b), timed_out=True, timeout_s=limit_s,
+                full, None, _text(out_b) or _head(stdout_file), _text(err_b), timed_out=True,
+                timeout_s=limit_s,
             ) from None
         duration_s = time.monotonic() - started
-        result = CommandResult(tuple(full), proc.returncode, _text(out_b), _text(err_b),
-                               duration_s)
+        stdout = _text(out_b) if stdout_file is None or proc.returncode == 0 or not check \
+            else _head(stdout_file)
+        result = CommandResult(tuple(full), proc.returncode, stdout, _text(err_b), duration_s)
         log.debug("ran %s in %.3f s: exit %d", full, duration_s, proc.returncode)
         self._tell(full, duration_s, proc.returncode != 0)
         if check and proc.returncode != 0:
@@ -194,7 +202,9 @@ class Slurm:
         finished jobs out; 22.05 accepts the flag and lists the same jobs with or without it.
         """
         argv = ["squeue", "--json", "--states=all"]
-        return parse_squeue_json(self.run(argv).stdout, " ".join(argv))
+        with tempfile.TemporaryFile() as out:  # read in pieces, never held whole
+            self.run(argv, stdout_file=out)
+            return parse_squeue_json(_file_chunks(out), " ".join(argv))
 
     def job(self, job_id: int) -> Job | None:
         """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it.
@@ -212,7 +222,9 @@ class Slurm:
         """
         argv = (["scontrol", "show", "node", "--json"] if self.version().has_scontrol_json
                 else ["sinfo", "--json"])
-        return parse_nodes_json(self.run(argv).stdout, " ".join(argv))
+        with tempfile.TemporaryFile() as out:  # read in pieces, never held whole
+            self.run(argv, stdout_file=out)
+            return parse_nodes_json(_file_chunks(out), " ".join(argv))
 
     def node(self, name: str) -> Node | None:
         """One node (``scontrol show node NAME -o``); None if Slurm does not know it."""
@@ -339,3 +351,20 @@ class Slurm:
 
 def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
+
+
+def _head(file: IO[bytes] | None) -> str:
+    """The first 64 KB a command wrote to ``file`` (for an error's message)."""
+    if file is None:
+        return ""
+    file.seek(0)
+    return _text(file.read(1 << 16))
+
+
+def _file_chunks(file: IO[bytes]) -> Iterator[str]:
+    """A command's output file, from its start, as text pieces of CHUNK_CHARS bytes."""
+    file.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while piece := file.read(CHUNK_CHARS):
+        yield decoder.decode(piece)
+    yield decoder.decode(b"", final=True)

@@ -28,13 +28,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hostlist
 
 from vcluster.errors import SlurmError, SlurmParseError
+from vcluster.json_stream import CHUNK_CHARS, NotAnObject, read_listing, text_chunks
+
+__all__ = ["CHUNK_CHARS"]  # re-exported for vcluster.slurm
+
+T = TypeVar("T")
 
 # Job states after which the job will not run again (unless requeued by hand).
 FINISHED_JOB_STATES = frozenset({
@@ -258,6 +263,8 @@ def expand_hostlist(text: str) -> list[str]:
     text = text.strip()
     if not text or text in ("(null)", "None"):
         return []
+    if "[" not in text and "," not in text:
+        return [text]  # one plain name, as most jobs' nodes are
     try:
         return list(hostlist.expand_hostlist(text))
     except hostlist.BadHostlist as exc:
@@ -267,6 +274,8 @@ def expand_hostlist(text: str) -> list[str]:
 def compress_hostlist(names: Iterable[str]) -> str:
     """``["n1", "n2", "n3", "x"]`` -> ``"n[1-3],x"`` (duplicates removed)."""
     items = [n for n in names if n]
+    if len(items) == 1 and "[" not in items[0] and "," not in items[0]:
+        return items[0]  # one plain name, as most jobs' nodes are
     try:
         return str(hostlist.collect_hostlist(items))
     except hostlist.BadHostlist as exc:
@@ -289,8 +298,25 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
     return data
 
 
+def _load_json_list(text: str | Iterable[str], command: str, key: str,
+                    convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
+    """:func:`vcluster.json_stream.read_listing` with :func:`_load_json`'s errors: the
+    ``key`` list's records converted one at a time, the text given whole or in pieces."""
+    try:
+        return read_listing(text_chunks(text) if isinstance(text, str) else text, key, convert)
+    except NotAnObject:
+        raise SlurmParseError(f"`{command}` printed JSON that is not an object") from None
+    except json.JSONDecodeError as exc:
+        raise SlurmParseError(
+            f"`{command}` printed something that is not JSON ({exc.msg} at line {exc.lineno}); "
+            "is this Slurm 22.05 or newer?"
+        ) from exc
+
+
 def _number(value: Any) -> int | None:
     """An integer field: plain number, ``{"set":..,"number":..}`` (23.x), or None if unset."""
+    if type(value) is int:
+        return None if value in _SENTINELS else value
     if isinstance(value, Mapping):
         if value.get("infinite") or not value.get("set", True):
             return None
@@ -310,6 +336,8 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _str(value: Any) -> str:
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, list):
@@ -339,6 +367,8 @@ def _exit_status(value: Any) -> int | None:
 
 
 def _state_words(value: Any) -> list[str]:
+    if type(value) is str and value.isalpha():  # one word (22.05's "idle")
+        return [value.upper()]
     if isinstance(value, list):
         words = [str(v) for v in value]
     else:
@@ -415,13 +445,12 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
     return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
-def parse_squeue_json(text: str, command: str = "squeue --json") -> list[Job]:
+def parse_squeue_json(text: str | Iterable[str], command: str = "squeue --json") -> list[Job]:
     """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
-    data = _load_json(text, command)
-    raw_jobs = data.get("jobs")
-    if raw_jobs is None:
+    data, jobs = _load_json_list(text, command, "jobs", job_from_json)
+    if data.get("jobs") is None:
         raise SlurmParseError(f"`{command}` gave no job list; errors: {_errors(data)}")
-    return [job_from_json(raw) for raw in raw_jobs if isinstance(raw, Mapping)]
+    return jobs
 
 
 def _errors(data: Mapping[str, Any]) -> str:
@@ -479,25 +508,22 @@ def node_from_json(raw: Mapping[str, Any]) -> Node:
     )
 
 
-def parse_nodes_json(text: str, command: str) -> list[Node]:
+def parse_nodes_json(text: str | Iterable[str], command: str) -> list[Node]:
     """All nodes of a JSON node listing, one per name (first seen wins), sorted by name.
 
     ``command`` is what printed it: ``sinfo --json`` (22.05) or ``scontrol show node
     --json`` (23.02+). 23.02+'s ``sinfo --json`` has no ``nodes`` list (records grouped by
     partition and state, without addresses) and is refused with the command to use instead.
     """
-    data = _load_json(text, command)
-    raw_nodes = data.get("nodes")
-    if raw_nodes is None:
+    data, nodes = _load_json_list(text, command, "nodes", node_from_json)
+    if data.get("nodes") is None:
         hint = ("; Slurm 23.02 and later list nodes with `scontrol show node --json`"
                 if "sinfo" in data else "")
         raise SlurmParseError(f"`{command}` gave no node list; errors: {_errors(data)}{hint}")
     by_name: dict[str, Node] = {}
-    for raw in raw_nodes:
-        if isinstance(raw, Mapping):
-            node = node_from_json(raw)
-            if node.name and node.name not in by_name:
-                by_name[node.name] = node
+    for node in nodes:
+        if node.name and node.name not in by_name:
+            by_name[node.name] = node
     return [by_name[name] for name in sorted(by_name)]
 
 

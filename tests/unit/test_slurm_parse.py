@@ -453,3 +453,39 @@ def test_a_suspended_job_says_since_when_on_every_version(version: str) -> None:
                                                                  running]}))
     assert (suspended.state, suspended.suspend_time) == ("SUSPENDED", float(at))
     assert (still.state, still.suspend_time) == ("RUNNING", None)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_listings_read_record_by_record_read_as_the_whole_json(version: str) -> None:
+    """The listings are converted one record at a time (never the whole JSON tree at once):
+    compact or indented, keys before or after the list, the same jobs and nodes."""
+    import json
+
+    for name, parse in (("squeue", parse_squeue_json),
+                        (NODE_LISTING[version][0],
+                         lambda t: parse_nodes_json(t, NODE_LISTING[version][1]))):
+        text = (DATA / version / f"{name}.json").read_text()
+        data = json.loads(text)
+        key = "jobs" if name == "squeue" else "nodes"
+        listed = {key: data.pop(key)}
+        expected = parse(text)
+        assert expected  # the captures are not empty
+        assert parse(json.dumps({**listed, **data})) == expected  # list first
+        assert parse(json.dumps({**data, **listed}, indent=1)) == expected  # list last
+        for size in (1, 7, 4096):  # read from pieces (a file, a pipe), cut anywhere
+            assert parse(text[at:at + size] for at in range(0, len(text), size)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "[1]", "{", '{"jobs": [1,', '{"jobs": []} x',
+                                  '{"jobs": [{"job_id": 1}]', '{"a": 1 "jobs": []}',
+                                  '{"jobs": [{"job_id": 1} {"job_id": 2}]}'])
+def test_broken_squeue_json_is_one_clear_error(text: str) -> None:
+    for given in (text, iter(text)):  # whole, or one character at a time
+        with pytest.raises(SlurmParseError, match="squeue --json` printed (something that is"
+                                                   " not JSON|JSON that is not an object)"):
+            parse_squeue_json(given, "squeue --json")
+
+
+def test_null_job_list_is_no_job_list() -> None:
+    with pytest.raises(SlurmParseError, match="gave no job list"):
+        parse_squeue_json('{"jobs": null, "errors": []}')

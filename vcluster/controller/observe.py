@@ -173,7 +173,11 @@ class Observed:
 def read_database(session: Session, config: Config, now: datetime) -> dict[str, Any]:
     """The database part of the picture (one read transaction)."""
     window_start = now - timedelta(seconds=config.controller.resume_timeout_s * 2)
-    launches = tuple(LaunchView.of(r) for r in db.open_launches(session))
+    L = db.Launch  # noqa: N806 - columns, not ORM objects: a pass reads 4,000 rows at 10,000 nodes
+    launches = tuple(LaunchView(*row) for row in session.execute(
+        select(L.id, L.node_name, L.node_class, L.job_id, L.vm_id, L.state, L.ip, L.reason,
+               L.attempts, L.created_at, L.updated_at, L.template)
+        .where(L.ended_at.is_(None)).order_by(L.id)))
     requests = tuple(
         RequestView(r.id, r.kind, tuple(expand_hostlist(r.nodes)), tuple(r.job_ids or ()),
                     dict(r.payload or {}), r.created_at)
@@ -216,10 +220,12 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
     recent_boots = tuple((ev.at, ev.node_name or "") for ev in session.scalars(
         select(db.Event).where(db.Event.kind.in_(BOOT_EVENTS), db.Event.at >= rate_start)))
     recent = now - timedelta(seconds=JOB_MEMORY_S)
+    J = db.Job  # noqa: N806
     known_jobs = {
-        j.job_id: JobRecord(j.job_id, j.state, j.nodes, j.template, j.ended_at is not None)
-        for j in session.scalars(select(db.Job).where(
-            or_(db.Job.ended_at.is_(None), db.Job.ended_at >= recent)))
+        job_id: JobRecord(job_id, state, nodes, template, ended_at is not None)
+        for job_id, state, nodes, template, ended_at in session.execute(
+            select(J.job_id, J.state, J.nodes, J.template, J.ended_at).where(
+                or_(J.ended_at.is_(None), J.ended_at >= recent)))
     }
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
             "last_failure_at": last_failure, "failed_jobs": failed_jobs,
