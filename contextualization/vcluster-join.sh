@@ -464,8 +464,7 @@ join_node() {
     check_munge
     check_slurmd_stays
     log "done: node $VCLUSTER_NODE joined"
-    report_stage joined
-    [ -z "${STAGE_PID:-}" ] || wait "$STAGE_PID" 2>/dev/null
+    report_stage joined  # not waited for: the node's registration is what counts
 }
 
 mkdir -p "$(dirname "$LOG")" 2>/dev/null || true
