@@ -48,7 +48,64 @@ log() {
 
 die() {
     log "ERROR: $*"
+    report_error "$*"
     exit 1
+}
+
+# --- reporting through OneGate ---------------------------------------------------------------
+# Where the VM's CONTEXT has TOKEN=YES (vcluster's workers do), the join says how far it got
+# (VCLUSTER_JOIN_STAGE: key, munged, slurmd, joined; standby) and, when it fails, the line
+# saying why (VCLUSTER_JOIN_ERROR) in its own USER_TEMPLATE: OneGate's PUT /vm, as
+# one-context's READY=YES. The controller reads them with the VM pool, so a failed join fails
+# its node at once instead of at Slurm's ResumeTimeout. Best effort: without OneGate the
+# join goes on. What is reported is the log's line, never the token or the key.
+
+# onegate_put NAME VALUE: merge NAME=VALUE into this VM's USER_TEMPLATE. The value is made
+# one line of printable ASCII within 300 characters with none of OneGate's separators (, [ ]
+# " \ end its quoting), then form-encoded; the token travels in a header, never in argv.
+# With curl (unless VCLUSTER_HTTP_CLIENT names another client), else bash's /dev/tcp.
+onegate_put() {
+    [ -n "${ONEGATE_ENDPOINT:-}" ] && [ -n "${VMID:-}" ] || return 0
+    token=$(onegate_token) || return 0
+    value=$(printf '%s' "$2" | tr '\n\r\t,\133\135' '   ;()' | tr -cd ' -~' | tr -d '"\\' | cut -c 1-300)
+    body=$(printf 'data=%s=%s' "$1" "$value" | sed 's/%/%25/g; s/&/%26/g; s/+/%2B/g; s/#/%23/g;
+        s/;/%3B/g; s/ /%20/g; s/=/%3D/g; s/^data%3D/data=/')
+    if [ "${VCLUSTER_HTTP_CLIENT:-curl}" = curl ] && command -v curl >/dev/null 2>&1; then
+        headers=${VCLUSTER_RUN_DIR:-/run}/vcluster-onegate-put.$$
+        (umask 077 && printf 'X-ONEGATE-TOKEN: %s\nX-ONEGATE-VMID: %s\n' "$token" "$VMID" \
+            >"$headers") || return 0
+        printf '%s' "$body" | curl -s -m 5 -o /dev/null -X PUT -H @"$headers" \
+            --data-binary @- "${ONEGATE_ENDPOINT%/}/vm"
+        rm -f "$headers"
+        return 0
+    fi
+    rest=${ONEGATE_ENDPOINT#http://}
+    hostport=${rest%%/*}
+    path=
+    [ "$rest" = "$hostport" ] || path=/${rest#*/}
+    OG_HOST=${hostport%:*} OG_PORT=${hostport##*:} OG_PATH=${path%/} OG_VMID=$VMID \
+        OG_TOKEN=$token OG_BODY=$body timeout 5 bash -c '
+[ "$OG_HOST" != "$OG_PORT" ] || OG_PORT=80
+exec 3<>"/dev/tcp/$OG_HOST/$OG_PORT" || exit 0
+printf "PUT %s/vm HTTP/1.0\r\nHost: %s\r\nX-ONEGATE-TOKEN: %s\r\nX-ONEGATE-VMID: %s\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" \
+    "$OG_PATH" "$OG_HOST" "$OG_TOKEN" "$OG_VMID" "${#OG_BODY}" "$OG_BODY" >&3
+cat <&3 >/dev/null' 2>/dev/null
+    return 0
+}
+
+# report_stage STAGE: in the background (off the join's path), one report at a time, in order.
+report_stage() {
+    [ -n "${ONEGATE_ENDPOINT:-}" ] || return 0
+    [ -z "${STAGE_PID:-}" ] || wait "$STAGE_PID" 2>/dev/null
+    onegate_put VCLUSTER_JOIN_STAGE "$1" </dev/null >/dev/null 2>&1 &
+    STAGE_PID=$!
+}
+
+# report_error LINE: before the script exits, after the stage reports still on their way.
+report_error() {
+    [ -z "${STAGE_PID:-}" ] || wait "$STAGE_PID" 2>/dev/null
+    STAGE_PID=
+    onegate_put VCLUSTER_JOIN_ERROR "$1" </dev/null >/dev/null 2>&1
 }
 
 # wait_until SECONDS COMMAND...: run COMMAND every POLL_S until it succeeds (0) or SECONDS
@@ -377,10 +434,13 @@ standby_reserve() {
     ONEGATE_HEADERS=/run/vcluster-onegate.headers
     (umask 077 && printf 'X-ONEGATE-TOKEN: %s\nX-ONEGATE-VMID: %s\n' "$ONEGATE_TOKEN" "$VMID" \
         >"$ONEGATE_HEADERS") || die "cannot write $ONEGATE_HEADERS"
+    report_stage key
     fetch_munge_key
     install_munge_key
+    report_stage munged
     start_munged
     MUNGED_STARTED=1
+    report_stage standby
     log "standby VM of class $VCLUSTER_STANDBY: munged runs; waiting for a node name from $ONEGATE_ENDPOINT"
     { standby_wait_for_node && join_node; } </dev/null >/dev/null 2>&1 &
     exit 0
@@ -393,14 +453,18 @@ join_node() {
     check_context
     set_hostname
     if [ -z "${MUNGED_STARTED:-}" ]; then
+        report_stage key
         fetch_munge_key
         install_munge_key
+        report_stage munged
         start_munged
     fi
+    report_stage slurmd
     start_slurmd
     check_munge
     check_slurmd_stays
     log "done: node $VCLUSTER_NODE joined"
+    report_stage joined  # not waited for: the node's registration is what counts
 }
 
 mkdir -p "$(dirname "$LOG")" 2>/dev/null || true

@@ -69,9 +69,25 @@ CONTEXT_KEPT = ("REPORT_READY", "ONEGATE_ENDPOINT", "TOKEN", "NETWORK")
 """The CONTEXT attributes :attr:`VM.context` keeps from a pool listing: the ones vcluster
 reads. A worker VM's CONTEXT may hold kilobytes per VM that nothing reads in a pass."""
 
+JOIN_ERROR_TAG = "VCLUSTER_JOIN_ERROR"
+"""USER_TEMPLATE attribute where the guest's join script reports, through OneGate, the one
+line saying why the VM cannot become its node (contextualization/vcluster-join.sh)."""
+JOIN_STAGE_TAG = "VCLUSTER_JOIN_STAGE"
+"""USER_TEMPLATE attribute where the guest reports how far its join got (key, munged,
+slurmd, joined; standby while a standby VM waits for its node name)."""
+GUEST_TEXT_MAX = 300
+"""Longest guest-reported text vcluster keeps: the guest is not trusted to be brief."""
+
 _TERMINATING_LCM = frozenset(
     LcmState[n].value for n in ("SHUTDOWN", "EPILOG", "CLEANUP_DELETE")
 )
+
+
+def guest_text(value: str) -> str:
+    """What a guest wrote into its own user template, made one printable line of at most
+    GUEST_TEXT_MAX characters (any guest may write anything there)."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+    return line[:GUEST_TEXT_MAX]
 
 
 def state_name(state: int, lcm_state: int) -> str:
@@ -136,6 +152,16 @@ class VM:
         """RUNNING, asked to report READY, and has not yet: still contextualizing, or its
         contextualization failed or cannot reach OneGate."""
         return self.is_running and self.wants_ready and not self.is_ready
+
+    @property
+    def join_error(self) -> str:
+        """The one line the guest reported when its join failed ("" while it has not)."""
+        return guest_text(self.user_template.get(JOIN_ERROR_TAG, ""))
+
+    @property
+    def join_stage(self) -> str:
+        """How far the guest's join got, as it reported ("" if it reported nothing)."""
+        return guest_text(self.user_template.get(JOIN_STAGE_TAG, ""))[:32]
 
     @property
     def is_failed(self) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import contextualization
 from tests.cloud.conftest import VM_TEXT, Running, check_proxies, connect, make_settings
 from tests.cloud.schema_proxy import SchemaProxy
 from vcluster.testbed.cloud.drivers.base import VMSpec
@@ -73,7 +77,7 @@ def test_put_and_get_with_good_and_bad_tokens(gate: tuple[Running, RecordingDriv
                     b"data=READY%3DYES")[0] == 401
     assert _request("PUT", endpoint + "/vm", good, b"data=READY%3DYES") == (200, "")
     assert cloud.one.vm.info(vm_id).USER_TEMPLATE["READY"] == "YES"
-    assert _request("PUT", endpoint + "/vm", good, b"STATUS=booted\nNOTE = \"two words\"\n")[0] \
+    assert _request("PUT", endpoint + "/vm", good, b"STATUS=booted\nNOTE=\"two words\"\n")[0] \
         == 200
 
     status, body = _request("GET", endpoint + "/vm", good)
@@ -95,3 +99,69 @@ def test_vm_without_token_cannot_report(gate: tuple[Running, RecordingDriver]) -
     url = f"http://127.0.0.1:{cloud.server.onegate_port}/vm"
     assert _request("PUT", url, {"X-ONEGATE-TOKEN": "", "X-ONEGATE-VMID": str(vm_id)},
                     b"data=READY%3DYES")[0] == 401
+
+
+def _reporting_vm(gate: tuple[Running, RecordingDriver]) -> tuple[Running, int, str,
+                                                                  dict[str, str]]:
+    cloud, driver = gate
+    vm_id = cloud.one.vm.allocate(
+        VM_TEXT + 'NAME = "w2"\nNIC = [ NETWORK = "vcluster" ]\n'
+        'CONTEXT = [ TOKEN = "YES", REPORT_READY = "YES" ]\n')
+    cloud.wait_state(vm_id, 3, 3)
+    spec = driver.specs[vm_id]
+    return cloud, vm_id, spec.context["ONEGATE_ENDPOINT"], {
+        "X-ONEGATE-TOKEN": spec.token, "X-ONEGATE-VMID": str(vm_id),
+        "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_put_quotes_values_deletes_and_refuses_as_onegate(
+        gate: tuple[Running, RecordingDriver]) -> None:
+    """OneGate's PUT /vm: bare values quoted (words, ``=`` and ``;`` kept), attributes merged;
+    a comma ends the quoting (oned then refuses the text: nothing changes); type=2 deletes
+    one attribute (500 if absent); restricted attributes are refused with 403."""
+    cloud, vm_id, endpoint, good = _reporting_vm(gate)
+    url = endpoint + "/vm"
+    line = ("data=VCLUSTER_JOIN_ERROR%3Dslurmd%20died%3B%20see%20x%3Dy%20(z)"
+            "%0AVCLUSTER_JOIN_STAGE%3Dslurmd")
+    assert _request("PUT", url, good, line.encode()) == (200, "")
+    user = cloud.one.vm.info(vm_id).USER_TEMPLATE
+    assert user["VCLUSTER_JOIN_ERROR"] == "slurmd died; see x=y (z)"
+    assert user["VCLUSTER_JOIN_STAGE"] == "slurmd"
+    status, body = _request("PUT", url, good, b"data=VCLUSTER_JOIN_ERROR%3Da%2C%20b")
+    assert status == 500 and body.startswith("[one.vm.update] Parse error: syntax error")
+    assert cloud.one.vm.info(vm_id).USER_TEMPLATE["VCLUSTER_JOIN_ERROR"] == \
+        "slurmd died; see x=y (z)"
+    assert _request("PUT", url + "?type=2", good, b"data=VCLUSTER_JOIN_STAGE") == (200, "")
+    user = cloud.one.vm.info(vm_id).USER_TEMPLATE
+    assert "VCLUSTER_JOIN_STAGE" not in user and "VCLUSTER_JOIN_ERROR" in user
+    assert _request("PUT", url, good, b"data=VCLUSTER_JOIN_STAGE&type=2") == \
+        (500, "attribute not found")
+    assert _request("PUT", url, good, b"data=SERVICE_ID%3D4") == \
+        (403, "Attribute (SERVICE_ID) cannot be modified")
+    assert "SERVICE_ID" not in cloud.one.vm.info(vm_id).USER_TEMPLATE
+
+
+@pytest.mark.parametrize("client", ["curl", "bash"])
+def test_join_script_reports_its_failure_through_onegate(
+        gate: tuple[Running, RecordingDriver], tmp_path: Path, client: str) -> None:
+    """The guest's join script, failing, writes its one-line error (OneGate's separators
+    replaced, no token) into the VM's USER_TEMPLATE, with curl and with bash's /dev/tcp."""
+    if client == "curl" and shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    cloud, vm_id, endpoint, good = _reporting_vm(gate)
+    script = Path(contextualization.__file__).parent / "vcluster-join.sh"
+    env = {"VCLUSTER_NODE": "vc-small-001", "SET_HOSTNAME": socket.gethostname(),
+           "MUNGE_KEY_BASE64": "unused", "SLURM_CONF_PATH": "/nonexistent/slurm,[x].conf",
+           "ONEGATE_ENDPOINT": endpoint, "VMID": str(vm_id),
+           "TOKENTXT": good["X-ONEGATE-TOKEN"], "VCLUSTER_JOIN_TOKEN": "secret-join-token",
+           "VCLUSTER_HTTP_CLIENT": client, "VCLUSTER_RUN_DIR": str(tmp_path),
+           "VCLUSTER_JOIN_LOG": str(tmp_path / "join.log"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 1, proc.stderr
+    user = cloud.one.vm.info(vm_id).USER_TEMPLATE
+    assert user["VCLUSTER_JOIN_ERROR"] == (
+        "SLURM_CONF_PATH /nonexistent/slurm;(x).conf is not readable in this VM: fix the "
+        "image or use SLURM_CONF_SERVER (configless)")
+    assert good["X-ONEGATE-TOKEN"] not in json.dumps(user) and "secret" not in json.dumps(user)
+    assert list(tmp_path.glob("vcluster-onegate-put.*")) == []  # the header file is gone

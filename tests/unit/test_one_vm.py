@@ -162,3 +162,15 @@ def test_pool_reader_filters_by_cluster_and_refuses_what_is_not_a_pool() -> None
         vms_from_pool_xml("<VM_POOL><VM>")
     nested = vm_xml(3, "c", user_template="<VM><ID>9</ID></VM>")  # an attribute called VM
     assert [v.vm_id for v in vms_from_pool_xml(_pool(nested))] == [3]
+
+
+def test_pool_reader_carries_the_guests_join_report() -> None:
+    """VCLUSTER_JOIN_ERROR / VCLUSTER_JOIN_STAGE, written by the guest through OneGate, come
+    with the lean pool read (no extra call per VM), made one short printable line."""
+    reported = vm_xml(5, "vc-small-001", state=3, lcm_state=3, user_template=(
+        "<VCLUSTER_JOIN_STAGE><![CDATA[key]]></VCLUSTER_JOIN_STAGE>"
+        "<VCLUSTER_JOIN_ERROR>munge key refused\n(HTTP 403)&#9;</VCLUSTER_JOIN_ERROR>"))
+    quiet = vm_xml(6, "vc-small-002", state=3, lcm_state=3)
+    first, second = vms_from_pool_xml(_pool(reported, quiet))
+    assert (first.join_stage, first.join_error) == ("key", "munge key refused (HTTP 403)")
+    assert (second.join_stage, second.join_error) == ("", "")

@@ -227,12 +227,14 @@ def _not_working_reason(vm: VM, timeout_s: int) -> str:
     look: placement (PENDING, with the scheduler's message), contextualization (RUNNING, but
     no READY through OneGate although its CONTEXT asks for it), or slurmd (READY)."""
     head = f"vcluster: VM {vm.vm_id} was not a working node within {timeout_s} s (ResumeTimeout"
+    stage = f", its join last reported at stage {vm.join_stage}" if vm.join_stage else ""
     if vm.awaiting_ready:
         gate = vm.context.get("ONEGATE_ENDPOINT") or "no ONEGATE_ENDPOINT"
-        return (f"{head}; VM RUNNING but it never reported READY: its contextualization "
-                f"failed or cannot reach OneGate at {gate})")
+        return (f"{head}; VM RUNNING but it never reported READY{stage}: its "
+                f"contextualization failed or cannot reach OneGate at {gate})")
     if vm.is_running and vm.wants_ready:
-        return f"{head}; VM RUNNING and READY, but its slurmd did not register with slurmctld)"
+        return (f"{head}; VM RUNNING and READY{stage}, but its slurmd did not register with "
+                "slurmctld)")
     why = f"; {vm.sched_message}" if vm.sched_message else ""
     return f"{head}; VM {vm.state_name}{why})"
 
@@ -325,6 +327,9 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
         if node.is_down:
             return [TerminateVM(vm_id, name, f"Slurm set the node DOWN: {node.reason}",
                                 launch.id, close_as="failed")]
+        if vm.join_error:  # the guest said why it cannot join: no wait for ResumeTimeout
+            return [FailNode(name, f"vcluster: VM {vm_id} could not join: {vm.join_error}",
+                             launch.id, vm_id, launch.job_id)]
         if (handover := standby.reclaim(launch, vm)) is not None:
             return [handover]
         if not node.powering_up:

@@ -111,6 +111,8 @@ def reserve_of(obs: Observed, config: Config,
             reserve.retire.append(_retire(vm, "belongs to no configured class"))
         elif event is not None:
             reserve.retire.append(_retire(vm, f"failed ({vm.state_name})", hard=True))
+        elif vm.join_error:
+            reserve.retire.append(_retire(vm, f"could not join: {vm.join_error}", hard=True))
         elif early_node and early_node not in reserve.early:
             reserve.early[early_node] = vm
         elif early_node:

@@ -17,28 +17,94 @@ from typing import Any
 
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.model import VM
-from vcluster.testbed.cloud.template_parse import Template
+from vcluster.testbed.cloud.template_parse import TemplateParseError, parse_text
 
 log = logging.getLogger(__name__)
 
 
-def parse_attributes(body: str) -> Template:
-    """``data=KEY%3DVALUE`` form bodies, or plain ``KEY=VALUE`` lines."""
-    text = body
-    form = urllib.parse.parse_qs(body, keep_blank_values=True)
-    if "data" in form:
-        text = "\n".join(form["data"])
-    tmpl = Template()
-    for line in text.splitlines():
-        if "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key, value = key.strip().upper(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if key:
-            tmpl.replace(key, value)
-    return tmpl
+RESTRICTED_ATTRS = ("SCHED_REQUIREMENTS", "SERVICE_ID", "ROLE_NAME")
+"""onegate-server.conf's default ``:restricted_attrs:``: a guest may not set or delete them."""
+
+
+class PutError(Exception):
+    """A PUT /vm OneGate refuses: the HTTP status and OneGate's message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def put_params(query: str, body: str, content_type: str) -> tuple[str, int]:
+    """The attribute text and the update type of a ``PUT /vm``, as OneGate reads them: the
+    ``data`` and ``type`` parameters (query string or form body), else the raw body; type 1
+    (merge, the default) or 2 (delete the attribute ``data`` names)."""
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if content_type.split(";")[0].strip().lower() in ("", "application/x-www-form-urlencoded"):
+        for key, values in urllib.parse.parse_qs(body, keep_blank_values=True).items():
+            params.setdefault(key, values)
+    text = params["data"][0] if "data" in params else body
+    try:
+        update_type = int(params["type"][0]) if "type" in params else 1
+    except ValueError:
+        update_type = 0
+    return text, update_type
+
+
+def quote_values(text: str) -> str:
+    """OneGate's quoting of what a guest sends before oned parses it: each bare value
+    (``KEY=two words``) is put in double quotes; a comma, a bracket, a backslash or a line end
+    closes the quote, as in a vector ``KEY=[A=x,B=y]``. So a value with those characters does
+    not survive (oned then refuses the text or keeps only its start); guests leave them out."""
+    out: list[str] = []
+    quoting = False
+    for i, ch in enumerate(text):
+        before = text[i - 1] if i else ""
+        after = text[i + 1] if i + 1 < len(text) else ""
+        if ch == "=" and quoting:
+            out.append(ch)
+        elif ch == "=" and after not in ("[", '"'):
+            out.append('="')
+            quoting = True
+        elif ch == "," and before != '"':
+            out.append('",')
+        elif ch == "[" and before not in ("=", '"'):
+            out.append('"[')
+        elif ch == "]" and before not in ("=", '"'):
+            out.append('"]')
+            quoting = False
+        elif ch in ("\\", "\n") and before != '"':
+            out.append('"' + ch)
+            quoting = False
+        else:
+            out.append(ch)
+    quoted = "".join(out).replace("\\n", "\n")
+    if quoting and quoted and quoted[-1] not in ("]", '"'):
+        quoted += '"'
+    return quoted
+
+
+def put_vm(cloud: Cloud, vm: VM, text: str, update_type: int) -> None:
+    """Apply a PUT /vm to the VM's USER_TEMPLATE as OneGate does (one.vm.update, append),
+    or raise PutError with OneGate's status and message. Callers hold the cloud's lock."""
+    quoted = quote_values(text)
+    action = "modified" if update_type == 1 else "deleted"
+    for line in quoted.split("\n"):
+        name = line.split("=")[0]
+        if name and name.upper() in RESTRICTED_ATTRS:
+            raise PutError(403, f"Attribute ({name}) cannot be {action}")
+    if update_type != 1:
+        name = quoted.strip().upper()
+        if not vm.user_template.has(name):
+            raise PutError(500, "attribute not found")
+        kept = vm.user_template.copy()
+        kept.remove(name)
+        cloud.update_vm(vm.vm_id, kept, 0)
+        return
+    try:
+        attributes = parse_text(quoted)
+    except TemplateParseError as exc:
+        raise PutError(500, f"[one.vm.update] {exc}") from None
+    cloud.update_vm(vm.vm_id, attributes, 1)
 
 
 def vm_json(vm: VM) -> dict[str, Any]:
@@ -95,16 +161,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace")
-        if urllib.parse.urlsplit(self.path).path != "/vm":
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/vm":
             self._reply(404, "Not found")
             return
+        text, update_type = put_params(url.query, body, self.headers.get("Content-Type", ""))
         cloud = self.server.cloud
         with cloud.lock:
             vm = self._authorized_vm()
             if vm is None:
                 self._reply(401, "Not authorized")
                 return
-            cloud.update_vm(vm.vm_id, parse_attributes(body), 1)
+            try:
+                put_vm(cloud, vm, text, update_type)
+            except PutError as exc:
+                self._reply(exc.status, str(exc))
+                return
         self._reply(200, "")
 
     do_POST = do_PUT  # noqa: N815 - OneGate clients sometimes POST

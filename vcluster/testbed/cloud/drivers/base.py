@@ -12,6 +12,9 @@ that fault. Values (comma-separated, several allowed):
 - ``crash-after:N``  -- the VM's processes die N seconds after it reached RUNNING;
                         monitoring then moves it to UNKNOWN.
 - ``slow-boot:N``    -- BOOT lasts N extra seconds.
+- ``join-refused``   -- (netns) the guest is given a join token no controller issued, so the
+                        controller's join endpoint refuses it and the guest's join fails the
+                        way a real one does (a testbed-only knob: oned has no such thing).
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ class Fault:
     boot_fail: bool = False
     crash_after_s: float | None = None
     slow_boot_s: float = 0.0
+    join_refused: bool = False
 
     @classmethod
     def parse(cls, text: str | None) -> Fault:
         """Parse a ``TESTBED_FAULT`` value; raise ValueError on a value it cannot read."""
-        boot_fail, crash, slow = False, None, 0.0
+        boot_fail, crash, slow, join_refused = False, None, 0.0, False
         for item in (text or "").split(","):
             item = item.strip().lower()
             if not item:
@@ -58,9 +62,11 @@ class Fault:
                 crash = float(item.split(":", 1)[1])
             elif item.startswith("slow-boot:"):
                 slow = float(item.split(":", 1)[1])
+            elif item == "join-refused":
+                join_refused = True
             else:
                 raise ValueError(f"unknown TESTBED_FAULT {item!r}")
-        return cls(boot_fail, crash, slow)
+        return cls(boot_fail, crash, slow, join_refused)
 
 
 @dataclass(frozen=True)

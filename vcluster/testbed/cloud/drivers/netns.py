@@ -24,7 +24,8 @@ VM of the same node.
 
 Faults (``spec.fault``): boot-fail raises :class:`DriverError`; crash-after:N SIGKILLs the
 VM's processes N s after ``boot`` returned (a timer in this process); slow-boot is left to
-the server's state machine (this driver does not sleep).
+the server's state machine (this driver does not sleep); join-refused writes a join token no
+controller issued into the VM's context.sh.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ DEFAULT_GUEST_SHARES = ("/home", "/tmp")
 """Host paths a VM booted from an image root sees at the same place (NFS of a cluster);
 the host's ordinary users are added to the image's accounts (vminit.add_host_users). VMs
 without an image share the host's whole tree."""
+REFUSED_JOIN_TOKEN = "testbed-fault-join-refused"
+"""The join token a VM with ``TESTBED_FAULT=join-refused`` is given: no controller issued it."""
 DEFAULT_NETMASK = "255.255.255.0"
 """one-context's default when a network has no mask."""
 _HOSTNAME_BAD = re.compile(r"[^A-Za-z0-9-]+")
@@ -203,7 +206,9 @@ class NetnsDriver:
             vm_id=spec.vm_id,
             hostname=guest_hostname(spec),
             ip=spec.nics[0].ip,
-            context=spec.context,
+            context=({**spec.context, "VCLUSTER_JOIN_TOKEN": REFUSED_JOIN_TOKEN}
+                     if spec.fault.join_refused and "VCLUSTER_JOIN_TOKEN" in spec.context
+                     else spec.context),
             token=spec.token,
             cgroup_procs=self.cgroup_dir(spec.vm_id) / "cgroup.procs",
             image_root=spec.image_source,
