@@ -25,7 +25,7 @@ CTLD = {
     "allocated": re.compile(r"sched: Allocate JobId=(\d+) NodeList=(\S+)"),
     "configured": re.compile(r"Configuration for JobId=(\d+) (?:is )?complete"),
 }
-WAKE = re.compile(r"power_save: pid \d+ waking nodes (\S+)")
+WAKE = re.compile(r"power_save: (?:pid \d+ )?waking nodes (\S+)")
 RESPONDING = re.compile(r"Node (\S+) now responding")
 CONTROLLER = {
     "handed_over": re.compile(r"event vm\.standby_claimed node=(\S+) job=(\d+)"),
