@@ -136,7 +136,8 @@ def main() -> int:
                 proc = subprocess.run(
                     ["fsub", "-N1", "--wait", "--parsable", f"--output={out}", "--wrap",
                      "date +%s.%N; hostname; date +%s.%N"],
-                    capture_output=True, text=True, env=env, timeout=600, check=False)
+                    capture_output=True, text=True, env=env, timeout=600, check=False,
+                    cwd=work)  # the job's working directory: in every VM's root
                 if proc.returncode != 0:
                     failures.append(f"job {i}: exit {proc.returncode}: {proc.stderr.strip()}")
                     continue
