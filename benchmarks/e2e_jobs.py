@@ -19,10 +19,12 @@ Brings up its own site (instance ``vcb``, 10.117.0.0/24), submits JOBS one-node 
 K standby VMs in the per-job class; each job is then submitted once a standby VM is ready
 (jobs arriving no faster than the reserve is refilled; the wait before a submission is not
 counted), and its VM's "allocation" is the handover (``vm.standby_claimed``).
+``--slurm other`` runs the site on the other Debian release's Slurm (24.11 from its
+debootstrapped root, :mod:`vcluster.testbed.slurm_root`) instead of the host's (22.05).
 ``VCLUSTER_TEST_SLOT=N`` moves the site (name, subnet, ports) out of another run's way.
 
 Run as root: ``python3 benchmarks/e2e_jobs.py [--jobs 20] [--streams 2] [--boot-s 30]
-[--standby 2] [--output results/x.json]``.
+[--standby 2] [--slurm host|other] [--output results/x.json]``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -46,7 +49,7 @@ from vcluster import db
 from vcluster.config import load_config
 from vcluster.controller.standby import is_claimable, is_standby
 from vcluster.one import OneClient
-from vcluster.testbed import site
+from vcluster.testbed import site, slurm_root
 
 RESULTS = Path(__file__).resolve().parent / "results" / "e2e_jobs.json"
 
@@ -79,6 +82,9 @@ def main() -> int:
     ap.add_argument("--output", type=Path, default=RESULTS)
     ap.add_argument("--boot-s", type=float, default=0.5)
     ap.add_argument("--standby", type=int, default=0)
+    ap.add_argument("--slurm", choices=("host", "other"), default="host")
+    ap.add_argument("--slurm-debug", action="store_true",
+                    help="slurmctld logs at level debug with DebugFlags=Power (for timelines)")
     args = ap.parse_args()
     slot = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
     root = Path(tempfile.mkdtemp(prefix="vcb-site-", dir="/tmp"))
@@ -90,13 +96,21 @@ def main() -> int:
                          one_port=2933 + 10 * slot, onegate_port=5330 + 10 * slot,
                          per_job_nodes=max(4, 2 * args.streams), pool_nodes=1,
                          boot_s=args.boot_s, standby=args.standby,
-                         resume_timeout_s=max(90, int(args.boot_s) + 60))
+                         resume_timeout_s=max(90, int(args.boot_s) + 60),
+                         slurm_root="" if args.slurm == "host" else slurm_root.build().path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "ONE_"))}
-    env.update(VCLUSTER_CONFIG=str(spec.config_path), SLURM_CONF=str(spec.slurm.conf))
+    env.update(VCLUSTER_CONFIG=str(spec.config_path), SLURM_CONF=str(spec.slurm.conf),
+               PATH=f"{spec.slurm.client_bin_dir}:{sysconfig.get_path('scripts')}:"
+                    f"{env.get('PATH', '/usr/bin:/bin')}")
     site.down(spec)
     try:
         site.up(spec, say=lambda line: print(line, file=sys.stderr))
         config = load_config(spec.config_path, environ={})
+        if args.slurm_debug:
+            for argv in (["scontrol", "setdebug", "debug"],
+                         ["scontrol", "setdebugflags", "+Power"]):
+                subprocess.run(argv, env=env, check=True, timeout=30)
+        print(f"site state (logs): {spec.root}", file=sys.stderr)
         ctl_pid = int(spec.pid_file("controller").read_text())
         cpu0 = cpu_s(ctl_pid)
         submitted: dict[int, float] = {}
@@ -122,7 +136,8 @@ def main() -> int:
                 proc = subprocess.run(
                     ["fsub", "-N1", "--wait", "--parsable", f"--output={out}", "--wrap",
                      "date +%s.%N; hostname; date +%s.%N"],
-                    capture_output=True, text=True, env=env, timeout=600, check=False)
+                    capture_output=True, text=True, env=env, timeout=600, check=False,
+                    cwd=work)  # the job's working directory: in every VM's root
                 if proc.returncode != 0:
                     failures.append(f"job {i}: exit {proc.returncode}: {proc.stderr.strip()}")
                     continue
@@ -183,6 +198,7 @@ def main() -> int:
             "boot_s_setting": args.boot_s,
             "standby": args.standby,
             "streams": args.streams,
+            "slurm": _slurm_version(env),
             "completed": len(overhead),
             "failures": failures,
             "wall_s": round(wall_s, 1),
@@ -198,6 +214,12 @@ def main() -> int:
         return 0 if not failures else 1
     finally:
         site.down(spec)
+
+
+def _slurm_version(env: dict[str, str]) -> str:
+    proc = subprocess.run(["scontrol", "--version"], capture_output=True, text=True, env=env,
+                          check=False)
+    return proc.stdout.strip()
 
 
 def _output_for(job_id: int, env: dict[str, str]) -> tuple[float, float] | None:

@@ -397,6 +397,59 @@ json_attr() {
     sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
 }
 
+# slurmctld takes a powering-up node's registration only if the boot time it computes (its
+# own clock at the registration, whole seconds, minus the uptime slurmd reports) is not before
+# the power-up request; a registration that comes before the request (the node still powered
+# down, ReturnToService=2) is taken as is. `slurmd -b` reports its uptime as whole seconds
+# since its start: by the wall clock from Slurm 24.05 on (time(NULL)), by /proc/uptime before
+# (sysinfo). Started early enough in a second of that clock, slurmd registers within the
+# same second and reports an uptime of 0: slurmctld then takes the registration's own
+# arrival, after the request, as the boot time, whenever Slurm asks for the power-up. So
+# slurmd starts at once when that clock's second is less than SLURMD_START_BEFORE (0.6) old,
+# else just after the next second begins (0.4 s at most). Without a fraction of a second to
+# read (no `date +%N`), it starts in a later second than VCLUSTER_HANDED_AT, as before.
+SLURMD_START_BEFORE=${VCLUSTER_SLURMD_START_BEFORE:-60}  # hundredths of a second
+
+slurmd_clock() {
+    version=$(slurmd -V 2>/dev/null | grep -o '[0-9][0-9]*\.[0-9][0-9]*' | head -n 1)
+    major=${version%%.*}
+    minor=${version#*.}
+    case "$major$minor" in ''|*[!0-9]*) echo uptime; return ;; esac
+    if [ "$major" -gt 24 ] || { [ "$major" -eq 24 ] && [ "$minor" -ge 5 ]; }; then
+        echo wall
+    else
+        echo uptime
+    fi
+}
+
+# Hundredths of a second into the current second of slurmd's clock ("" if unknown).
+clock_fraction() {
+    if [ "$SLURMD_CLOCK" = wall ]; then
+        ns=$(date +%N 2>/dev/null)
+        case $ns in [0-9][0-9]*) printf '%s' "$ns" | cut -c1-2 ;; esac
+    else
+        up=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)
+        case $up in *.[0-9][0-9]*) printf '%s' "${up#*.}" | cut -c1-2 ;; esac
+    fi
+}
+
+slurmd_same_second() {
+    handed_s=$1
+    frac=$(clock_fraction)
+    frac=${frac#0}
+    if [ -n "$frac" ] && { [ "$frac" -lt "$SLURMD_START_BEFORE" ] \
+            || sleep "0.$(printf '%02d' $((102 - frac)))" 2>/dev/null; }; then
+        log "slurmd starts $(clock_fraction)/100 s into a second of its clock ($SLURMD_CLOCK)"
+        return 0
+    fi
+    case $handed_s in ''|*[!0-9]*) handed_s=$(date +%s) ;; esac
+    waits=0
+    while [ "$(date +%s)" -le "$handed_s" ] && [ "$waits" -lt 100 ]; do
+        sleep 0.02 2>/dev/null || sleep 1
+        waits=$((waits + 1))
+    done
+}
+
 standby_wait_for_node() {
     while :; do
         record=$(onegate_vm 2>/dev/null) || record=
@@ -409,18 +462,7 @@ standby_wait_for_node() {
             VCLUSTER_JOB=$(printf '%s' "$record" | json_attr VCLUSTER_JOB)
             log "standby VM handed to node $VCLUSTER_NODE (job ${VCLUSTER_JOB:-none})"
             rm -f "$ONEGATE_HEADERS"
-            # slurmctld takes a powering-up node's registration only if the boot time it
-            # reports (whole seconds, `slurmd -b`: its start, give or take one) is not before
-            # the power-up request, which precedes the handover (VCLUSTER_HANDED_AT, Unix
-            # seconds): slurmd starts in a later second (a VM booted later does not wait;
-            # a clock behind the controller's waits 2 s at most).
-            handed_s=$(printf '%s' "$record" | json_attr VCLUSTER_HANDED_AT)
-            case $handed_s in ''|*[!0-9]*) handed_s=$(date +%s) ;; esac
-            waits=0
-            while [ "$(date +%s)" -le "$handed_s" ] && [ "$waits" -lt 100 ]; do
-                sleep 0.02 2>/dev/null || sleep 1
-                waits=$((waits + 1))
-            done
+            slurmd_same_second "$(printf '%s' "$record" | json_attr VCLUSTER_HANDED_AT)"
             return 0
         fi
         sleep "$STANDBY_POLL_S" 2>/dev/null || sleep 1
@@ -441,6 +483,7 @@ standby_reserve() {
     start_munged
     MUNGED_STARTED=1
     report_stage standby
+    SLURMD_CLOCK=$(slurmd_clock)
     log "standby VM of class $VCLUSTER_STANDBY: munged runs; waiting for a node name from $ONEGATE_ENDPOINT"
     { standby_wait_for_node && join_node; } </dev/null >/dev/null 2>&1 &
     exit 0

@@ -95,6 +95,11 @@ class SlurmSettings:
     """slurmctld address VMs use (``host`` or ``host:port``); default: from slurm.conf."""
     configless: bool = True
     """VMs fetch slurm.conf from slurmctld (``enable_configless``)."""
+    handover_at_allocation: bool = False
+    """Hand a ready standby VM to its node as soon as Slurm allocates the node to a job (the
+    PrologSlurmctld request), before Slurm's power-save pass marks it powering up: slurmd may
+    then register while the node is still powered down, which Slurm accepts only with
+    ``ReturnToService=2`` in slurm.conf (else: "Node unexpectedly rebooted", node DOWN)."""
     munge_key_file: str = "/etc/munge/munge.key"
     """The cluster's munge key, given to VMs through their context."""
     preempt_partition: str = ""
@@ -431,6 +436,7 @@ def parse_config(
         command_timeout_s=s_r.positive("command_timeout_s", float, 30.0),
         controller_host=s_r.get("controller_host", str, ""),
         configless=s_r.get("configless", bool, True),
+        handover_at_allocation=s_r.get("handover_at_allocation", bool, False),
         munge_key_file=s_r.get("munge_key_file", str, "/etc/munge/munge.key"),
         preempt_partition=s_r.get("preempt_partition", str, ""),
     )

@@ -122,3 +122,38 @@ def test_an_interrupted_handover_is_done_again(world: World) -> None:
     w.controller.run_pass()
     assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == S1
     assert one.terminated == []
+
+
+def test_a_standby_vm_is_handed_over_at_allocation(world: World) -> None:
+    """With ``slurm.handover_at_allocation``, the prolog's request is enough: NodeAddr and
+    the node name go out while Slurm still shows the node powered down, and the VM stays
+    its node's until Slurm powers it up or its slurmd registers."""
+    w = world
+    w.controller.config = replace(w.config, slurm=replace(w.config.slurm,
+                                                          handover_at_allocation=True))
+    one = w.one
+    assert isinstance(one, StandbyOne)
+    w.slurm.nodes_by_name = {S1: powered_down(S1)}
+    w.controller.run_pass()
+    one.boot(40)
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED", "POWERED_DOWN")}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    with db.transaction(w.sessions) as s:
+        s.add(db.HookRequest(kind="prolog", nodes=S1, job_ids=[12], payload={},
+                             created_at=w.clock()))
+    w.controller.run_pass()
+    assert w.slurm.updates == [
+        f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}",
+        "vm.update 40 VCLUSTER_NODE=vc-small-001 VCLUSTER_JOB=12 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={int(w.clock().timestamp())}"]
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+
+    w.controller.run_pass()  # Slurm has not run its power-save pass yet: nothing changes
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert one.terminated == []
+
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # slurmd registered
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]

@@ -324,3 +324,19 @@ def test_a_hook_without_its_config_says_so_without_importing_vcluster(tmp_path) 
     assert proc.stdout.split() == ["4", "False", "False"]
     assert proc.stderr == (f"vcluster-prolog: error: {missing}: file not found; create it "
                            "(see deploy/vcluster.toml.example) or set VCLUSTER_CONFIG\n")
+
+
+def test_young_waits_are_read_more_often(site: Site) -> None:
+    """A prolog that began waiting less than fast_wait_s ago (standby VMs: nodes up a second
+    or two after the allocation) is read every fast_poll_s; older waits every poll_s."""
+    clock = [100.0]
+    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=0.25, fast_poll_s=0.1,
+                      fast_wait_s=3.0, monotonic=lambda: clock[0])
+    env = HookEnv(site.config, site.server.sessions, site.slurm)
+    assert waits.gap_s() == 0.25  # nobody waits
+    waits.register(env, 12, ["vc-small-001"])
+    assert waits.gap_s() == 0.1
+    clock[0] += 3.5
+    assert waits.gap_s() == 0.25
+    waits.register(env, 13, ["vc-small-002"])
+    assert waits.gap_s() == 0.1

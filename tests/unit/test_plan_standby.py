@@ -32,6 +32,7 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.observe import DrainView, Observed
 from vcluster.controller.plan import plan
+from vcluster.controller.standby import AT_ALLOCATION_REASON
 from vcluster.one_vm import VM
 
 BASE = make_config()
@@ -224,3 +225,67 @@ EARLY_CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
 def test_plan_boot_at_allocation(observed: Callable[[], Observed],
                                  expected: list[Action]) -> None:
     assert plan(observed(), CONFIG) == expected
+
+
+# --- handover at allocation (slurm.handover_at_allocation) --------------------------------------
+
+AT_ALLOCATION = replace(CONFIG, slurm=replace(CONFIG.slurm, handover_at_allocation=True))
+HANDED = named(standby(20), S1, 12)
+RESERVE = {21: standby(21), 22: standby(22, "BOOT", ready=False)}
+
+
+def handed_launch(reason: str = AT_ALLOCATION_REASON) -> object:
+    return launch(1, S1, "booting", vm_id=20, job_id=12, ip="10.9.0.50", reason=reason)
+
+
+AT_ALLOCATION_CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
+    ("the prolog ran, Slurm has not powered the node up: a ready standby VM is handed over "
+     "at once; a replacement boots",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: standby(20), 21: standby(21, "BOOT", ready=False)},
+                     requests=(PROLOG,)),
+     [ClaimStandby(S1, "small", 20, 12, "10.9.0.50", at_allocation=True), SMALL,
+      MarkHandled((5,))]),
+    ("no ready standby VM: a VM boots at allocation, handed over once Slurm powers up",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)), vms=dict(NOT_READY),
+                     requests=(PROLOG,)),
+     [BootEarly(S1, "small", 12, 1, 2048, "worker"), MarkHandled((5,))]),
+    ("a job asking for another template is not handed a standby VM at allocation",
+     lambda: picture(nodes={S1: allocated(S1)},
+                     jobs=jobs(job(12, S1, comment="vcluster[template=ubuntu]")),
+                     vms={20: standby(20), 21: standby(21)}, requests=(PROLOG,)),
+     [BootEarly(S1, "small", 12, 1, 2048, "ubuntu"), MarkHandled((5,))]),
+    ("handed over at allocation, Slurm still shows the node powered down: wait for Slurm",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: HANDED, **RESERVE}, launches=(handed_launch(),)),
+     []),
+    ("handed over at allocation, Slurm powers the node up: still booting",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: HANDED, **RESERVE}, launches=(handed_launch(),)),
+     []),
+    ("its slurmd registered (before Slurm's power-save pass): up",
+     lambda: picture(nodes={S1: node(S1, "ALLOCATED")}, jobs=jobs(job(12, S1)),
+                     vms={20: HANDED, **RESERVE}, launches=(handed_launch(),)),
+     [MarkUp(1, S1, 20, 5.0)]),
+    ("a booting launch not handed over at allocation on an allocated, powered-down node is "
+     "an earlier run's: its VM goes (no VM serves two runs)",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={20: HANDED, **RESERVE}, launches=(handed_launch(""),)),
+     [TerminateVM(20, S1, "Slurm powered the node down", 1)]),
+]
+
+
+@pytest.mark.parametrize(("observed", "expected"), [(b, e) for _, b, e in AT_ALLOCATION_CASES],
+                         ids=[name for name, _, _ in AT_ALLOCATION_CASES])
+def test_plan_handover_at_allocation(observed: Callable[[], Observed],
+                                     expected: list[Action]) -> None:
+    assert plan(observed(), AT_ALLOCATION) == expected
+
+
+def test_handover_at_allocation_is_off_by_default() -> None:
+    """Without the site saying ReturnToService=2 (the key), a ready standby VM waits for
+    Slurm's power-up, as before."""
+    assert CONFIG.slurm.handover_at_allocation is False
+    observed = picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                       vms={20: standby(20), 21: standby(21)}, requests=(PROLOG,))
+    assert plan(observed, CONFIG) == [MarkHandled((5,))]

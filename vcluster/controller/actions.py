@@ -294,6 +294,9 @@ class ClaimStandby:
     size: tuple[int, int, str] | None = None
     """(CPUs, memory MB, template) the VM was booted with (for usage accounting); None: the
     class's own (a standby VM)."""
+    at_allocation: bool = False
+    """Handed over when the job was allocated, before Slurm powers the node up (the launch's
+    reason says so: the planner then waits for Slurm instead of seeing a node powered down)."""
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,8 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
 
     if vm_id is None:  # booting and up launches have their VM, unless edited by hand
         return [CloseLaunch(launch.id, name, "failed", f"a {state} launch without a VM id")]
-    if _is_off(node) and not under_suspended_job(obs, node):
+    if (_is_off(node) and not under_suspended_job(obs, node)
+            and not (node is not None and standby.waits_for_power_up(launch, node))):
         if node is not None and node.is_down:
             # Slurm gave the node up (ResumeTimeout, SlurmdTimeout) and requeued its job
             # before ResumeFailProgram's request was seen: a failed launch all the same, so
@@ -332,7 +333,7 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
                              launch.id, vm_id, launch.job_id)]
         if (handover := standby.reclaim(launch, vm)) is not None:
             return [handover]
-        if not node.powering_up:
+        if not node.powering_up and not standby.waits_for_power_up(launch, node):
             if launch.reason == RESUMED_REASON and not vm.is_running:
                 return []  # up once its resume has brought it back
             return [MarkUp(launch.id, name, vm_id, _age_s(now, launch.created_at))]
@@ -512,9 +513,10 @@ def plan(obs: Observed, config: Config) -> list[Action]:
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
         elif (name in reserve.allocated and not _failed_out(obs, jobs_by_node.get(name))
-              and (early := standby.boot_early(
-                  reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name))))):
-            actions.append(early)  # the job's prolog ran: boot before Slurm's resume
+              and (early := standby.at_allocation(
+                  reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name)),
+                  config.slurm.handover_at_allocation))):
+            actions.append(early)  # the job's prolog ran: a VM before Slurm's resume
 
     for vm in sorted(obs.vms.values(), key=lambda v: v.vm_id):
         if (vm.vm_id in claimed or vm.vm_id in adopted or vm.is_terminating

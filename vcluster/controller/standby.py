@@ -28,6 +28,7 @@ that a ready standby VM will serve gets no early VM; an early VM whose node went
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ STANDBY_TAG = "VCLUSTER_STANDBY"
 """USER_TEMPLATE (and CONTEXT) attribute naming the class of a standby VM."""
 EARLY_TAG = "VCLUSTER_EARLY"
 """USER_TEMPLATE attribute naming the node a VM booted at allocation is meant for."""
+AT_ALLOCATION_REASON = "handed over at allocation"
+"""The reason of a launch opened by a handover at allocation (while Slurm still shows the
+node powered down)."""
 
 
 def is_standby(vm: VM) -> bool:
@@ -157,12 +161,38 @@ def reclaim(launch: LaunchView, vm: VM) -> ClaimStandby | None:
                         launch.ip or vm.ips[0], launch.id)
 
 
+def allocated_unpowered(node: Node) -> bool:
+    """Allocated to a job, still powered down: Slurm's power-save pass has not run yet."""
+    return (node.powered_down and not node.powering_up and not node.is_down
+            and node.state in ("ALLOCATED", "MIXED"))
+
+
+def at_allocation(reserve: Reserve, nc: NodeClass, node: Node, boot: BootVM,
+                  handover: bool) -> ClaimStandby | BootEarly | None:
+    """For a node the prolog said was just allocated: with ``handover`` (the site's
+    ``slurm.handover_at_allocation``), a ready standby VM at once; else a VM booted early."""
+    if (handover and boot.job_id is not None and allocated_unpowered(node)
+            and node.name in reserve.allocated and boot.template == nc.template
+            and reserve.ready[nc.name]):
+        given = claim(reserve, nc, node.name, boot.job_id, boot.template,
+                      (boot.cpus, boot.memory_mb))
+        if given is not None:
+            return dataclasses.replace(given, at_allocation=True)
+    return boot_early(reserve, nc, node, boot)
+
+
+def waits_for_power_up(launch: LaunchView, node: Node) -> bool:
+    """A launch handed a VM at its job's allocation, whose node Slurm has not powered up
+    yet: not a node powered down under its VM."""
+    return (launch.state == "booting" and launch.reason == AT_ALLOCATION_REASON
+            and allocated_unpowered(node))
+
+
 def boot_early(reserve: Reserve, nc: NodeClass, node: Node, boot: BootVM) -> BootEarly | None:
     """A VM for an allocated node Slurm has not started powering up, when the prolog said
     its job was allocated (its request not yet handled), unless a VM was booted early for it
     already or a ready standby VM will serve it."""
-    if (boot.job_id is None or not node.powered_down or node.powering_up or node.is_down
-            or node.state not in ("ALLOCATED", "MIXED") or node.name in reserve.early
+    if (boot.job_id is None or not allocated_unpowered(node) or node.name in reserve.early
             or node.name not in reserve.allocated):
         return None
     if boot.template == nc.template and reserve.promised[nc.name] < len(reserve.ready[nc.name]):

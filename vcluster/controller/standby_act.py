@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from vcluster import db
 from vcluster.controller import join_tokens
 from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
-from vcluster.controller.standby import STANDBY_TAG
+from vcluster.controller.standby import AT_ALLOCATION_REASON, STANDBY_TAG
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.vmtemplate import bootstrap_script_bytes, worker_vm_extra
 
@@ -125,7 +125,9 @@ def claim_standby(actor: Actor, a: ClaimStandby) -> None:
             with db.transaction(actor.sessions) as s:
                 s.add(db.Launch(node_name=a.node_name, node_class=a.node_class,
                                 job_id=a.job_id, vm_id=a.vm_id, state="booting", ip=a.ip,
-                                attempts=1, reason="", created_at=now, updated_at=now,
+                                attempts=1,
+                                reason=AT_ALLOCATION_REASON if a.at_allocation else "",
+                                created_at=now, updated_at=now,
                                 cpus=cpus, memory_mb=memory_mb, template=template,
                                 vm_started_at=now))
                 db.record_event(s, "vm.standby_claimed", f"standby VM {a.vm_id} handed to "

@@ -166,6 +166,7 @@ partitions = ["vcluster", "pool"{', "gpu"' if spec.gpu_nodes else ''}]
 command_timeout_s = 20
 controller_host = "{spec.gateway}:{spec.slurm_port}"
 configless = true
+handover_at_allocation = true
 munge_key_file = "{slurm.munge_key}"
 preempt_partition = "{spec.preempt_partition}"
 
