@@ -38,9 +38,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -116,7 +118,10 @@ def wait_requested(sessions: Any, jobs: int, timeout_s: float) -> None:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     third = 232 + SLOT
     root = str(default_root_dir(other_suite())) if args.slurm == "other" else ""
+    state = Path(tempfile.mkdtemp(prefix="vcburst-", dir="/tmp"))  # a fresh database and logs
+    os.chmod(state, 0o755)
     spec = site.SiteSpec(name=f"vcb{SLOT or ''}", subnet=f"10.{third}.0.0/21",
+                         state_dir=str(state / "state"),
                          slurm_port=6890 + SLOT, one_port=2690 + SLOT,
                          onegate_port=5090 + SLOT, events_port=2190 + SLOT,
                          per_job_nodes=args.nodes, pool_nodes=1, resume_timeout_s=900,
@@ -164,6 +169,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run([str(spec.slurm.client_bin_dir / "scancel"), "--partition=vcluster"],
                            env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)), check=False)
         site.down(spec, say=print)
+        shutil.rmtree(state, ignore_errors=True)
     span = last_vm - first_vm
     return {
         "jobs": args.jobs, "nodes": args.nodes, "submitted_jobs": len(ids),
