@@ -162,6 +162,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
                                     .read_text(errors="replace")):
             hooks.setdefault(m.group(1), []).append(float(m.group(2)))
+        time.sleep(2)  # the last NodeAddr batch
+        addrs = nodeaddr_check(spec, sessions)
         ended = cancel_and_wait(spec, config, args.timeout_s)
         engine.dispose()
     finally:
@@ -190,8 +192,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                               "max_s": round(max(passes), 3) if passes else None},
         "controller_peak_rss_mb": round(peak_mb, 1),
         "hook_cpu_ms": {name: summary(v, 1) for name, v in sorted(hooks.items())},
+        **addrs,
         **ended,
     }
+
+
+def nodeaddr_check(spec: site.SiteSpec, sessions: Any) -> dict[str, int]:
+    """Nodes whose VM has an IP in vcluster's database, and how many of them Slurm's NodeAddr
+    does not match (the NodeAddr updates go in batches of paired lists)."""
+    with sessions() as s:
+        ips = {row.node_name: row.ip for row in s.scalars(select(db.Launch)) if row.ip}
+    out = subprocess.run([str(spec.slurm.client_bin_dir / "scontrol"), "show", "node", "-o"],
+                         env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)),
+                         capture_output=True, text=True, check=False).stdout
+    slurm_addr = {}
+    for line in out.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        slurm_addr[fields.get("NodeName", "")] = fields.get("NodeAddr", "")
+    wrong = [n for n, ip in ips.items() if slurm_addr.get(n) != ip]
+    return {"nodes_with_ip": len(ips), "nodeaddr_mismatches": len(wrong)}
 
 
 def cancel_and_wait(spec: site.SiteSpec, config: Any, timeout_s: float) -> dict[str, Any]:
