@@ -171,7 +171,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run([str(spec.slurm.client_bin_dir / "scancel"), "--partition=vcluster"],
                            env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)), check=False)
         site.down(spec, say=print)
-        shutil.rmtree(state, ignore_errors=True)
+        if args.keep_state:
+            print(f"state (logs, database) kept in {state}")
+        else:
+            shutil.rmtree(state, ignore_errors=True)
     span = last_vm - first_vm
     return {
         "jobs": args.jobs, "nodes": args.nodes, "submitted_jobs": len(ids),
@@ -248,6 +251,8 @@ def main() -> int:
     parser.add_argument("--slurm", choices=("host", "other"), default="host",
                         help="the host's Slurm or the other one (chrooted root)")
     parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the site's logs and database (printed at the end)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.out = args.out or RESULTS / (f"burst_{args.jobs}"
