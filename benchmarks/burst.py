@@ -14,12 +14,21 @@ Reported (JSON in benchmarks/results/burst.json):
   slurmctld had allocated every job and asked for its node), the reference;
 * ``all_vms_requested_s``: first sbatch -> the last VM requested from OpenNebula (the
   ``vm.allocated`` events); ``vcluster_after_slurm_s`` = that minus ``slurm_resumed_s``;
-* per node, resume request -> VM requested: p50 / p95 / max;
+* ``slurm_asked_last_s``: first sbatch -> Slurm's last ask (the earlier of the node's
+  PrologSlurmctld and ResumeProgram request); per node, that ask -> VM requested:
+  p50 / p95 / max (``asked_to_vm_requested_s``);
+* ``requests_per_s``: VMs requested per second from the first request to the last, against
+  the configured ``boot_rate_per_s`` / ``boot_burst`` (``--rate`` / ``--burst``);
 * the controller's passes while it worked (count, p50 / max duration, from controller.log)
-  and its peak RSS (VmHWM).
+  and its peak RSS (VmHWM);
+* the CPU of each program slurmctld ran (hooks.log's ``cpu Y ms``): p50 / p95 / max;
+* the end: the jobs are cancelled (dummy VMs never run slurmd, so no job can run), and
+  ``all_vms_terminated_s`` is scancel -> no VM of the site left (no orphan VM), with the
+  jobs still in Slurm's queue then (none expected).
 
-Run as root: ``python3 benchmarks/burst.py [--jobs 1000]``; VCLUSTER_TEST_SLOT=N picks another
-instance name.
+Run as root: ``python3 benchmarks/burst.py [--jobs 1000] [--slurm host|other]``;
+VCLUSTER_TEST_SLOT=N picks another instance name. JSON in benchmarks/results/burst_N.json
+(``burst_N_other.json`` for the other Slurm).
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -42,11 +53,15 @@ from sqlalchemy import select
 
 from vcluster import db
 from vcluster.config import load_config
+from vcluster.one import OneClient
 from vcluster.testbed import site
+from vcluster.testbed.slurm_root import default_root_dir, other_suite
 
-RESULTS = Path(__file__).resolve().parent / "results" / "burst.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s")
+HOOK_DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in [0-9.]+ s, "
+                       r"cpu ([0-9.]+) ms")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -59,6 +74,13 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def summary(values: list[float], digits: int = 3) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50": round(statistics.median(values), digits),
+            "p95": round(percentile(values, 95), digits), "max": round(max(values), digits)}
 
 
 def submit(spec: site.SiteSpec, jobs: int) -> tuple[float, float, list[int]]:
@@ -95,10 +117,19 @@ def wait_requested(sessions: Any, jobs: int, timeout_s: float) -> None:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     third = 232 + SLOT
+    root = str(default_root_dir(other_suite())) if args.slurm == "other" else ""
+    state = Path(tempfile.mkdtemp(prefix="vcburst-", dir="/tmp"))  # a fresh database and logs
+    os.chmod(state, 0o755)
     spec = site.SiteSpec(name=f"vcb{SLOT or ''}", subnet=f"10.{third}.0.0/21",
+                         state_dir=str(state / "state"),
                          slurm_port=6890 + SLOT, one_port=2690 + SLOT,
-                         onegate_port=5090 + SLOT, per_job_nodes=args.nodes, pool_nodes=1,
-                         resume_timeout_s=900, driver="dummy")
+                         onegate_port=5090 + SLOT, events_port=2190 + SLOT,
+                         per_job_nodes=args.nodes, pool_nodes=1, resume_timeout_s=900,
+                         driver="dummy", boot_rate_per_s=args.rate, boot_burst=args.burst,
+                         slurm_root=root)
+    site.down(spec)
+    spec = site.choose_ports(spec)
+    ended: dict[str, Any] = {}
     site.up(spec, say=print)
     try:
         config = load_config(spec.config_path, environ={})
@@ -107,41 +138,102 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         started, submitted, ids = submit(spec, args.jobs)
         wait_requested(sessions, args.jobs, args.timeout_s)
         with sessions() as s:
-            resumes = s.scalars(select(db.HookRequest).where(
-                db.HookRequest.kind == "resume")).all()
+            asks = s.scalars(select(db.HookRequest).where(
+                db.HookRequest.kind.in_(("resume", "prolog")))).all()
+            resumes = [r for r in asks if r.kind == "resume"]
             allocated = s.scalars(select(db.Event).where(
                 db.Event.kind == "vm.allocated")).all()
-            resumed_at: dict[str, datetime] = {}
-            for r in resumes:
+            asked_at: dict[str, datetime] = {}  # Slurm's first ask for the node
+            for r in sorted(asks, key=lambda r: r.created_at):
                 for name in site_hostlist(r.nodes):
-                    resumed_at.setdefault(name, r.created_at)
-            latencies = [(e.at - resumed_at[e.node_name]).total_seconds()
-                         for e in allocated if e.node_name in resumed_at]
+                    asked_at.setdefault(name, r.created_at)
+            latencies = [(e.at - asked_at[e.node_name]).total_seconds()
+                         for e in allocated if e.node_name in asked_at]
+            last_ask = max(asked_at.values()).timestamp()
+            first_resume = min(r.created_at for r in resumes).timestamp()
             last_resume = max(r.created_at for r in resumes).timestamp()
+            first_vm = min(e.at for e in allocated).timestamp()
             last_vm = max(e.at for e in allocated).timestamp()
         pid = int(spec.pid_file("controller").read_text().split()[0])
         peak_mb = status_kb(pid, "VmHWM") / 1024
         passes = [float(m.group(3)) for m in PASS_LINE.finditer(
             spec.log_file("controller").read_text(errors="replace"))]
+        hooks: dict[str, list[float]] = {}
+        for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
+                                    .read_text(errors="replace")):
+            hooks.setdefault(m.group(1), []).append(float(m.group(2)))
+        time.sleep(2)  # the last NodeAddr batch
+        addrs = nodeaddr_check(spec, sessions)
+        ended = cancel_and_wait(spec, config, args.timeout_s)
         engine.dispose()
     finally:
-        subprocess.run([str(spec.slurm.client_bin_dir / "scancel"), "--partition=vcluster"],
-                       env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)), check=False)
+        if not ended:
+            subprocess.run([str(spec.slurm.client_bin_dir / "scancel"), "--partition=vcluster"],
+                           env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)), check=False)
         site.down(spec, say=print)
+        if args.keep_state:
+            print(f"state (logs, database) kept in {state}")
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+    span = last_vm - first_vm
     return {
         "jobs": args.jobs, "nodes": args.nodes, "submitted_jobs": len(ids),
         "submit_s": round(submitted - started, 2),
         "slurm_resumed_s": round(last_resume - started, 2),
         "all_vms_requested_s": round(last_vm - started, 2),
         "vcluster_after_slurm_s": round(last_vm - last_resume, 2),
-        "resume_to_vm_requested_s": {
-            "n": len(latencies), "p50": round(statistics.median(latencies), 3),
-            "p95": round(percentile(latencies, 95), 3), "max": round(max(latencies), 3)},
+        "first_resume_s": round(first_resume - started, 2),
+        "first_vm_requested_s": round(first_vm - started, 2),
+        "slurm_asked_last_s": round(last_ask - started, 2),
+        "asked_to_vm_requested_s": summary(latencies),
+        "vms_requested": len(allocated),
+        "requests_per_s": round((len(allocated) - 1) / span, 1) if span > 0 else None,
+        "configured_boot_rate_per_s": args.rate, "configured_boot_burst": args.burst,
+        "rate_needs_s": round(max(0.0, (len(allocated) - args.burst) / args.rate), 2),
         "controller_passes": {"n": len(passes),
                               "p50_s": round(statistics.median(passes), 3) if passes else None,
                               "max_s": round(max(passes), 3) if passes else None},
         "controller_peak_rss_mb": round(peak_mb, 1),
+        "hook_cpu_ms": {name: summary(v, 1) for name, v in sorted(hooks.items())},
+        **addrs,
+        **ended,
     }
+
+
+def nodeaddr_check(spec: site.SiteSpec, sessions: Any) -> dict[str, int]:
+    """Nodes whose VM has an IP in vcluster's database, and how many of them Slurm's NodeAddr
+    does not match (the NodeAddr updates go in batches of paired lists)."""
+    with sessions() as s:
+        ips = {row.node_name: row.ip for row in s.scalars(select(db.Launch)) if row.ip}
+    out = subprocess.run([str(spec.slurm.client_bin_dir / "scontrol"), "show", "node", "-o"],
+                         env=dict(os.environ, SLURM_CONF=str(spec.slurm.conf)),
+                         capture_output=True, text=True, check=False).stdout
+    slurm_addr = {}
+    for line in out.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        slurm_addr[fields.get("NodeName", "")] = fields.get("NodeAddr", "")
+    wrong = [n for n, ip in ips.items() if slurm_addr.get(n) != ip]
+    return {"nodes_with_ip": len(ips), "nodeaddr_mismatches": len(wrong)}
+
+
+def cancel_and_wait(spec: site.SiteSpec, config: Any, timeout_s: float) -> dict[str, Any]:
+    """scancel every job, then until no VM of the site is left: no orphan VM."""
+    env = dict(os.environ, SLURM_CONF=str(spec.slurm.conf))
+    bin_dir = spec.slurm.client_bin_dir
+    t0 = time.time()
+    subprocess.run([str(bin_dir / "scancel"), "--partition=vcluster"], env=env, check=False)
+    one = OneClient(config.opennebula)
+    deadline = time.monotonic() + timeout_s
+    live = -1
+    while time.monotonic() < deadline:
+        live = sum(1 for vm in one.vms() if not vm.is_gone)
+        if live == 0:
+            break
+        time.sleep(1)
+    queued = subprocess.run([str(bin_dir / "squeue"), "-h", "-p", "vcluster"], env=env,
+                            capture_output=True, text=True, check=False).stdout.split("\n")
+    return {"all_vms_terminated_s": round(time.time() - t0, 2) if live == 0 else None,
+            "vms_left": live, "jobs_left_in_queue": sum(1 for line in queued if line.strip())}
 
 
 def site_hostlist(text: str) -> list[str]:
@@ -153,14 +245,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200.0,
+                        help="the controller's boot_rate_per_s")
+    parser.add_argument("--burst", type=int, default=100, help="the controller's boot_burst")
+    parser.add_argument("--slurm", choices=("host", "other"), default="host",
+                        help="the host's Slurm or the other one (chrooted root)")
     parser.add_argument("--timeout-s", type=float, default=600)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the site's logs and database (printed at the end)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.out = args.out or RESULTS / (f"burst_{args.jobs}"
+                                      + ("_other" if args.slurm == "other" else "") + ".json")
     if os.geteuid() != 0:
         print("burst: run as root (the testbed needs it)", file=sys.stderr)
         return 2
-    result = {"benchmark": "burst", **measure(args), "python": platform.python_version(),
-              "cpus": os.cpu_count(),
+    result = {"benchmark": "burst", "slurm": args.slurm, **measure(args),
+              "python": platform.python_version(), "cpus": os.cpu_count(),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

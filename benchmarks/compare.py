@@ -9,9 +9,9 @@ allocation with pyone, a shell prolog that waits for the nodes, an epilog that p
 down), ``scontrol reconfigure``, and runs the same shapes again.
 
 Shapes: ``1node`` (one -N1 job), ``2node_srun`` (one -N2 job whose script runs ``srun -N2``),
-``5jobs`` (five -N1 jobs submitted at once), ``50jobs`` with ``--with-50``; one unmeasured
--N1 job first (slurmctld, just started, schedules its first job ~2 s late). Both sides submit
-with the same ``sbatch -p vcluster --constraint=small --exclusive``. Per job:
+``5jobs`` and ``50jobs`` (five / fifty -N1 jobs submitted at once; ``--shapes`` picks); one
+unmeasured -N1 job first (slurmctld, just started, schedules its first job ~2 s late). Both
+sides submit with the same ``sbatch -p vcluster --constraint=small --exclusive``. Per job:
 
 - submit -> running: just before sbatch runs -> the first ``date +%s.%N`` of the job script;
 - job end -> VM terminated: the script's last ``date`` -> the terminate call for the last
@@ -20,7 +20,7 @@ with the same ``sbatch -p vcluster --constraint=small --exclusive``. Per job:
 
 Writes p50 of each, per shape and side, and the ratios vcluster/reference, into
 benchmarks/results/compare.json (settings already there from another run are kept).
-Run as root: ``python3 benchmarks/compare.py [--settings 0.5:0,30:0,30:2] [--with-50]``.
+Run as root: ``python3 benchmarks/compare.py [--settings 0.5:0,30:0,30:2] [--shapes ...]``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -121,15 +120,15 @@ def run_shape(side: Side, shape: str, work: Path, timeout_s: float) -> dict[str,
         submitted[int(proc.stdout.strip().split(";")[0])] = (t0, out)
     job_nodes: dict[int, list[str]] = {}
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for job_id in submitted:
-            text = run(["scontrol", "show", "job", str(job_id), "-o"], side.env, check=False)
-            m = re.search(r" NodeList=(\S+)", text)
-            if m and m.group(1) != "(null)":
-                job_nodes[job_id] = run(["scontrol", "show", "hostnames", m.group(1)],
-                                        side.env).split()
-        if not run(["squeue", "-h", "-j", ",".join(map(str, submitted))], side.env,
-                   check=False).strip():
+    while time.monotonic() < deadline:  # one squeue a round: 50 scontrol calls would load the CPU
+        queued = run(["squeue", "-h", "-j", ",".join(map(str, submitted)), "-o", "%i %N"],
+                     side.env, check=False).splitlines()
+        for line in queued:
+            job, _, nodelist = line.strip().partition(" ")
+            if job.isdigit() and int(job) not in job_nodes and nodelist.strip():
+                job_nodes[int(job)] = run(["scontrol", "show", "hostnames", nodelist.strip()],
+                                          side.env).split()
+        if not queued:
             break
         time.sleep(0.5)
     wait_vms = time.monotonic() + 60
@@ -258,11 +257,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="0.5:0,30:0,30:2",
                     help="boot_s:standby pairs, comma-separated")
-    ap.add_argument("--with-50", action="store_true", help="also 50 one-node jobs at once")
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     slot = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
-    shapes = ["1node", "2node_srun", "5jobs"] + (["50jobs"] if args.with_50 else [])
+    shapes = [s for s in args.shapes.split(",") if s]
+    if unknown := [s for s in shapes if s not in SHAPES]:
+        ap.error(f"unknown shape(s) {', '.join(unknown)}: choose from {', '.join(SHAPES)}")
     doc = json.loads(args.output.read_text()) if args.output.exists() else {}
     doc.update(benchmark="compare", machine={"cpus": os.cpu_count(),
                                              "python": platform.python_version()})

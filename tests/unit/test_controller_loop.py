@@ -216,6 +216,19 @@ def world(tmp_path: Path) -> Iterator[World]:
         engine.dispose()
 
 
+def test_the_vms_of_one_pass_get_their_nodeaddr_in_one_scontrol_call(world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
+    w.slurm.jobs_by_id = {12: job(12, S1), 13: job(13, S2)}
+    w.controller.run_pass()
+    (_, first, _), (_, second, _) = w.one.instantiated  # VMs 40 and 41, in this order
+    assert {first, second} == {S1, S2}
+    assert w.slurm.updates == [  # paired in order: Slurm matches the lists one to one
+        f"nodename={first},{second} nodeaddr=10.9.0.40,10.9.0.41 nodehostname={first},{second}"]
+    assert sorted(w.launches()) == sorted([(first, "booting", 40, "10.9.0.40", False),
+                                           (second, "booting", 41, "10.9.0.41", False)])
+
+
 def test_a_job_from_resume_to_terminated_vm(world: World) -> None:
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1)}

@@ -51,6 +51,7 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.backoff import capacity_cause
+from vcluster.controller.node_addr import AddrBatch
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
@@ -117,22 +118,40 @@ class Actor(PreemptActs):
         self._guest_script = guest_script
         self.now = now
         self._template_ids: dict[str, int] = {}
+        self._addrs: AddrBatch | None = None
 
     # --- the pass ------------------------------------------------------------------------------
 
     def act(self, actions: Iterable[Action]) -> ActResult:
         result = ActResult()
-        for action in actions:
-            handler = getattr(self, "_" + type(action).__name__)
-            try:
-                handler(action)
-                result.done += 1
-            except Exception as exc:  # isolation: one failure does not stop the pass
-                result.failed += 1
-                log.exception("action %s failed", action)
-                self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
-                                   node_name=getattr(action, "node_name", None))
+        self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
+        try:
+            for action in actions:
+                handler = getattr(self, "_" + type(action).__name__)
+                try:
+                    handler(action)
+                    result.done += 1
+                except Exception as exc:  # isolation: one failure does not stop the pass
+                    result.failed += 1
+                    log.exception("action %s failed", action)
+                    self._event_safely("action.failed",
+                                       f"{type(action).__name__} failed: {exc}",
+                                       node_name=getattr(action, "node_name", None))
+                if self._addrs.due():
+                    self._flush_addrs()
+        finally:
+            self._flush_addrs()
+            self._addrs = None
         return result
+
+    def _flush_addrs(self) -> None:
+        """NodeAddr of the VMs allocated since the last flush (:mod:`node_addr`)."""
+        if self._addrs is None:
+            return
+        try:
+            self._addrs.flush()
+        except Exception:  # the next pass sets what is missing
+            log.exception("setting NodeAddr of the VMs just allocated failed")
 
     def _event_safely(self, kind: str, message: str, *, node_name: str | None = None,
                       job_id: int | None = None) -> None:
@@ -241,6 +260,9 @@ class Actor(PreemptActs):
                             job_id=a.job_id, vm_id=vm_id, at=self.now())
         if self.metrics is not None:
             self.metrics.launched(a.node_class)
+        if self._addrs is not None:  # set with the others of the pass: one scontrol call
+            self._addrs.add(launch_id, a.node_name, vm_id)
+            return
         try:
             ips = self.one.vm(vm_id).ips
         except VclusterError as exc:

@@ -86,6 +86,10 @@ class SiteSpec:
     """Standby VMs the per-job class keeps booted (its ``standby``)."""
     boot_s: float = 0.5
     """Seconds a VM spends in BOOT (the cloud's ``--boot-s``): 30 to look like a real VM."""
+    boot_rate_per_s: float = 10.0
+    """The controller's ``boot_rate_per_s`` (allocations per second, all classes)."""
+    boot_burst: int = 20
+    """The controller's ``boot_burst``."""
     preempt_partition: str = ""
     """The site's ``slurm.preempt_partition`` ("" for none)."""
     gpu_nodes: int = 0
@@ -179,6 +183,8 @@ interval_s = 2
 heartbeat_stale_s = {spec.heartbeat_stale_s}
 resume_timeout_s = {spec.resume_timeout_s}
 suspend_timeout_s = 5
+boot_rate_per_s = {spec.boot_rate_per_s}
+boot_burst = {spec.boot_burst}
 prolog_wait_s = {spec.resume_timeout_s}
 state_dir = "{spec.root / 'controller'}"
 log_dir = "{spec.root / 'log'}"
@@ -368,6 +374,9 @@ def _start_cloud(spec: SiteSpec, say: Say) -> None:
         "--events-port", str(spec.events_port),
         "--boot-s", str(spec.boot_s), "--hosts", str(spec.hosts),
     )
+    if spec.driver == "dummy":  # VMs that cost nothing: room for one per node, and a few more
+        vms = spec.per_job_nodes + spec.pool_nodes + spec.gpu_nodes + spec.standby + 8
+        argv += ["--host-cpu", str(100 * vms), "--host-mem", str(512 * 1024 * vms)]
     for _ in range(spec.gpu_nodes):
         argv += ["--pci", f"host0={GPU_PCI_DEVICE}"]
     if spec.image_name:
