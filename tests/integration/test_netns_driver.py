@@ -217,6 +217,10 @@ def test_vm_boots_joins_bridge_runs_start_script_and_reports_ready(
     assert (FREEZER_ROOT / "vctv-vm11" / "freezer.state").read_text().strip() == "FROZEN"
     with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
         http_get(url, timeout_s=1.5)
+    # as a paused or saved guest: not even its kernel accepts a connection (none is queued
+    # for the thaw)
+    with pytest.raises(OSError):
+        socket.create_connection((ip, HTTP_PORT), timeout=1.5).close()
     assert driver.alive(11)
     driver.resume(11)
     assert http_get(url, timeout_s=5) == 200

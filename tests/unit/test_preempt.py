@@ -25,7 +25,7 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.observe import JobRecord, Observed, SuspensionView
 from vcluster.controller.plan import plan
-from vcluster.controller.preempt import PREEMPT_SETTLE_S, suspend_reason
+from vcluster.controller.preempt import PREEMPT_SETTLE_S, REDELIVER_GAP_S, suspend_reason
 from vcluster.errors import ConfigError
 from vcluster.slurm_parse import compress_hostlist
 
@@ -89,8 +89,18 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: suspended("RUNNING", "PENDING", rows=("resuming",)), []),
     ("back: the drain lifted and Slurm's resume said again (slurmd never got it)",
      lambda: suspended("RUNNING", "RUNNING", rows=("resuming",)),
-     [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0,
+          [FinishResume(12, (S1,), slurm_resume=False, redeliver=True, seconds=5.0,
                    stopped_vms=((S1, 40),))]),
+    ("said again: vcluster's suspend sent, its resume not in the same breath",
+     lambda: replace(suspended("SUSPENDED", "RUNNING"), suspensions={
+         S1: row(S1, 12, 40, "resuming", 12, REDELIVER_GAP_S - 1)}), []),
+    ("said again: the resume once slurmd has surely taken the suspend",
+     lambda: replace(suspended("SUSPENDED", "RUNNING"), suspensions={
+         S1: row(S1, 12, 40, "resuming", 12, REDELIVER_GAP_S)}),
+     [FinishResume(12, (S1,), slurm_resume=True, redeliver=False, seconds=REDELIVER_GAP_S,
+                   stopped_vms=((S1, 40),))]),
+    ("an admin's suspend while the VM comes back is not resumed by vcluster",
+     lambda: suspended("SUSPENDED", "RUNNING", rows=("resuming",)), []),
     ("a job suspended on a node a preemptor shares keeps its VM (the preemptor runs there)",
      lambda: picture(nodes={S1: node(S1, "ALLOCATED")},
                      jobs={12: job(12, S1, state="SUSPENDED"), 13: job(13, S1, state="RUNNING")},

@@ -236,9 +236,9 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, vm_id:
            unscheduled: bool) -> None:
     """Show what vcluster did and saw, oldest first (times in UTC).
 
-    Suspensions and preemptions are job.preempt, vm.stop, vm.stopped, vm.restore and
-    job.resumed; reservations' are reservation.* (accepted, refused, power_up, ready,
-    release, finish, cancelled).
+    Suspensions and preemptions are job.preempt, vm.stop, vm.stopped, vm.restore,
+    job.redeliver and job.resumed; reservations' are reservation.* (accepted, refused,
+    power_up, ready, release, finish, cancelled).
 
     \b
     Example:

@@ -59,6 +59,14 @@ PREEMPT_SETTLE_S = 10.0
 scheduler gets to place that VM before one more job is preempted for it."""
 HOST_NOT_ENABLED = frozenset({"DISABLED", "OFFLINE", "ERROR"})
 """Host states in which OpenNebula places no VM: a suspended VM there moves before resuming."""
+REDELIVER_GAP_S = 3.0
+"""A job Slurm resumed while its VMs were stopped (slurmd never got the resume): once the VMs
+run, vcluster says it again as ``scontrol suspend`` now and ``scontrol resume`` this long
+after, never both at once. slurmd runs each RPC in a thread of its own, and a suspend and a
+resume of one job take its suspend lock in whichever order their threads get there
+(``_rpc_suspend_job`` in slurmd's req.c): sent together, the resume can land first and the
+suspend after it, leaving the job's processes stopped while Slurm says RUNNING. slurmstepd's
+suspend itself takes 2 s (SIGTSTP, sleep 2, SIGSTOP)."""
 SUSPEND_REASON_PREFIX = "vcluster suspend: "
 """Starts the DRAIN reason of a node whose VM vcluster stopped (lifted once it is back)."""
 
@@ -136,6 +144,17 @@ def _follow(obs: Observed, job_id: int, rows: list[SuspensionView],
         # terminated as any other's; the rows go with the launches
         return actions
     by_job = rows[0].by_job
+    if job.state == "SUSPENDED" and all(r.by_job == job_id for r in rows):
+        # vcluster suspended the job itself to say Slurm's resume again: resume it once
+        # slurmd has surely taken the suspend (REDELIVER_GAP_S)
+        since = min(_age_s(obs, r, since_update=True) for r in rows)
+        if (all(_vm_state(obs, r.vm_id) == "RUNNING" for r in rows)
+                and since >= REDELIVER_GAP_S):
+            actions.append(FinishResume(job_id, tuple(sorted(r.node_name for r in rows)),
+                                        slurm_resume=True, redeliver=False, seconds=since,
+                                        stopped_vms=tuple((r.node_name, r.vm_id) for r in rows
+                                                          if r.state != "suspending")))
+        return actions
     wanted_back = job.state == "RUNNING" or (
         job.state == "SUSPENDED" and by_job is not None and _preemptor_done(obs, by_job)
         and all(r.state != "suspending" for r in rows))

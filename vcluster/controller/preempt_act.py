@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
@@ -25,7 +25,7 @@ from vcluster.controller.actions import (
     SuspendJob,
 )
 from vcluster.controller.ports import OnePort, SlurmPort
-from vcluster.controller.preempt import suspend_reason
+from vcluster.controller.preempt import REDELIVER_GAP_S, suspend_reason
 from vcluster.errors import VclusterError
 
 log = logging.getLogger(__name__)
@@ -145,18 +145,29 @@ class PreemptActs:
         return moved
 
     def _FinishResume(self, a: FinishResume) -> None:
+        if a.redeliver:
+            # Slurm resumed the job while its VMs were stopped: slurmd never got the message
+            # and the job's processes are still stopped. Say it again in two steps: suspend
+            # now, the resume REDELIVER_GAP_S later (the plan's next step, rows marked as
+            # suspended by vcluster for the job itself); sent together slurmd may apply the
+            # resume first. The DRAIN stays until then.
+            with db.transaction(self.sessions) as s:
+                for row in s.scalars(select(db.Suspension).where(
+                        db.Suspension.job_id == a.job_id)):
+                    row.by_job, row.updated_at = a.job_id, self.now()
+            self.slurm.suspend(a.job_id)
+            self._note("job.redeliver", f"job {a.job_id} resumed by Slurm while its VMs were "
+                       f"stopped (slurmd never got it): VMs back {a.seconds:.1f} s after their "
+                       f"resume, job suspended again, to be resumed in {REDELIVER_GAP_S:g} s",
+                       None, a.job_id)
+            return
         moved = self._moved(a)
         if a.node_names:
             try:
                 self.slurm.update_nodes(list(a.node_names), state="RESUME")
             except VclusterError as exc:  # the plan lifts it later (_lift_drains)
                 log.warning("cannot lift the DRAIN of %s: %s", ",".join(a.node_names), exc)
-        if a.redeliver:
-            # Slurm resumed the job while its VMs were stopped: slurmd never got the
-            # message and the job's processes are still stopped; say it again
-            self.slurm.suspend(a.job_id)
-            self.slurm.resume(a.job_id)
-        elif a.slurm_resume:
+        if a.slurm_resume:
             self.slurm.resume(a.job_id)
         with db.transaction(self.sessions) as s:
             s.execute(delete(db.Suspension).where(db.Suspension.job_id == a.job_id))

@@ -143,6 +143,11 @@ def delete_bridge(name: str) -> bool:
     return True
 
 
+def set_link_up(name: str, up: bool) -> None:
+    """Bring host interface ``name`` up or down (a veth down cuts its namespace off the bridge)."""
+    _run(["ip", "link", "set", "dev", name, "up" if up else "down"])
+
+
 def delete_link(name: str) -> bool:
     """Delete interface ``name`` (a veth takes its peer with it); return whether it existed."""
     if not link_exists(name):

@@ -169,10 +169,21 @@ class NetnsDriver:
         self._teardown(vm_id, keep_dir=True, hard=hard)
 
     def suspend(self, vm_id: int) -> None:
+        # Off the network as well: a paused or saved hypervisor guest answers nothing, but a
+        # frozen namespace's kernel still accepts connections and queues what they send, so
+        # a message sent meanwhile (Slurm's resume of a job) would arrive at thaw.
+        self._set_link(vm_id, False)
         self._set_freezer(vm_id, "FROZEN")
 
     def resume(self, vm_id: int) -> None:
+        self._set_link(vm_id, True)
         self._set_freezer(vm_id, "THAWED")
+
+    def _set_link(self, vm_id: int, up: bool) -> None:
+        try:
+            netns.set_link_up(self.veth_name(vm_id), up)
+        except netns.NetnsError as err:
+            raise DriverError(f"VM {vm_id}: {err}") from None
 
     def alive(self, vm_id: int) -> bool:
         # The cgroup is enough while it holds a live process (cheap, called at every monitoring
