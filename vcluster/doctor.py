@@ -185,6 +185,17 @@ def _hooks(config: Config) -> Iterator[Check]:
                         f"if that is not a wrapper of it, {fix}")
 
 
+    if config.slurm.handover_at_allocation:
+        have = settings.get("returntoservice", "")
+        if have == "2":
+            yield Check(OK, "handover at allocation", "ReturnToService=2 in slurm.conf")
+        else:
+            yield Check(FAIL, "handover at allocation", "[slurm] handover_at_allocation needs "
+                        f"ReturnToService=2 in slurm.conf (it has {have or 'none: 1'}), else "
+                        "Slurm marks a node handed over at allocation DOWN (\"Node unexpectedly "
+                        "rebooted\"); set ReturnToService=2 or turn handover_at_allocation off")
+
+
 def _wraps(path: str, program: str) -> bool:
     """``path`` is a small script that execs ``program`` (as the testbed's wrappers do)."""
     try:

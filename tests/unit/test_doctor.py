@@ -201,3 +201,22 @@ def test_unreachable_sides_fail_with_the_reason(site: Path, oned: Oned) -> None:
 def test_cannot_run_names_the_closed_directory(tmp_path: Path) -> None:
     assert cannot_run(sys.executable, "root") == ""
     assert cannot_run("/bin/sh", "nobody") == ""
+
+
+@pytest.mark.parametrize("return_to_service", ["", "ReturnToService=1\n", "ReturnToService=2\n"])
+def test_handover_at_allocation_needs_return_to_service_2(site: Path,
+                                                          return_to_service: str) -> None:
+    conf = site / "vcluster.toml"
+    conf.write_text(conf.read_text().replace('munge_key_file =',
+                                             'handover_at_allocation = true\nmunge_key_file ='))
+    (site / "slurm.conf").write_text((site / "slurm.conf").read_text() + return_to_service)
+    (line,) = [x for x in doctor().stdout.splitlines() if "handover at allocation" in x]
+    if return_to_service.endswith("=2\n"):
+        assert line == "ok    handover at allocation: ReturnToService=2 in slurm.conf"
+    else:
+        have = "1" if return_to_service else "none: 1"
+        assert line == (
+            "FAIL  handover at allocation: [slurm] handover_at_allocation needs "
+            f"ReturnToService=2 in slurm.conf (it has {have}), else Slurm marks a node handed "
+            'over at allocation DOWN ("Node unexpectedly rebooted"); set ReturnToService=2 or '
+            "turn handover_at_allocation off")
