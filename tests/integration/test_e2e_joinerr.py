@@ -29,8 +29,11 @@ from vcluster import db
 pytestmark = pytest.mark.integration
 
 JOB_TIMEOUT_S = 240
-REACTION_S = 5.0
-"""The launch fails within this of the guest's failure (ResumeTimeout is 60 s here)."""
+REACTION_S = 30.0
+"""The launch fails well before ResumeTimeout (60 s here) would end it: the guest's report,
+not the timeout, ended it. A bound on behaviour, not on speed (the reaction time itself is
+printed and, with VCLUSTER_RECOVERY_LOG, recorded: about 1 s on an idle machine, 5 s seen
+under a whole CI run on 2 cores)."""
 
 
 @pytest.fixture()

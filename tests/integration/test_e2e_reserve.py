@@ -145,7 +145,9 @@ def test_a_reservation_has_working_nodes_at_its_start_and_one_too_big_is_refused
     delay_s = float(printed[0]) - start_s
     print(f"reservation: nodes working {start_s - ready_s:.1f} s before the start "
           f"(lead {lead_s:.1f} s, boot {BOOT_S:g} s); job start {delay_s:+.2f} s from it")
-    assert -1.0 <= delay_s < 2.0, f"the job started {delay_s:.2f} s after the start"
+    # no boot on the job's path: it starts with the reservation, far sooner than a boot
+    # (BOOT_S) would allow; the margin is Slurm's own scheduling on a busy 2-core machine
+    assert -1.0 <= delay_s < BOOT_S / 4, f"the job started {delay_s:.2f} s after the start"
 
     # at the end, its VMs are terminated
     end_s = datetime.fromisoformat(str(r["end"])).timestamp()
