@@ -49,11 +49,28 @@ def node_name(i: int) -> str:
     return f"{PREFIX}-{i:04d}"
 
 
-def config_dict(n: int, state_dir: Path) -> dict[str, Any]:
+class LoopClock:
+    """The controller's clock: real time, plus the waits between passes the loop would
+    sleep (skipped here, so the timeline is the loop's without waiting it out)."""
+
+    def __init__(self) -> None:
+        from vcluster import db
+        self.base, self.m0, self.skipped = db.utcnow(), time.monotonic(), 0.0
+
+    def __call__(self) -> Any:
+        from datetime import timedelta
+        return self.base + timedelta(seconds=self.elapsed_s())
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.m0 + self.skipped
+
+
+def config_dict(n: int, state_dir: Path, rate: float = 100000.0,
+                burst: int = 100000) -> dict[str, Any]:
     return {
         "opennebula": {"xmlrpc": "http://127.0.0.1:1/RPC2", "retry_delays_s": []},
         "controller": {"cluster_name": CLUSTER, "state_dir": str(state_dir),
-                       "status_file": "", "boot_rate_per_s": 100000, "boot_burst": 100000},
+                       "status_file": "", "boot_rate_per_s": rate, "boot_burst": burst},
         "database": {"url": f"sqlite:///{state_dir}/vcluster.db"},
         "node_class": [{"name": "small", "prefix": f"{PREFIX}-", "count": n,
                         "first_index": 0, "cpus": 2, "memory_mb": 2048,
@@ -185,17 +202,25 @@ class InstantOne:
         pass
 
 
-def measure(n: int, per_resume: int, profile: str, staggered: bool) -> dict[str, Any]:
+def measure(n: int, per_resume: int, profile: str, staggered: bool, rate: float,
+            burst: int) -> dict[str, Any]:
     from vcluster import db
     from vcluster.config import parse_config
     from vcluster.controller.act import Actor
     from vcluster.controller.loop import Controller
+    try:
+        from vcluster.controller.loop import next_pass_in_s
+    except ImportError:  # before it: busy passes started a second apart
+        def next_pass_in_s(report: Any, config: Any, interval_s: float) -> float:
+            return max(0.0, min(interval_s, 1.0) - report.duration_s) if report.busy \
+                else interval_s
     from vcluster.slurm_parse import compress_hostlist
     from vcluster.vmtemplate import GuestContext
 
     with tempfile.TemporaryDirectory(prefix="burst-pass-") as tmp:
         state_dir = Path(tmp)
-        config = parse_config(config_dict(n, state_dir))
+        config = parse_config(config_dict(n, state_dir, rate, burst))
+        clock = LoopClock()
         engine = db.make_engine(config.database)
         sessions = db.session_factory(engine)
         slurm_texts(n, state_dir, quiet=False)
@@ -211,7 +236,7 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool) -> dict[str,
                                          job_ids=jobs, payload={"jobs": [
                                              {"job_id": j, "nodes": nm}
                                              for j, nm in zip(jobs, names, strict=True)]},
-                                         created_at=db.utcnow()))
+                                         created_at=clock()))
             del starts[:count]
 
         if not staggered:
@@ -219,8 +244,9 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool) -> dict[str,
         slurm, one = FileSlurm(state_dir), InstantOne()
         actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
                       guest=GuestContext(slurm_conf_server="10.0.0.1:6817",
-                                         join_url="http://10.0.0.1:6830"))
-        controller = Controller(config, sessions, slurm, one, actor)  # type: ignore[arg-type]
+                                         join_url="http://10.0.0.1:6830"), now=clock)
+        controller = Controller(config, sessions, slurm, one, actor,  # type: ignore[arg-type]
+                                now=clock)
         from sqlalchemy import event
         commits = [0]
         event.listen(engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
@@ -240,7 +266,10 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool) -> dict[str,
                 pstats.Stats(prof, stream=sys.stderr).sort_stats(profile).print_stats(40)
             else:
                 report = controller.run_pass()
+            wait_s = next_pass_in_s(report, config, 60.0)
+            clock.skipped += wait_s  # the loop sleeps this long before the next pass
             passes.append({"cpu_s": round(time.process_time() - p_cpu, 3),
+                           "at_s": round(clock.elapsed_s() - wait_s, 3),
                            "wall_s": round(time.monotonic() - p_wall, 3),
                            "actions": len(report.actions), "failed": report.failed,
                            "vms": len(one.vms_by_id)})
@@ -261,6 +290,8 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool) -> dict[str,
             "vms_requested": len(one.vms_by_id), "passes": len(passes),
             "burst_cpu_s": round(burst_cpu, 3), "burst_wall_s": round(burst_wall, 3),
             "cpu_ms_per_vm": round(1000 * burst_cpu / max(1, len(one.vms_by_id)), 3),
+            "boot_rate_per_s": rate, "boot_burst": burst,
+            "all_requested_s": passes[-1]["at_s"],
             "slowest_pass_s": max(p["wall_s"] for p in passes),
             "round_trips": calls,
             "round_trips_per_vm": {k: round(v / max(1, len(one.vms_by_id)), 3)
@@ -274,14 +305,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="100,1000")
     parser.add_argument("--per-resume", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=200.0,
+                        help="controller.boot_rate_per_s (burst.py's run: 200)")
+    parser.add_argument("--burst", type=int, default=100,
+                        help="controller.boot_burst (burst.py's run: 100)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "burst_pass.json")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     sizes = [int(x) for x in args.jobs.split(",")]
     profile = os.environ.get("VCLUSTER_BENCH_PROFILE", "")
     results = [measure(n, args.per_resume, profile if n == sizes[-1] and staggered else "",
-                       staggered) for n in sizes for staggered in (False, True)]
+                       staggered, args.rate, args.burst)
+               for n in sizes for staggered in (False, True)]
     out = {"benchmark": "burst_pass", "slurm_shape": "22.05", "per_resume": args.per_resume,
+           "boot_rate_per_s": args.rate, "boot_burst": args.burst,
            "sizes": results, "python": platform.python_version(), "cpus": os.cpu_count(),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from tests.unit.controller_fixtures import T0, job, node, powered_down, powering_up
+from tests.unit.controller_fixtures import (
+    T0,
+    job,
+    make_config,
+    node,
+    powered_down,
+    powering_up,
+)
 from vcluster import db, public_status
 from vcluster.config import Config, parse_config
 from vcluster.controller.act import Actor
@@ -28,7 +35,9 @@ from vcluster.controller.loop import (
     AlreadyRunning,
     Controller,
     Heartbeater,
+    PassReport,
     acquire_lock,
+    next_pass_in_s,
     run_loop,
 )
 from vcluster.controller.node_addr import AddrBatch
@@ -942,3 +951,32 @@ def test_job_rows_written_together_fall_back_to_one_by_one_when_one_is_bad(
         assert sorted(s.scalars(select(db.Job.job_id))) == [21, 23]
     assert any(kind == "action.failed" and "UpsertJob" in message
                for kind, _, message in w.events())
+
+
+def test_after_a_pass_that_sent_boots_the_next_comes_when_the_bucket_holds_another_burst(
+        ) -> None:
+    """At 200/s, burst 100, a burst of 1,000 boots went out 100 a second (one pass a
+    second): the next pass now comes once the bucket has refilled (0.5 s)."""
+    fast = make_config(boot_rate_per_s=200, boot_burst=100)
+    sent = PassReport(busy=True, boots=100, duration_s=0.2)
+    assert next_pass_in_s(sent, fast, 30) == pytest.approx(0.3)
+    assert next_pass_in_s(replace(sent, duration_s=0.7), fast, 30) == 0.0
+    # booting, nothing sent: a second apart as before; the default limit (10/s, burst 20)
+    # refills slower than that, so nothing changes there
+    assert next_pass_in_s(replace(sent, boots=0), fast, 30) == pytest.approx(0.8)
+    assert next_pass_in_s(sent, make_config(), 30) == pytest.approx(0.8)
+    assert next_pass_in_s(PassReport(duration_s=0.2), fast, 30) == 30
+
+
+def test_job_rows_written_together_update_known_jobs_and_add_new_ones(world: World) -> None:
+    w = world
+    w.controller.actor.act([UpsertJob(21, "small", None, "alice", "PENDING", "", None, None,
+                                      None)])
+    w.controller.actor.act([
+        UpsertJob(21, "small", None, "", "CONFIGURING", S1, None, 1.0e9, None),
+        UpsertJob(22, "small", None, "bob", "PENDING", "", None, None, None),
+        UpsertJob(22, "small", None, "bob", "CONFIGURING", S2, None, None, None)])  # twice
+    with w.sessions() as s:
+        assert [(j.job_id, j.user, j.state, j.nodes) for j in s.scalars(
+            select(db.Job).order_by(db.Job.job_id))] == [
+            (21, "alice", "CONFIGURING", S1), (22, "bob", "CONFIGURING", S2)]

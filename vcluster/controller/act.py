@@ -167,9 +167,14 @@ class Actor(PreemptActs):
         commits); False if it failed, and then each is written alone (isolation)."""
         try:
             with db.transaction(self.sessions) as s:
+                ids = [a.job_id for a in group if isinstance(a, UpsertJob)]
+                known: dict[int, db.Job] = {}
+                for i in range(0, len(ids), 500):  # read at once: no flush per row
+                    known.update((j.job_id, j) for j in s.scalars(
+                        select(db.Job).where(db.Job.job_id.in_(ids[i:i + 500]))))
                 for a in group:
                     assert isinstance(a, UpsertJob)
-                    self._upsert_job(s, a, self.now())
+                    self._upsert_job(s, a, self.now(), known.get(a.job_id), looked_up=True)
         except Exception as exc:
             log.warning("writing %d job rows at once failed (each is written alone): %s",
                         len(group), exc)
@@ -493,8 +498,11 @@ class Actor(PreemptActs):
             self._upsert_job(s, a, self.now())
 
     @staticmethod
-    def _upsert_job(s: Session, a: UpsertJob, now: datetime) -> None:
-        row = s.get(db.Job, a.job_id)
+    def _upsert_job(s: Session, a: UpsertJob, now: datetime, row: db.Job | None = None, *,
+                    looked_up: bool = False) -> None:
+        """Write one job row; ``looked_up``: ``row`` is the row read already (None: new)."""
+        if not looked_up:
+            row = s.get(db.Job, a.job_id)
         if row is None:
             row = db.Job(job_id=a.job_id, first_seen=now, user=a.user, state=a.state,
                          nodes=a.nodes, account=a.account)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
@@ -72,9 +73,11 @@ class AddrBatch:
             return
         allocated_at = {p[0]: self.allocated_at.pop(p[0], self.now()) for p in pending}
         found = self._set_addrs(pending)
-        with db.transaction(self.sessions) as s:
+        with db.transaction(self.sessions) as s:  # rows read at once: no flush per row
+            rows = {r.id: r for r in s.scalars(select(db.Launch).where(
+                db.Launch.id.in_([p[0] for p in pending])))}
             for launch_id, node_name, vm_id, job_id in pending:
-                row = s.get(db.Launch, launch_id)
+                row = rows.get(launch_id)
                 if row is None:
                     continue
                 at = allocated_at[launch_id]
