@@ -30,7 +30,7 @@ from tests.unit.controller_fixtures import (
 from vcluster import db, public_status
 from vcluster.config import Config, parse_config
 from vcluster.controller.act import Actor
-from vcluster.controller.actions import BootVM, UpsertJob
+from vcluster.controller.actions import BootVM, CloseLaunch, UpsertJob
 from vcluster.controller.loop import (
     AlreadyRunning,
     Controller,
@@ -980,3 +980,16 @@ def test_job_rows_written_together_update_known_jobs_and_add_new_ones(world: Wor
         assert [(j.job_id, j.user, j.state, j.nodes) for j in s.scalars(
             select(db.Job).order_by(db.Job.job_id))] == [
             (21, "alice", "CONFIGURING", S1), (22, "bob", "CONFIGURING", S2)]
+
+
+def test_a_launch_closed_later_in_the_pass_is_not_reopened_by_the_batch(world: World) -> None:
+    w = world
+    with db.transaction(w.sessions) as s:
+        row = db.Launch(node_name=S1, node_class="small", job_id=12, state="requested",
+                        attempts=1, reason="timed out", created_at=T0, updated_at=T0)
+        s.add(row)
+        s.flush()
+        launch_id = row.id
+    w.controller.actor.act([BootVM(S1, "small", 12, 2, 2048, "worker", launch_id),
+                            CloseLaunch(launch_id, S1, "failed", "vcluster: given up")])
+    assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]

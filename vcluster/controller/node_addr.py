@@ -82,8 +82,9 @@ class AddrBatch:
                     continue
                 at = allocated_at[launch_id]
                 if row.vm_id is None:  # its result (the pass that allocated it)
-                    row.vm_id, row.state, row.reason = vm_id, "booting", ""
-                    row.updated_at = row.vm_started_at = at
+                    row.vm_id, row.vm_started_at = vm_id, at
+                    if row.state == "allocating":  # not closed by a later action meanwhile
+                        row.state, row.reason, row.updated_at = "booting", "", at
                     db.record_event(s, "vm.allocated", f"VM {vm_id} allocated",
                                     node_name=node_name, job_id=job_id, vm_id=vm_id, at=at)
                 ip = found.get(launch_id)
