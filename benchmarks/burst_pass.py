@@ -211,7 +211,7 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool, rate: float,
     try:
         from vcluster.controller.loop import next_pass_in_s
     except ImportError:  # before it: busy passes started a second apart
-        def next_pass_in_s(report: Any, config: Any, interval_s: float) -> float:
+        def next_pass_in_s(report: Any, config: Any, interval_s: float) -> float:  # type: ignore[misc]
             return max(0.0, min(interval_s, 1.0) - report.duration_s) if report.busy \
                 else interval_s
     from vcluster.slurm_parse import compress_hostlist
@@ -242,10 +242,10 @@ def measure(n: int, per_resume: int, profile: str, staggered: bool, rate: float,
         if not staggered:
             resume_calls(len(starts))
         slurm, one = FileSlurm(state_dir), InstantOne()
-        actor = Actor(config, sessions, slurm, one,  # type: ignore[arg-type]
+        actor = Actor(config, sessions, slurm, one,
                       guest=GuestContext(slurm_conf_server="10.0.0.1:6817",
                                          join_url="http://10.0.0.1:6830"), now=clock)
-        controller = Controller(config, sessions, slurm, one, actor,  # type: ignore[arg-type]
+        controller = Controller(config, sessions, slurm, one, actor,
                                 now=clock)
         from sqlalchemy import event
         commits = [0]
