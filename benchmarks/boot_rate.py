@@ -110,6 +110,9 @@ class TimedOne:
     def vms(self, *, cluster: str | None = None) -> list[VM]:
         return self.client.vms(cluster=cluster)
 
+    def vm_range(self, first_id: int, last_id: int) -> list[VM]:
+        return self.client.vm_range(first_id, last_id)
+
     def terminate(self, vm_id: int, *, hard: bool = False) -> None:
         self.client.terminate(vm_id, hard=hard)
 

@@ -142,3 +142,14 @@ def test_xmlrpc_c_layout_is_streamed() -> None:
             reader.feed(piece)
         (vm,) = reader.close()
         assert (vm.vm_id, vm.name) == (7, "a&b\r\nc".replace("\r\n", "\n"))
+
+
+def test_a_range_of_vms_is_read_in_one_call(cloud: Running) -> None:
+    """``vm_range``: the VMs a pass just allocated, read in one pool call (oned's inclusive
+    start and end ids), each with the IP oned leased it at allocation."""
+    ids = _worker_vms(cloud, "bench", 4)
+    got = _client(cloud).vm_range(ids[1], ids[2])
+    assert sorted(vm.vm_id for vm in got) == [ids[1], ids[2]]
+    by_pyone = {int(v.ID): str(v.TEMPLATE["NIC"]["IP"])
+                for v in cloud.one.vmpool.infoextended(-2, -1, -1, -1).VM}
+    assert {vm.vm_id: vm.ips[0] for vm in got} == {i: by_pyone[i] for i in ids[1:3]}

@@ -19,17 +19,28 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from tests.unit.controller_fixtures import T0, job, node, powered_down, powering_up
+from tests.unit.controller_fixtures import (
+    T0,
+    job,
+    make_config,
+    node,
+    powered_down,
+    powering_up,
+)
 from vcluster import db, public_status
 from vcluster.config import Config, parse_config
 from vcluster.controller.act import Actor
+from vcluster.controller.actions import BootVM, CloseLaunch, UpsertJob
 from vcluster.controller.loop import (
     AlreadyRunning,
     Controller,
     Heartbeater,
+    PassReport,
     acquire_lock,
+    next_pass_in_s,
     run_loop,
 )
+from vcluster.controller.node_addr import AddrBatch
 from vcluster.controller.preempt import REDELIVER_GAP_S
 from vcluster.errors import OneAuthorizationError, OneNotFound, OneUnavailable, SlurmCommandError
 from vcluster.one_site import HostCapacity
@@ -103,6 +114,9 @@ class FakeOne:
     errors: list[Exception] = field(default_factory=list)
     """Raised, in order, by the next instantiate calls."""
     next_id: int = 40
+    range_reads: list[tuple[int, int]] = field(default_factory=list)
+    range_errors: list[Exception] = field(default_factory=list)
+    """Raised, in order, by the next vm_range calls."""
 
     def template_id(self, name_or_id: str) -> int:
         if name_or_id not in self.templates:
@@ -127,6 +141,12 @@ class FakeOne:
     def vms(self, *, cluster: str | None = None) -> list[VM]:
         return [v for v in self.vms_by_id.values() if not v.is_gone  # as oned lists them
                 and (cluster is None or v.user_template.get("VCLUSTER_CLUSTER") == cluster)]
+
+    def vm_range(self, first_id: int, last_id: int) -> list[VM]:
+        self.range_reads.append((first_id, last_id))
+        if self.range_errors:
+            raise self.range_errors.pop(0)
+        return [v for v in self.vms() if first_id <= v.vm_id <= last_id]
 
     def terminate(self, vm_id: int, *, hard: bool = False) -> None:
         self.terminated.append(vm_id)
@@ -851,3 +871,125 @@ def test_a_suspended_vm_on_a_disabled_host_moves_cold_before_its_resume(
             "job 12: VM 40 stays on host host0 (not enabled): no enabled host has room for it")
         assert "vm.migrated" not in events
     assert "job.resumed" in events and "vm.lost" not in events
+
+
+# --- a burst: the VMs of a pass recorded and read in batches --------------------------------
+
+S3, S4 = "vc-small-003", "vc-small-004"
+
+
+def test_a_burst_reads_its_vms_ips_in_one_range_and_records_every_allocation(
+        world: World) -> None:
+    w = world
+    names = (S1, S2, S3, S4)
+    w.slurm.nodes_by_name = {n: powering_up(n) for n in names}
+    w.slurm.jobs_by_id = {12 + i: job(12 + i, n) for i, n in enumerate(names)}
+    w.controller.run_pass()
+    assert w.one.range_reads == [(40, 43)]  # not one read per VM
+    order = [name for _, name, _ in w.one.instantiated]
+    assert w.slurm.updates == [f"nodename={','.join(order)} nodeaddr="
+                               f"{','.join(f'10.9.0.{40 + i}' for i in range(4))} "
+                               f"nodehostname={','.join(order)}"]
+    assert sorted(w.launches()) == sorted(
+        (n, "booting", 40 + i, f"10.9.0.{40 + i}", False) for i, n in enumerate(order))
+    events = w.events()
+    for i, n in enumerate(order):
+        assert ("vm.allocated", n, f"VM {40 + i} allocated") in events
+        assert ("node.addr", n, f"NodeAddr set to 10.9.0.{40 + i}") in events
+    with w.sessions() as s:  # the job rows, written together
+        assert sorted(s.scalars(select(db.Job.job_id))) == [12, 13, 14, 15]
+
+
+def test_vms_unreadable_after_allocation_are_recorded_and_get_their_nodeaddr_next_pass(
+        world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
+    w.slurm.jobs_by_id = {12: job(12, S1), 13: job(13, S2)}
+    w.one.range_errors.append(OneUnavailable("cannot reach OpenNebula (timed out)"))
+    w.controller.run_pass()
+    assert w.slurm.updates == []
+    assert sorted((state, vm_id, ip) for _, state, vm_id, ip, _ in w.launches()) == [
+        ("booting", 40, None), ("booting", 41, None)]  # recorded all the same
+    w.clock.advance(1)
+    w.controller.run_pass()
+    assert all(ip is not None for _, _, _, ip, _ in w.launches())
+    assert len(w.one.instantiated) == 2  # no second VM for either node
+
+
+def test_a_crash_between_instantiate_and_the_batch_leaves_a_launch_the_next_pass_adopts(
+        world: World) -> None:
+    """The launch is committed ``allocating`` before its VM is asked for; its result waits
+    for the pass's batch. A controller that dies in between loses nothing: the next pass
+    finds the VM by its tags."""
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    actor = w.controller.actor
+    actor._addrs = AddrBatch(w.slurm, w.one, w.sessions, w.clock)
+    actor._BootVM(BootVM(S1, "small", 12, 2, 2048, "worker"))
+    actor._addrs = None  # the process died before the batch was flushed
+    assert w.launches() == [(S1, "allocating", None, None, False)]
+    w.clock.advance(1)
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "booting", 40, None, False)]
+    assert any(kind == "vm.adopted" for kind, _, _ in w.events())
+    w.controller.run_pass()  # then its NodeAddr, as for any booting launch without one
+    assert w.launches() == [(S1, "booting", 40, "10.9.0.40", False)]
+    assert w.slurm.updates == [f"nodename={S1} nodeaddr=10.9.0.40 nodehostname={S1}"]
+    assert len(w.one.instantiated) == 1
+
+
+def test_job_rows_written_together_fall_back_to_one_by_one_when_one_is_bad(
+        world: World) -> None:
+    w = world
+    good = [UpsertJob(j, "small", None, "alice", "PENDING", "", None, None, None)
+            for j in (21, 23)]
+    bad = UpsertJob(22, "small", None, "alice", "RUNNING", S1, None, float("inf"), None)
+    result = w.controller.actor.act([good[0], bad, good[1]])
+    assert (result.done, result.failed) == (2, 1)
+    with w.sessions() as s:
+        assert sorted(s.scalars(select(db.Job.job_id))) == [21, 23]
+    assert any(kind == "action.failed" and "UpsertJob" in message
+               for kind, _, message in w.events())
+
+
+def test_after_a_pass_that_sent_boots_the_next_comes_when_the_bucket_holds_another_burst(
+        ) -> None:
+    """At 200/s, burst 100, a burst of 1,000 boots went out 100 a second (one pass a
+    second): the next pass now comes once the bucket has refilled (0.5 s)."""
+    fast = make_config(boot_rate_per_s=200, boot_burst=100)
+    sent = PassReport(busy=True, boots=100, duration_s=0.2)
+    assert next_pass_in_s(sent, fast, 30) == pytest.approx(0.3)
+    assert next_pass_in_s(replace(sent, duration_s=0.7), fast, 30) == 0.0
+    # booting, nothing sent: a second apart as before; the default limit (10/s, burst 20)
+    # refills slower than that, so nothing changes there
+    assert next_pass_in_s(replace(sent, boots=0), fast, 30) == pytest.approx(0.8)
+    assert next_pass_in_s(sent, make_config(), 30) == pytest.approx(0.8)
+    assert next_pass_in_s(PassReport(duration_s=0.2), fast, 30) == 30
+
+
+def test_job_rows_written_together_update_known_jobs_and_add_new_ones(world: World) -> None:
+    w = world
+    w.controller.actor.act([UpsertJob(21, "small", None, "alice", "PENDING", "", None, None,
+                                      None)])
+    w.controller.actor.act([
+        UpsertJob(21, "small", None, "", "CONFIGURING", S1, None, 1.0e9, None),
+        UpsertJob(22, "small", None, "bob", "PENDING", "", None, None, None),
+        UpsertJob(22, "small", None, "bob", "CONFIGURING", S2, None, None, None)])  # twice
+    with w.sessions() as s:
+        assert [(j.job_id, j.user, j.state, j.nodes) for j in s.scalars(
+            select(db.Job).order_by(db.Job.job_id))] == [
+            (21, "alice", "CONFIGURING", S1), (22, "bob", "CONFIGURING", S2)]
+
+
+def test_a_launch_closed_later_in_the_pass_is_not_reopened_by_the_batch(world: World) -> None:
+    w = world
+    with db.transaction(w.sessions) as s:
+        row = db.Launch(node_name=S1, node_class="small", job_id=12, state="requested",
+                        attempts=1, reason="timed out", created_at=T0, updated_at=T0)
+        s.add(row)
+        s.flush()
+        launch_id = row.id
+    w.controller.actor.act([BootVM(S1, "small", 12, 2, 2048, "worker", launch_id),
+                            CloseLaunch(launch_id, S1, "failed", "vcluster: given up")])
+    assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]

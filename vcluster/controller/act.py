@@ -91,6 +91,18 @@ def _epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def _runs(actions: Iterable[Action]) -> list[list[Action]]:
+    """The actions in order: each consecutive run of UpsertJob as one group (written in one
+    transaction), every other action alone."""
+    groups: list[list[Action]] = []
+    for action in actions:
+        if isinstance(action, UpsertJob) and groups and isinstance(groups[-1][0], UpsertJob):
+            groups[-1].append(action)
+        else:
+            groups.append([action])
+    return groups
+
+
 def _record_lifetime(row: db.Launch, vm: VM | None, now: datetime) -> None:
     """An ending launch's VM lifetime and host: OpenNebula's STIME/ETIME when it has them
     (ETIME is 0 until the VM is DONE: then the terminate just sent ends it, ``now``)."""
@@ -126,23 +138,48 @@ class Actor(PreemptActs):
         result = ActResult()
         self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
         try:
-            for action in actions:
-                handler = getattr(self, "_" + type(action).__name__)
-                try:
-                    handler(action)
-                    result.done += 1
-                except Exception as exc:  # isolation: one failure does not stop the pass
-                    result.failed += 1
-                    log.exception("action %s failed", action)
-                    self._event_safely("action.failed",
-                                       f"{type(action).__name__} failed: {exc}",
-                                       node_name=getattr(action, "node_name", None))
-                if self._addrs.due():
-                    self._flush_addrs()
+            for group in _runs(actions):
+                if len(group) > 1 and self._upsert_jobs(group):
+                    result.done += len(group)
+                    continue
+                for action in group:
+                    self._act_one(action, result)
+                    if self._addrs.due():
+                        self._flush_addrs()
         finally:
             self._flush_addrs()
             self._addrs = None
         return result
+
+    def _act_one(self, action: Action, result: ActResult) -> None:
+        handler = getattr(self, "_" + type(action).__name__)
+        try:
+            handler(action)
+            result.done += 1
+        except Exception as exc:  # isolation: one failure does not stop the pass
+            result.failed += 1
+            log.exception("action %s failed", action)
+            self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
+                               node_name=getattr(action, "node_name", None))
+
+    def _upsert_jobs(self, group: list[Action]) -> bool:
+        """A run of job rows in one transaction (a burst's 1,000 new jobs were 1,000
+        commits); False if it failed, and then each is written alone (isolation)."""
+        try:
+            with db.transaction(self.sessions) as s:
+                ids = [a.job_id for a in group if isinstance(a, UpsertJob)]
+                known: dict[int, db.Job] = {}
+                for i in range(0, len(ids), 500):  # read at once: no flush per row
+                    known.update((j.job_id, j) for j in s.scalars(
+                        select(db.Job).where(db.Job.job_id.in_(ids[i:i + 500]))))
+                for a in group:
+                    assert isinstance(a, UpsertJob)
+                    self._upsert_job(s, a, self.now(), known.get(a.job_id), looked_up=True)
+        except Exception as exc:
+            log.warning("writing %d job rows at once failed (each is written alone): %s",
+                        len(group), exc)
+            return False
+        return True
 
     def _flush_addrs(self) -> None:
         """NodeAddr of the VMs allocated since the last flush (:mod:`node_addr`)."""
@@ -252,17 +289,17 @@ class Actor(PreemptActs):
                 self._template_ids.pop(a.template, None)
             self._boot_failed(a, launch_id, attempt, exc)
             return
+        if self.metrics is not None:
+            self.metrics.launched(a.node_class)
+        if self._addrs is not None:  # recorded with the others of the pass, NodeAddr set in
+            self._addrs.add(launch_id, a.node_name, vm_id, a.job_id)  # one scontrol call
+            return
         with db.transaction(self.sessions) as s:
             row = self._launch(s, launch_id)
             row.vm_id, row.state, row.reason, row.updated_at = vm_id, "booting", "", self.now()
             row.vm_started_at = self.now()  # oned's STIME replaces it when the launch ends
             db.record_event(s, "vm.allocated", f"VM {vm_id} allocated", node_name=a.node_name,
                             job_id=a.job_id, vm_id=vm_id, at=self.now())
-        if self.metrics is not None:
-            self.metrics.launched(a.node_class)
-        if self._addrs is not None:  # set with the others of the pass: one scontrol call
-            self._addrs.add(launch_id, a.node_name, vm_id)
-            return
         try:
             ips = self.one.vm(vm_id).ips
         except VclusterError as exc:
@@ -457,23 +494,29 @@ class Actor(PreemptActs):
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _UpsertJob(self, a: UpsertJob) -> None:
-        now = self.now()
         with db.transaction(self.sessions) as s:
+            self._upsert_job(s, a, self.now())
+
+    @staticmethod
+    def _upsert_job(s: Session, a: UpsertJob, now: datetime, row: db.Job | None = None, *,
+                    looked_up: bool = False) -> None:
+        """Write one job row; ``looked_up``: ``row`` is the row read already (None: new)."""
+        if not looked_up:
             row = s.get(db.Job, a.job_id)
-            if row is None:
-                row = db.Job(job_id=a.job_id, first_seen=now, user=a.user, state=a.state,
-                             nodes=a.nodes, account=a.account)
-                s.add(row)
-            if a.gone:
-                row.ended_at = row.ended_at or now
-                return
-            row.state, row.nodes, row.exit_code = a.state, a.nodes, a.exit_code
-            row.user = a.user or row.user
-            row.account = a.account or row.account
-            row.node_class = a.node_class or row.node_class
-            row.template = a.template or row.template
-            row.started_at = _epoch(a.started_at) or row.started_at
-            row.ended_at = _epoch(a.ended_at)
+        if row is None:
+            row = db.Job(job_id=a.job_id, first_seen=now, user=a.user, state=a.state,
+                         nodes=a.nodes, account=a.account)
+            s.add(row)
+        if a.gone:
+            row.ended_at = row.ended_at or now
+            return
+        row.state, row.nodes, row.exit_code = a.state, a.nodes, a.exit_code
+        row.user = a.user or row.user
+        row.account = a.account or row.account
+        row.node_class = a.node_class or row.node_class
+        row.template = a.template or row.template
+        row.started_at = _epoch(a.started_at) or row.started_at
+        row.ended_at = _epoch(a.ended_at)
 
     def _StartNow(self, a: StartNow) -> None:
         self.slurm.update_job(a.job_id, StartTime="now")

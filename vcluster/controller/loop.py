@@ -30,6 +30,7 @@ from vcluster import __version__, db, public_status
 from vcluster.config import Config
 from vcluster.controller.act import Actor, ActResult
 from vcluster.controller.actions import Action, BootVM, MarkHandled, UpsertJob
+from vcluster.controller.boot_rate import total_limit
 from vcluster.controller.leader import HeartbeatWatch, Leadership, SoleLeader
 from vcluster.controller.observe import Observed, PictureIncomplete, observe
 from vcluster.controller.plan import plan
@@ -69,6 +70,8 @@ class PassReport:
     """Why the pass was skipped (a read failed), or ""."""
     busy: bool = False
     """Launches are in flight: the next pass should come soon."""
+    boots: int = 0
+    """VM allocations this pass planned (BootVM)."""
     duration_s: float = 0.0
     standby: bool = False
     """Another controller leads: this one only stands by."""
@@ -241,6 +244,7 @@ class Controller:
             actions=actions, done=result.done, failed=result.failed,
             busy=any(la.state in _TRANSITIONAL for la in observed.launches)
             or any(isinstance(a, BootVM) for a in actions),
+            boots=sum(isinstance(a, BootVM) for a in actions),
             duration_s=time.monotonic() - started)
         names = ", ".join(type(a).__name__ for a in actions)
         level = logging.INFO if any(not isinstance(a, _BOOKKEEPING) for a in actions) \
@@ -342,10 +346,7 @@ def _passes(controller: Controller, listener: WakeListener | None, interval_s: f
         passes += 1
         if once:
             break
-        # while busy, passes start BUSY_INTERVAL_S apart (a pass that sent a burst of boots
-        # took part of that time): boots held back by the rate limits go out when it allows
-        wait_s = max(0.0, min(interval_s, BUSY_INTERVAL_S) - report.duration_s) \
-            if report.busy else interval_s
+        wait_s = next_pass_in_s(report, controller.config, interval_s)
         if report.standby:
             wait_s = controller.config.controller.leader_poll_s
         if listener is not None:
@@ -353,6 +354,23 @@ def _passes(controller: Controller, listener: WakeListener | None, interval_s: f
         else:
             stop.wait(wait_s)
     return passes
+
+
+def next_pass_in_s(report: PassReport, config: Config, interval_s: float) -> float:
+    """Seconds from the end of a pass to the next. While busy, passes start BUSY_INTERVAL_S
+    apart (a pass that sent a burst of boots took part of that time): boots held back by the
+    rate limits go out when it allows. A pass that sent boots may have been cut by the total
+    limit (the plan says only what goes out): the next starts once the bucket holds another
+    burst (``burst / rate`` seconds) if that is sooner. A burst of 1,000 at 200/s, burst 100,
+    took ten passes a second apart (100/s) where the limit allows 200/s; at worst this is
+    one more pass over a picture with nothing left to boot."""
+    if not report.busy:
+        return interval_s
+    wait_s = min(interval_s, BUSY_INTERVAL_S)
+    rate, burst = total_limit(config)
+    if report.boots:
+        wait_s = min(wait_s, burst / rate)
+    return max(0.0, wait_s - report.duration_s)
 
 
 def acquire_lock(state_dir: str) -> IO[str]:
