@@ -600,16 +600,19 @@ def _check(r: Run) -> None:
 
 
 def _check_acls(r: Run) -> None:
-    """The guide's ACLs as oned lists them, and the right they give: the vcluster user may
-    set a host's status (drain-host's first call; enabling the enabled host changes nothing)."""
+    """The guide's ACLs as oned lists them, and the rights they give drain-host: the
+    vcluster user sees the hosts and may set a host's status (enabling the enabled host
+    changes nothing)."""
     s = r.one({})
     gid = _id(s, s.grouppool.info, "GROUP", "vcluster")
     rules = [a.STRING for a in s.acl.info().ACL]
     for rule in (f"@{gid} VM+IMAGE+TEMPLATE+DOCUMENT+SECGROUP+VROUTER+VMGROUP+BACKUPJOB/* "
-                 "CREATE *", f"@{gid} HOST/* MANAGE+ADMIN #0", f"@{gid} VM/@{gid} ADMIN #0"):
+                 "CREATE *", f"@{gid} HOST/* USE+MANAGE+ADMIN #0", f"@{gid} VM/@{gid} ADMIN #0"):
         assert rule in rules, rules
-    host = int(s.hostpool.info().HOST[0].ID)
-    assert r.one({"ONE_AUTH": "/etc/vcluster/one_auth"}).host.status(host, 0) == host
+    me = r.one({"ONE_AUTH": "/etc/vcluster/one_auth"})
+    hosts = [int(h.ID) for h in s.hostpool.info().HOST]
+    assert [int(h.ID) for h in me.hostpool.info().HOST] == hosts
+    assert me.host.status(hosts[0], 0) == hosts[0]
 
 
 def _check_status(r: Run) -> None:
