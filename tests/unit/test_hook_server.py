@@ -340,3 +340,42 @@ def test_young_waits_are_read_more_often(site: Site) -> None:
     assert waits.gap_s() == 0.25
     waits.register(env, 13, ["vc-small-002"])
     assert waits.gap_s() == 0.1
+
+
+class CountingCondition(threading.Condition):
+    """A Condition that counts the wake-ups of whoever waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wakeups += 1
+        return woken
+
+
+def test_many_waiting_prologs_wake_only_when_theirs_is_settled(site: Site) -> None:
+    """300 prologs at once (a burst of one-node jobs): each hook thread sleeps until its own
+    wait is settled; nobody is woken by the others arriving or being settled (a shared
+    condition made that 300 x 300 wake-ups, and at 1,000 jobs starved the controller)."""
+    names = [f"vc-small-{i:03d}" for i in range(1, 301)]
+    site.slurm.script = {n: [node(n, "ALLOCATED", "POWERING_UP")] * 3 + [node(n)]
+                         for n in names}
+    cond = CountingCondition()
+    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=0.02, min_gap_s=0.0, cond=cond)
+    env = HookEnv(config=site.config, sessions=site.server.sessions, slurm=site.slurm)
+    results: dict[int, tuple[float, list[str]]] = {}
+
+    def prolog(job_id: int) -> None:
+        results[job_id] = waits.wait(env, job_id, [names[job_id - 1]])
+
+    threads = [threading.Thread(target=prolog, args=(j,)) for j in range(1, 301)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == list(range(1, 301))
+    assert all(pending == [] for _, pending in results.values())
+    # the poller's own sleeps between reads, and one wake-up per arrival at most
+    assert cond.wakeups <= len(site.slurm.reads) * 2 + 300, (cond.wakeups, len(site.slurm.reads))
