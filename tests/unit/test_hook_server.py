@@ -379,3 +379,35 @@ def test_many_waiting_prologs_wake_only_when_theirs_is_settled(site: Site) -> No
     assert all(pending == [] for _, pending in results.values())
     # the poller's own sleeps between reads, and one wake-up per arrival at most
     assert cond.wakeups <= len(site.slurm.reads) * 2 + 300, (cond.wakeups, len(site.slurm.reads))
+
+
+def test_a_prolog_whose_controller_went_away_after_recording_ends_without_waiting(
+        site: Site) -> None:
+    """The controller recorded the prolog's request, then died: the prolog exits 0 at once
+    (Slurm launches the job when it sees the nodes up) rather than waiting itself with the
+    database layer imported, once per starting job, on the host that just lost its
+    controller."""
+    path = site.server.path
+    site.server.stop()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def record_then_die() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b'{"recorded": 7, "wait_s": 30}\n')
+        conn.close()
+
+    dying = threading.Thread(target=record_then_die)
+    dying.start()
+    site.slurm.script = {"vc-small-001": [node("vc-small-001", "ALLOCATED", "POWERING_UP")]}
+    environ = {**site.environ, "SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "vc-small-001"}
+    try:
+        assert hook_client.run("prolog", ["vcluster-prolog"], environ) == 0
+    finally:
+        dying.join(timeout=5)
+        listener.close()
+    assert site.slurm.reads == []  # no wait of its own
+    assert ("request 7 recorded, then the controller hung up: the job starts once Slurm sees "
+            "its nodes up") in (site.tmp / "log" / "hooks.log").read_text()
