@@ -14,7 +14,7 @@ from vcluster import db
 from vcluster.config import parse_config
 from vcluster.controller.act import Actor
 from vcluster.controller.loop import Controller
-from vcluster.errors import OneUnavailable
+from vcluster.errors import OneUnavailable, SlurmCommandError
 from vcluster.vmtemplate import GuestContext
 
 
@@ -157,3 +157,69 @@ def test_a_standby_vm_is_handed_over_at_allocation(world: World) -> None:
     w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # slurmd registered
     w.controller.run_pass()
     assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+
+NAMES = [f"vc-small-00{i}" for i in range(1, 4)]
+
+
+def three_standby_vms_claimed(w: World) -> StandbyOne:
+    """Three booted standby VMs (40-42), then three jobs' nodes powering up in one pass."""
+    one = w.one
+    assert isinstance(one, StandbyOne)
+    w.controller.config = replace(w.config, node_classes=(replace(
+        w.config.node_classes[0], standby=3),))
+    w.controller.actor.config = w.controller.config
+    w.slurm.nodes_by_name = {n: powered_down(n) for n in NAMES}
+    w.controller.run_pass()
+    assert sorted(one.vms_by_id) == [40, 41, 42]
+    for vm_id in (40, 41, 42):
+        one.boot(vm_id)
+    w.slurm.nodes_by_name = {n: powering_up(n) for n in NAMES}
+    w.slurm.jobs_by_id = {12 + i: job(12 + i, n) for i, n in enumerate(NAMES)}
+    return one
+
+
+def test_a_pass_claims_its_standby_vms_together(world: World) -> None:
+    """A burst's claims: NodeAddr of every node in one scontrol (the lists in the same
+    order), then each VM told its node name, rows and events written together."""
+    w = world
+    one = three_standby_vms_claimed(w)
+    w.controller.run_pass()
+    updates = [u for u in w.slurm.updates if not u.startswith("vm.update")]
+    assert updates == ["nodename=vc-small-001,vc-small-002,vc-small-003 nodeaddr=10.9.0.40,"
+                       "10.9.0.41,10.9.0.42 nodehostname=vc-small-001,vc-small-002,vc-small-003"]
+    assert w.slurm.updates[0] == updates[0]  # before any VM is told its name
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)
+    assert sorted(w.launches()) == sorted(
+        (n, "booting", 40 + i, f"10.9.0.{40 + i}", False) for i, n in enumerate(NAMES))
+    kinds = [(k, n) for k, n, _ in w.events()]
+    assert sorted(n for k, n in kinds if k == "node.addr") == NAMES
+    assert sorted(n for k, n in kinds if k == "vm.standby_claimed") == NAMES
+
+
+def test_a_node_slurm_refuses_does_not_fail_the_other_claims(world: World) -> None:
+    """The batch's scontrol refused (one bad node): each node is then updated alone; the
+    refused one's VM is not named (its slurmd must not register unaddressed) and the next
+    pass hands it over again."""
+    w = world
+    one = three_standby_vms_claimed(w)
+    inner = w.slurm.update_nodes
+    refuse = ["vc-small-002"]
+
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        if "," in nodes or nodes in refuse:
+            raise SlurmCommandError(["scontrol", "update", f"nodename={nodes}"], 1, "",
+                                    "slurm_update error: Invalid node name specified")
+        return inner(nodes, **kw)
+
+    w.slurm.update_nodes = update_nodes  # type: ignore[method-assign]
+    w.controller.run_pass()
+    named = {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)}
+    assert named == {"vc-small-001", "vc-small-003", ""}
+    failed = [(n, m) for k, n, m in w.events() if k == "action.failed"]
+    assert failed == [("vc-small-002", "ClaimStandby failed: `scontrol update "
+                       "nodename=vc-small-002` failed (exit 1): slurm_update error: Invalid "
+                       "node name specified")]
+    refuse.clear()
+    w.controller.run_pass()
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)

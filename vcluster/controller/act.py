@@ -55,7 +55,12 @@ from vcluster.controller.node_addr import AddrBatch
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
-from vcluster.controller.standby_act import boot_early, boot_standby, claim_standby
+from vcluster.controller.standby_act import (
+    boot_early,
+    boot_standby,
+    claim_standby,
+    claim_standbys,
+)
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -92,11 +97,13 @@ def _epoch(value: float | None) -> datetime | None:
 
 
 def _runs(actions: Iterable[Action]) -> list[list[Action]]:
-    """The actions in order: each consecutive run of UpsertJob as one group (written in one
-    transaction), every other action alone."""
+    """The actions in order: each consecutive run of UpsertJob (written in one transaction)
+    or of ClaimStandby (:func:`standby_act.claim_standbys`) as one group, every other action
+    alone."""
     groups: list[list[Action]] = []
     for action in actions:
-        if isinstance(action, UpsertJob) and groups and isinstance(groups[-1][0], UpsertJob):
+        if groups and isinstance(action, (UpsertJob, ClaimStandby)) and isinstance(
+                groups[-1][0], type(action)):
             groups[-1].append(action)
         else:
             groups.append([action])
@@ -139,8 +146,14 @@ class Actor(PreemptActs):
         self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
         try:
             for group in _runs(actions):
-                if len(group) > 1 and self._upsert_jobs(group):
+                if len(group) > 1 and isinstance(group[0], UpsertJob) and self._upsert_jobs(
+                        group):
                     result.done += len(group)
+                    continue
+                claims = [a for a in group if isinstance(a, ClaimStandby)]
+                if len(claims) > 1 and (counts := claim_standbys(self, claims)) is not None:
+                    result.done += counts[0]
+                    result.failed += counts[1]
                     continue
                 for action in group:
                     self._act_one(action, result)
