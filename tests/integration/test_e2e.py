@@ -261,8 +261,10 @@ def test_a_job_whose_vms_always_fail_is_held_with_the_reason(s: Site) -> None:
     job_id = job_id_of(s.fsub("-N1", "--vm-template=vcluster-broken",
                               f"--output={s.work / 'broken.out'}", "--wrap", "hostname"))
     try:
+        # three boots that fail, each with its back-off, and Slurm's requeues between them:
+        # up to 4 minutes on a busy 2-core machine
         held = wait_for("the job held", lambda: (j := s.job(job_id)) and j.state == "PENDING"
-                        and "Held" in j.state_reason and j, JOB_TIMEOUT_S, 1)
+                        and "Held" in j.state_reason and j, 2 * JOB_TIMEOUT_S, 1)
         assert held
         show = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
                               text=True, env=s.env, check=True).stdout

@@ -169,7 +169,9 @@ def test_a_reservation_a_job_runs_in_is_not_cancelled_until_the_job_ends(
                     "--vm-class", "small", "--users", "root", "--json")
     assert made.returncode == 0, made.stderr
     r = json.loads(made.stdout)
-    assert r["state"] == "accepted", r
+    # admitted; with its start 5 s away its lead time has begun, so the controller may have
+    # moved it to booting before the command read it back (seen on a busy machine)
+    assert r["state"] in ("accepted", "booting"), r
     (node,) = expand_hostlist(str(r["nodes"]))
     out = s.work / "in-cancelled.out"
     sub = subprocess.run(["sbatch", "--parsable", f"--reservation={r['slurm_name']}", "-N1",
