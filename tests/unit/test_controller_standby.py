@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.controller_fixtures import job, node, powered_down, powering_up
-from tests.unit.test_controller_loop import S1, Clock, FakeOne, FakeSlurm, World
+from tests.unit.test_controller_loop import S1, S2, Clock, FakeOne, FakeSlurm, World, _raise_for
 from vcluster import db
 from vcluster.config import parse_config
 from vcluster.controller.act import Actor
@@ -42,13 +42,23 @@ class StandbyOne(FakeOne):
 
 @pytest.fixture()
 def world(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path, standby=1)
+
+
+@pytest.fixture()
+def world2(tmp_path: Path) -> Iterator[World]:
+    """Two standby VMs in reserve."""
+    yield from _world(tmp_path, standby=2)
+
+
+def _world(tmp_path: Path, standby: int) -> Iterator[World]:
     config = parse_config({
         "database": {"url": f"sqlite:///{tmp_path}/state.db"},
         "opennebula": {"retry_delays_s": [1]},
         "controller": {"cluster_name": "vc", "resume_timeout_s": 60,
                        "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log")},
         "node_class": [{"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048,
-                        "template": "worker", "standby": 1}],
+                        "template": "worker", "standby": standby}],
     })
     engine = db.make_engine(config.database)
     sessions = db.session_factory(engine)
@@ -157,3 +167,60 @@ def test_a_standby_vm_is_handed_over_at_allocation(world: World) -> None:
     w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED")}  # slurmd registered
     w.controller.run_pass()
     assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
+
+
+def _two_jobs_take_both_standby_vms(w: World) -> StandbyOne:
+    one = w.one
+    assert isinstance(one, StandbyOne)
+    w.slurm.nodes_by_name = {S1: powered_down(S1), S2: powered_down(S2)}
+    w.controller.run_pass()
+    assert sorted(vm for vm in one.vms_by_id) == [40, 41]
+    one.boot(40)
+    one.boot(41)
+    w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
+    w.slurm.jobs_by_id = {12: job(12, S1), 13: job(13, S2)}
+    return one
+
+
+def test_handovers_in_one_pass_set_every_nodeaddr_in_one_scontrol(world2: World) -> None:
+    """50 jobs allocated at once: one scontrol per handed-over node held the pass (and every
+    VM boot after it) ~0.14 s a node; one update carries them all, still before any VM
+    learns its node name."""
+    w = world2
+    _two_jobs_take_both_standby_vms(w)
+    w.controller.run_pass()
+    at = int(w.clock().timestamp())
+    assert w.slurm.updates == [
+        f"nodename={S1},{S2} nodeaddr=10.9.0.40,10.9.0.41 nodehostname={S1},{S2}",
+        f"vm.update 40 VCLUSTER_NODE={S1} VCLUSTER_JOB=12 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={at}",
+        f"vm.update 41 VCLUSTER_NODE={S2} VCLUSTER_JOB=13 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={at}"]
+    assert sorted(w.launches()) == [(S1, "booting", 40, "10.9.0.40", False),
+                                    (S2, "booting", 41, "10.9.0.41", False)]
+    kinds = [(k, n) for k, n, _ in w.events()]
+    assert kinds.count(("node.addr", S1)) == kinds.count(("node.addr", S2)) == 1
+
+
+def test_a_node_slurm_refuses_fails_only_its_own_handover(world2: World) -> None:
+    w = world2
+    one = _two_jobs_take_both_standby_vms(w)
+    bad = _raise_for(S1, FakeSlurm.update_nodes.__get__(w.slurm))
+    joint = f"{S1},{S2}"
+    w.slurm.update_nodes = lambda nodes, **kw: (  # type: ignore[method-assign]
+        bad(S1, **kw) if nodes == joint else bad(nodes, **kw))
+    w.controller.run_pass()
+    # S2 set alone and named; S1 refused: its VM is not told a name (slurmd cannot register
+    # at an address Slurm does not have), its launch stays for the next pass to redo
+    assert w.slurm.updates == [
+        f"nodename={S2} nodeaddr=10.9.0.41 nodehostname={S2}",
+        f"vm.update 41 VCLUSTER_NODE={S2} VCLUSTER_JOB=13 VCLUSTER_STANDBY=small "
+        f"VCLUSTER_HANDED_AT={int(w.clock().timestamp())}"]
+    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == ""
+    assert ("action.failed", S1) in [(k, n) for k, n, _ in w.events()]
+
+    del w.slurm.update_nodes  # Slurm takes it now: the handover is redone
+    w.controller.run_pass()
+    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == S1
+    assert sorted(w.launches())[0] == (S1, "booting", 40, "10.9.0.40", False)
+    assert one.terminated == []

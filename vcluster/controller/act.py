@@ -55,7 +55,12 @@ from vcluster.controller.node_addr import AddrBatch
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
-from vcluster.controller.standby_act import boot_early, boot_standby, claim_standby
+from vcluster.controller.standby_act import (
+    boot_early,
+    boot_standby,
+    claim_standby,
+    claim_standbys,
+)
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.metrics import Metrics
 from vcluster.one_vm import VM
@@ -93,10 +98,12 @@ def _epoch(value: float | None) -> datetime | None:
 
 def _runs(actions: Iterable[Action]) -> list[list[Action]]:
     """The actions in order: each consecutive run of UpsertJob as one group (written in one
-    transaction), every other action alone."""
+    transaction), of ClaimStandby as one group (one ``scontrol`` for their NodeAddr), every
+    other action alone."""
     groups: list[list[Action]] = []
     for action in actions:
-        if isinstance(action, UpsertJob) and groups and isinstance(groups[-1][0], UpsertJob):
+        if (isinstance(action, UpsertJob | ClaimStandby) and groups
+                and type(groups[-1][0]) is type(action)):
             groups[-1].append(action)
         else:
             groups.append([action])
@@ -142,6 +149,11 @@ class Actor(PreemptActs):
                 if len(group) > 1 and self._upsert_jobs(group):
                     result.done += len(group)
                     continue
+                if len(group) > 1 and isinstance(group[0], ClaimStandby):
+                    claims = [a for a in group if isinstance(a, ClaimStandby)]
+                    result.done += claim_standbys(
+                        self, claims, lambda a, step: self._guarded(a, step, result))
+                    continue
                 for action in group:
                     self._act_one(action, result)
                     if self._addrs.due():
@@ -153,14 +165,20 @@ class Actor(PreemptActs):
 
     def _act_one(self, action: Action, result: ActResult) -> None:
         handler = getattr(self, "_" + type(action).__name__)
-        try:
-            handler(action)
+        if self._guarded(action, lambda: handler(action), result):
             result.done += 1
+
+    def _guarded(self, action: Action, step: Callable[[], object], result: ActResult) -> bool:
+        """Run one step of ``action``; False (counted failed, logged, an event) if it raised."""
+        try:
+            step()
+            return True
         except Exception as exc:  # isolation: one failure does not stop the pass
             result.failed += 1
             log.exception("action %s failed", action)
             self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
                                node_name=getattr(action, "node_name", None))
+            return False
 
     def _upsert_jobs(self, group: list[Action]) -> bool:
         """A run of job rows in one transaction (a burst's 1,000 new jobs were 1,000

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -116,28 +118,35 @@ def boot_early(actor: Actor, a: BootEarly) -> None:
                         node_name=a.node_name, job_id=a.job_id)
 
 
-def claim_standby(actor: Actor, a: ClaimStandby) -> None:
+def _open_claim(actor: Actor, a: ClaimStandby) -> bool:
+    """The handover's launch row (a redone handover has one already); False if the node
+    has another open launch (the VM stays in reserve)."""
+    if a.launch_id is not None:
+        return True
     now = actor.now()
     nc = actor.config.node_class(a.node_class)
     cpus, memory_mb, template = a.size or (nc.cpus, nc.memory_mb, nc.template)
-    if a.launch_id is None:
-        try:
-            with db.transaction(actor.sessions) as s:
-                s.add(db.Launch(node_name=a.node_name, node_class=a.node_class,
-                                job_id=a.job_id, vm_id=a.vm_id, state="booting", ip=a.ip,
-                                attempts=1,
-                                reason=AT_ALLOCATION_REASON if a.at_allocation else "",
-                                created_at=now, updated_at=now,
-                                cpus=cpus, memory_mb=memory_mb, template=template,
-                                vm_started_at=now))
-                db.record_event(s, "vm.standby_claimed", f"standby VM {a.vm_id} handed to "
-                                f"the node (no boot)", node_name=a.node_name,
-                                job_id=a.job_id, vm_id=a.vm_id, at=now)
-        except IntegrityError:
-            log.warning("node %s already has an open launch; standby VM %d stays in reserve",
-                        a.node_name, a.vm_id)
-            return
-    actor.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+    try:
+        with db.transaction(actor.sessions) as s:
+            s.add(db.Launch(node_name=a.node_name, node_class=a.node_class,
+                            job_id=a.job_id, vm_id=a.vm_id, state="booting", ip=a.ip,
+                            attempts=1,
+                            reason=AT_ALLOCATION_REASON if a.at_allocation else "",
+                            created_at=now, updated_at=now,
+                            cpus=cpus, memory_mb=memory_mb, template=template,
+                            vm_started_at=now))
+            db.record_event(s, "vm.standby_claimed", f"standby VM {a.vm_id} handed to "
+                            f"the node (no boot)", node_name=a.node_name,
+                            job_id=a.job_id, vm_id=a.vm_id, at=now)
+    except IntegrityError:
+        log.warning("node %s already has an open launch; standby VM %d stays in reserve",
+                    a.node_name, a.vm_id)
+        return False
+    return True
+
+
+def _name_vm(actor: Actor, a: ClaimStandby) -> None:
+    """Tell the VM its node name (its NodeAddr is set): the guest starts slurmd."""
     actor.one.update_user_template(a.vm_id, {
         "VCLUSTER_NODE": a.node_name,
         "VCLUSTER_JOB": "" if a.job_id is None else str(a.job_id),
@@ -150,3 +159,51 @@ def claim_standby(actor: Actor, a: ClaimStandby) -> None:
                         "its node name", node_name=a.node_name, job_id=a.job_id)
     if actor.metrics is not None and a.launch_id is None:
         actor.metrics.launched(a.node_class)
+
+
+def claim_standby(actor: Actor, a: ClaimStandby) -> None:
+    if not _open_claim(actor, a):
+        return
+    actor.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+    _name_vm(actor, a)
+
+
+def claim_standbys(actor: Actor, group: list[ClaimStandby],
+                   guarded: Callable[[ClaimStandby, Callable[[], object]], bool]) -> int:
+    """Several handovers in one pass (50 jobs allocated at once): their launch rows, then
+    every node's NodeAddr in ONE ``scontrol update NodeName=a,b NodeAddr=ip_a,ip_b`` (Slurm
+    pairs the lists in order), then each VM's name. One scontrol per node cost ~0.14 s each
+    on two busy cores and held the pass (14 handovers: 1.9 s) and every VM boot after it.
+    Same order per node as :func:`claim_standby`; if the joint update fails, each node is
+    set alone, so one bad node fails only its own handover (redone next pass). ``guarded``
+    runs one step of one action with act's isolation (False: it failed, and was counted).
+    Returns the handovers done."""
+    opened: list[ClaimStandby] = []
+    done = 0
+    for a in group:
+        open_ok: list[bool] = []
+        if guarded(a, partial(_open_into, actor, a, open_ok)):
+            if open_ok[0]:
+                opened.append(a)
+            else:
+                done += 1  # left in reserve, as claim_standby does
+    if not opened:
+        return done
+    names = ",".join(a.node_name for a in opened)
+    try:
+        actor.slurm.update_nodes(names, nodeaddr=",".join(a.ip for a in opened),
+                                 nodehostname=names)
+        addressed = opened
+    except VclusterError as exc:
+        log.warning("cannot set NodeAddr of %d handed-over node(s) at once (each alone): %s",
+                    len(opened), exc)
+        addressed = [a for a in opened if guarded(a, partial(
+            actor.slurm.update_nodes, a.node_name, nodeaddr=a.ip, nodehostname=a.node_name))]
+    for a in addressed:
+        if guarded(a, partial(_name_vm, actor, a)):
+            done += 1
+    return done
+
+
+def _open_into(actor: Actor, a: ClaimStandby, out: list[bool]) -> None:
+    out.append(_open_claim(actor, a))
