@@ -9,9 +9,9 @@ allocation with pyone, a shell prolog that waits for the nodes, an epilog that p
 down), ``scontrol reconfigure``, and runs the same shapes again; then back (the saved
 slurm.conf, reconfigure, the controller started again), and so on.
 
-The single-job shapes run ``--repeat`` times per side (default 5), one after another, the
-sides alternating A B B A ... (one switch a round; a drift in the machine's load hits both);
-the multi-job shapes run once per side at the end. The p50s are over every job of a shape's
+The shapes of one to five jobs run ``--repeat`` times per side (default 5), one after
+another, the sides alternating A B B A ... (one switch a round; a drift in the machine's load
+hits both); 50 jobs run once per side at the end. The p50s are over every job of a shape's
 runs; the JSON keeps every sample.
 
 Shapes: ``1node`` (one -N1 job), ``2node_srun`` (one -N2 job whose script runs ``srun -N2``),
@@ -58,6 +58,9 @@ HERE = Path(__file__).resolve().parent
 BRIDGE = HERE / "reference_bridge"
 RESULTS = HERE / "results" / "compare.json"
 SHAPES = {"1node": (1, 1), "2node_srun": (1, 2), "5jobs": (5, 1), "50jobs": (50, 1)}
+REPEATED_JOBS = 5
+"""Shapes of up to this many jobs run ``--repeat`` times (their jobs share one VM placement
+pass of the cloud, so one run is one sample); 50 jobs run once."""
 HOOK_KEYS = ("ResumeProgram", "SuspendProgram", "ResumeFailProgram", "PrologSlurmctld",
              "EpilogSlurmctld")
 
@@ -223,10 +226,10 @@ def use_vcluster(spec: site.SiteSpec, env: dict[str, str], vcluster_conf: str) -
 def plan(shapes: list[str], repeat: int) -> list[tuple[str, list[str]]]:
     """Blocks of (side, shapes) in the order they run: vcluster and the reference alternate
     A B B A ... (one switch a round, and a drift in the machine's load hits both sides);
-    each single-job shape once per block, ``repeat`` rounds; the multi-job shapes once each,
-    in a last pair of blocks."""
-    singles = [s for s in shapes if SHAPES[s][0] == 1]
-    multis = [s for s in shapes if SHAPES[s][0] > 1]
+    each shape of up to REPEATED_JOBS jobs once per block, ``repeat`` rounds; the larger
+    shapes once each, in a last pair of blocks."""
+    singles = [s for s in shapes if SHAPES[s][0] <= REPEATED_JOBS]
+    multis = [s for s in shapes if SHAPES[s][0] > REPEATED_JOBS]
     order = ("vcluster", "reference")
     blocks: list[tuple[str, list[str]]] = []
     rounds = repeat if singles else 0
@@ -317,7 +320,7 @@ def main() -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES),
                     help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--repeat", type=int, default=5,
-                    help="runs of each single-job shape per side (p50 over them)")
+                    help="runs of each shape of up to 5 jobs per side (p50 over their jobs)")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     slot = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")

@@ -182,7 +182,8 @@ def _two_jobs_take_both_standby_vms(w: World) -> StandbyOne:
     return one
 
 
-def test_handovers_in_one_pass_set_every_nodeaddr_in_one_scontrol(world2: World) -> None:
+def test_handovers_in_one_pass_set_every_nodeaddr_in_one_scontrol(
+        world2: World, caplog: pytest.LogCaptureFixture) -> None:
     """50 jobs allocated at once: one scontrol per handed-over node held the pass (and every
     VM boot after it) ~0.14 s a node; one update carries them all, still before any VM
     learns its node name."""
@@ -200,6 +201,7 @@ def test_handovers_in_one_pass_set_every_nodeaddr_in_one_scontrol(world2: World)
                                     (S2, "booting", 41, "10.9.0.41", False)]
     kinds = [(k, n) for k, n, _ in w.events()]
     assert kinds.count(("node.addr", S1)) == kinds.count(("node.addr", S2)) == 1
+    assert "failed" not in caplog.text  # not taken for a run of job rows, nor failed
 
 
 def test_a_node_slurm_refuses_fails_only_its_own_handover(world2: World) -> None:

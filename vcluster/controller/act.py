@@ -146,7 +146,8 @@ class Actor(PreemptActs):
         self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
         try:
             for group in _runs(actions):
-                if len(group) > 1 and self._upsert_jobs(group):
+                if (len(group) > 1 and isinstance(group[0], UpsertJob)
+                        and self._upsert_jobs(group)):
                     result.done += len(group)
                     continue
                 if len(group) > 1 and isinstance(group[0], ClaimStandby):
