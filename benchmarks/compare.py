@@ -11,8 +11,8 @@ slurm.conf, reconfigure, the controller started again), and so on.
 
 The shapes of one to five jobs run ``--repeat`` times per side (default 5), one after
 another, the sides alternating A B B A ... (one switch a round; a drift in the machine's load
-hits both); 50 jobs run once per side at the end. The p50s are over every job of a shape's
-runs; the JSON keeps every sample.
+hits both); 50 jobs run ``--repeat-large`` times per side (default 1) at the end. The p50s
+are over every job of a shape's runs; the JSON keeps every sample.
 
 Shapes: ``1node`` (one -N1 job), ``2node_srun`` (one -N2 job whose script runs ``srun -N2``),
 ``5jobs`` and ``50jobs`` (five / fifty -N1 jobs submitted at once; ``--shapes`` picks); one
@@ -223,11 +223,11 @@ def use_vcluster(spec: site.SiteSpec, env: dict[str, str], vcluster_conf: str) -
     time.sleep(2)
 
 
-def plan(shapes: list[str], repeat: int) -> list[tuple[str, list[str]]]:
+def plan(shapes: list[str], repeat: int, repeat_large: int = 1) -> list[tuple[str, list[str]]]:
     """Blocks of (side, shapes) in the order they run: vcluster and the reference alternate
     A B B A ... (one switch a round, and a drift in the machine's load hits both sides);
-    each shape of up to REPEATED_JOBS jobs once per block, ``repeat`` rounds; the larger
-    shapes once each, in a last pair of blocks."""
+    each shape of up to REPEATED_JOBS jobs once per block, ``repeat`` rounds; then the
+    larger shapes, ``repeat_large`` rounds."""
     singles = [s for s in shapes if SHAPES[s][0] <= REPEATED_JOBS]
     multis = [s for s in shapes if SHAPES[s][0] > REPEATED_JOBS]
     order = ("vcluster", "reference")
@@ -236,8 +236,8 @@ def plan(shapes: list[str], repeat: int) -> list[tuple[str, list[str]]]:
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             blocks.append((name, singles))
-    if multis:
-        for name in order if rounds % 2 == 0 else order[::-1]:
+    for r in range(rounds, rounds + (repeat_large if multis else 0)):
+        for name in order if r % 2 == 0 else order[::-1]:
             blocks.append((name, multis))
     return blocks
 
@@ -254,8 +254,8 @@ def merge(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "submit_to_running_s": to_run, "end_to_terminated_s": to_term}
 
 
-def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repeat: int
-                ) -> dict[str, Any]:
+def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repeat: int,
+                repeat_large: int = 1) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="vccmp-site-", dir="/tmp"))
     os.chmod(root, 0o755)
     work = root / "work"
@@ -272,7 +272,7 @@ def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repea
     env.update(VCLUSTER_CONFIG=str(spec.config_path), SLURM_CONF=str(spec.slurm.conf))
     timeout_s = 3 * boot_s + 180
     out: dict[str, Any] = {"boot_s": boot_s, "standby": standby, "repeat": repeat,
-                           "shapes": {}}
+                           "repeat_large": repeat_large, "shapes": {}}
     site.down(spec)
     spec = site.choose_ports(spec)  # free ports now, which up() then keeps
     try:
@@ -284,7 +284,7 @@ def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repea
         side = Side("vcluster", spec, env)
         side.settle(standby, timeout_s)  # a fresh slurmctld schedules its first job ~2 s late
         run_shape(side, "1node", work / "warmup", timeout_s)
-        for n, (name, block) in enumerate(plan(shapes, repeat)):
+        for n, (name, block) in enumerate(plan(shapes, repeat, repeat_large)):
             if name != current:
                 if name == "reference":
                     use_reference_bridge(spec, env)
@@ -321,6 +321,8 @@ def main() -> int:
                     help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--repeat", type=int, default=5,
                     help="runs of each shape of up to 5 jobs per side (p50 over their jobs)")
+    ap.add_argument("--repeat-large", type=int, default=1,
+                    help="runs of the 50-job shape per side")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     slot = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
@@ -334,7 +336,8 @@ def main() -> int:
     failed = False
     for pair in args.settings.split(","):
         boot, standby = pair.split(":")
-        result = one_setting(float(boot), int(standby), shapes, slot, args.repeat)
+        result = one_setting(float(boot), int(standby), shapes, slot, args.repeat,
+                             args.repeat_large)
         result["when"] = datetime.now().isoformat(timespec="seconds")
         doc["settings"][f"boot{float(boot):g}_standby{int(standby)}"] = result
         failed |= any(side.get("failures") for sides in result["shapes"].values()
