@@ -148,9 +148,13 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
         log.write("ERROR", str(exc))
         return in_process(kind, argv, environ, argv0, refusal=stale_message(exc))
     except hook_wire.AnswerLost as exc:
-        log.write("WARNING", str(exc))
-        if kind == "prolog":  # the job must not wait for Slurm's 30 s check: wait here
-            return in_process(kind, argv, environ, argv0, finish_prolog=True)
+        # recorded: the controller (restarted, or the standby taking over) acts on it. A
+        # prolog does not wait for the nodes here: that wait would import the database
+        # layer (about 40 MB) in every starting job's prolog on the host whose controller
+        # just went away (1,000 jobs starting at once ran it out of memory). Slurm launches
+        # the job when it sees the nodes up, at its periodic check (at most 30 s later).
+        log.write("WARNING", f"{exc}" + (": the job starts once Slurm sees its nodes up"
+                                         if kind == "prolog" else ""))
         return _finish(log, program, EXIT_OK, "", started)
     code, message = answer.get("code"), answer.get("message", "")
     if not isinstance(code, int):
@@ -176,14 +180,13 @@ def cpu_ms() -> float:
 
 
 def in_process(kind: str, argv: Sequence[str], environ: Mapping[str, str], argv0: str, *,
-               refusal: str = "", finish_prolog: bool = False) -> int:
+               refusal: str = "") -> int:
     """Do the hook's work in this process (its own database connection and Slurm calls)."""
     from functools import partial
 
     from vcluster import hooks
 
-    action = (hooks.prolog_finish_action(environ) if finish_prolog
-              else hooks.hook_action(kind, argv, environ))
+    action = hooks.hook_action(kind, argv, environ)
     return hooks.run_hook(f"vcluster-{kind}", action, environ=environ,
                           argv0=argv0 or (argv[0] if argv else ""),
                           env_factory=partial(hooks.make_env, refusal=refusal))

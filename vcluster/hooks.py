@@ -45,7 +45,6 @@ from vcluster.hook_steps import (
     do_resume,
     do_resume_fail,
     do_suspend,
-    finish_prolog,
     job_finished_wrapper_path,
     parse_job_id,
     parse_resume_json,
@@ -205,18 +204,6 @@ def hook_action(kind: str, argv: Sequence[str], environ: Mapping[str, str]
                                      environ.get("SLURM_JOB_NODELIST"),
                                      environ.get("SLURM_JOB_EXIT_CODE"))
     raise ValueError(f"unknown hook {kind!r}")
-
-
-def prolog_finish_action(environ: Mapping[str, str]) -> Callable[[HookEnv], int]:
-    """The prolog's wait, for a hook whose request the controller recorded but which lost
-    the controller before its answer (it stopped): the hook waits for the nodes itself."""
-    def action(env: HookEnv) -> int:
-        job_id = parse_job_id(environ.get("SLURM_JOB_ID"))
-        nodes = parse_vcluster_nodes(environ.get("SLURM_JOB_NODELIST"), env.config,
-                                     only_ours=False)
-        return finish_prolog(env, job_id, nodes) if nodes else EXIT_OK
-
-    return action
 
 
 def _main(kind: str) -> None:

@@ -269,7 +269,7 @@ def _vm_cells(v: LeaseVm | None) -> list[str]:
 
 def suspended_table(jobs: Sequence[SuspendedJob], now: datetime) -> Table:
     """One row per VM; the job's columns on its first row."""
-    from vcluster.report import format_age
+    from vcluster.report_tables import format_age
 
     table = _table("Suspended jobs", "JOB", "USER", "PARTITION", "SLURM", "SUSPENDED",
                    "BY", "NODE", "VM", "VM STATE", "VCLUSTER")

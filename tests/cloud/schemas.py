@@ -88,4 +88,5 @@ METHOD_SCHEMAS: dict[str, tuple[str, bool]] = {
     "one.userpool.info": ("user_pool.xsd", False),
     "one.group.info": ("group.xsd", False),
     "one.grouppool.info": ("group_pool.xsd", False),
+    "one.acl.info": ("acl_pool.xsd", False),
 }

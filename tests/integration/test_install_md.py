@@ -6,7 +6,8 @@ mount namespace (tmpfs over /etc/vcluster, /opt/vcluster, /var/lib/vcluster,
 untouched and all of it is gone with the namespace). What cannot run here is replaced by its
 documented equivalent, each in EQUIVALENTS below with its reason: OpenNebula's Ruby CLI
 (the exact XML-RPC calls of each command form, through pyone), systemctl (the unit's
-ExecStart= as its User=), and the two edits the guide leaves to the admin.
+ExecStart= as its User=), the two edits the guide leaves to the admin, and its one
+placeholder, ``<vcluster group id>`` in ``oneacl create`` (the id ``onegroup create`` printed).
 
 The site exists before the guide, as its section 1 assumes: a real munged with Debian's key
 (/etc/munge/munge.key, munge's, mode 600) and this machine's slurmctld (SlurmUser=slurm)
@@ -232,7 +233,78 @@ def _options(argv: list[str]) -> dict[str, str]:
 
 
 def onegroup_create(r: Run, env: dict[str, str], argv: list[str]) -> None:
-    r.one(env).group.allocate(argv[0])  # onegroup.rb create: Group#allocate(name)
+    # onegroup create: Group#create = Group#allocate(name), then create_default_acls:
+    # "@<id> VM+IMAGE+TEMPLATE+DOCUMENT+SECGROUP+VROUTER+VMGROUP+BACKUPJOB/* CREATE *"
+    s = r.one(env)
+    gid = s.group.allocate(argv[0])
+    s.acl.addrule(*acl_parse_rule(f"@{gid} VM+IMAGE+TEMPLATE+DOCUMENT+SECGROUP+VROUTER+"
+                                  "VMGROUP+BACKUPJOB/* CREATE *"))
+
+
+ACL_USERS = {"#": 0x100000000, "@": 0x200000000, "*": 0x400000000, "%": 0x800000000}
+ACL_RESOURCES = {name: 0x1000000000 << i for i, name in enumerate(
+    ("VM", "HOST", "NET", "IMAGE", "USER", "TEMPLATE", "GROUP"))}
+ACL_RESOURCES.update({name: 0x100000000000 << i for i, name in enumerate(
+    ("DATASTORE", "CLUSTER", "DOCUMENT", "ZONE", "SECGROUP", "VDC", "VROUTER", "MARKETPLACE",
+     "MARKETPLACEAPP", "VMGROUP", "VNTEMPLATE"))})
+ACL_RESOURCES["BACKUPJOB"] = 0x100000000000000
+ACL_RIGHTS = {"USE": 1, "MANAGE": 2, "ADMIN": 4, "CREATE": 8}
+
+
+def _acl_ids(text: str) -> int:
+    """acl.rb's calculate_ids: #<id>, @<id>, %<id> or *, else "ID string ... malformed"."""
+    if not re.fullmatch(r"[#@%]\d+|\*", text):
+        raise ValueError(f"ID string '{text}' malformed")
+    return ACL_USERS[text[0]] + (int(text[1:]) if text != "*" else 0)
+
+
+def _acl_resources(text: str) -> int:
+    types, sep, ids = text.partition("/")
+    if not sep or "/" in ids:
+        parts = ", ".join(f'"{p}"' for p in text.split("/"))
+        raise ValueError(f"Resource '[{parts}]' malformed")  # a Ruby Array in the text
+    total = 0
+    for name in types.split("+"):
+        if name.upper() not in ACL_RESOURCES:
+            raise ValueError(f"Resource '{name}' does not exist")
+        total += ACL_RESOURCES[name.upper()]
+    return total + _acl_ids(ids)
+
+
+def _acl_rights(text: str) -> int:
+    total = 0
+    for name in text.split("+"):
+        if name.upper() not in ACL_RIGHTS:
+            raise ValueError(f"Right '{name}' does not exist")
+        total += ACL_RIGHTS[name.upper()]
+    return total
+
+
+def acl_parse_rule(rule: str) -> list[str]:
+    """OpenNebula::Acl.parse_rule (src/oca/ruby/opennebula/acl.rb): "USER RESOURCES RIGHTS
+    [ZONE]" to the hex strings of one.acl.addrule; no zone: Acl#allocate sends ""."""
+    words = rule.split()
+    assert len(words) in (3, 4), "String needs three components: User, Resource, Rights"
+    parsers = (_acl_ids, _acl_resources, _acl_rights, _acl_ids)
+    values, errors = [], []
+    for parse, word in zip(parsers, words, strict=False):
+        try:
+            values.append(format(parse(word), "x"))
+        except ValueError as exc:
+            errors.append(str(exc))
+    assert not errors, ", ".join(errors)
+    return values + [""] * (4 - len(values))
+
+
+def oneacl_create(r: Run, env: dict[str, str], argv: list[str]) -> None:
+    """oneacl create "RULE": Acl.parse_rule, then one.acl.addrule. The guide's
+    ``<vcluster group id>``: the id ``onegroup create vcluster`` printed (ID: N), which
+    ``onegroup show vcluster`` shows too (the rule takes ids only, not names)."""
+    assert len(argv) == 1, argv
+    s = r.one(env)
+    gid = _id(s, s.grouppool.info, "GROUP", "vcluster")
+    rule = argv[0].replace("<vcluster group id>", str(gid))
+    r.output[f"oneacl create {argv[0]}"] = f"ID: {s.acl.addrule(*acl_parse_rule(rule))}"
 
 
 def oneuser_create(r: Run, env: dict[str, str], argv: list[str]) -> None:
@@ -309,6 +381,7 @@ def systemctl(r: Run, env: dict[str, str], argv: list[str]) -> None:
 
 EQUIVALENTS: dict[str, tuple[Callable[[Run, dict[str, str], list[str]], None], str]] = {
     "onegroup create": (onegroup_create, "OpenNebula's Ruby CLI is not installable here"),
+    "oneacl create": (oneacl_create, "the same"),
     "oneuser create": (oneuser_create, "the same"),
     "oneuser chgrp": (oneuser_chgrp, "the same"),
     "onevnet chgrp": (onevnet_chgrp, "the same (onevnet chgrp = one.vn.chown(id, -1, gid))"),
@@ -523,6 +596,23 @@ def _check(r: Run) -> None:
                                        doctor.splitlines()), doctor
     assert "ok    network of vcluster-worker: network 'vcluster'" in doctor, doctor
     assert "ok    vcluster-worker: exists" in doctor or "exists (id" in doctor, doctor
+    _check_acls(r)
+
+
+def _check_acls(r: Run) -> None:
+    """The guide's ACLs as oned lists them, and the rights they give drain-host: the
+    vcluster user sees the hosts and may set a host's status (enabling the enabled host
+    changes nothing)."""
+    s = r.one({})
+    gid = _id(s, s.grouppool.info, "GROUP", "vcluster")
+    rules = [a.STRING for a in s.acl.info().ACL]
+    for rule in (f"@{gid} VM+IMAGE+TEMPLATE+DOCUMENT+SECGROUP+VROUTER+VMGROUP+BACKUPJOB/* "
+                 "CREATE *", f"@{gid} HOST/* USE+MANAGE+ADMIN #0", f"@{gid} VM/@{gid} ADMIN #0"):
+        assert rule in rules, rules
+    me = r.one({"ONE_AUTH": "/etc/vcluster/one_auth"})
+    hosts = [int(h.ID) for h in s.hostpool.info().HOST]
+    assert [int(h.ID) for h in me.hostpool.info().HOST] == hosts
+    assert me.host.status(hosts[0], 0) == hosts[0]
 
 
 def _check_status(r: Run) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.unit.controller_fixtures import job, node, powered_down, powering_up
-from tests.unit.test_controller_loop import S1, S2, Clock, FakeOne, FakeSlurm, World, _raise_for
+from tests.unit.test_controller_loop import S1, Clock, FakeOne, FakeSlurm, World
 from vcluster import db
 from vcluster.config import parse_config
 from vcluster.controller.act import Actor
 from vcluster.controller.loop import Controller
-from vcluster.errors import OneUnavailable
+from vcluster.errors import OneUnavailable, SlurmCommandError
 from vcluster.vmtemplate import GuestContext
 
 
@@ -43,23 +42,13 @@ class StandbyOne(FakeOne):
 
 @pytest.fixture()
 def world(tmp_path: Path) -> Iterator[World]:
-    yield from _world(tmp_path, standby=1)
-
-
-@pytest.fixture()
-def world2(tmp_path: Path) -> Iterator[World]:
-    """Two standby VMs in reserve."""
-    yield from _world(tmp_path, standby=2)
-
-
-def _world(tmp_path: Path, standby: int) -> Iterator[World]:
     config = parse_config({
         "database": {"url": f"sqlite:///{tmp_path}/state.db"},
         "opennebula": {"retry_delays_s": [1]},
         "controller": {"cluster_name": "vc", "resume_timeout_s": 60,
                        "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "log")},
         "node_class": [{"name": "small", "count": 4, "cpus": 2, "memory_mb": 2048,
-                        "template": "worker", "standby": standby}],
+                        "template": "worker", "standby": 1}],
     })
     engine = db.make_engine(config.database)
     sessions = db.session_factory(engine)
@@ -170,61 +159,67 @@ def test_a_standby_vm_is_handed_over_at_allocation(world: World) -> None:
     assert w.launches() == [(S1, "up", 40, "10.9.0.40", False)]
 
 
-def _two_jobs_take_both_standby_vms(w: World) -> StandbyOne:
+NAMES = [f"vc-small-00{i}" for i in range(1, 4)]
+
+
+def three_standby_vms_claimed(w: World) -> StandbyOne:
+    """Three booted standby VMs (40-42), then three jobs' nodes powering up in one pass."""
     one = w.one
     assert isinstance(one, StandbyOne)
-    w.slurm.nodes_by_name = {S1: powered_down(S1), S2: powered_down(S2)}
+    w.controller.config = replace(w.config, node_classes=(replace(
+        w.config.node_classes[0], standby=3),))
+    w.controller.actor.config = w.controller.config
+    w.slurm.nodes_by_name = {n: powered_down(n) for n in NAMES}
     w.controller.run_pass()
-    assert sorted(vm for vm in one.vms_by_id) == [40, 41]
-    one.boot(40)
-    one.boot(41)
-    w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}
-    w.slurm.jobs_by_id = {12: job(12, S1), 13: job(13, S2)}
+    assert sorted(one.vms_by_id) == [40, 41, 42]
+    for vm_id in (40, 41, 42):
+        one.boot(vm_id)
+    w.slurm.nodes_by_name = {n: powering_up(n) for n in NAMES}
+    w.slurm.jobs_by_id = {12 + i: job(12 + i, n) for i, n in enumerate(NAMES)}
     return one
 
 
-def test_handovers_in_one_pass_set_every_nodeaddr_in_one_scontrol(
-        world2: World, caplog: pytest.LogCaptureFixture) -> None:
-    """50 jobs allocated at once: one scontrol per handed-over node held the pass (and every
-    VM boot after it) ~0.14 s a node; one update carries them all, still before any VM
-    learns its node name."""
-    w = world2
-    _two_jobs_take_both_standby_vms(w)
+def test_a_pass_claims_its_standby_vms_together(world: World) -> None:
+    """A burst's claims: NodeAddr of every node in one scontrol (the lists in the same
+    order), then each VM told its node name, rows and events written together."""
+    w = world
+    one = three_standby_vms_claimed(w)
     w.controller.run_pass()
-    at = int(w.clock().timestamp())
-    assert w.slurm.updates == [
-        f"nodename={S1},{S2} nodeaddr=10.9.0.40,10.9.0.41 nodehostname={S1},{S2}",
-        f"vm.update 40 VCLUSTER_NODE={S1} VCLUSTER_JOB=12 VCLUSTER_STANDBY=small "
-        f"VCLUSTER_HANDED_AT={at}",
-        f"vm.update 41 VCLUSTER_NODE={S2} VCLUSTER_JOB=13 VCLUSTER_STANDBY=small "
-        f"VCLUSTER_HANDED_AT={at}"]
-    assert sorted(w.launches()) == [(S1, "booting", 40, "10.9.0.40", False),
-                                    (S2, "booting", 41, "10.9.0.41", False)]
+    updates = [u for u in w.slurm.updates if not u.startswith("vm.update")]
+    assert updates == ["nodename=vc-small-001,vc-small-002,vc-small-003 nodeaddr=10.9.0.40,"
+                       "10.9.0.41,10.9.0.42 nodehostname=vc-small-001,vc-small-002,vc-small-003"]
+    assert w.slurm.updates[0] == updates[0]  # before any VM is told its name
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)
+    assert sorted(w.launches()) == sorted(
+        (n, "booting", 40 + i, f"10.9.0.{40 + i}", False) for i, n in enumerate(NAMES))
     kinds = [(k, n) for k, n, _ in w.events()]
-    assert kinds.count(("node.addr", S1)) == kinds.count(("node.addr", S2)) == 1
-    # not taken for a run of job rows first (that write failed, with a warning)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sorted(n for k, n in kinds if k == "node.addr") == NAMES
+    assert sorted(n for k, n in kinds if k == "vm.standby_claimed") == NAMES
 
 
-def test_a_node_slurm_refuses_fails_only_its_own_handover(world2: World) -> None:
-    w = world2
-    one = _two_jobs_take_both_standby_vms(w)
-    bad = _raise_for(S1, FakeSlurm.update_nodes.__get__(w.slurm))
-    joint = f"{S1},{S2}"
-    w.slurm.update_nodes = lambda nodes, **kw: (  # type: ignore[method-assign]
-        bad(S1, **kw) if nodes == joint else bad(nodes, **kw))
+def test_a_node_slurm_refuses_does_not_fail_the_other_claims(world: World) -> None:
+    """The batch's scontrol refused (one bad node): each node is then updated alone; the
+    refused one's VM is not named (its slurmd must not register unaddressed) and the next
+    pass hands it over again."""
+    w = world
+    one = three_standby_vms_claimed(w)
+    inner = w.slurm.update_nodes
+    refuse = ["vc-small-002"]
+
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        if "," in nodes or nodes in refuse:
+            raise SlurmCommandError(["scontrol", "update", f"nodename={nodes}"], 1, "",
+                                    "slurm_update error: Invalid node name specified")
+        return inner(nodes, **kw)
+
+    w.slurm.update_nodes = update_nodes  # type: ignore[method-assign]
     w.controller.run_pass()
-    # S2 set alone and named; S1 refused: its VM is not told a name (slurmd cannot register
-    # at an address Slurm does not have), its launch stays for the next pass to redo
-    assert w.slurm.updates == [
-        f"nodename={S2} nodeaddr=10.9.0.41 nodehostname={S2}",
-        f"vm.update 41 VCLUSTER_NODE={S2} VCLUSTER_JOB=13 VCLUSTER_STANDBY=small "
-        f"VCLUSTER_HANDED_AT={int(w.clock().timestamp())}"]
-    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == ""
-    assert ("action.failed", S1) in [(k, n) for k, n, _ in w.events()]
-
-    del w.slurm.update_nodes  # Slurm takes it now: the handover is redone
+    named = {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)}
+    assert named == {"vc-small-001", "vc-small-003", ""}
+    failed = [(n, m) for k, n, m in w.events() if k == "action.failed"]
+    assert failed == [("vc-small-002", "ClaimStandby failed: `scontrol update "
+                       "nodename=vc-small-002` failed (exit 1): slurm_update error: Invalid "
+                       "node name specified")]
+    refuse.clear()
     w.controller.run_pass()
-    assert one.vms_by_id[40].user_template["VCLUSTER_NODE"] == S1
-    assert sorted(w.launches())[0] == (S1, "booting", 40, "10.9.0.40", False)
-    assert one.terminated == []
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)

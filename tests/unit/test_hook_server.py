@@ -340,3 +340,74 @@ def test_young_waits_are_read_more_often(site: Site) -> None:
     assert waits.gap_s() == 0.25
     waits.register(env, 13, ["vc-small-002"])
     assert waits.gap_s() == 0.1
+
+
+class CountingCondition(threading.Condition):
+    """A Condition that counts the wake-ups of whoever waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wakeups += 1
+        return woken
+
+
+def test_many_waiting_prologs_wake_only_when_theirs_is_settled(site: Site) -> None:
+    """300 prologs at once (a burst of one-node jobs): each hook thread sleeps until its own
+    wait is settled; nobody is woken by the others arriving or being settled (a shared
+    condition made that 300 x 300 wake-ups, and at 1,000 jobs starved the controller)."""
+    names = [f"vc-small-{i:03d}" for i in range(1, 301)]
+    site.slurm.script = {n: [node(n, "ALLOCATED", "POWERING_UP")] * 3 + [node(n)]
+                         for n in names}
+    cond = CountingCondition()
+    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=0.02, min_gap_s=0.0, cond=cond)
+    env = HookEnv(config=site.config, sessions=site.server.sessions, slurm=site.slurm)
+    results: dict[int, tuple[float, list[str]]] = {}
+
+    def prolog(job_id: int) -> None:
+        results[job_id] = waits.wait(env, job_id, [names[job_id - 1]])
+
+    threads = [threading.Thread(target=prolog, args=(j,)) for j in range(1, 301)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == list(range(1, 301))
+    assert all(pending == [] for _, pending in results.values())
+    # the poller's own sleeps between reads, and one wake-up per arrival at most
+    assert cond.wakeups <= len(site.slurm.reads) * 2 + 300, (cond.wakeups, len(site.slurm.reads))
+
+
+def test_a_prolog_whose_controller_went_away_after_recording_ends_without_waiting(
+        site: Site) -> None:
+    """The controller recorded the prolog's request, then died: the prolog exits 0 at once
+    (Slurm launches the job when it sees the nodes up) rather than waiting itself with the
+    database layer imported, once per starting job, on the host that just lost its
+    controller."""
+    path = site.server.path
+    site.server.stop()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def record_then_die() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b'{"recorded": 7, "wait_s": 30}\n')
+        conn.close()
+
+    dying = threading.Thread(target=record_then_die)
+    dying.start()
+    site.slurm.script = {"vc-small-001": [node("vc-small-001", "ALLOCATED", "POWERING_UP")]}
+    environ = {**site.environ, "SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "vc-small-001"}
+    try:
+        assert hook_client.run("prolog", ["vcluster-prolog"], environ) == 0
+    finally:
+        dying.join(timeout=5)
+        listener.close()
+    assert site.slurm.reads == []  # no wait of its own
+    assert ("request 7 recorded, then the controller hung up: the job starts once Slurm sees "
+            "its nodes up") in (site.tmp / "log" / "hooks.log").read_text()

@@ -46,6 +46,14 @@ def test_slurmd_starts_in_the_first_part_of_a_second(clock: str) -> None:
             + functions("clock_fraction", "slurmd_same_second")
             + "for i in 1 2 3 4 5; do slurmd_same_second 1; clock_fraction; echo; "
               "sleep 0.23; done")
-    fractions = [int(f) for f in run_sh(code, {}).split()]
-    assert len(fractions) == 5
-    assert all(f < 65 for f in fractions), fractions  # 0.6 s, and a slow fork's margin
+    # five returns 0.23 s apart walk through the whole second, so a function that did not
+    # wait would put one past 0.65 s every time; a loaded machine (a whole CI run on 2 cores)
+    # may delay one return past it too: three tries, one must be clean
+    tries = []
+    for _ in range(3):
+        fractions = [int(f) for f in run_sh(code, {}).split()]
+        assert len(fractions) == 5
+        tries.append(fractions)
+        if all(f < 65 for f in fractions):  # 0.6 s, and a fork's margin
+            break
+    assert all(f < 65 for f in tries[-1]), tries

@@ -24,7 +24,8 @@ from tests.unit.fake_oned import FakeOned
 from vcluster import db
 from vcluster.cli import cli
 from vcluster.config import Config, load_config
-from vcluster.report import build_status, format_age, render_status
+from vcluster.report import build_status
+from vcluster.report_tables import format_age, render_status
 from vcluster.slurm import Node, parse_sinfo_json
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "slurm" / "22.05"

@@ -25,8 +25,9 @@ from vcluster.admin import build_nodes, read_drains
 from vcluster.cli import cli
 from vcluster.config import Config
 from vcluster.one_vm import VM, vms_from_pool_xml
-from vcluster.report import build_status, render_status
+from vcluster.report import build_status
 from vcluster.report_leases import suspension_reasons
+from vcluster.report_tables import render_status
 from vcluster.slurm_parse import Job, parse_squeue_json
 
 oned, site = test_status.oned, test_status.site  # the status tests' site, as fixtures

@@ -61,8 +61,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     """
     from vcluster import db
     from vcluster.admin import build_nodes, read_drains
-    from vcluster.report import add_plain_row, format_age, plain_table
     from vcluster.report_leases import suspension_reasons
+    from vcluster.report_tables import add_plain_row, format_age, plain_table
 
     config = _config(ctx)
     engine = _open_database(config)

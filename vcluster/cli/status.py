@@ -121,7 +121,8 @@ def status(ctx: click.Context, as_json: bool, all_jobs: bool) -> None:
       vcluster status --json | jq '.controller.running'
     """
     from vcluster import db
-    from vcluster.report import build_status, render_status, status_to_json
+    from vcluster.report import build_status, status_to_json
+    from vcluster.report_tables import render_status
 
     config = _config(ctx)
     engine = _open_database(config)
@@ -186,7 +187,7 @@ def _standby(config: Config, now_s: float) -> list[dict[str, object]] | str:
 
 
 def _print_standby(config: Config, standby: list[dict[str, object]] | str) -> None:
-    from vcluster.report import format_age
+    from vcluster.report_tables import format_age
 
     kept = {nc.name: nc.standby for nc in config.node_classes if nc.standby}
     if not kept:
@@ -249,7 +250,8 @@ def events(ctx: click.Context, job_id: int | None, node_name: str | None, vm_id:
       vcluster events --unscheduled
     """
     from vcluster import db
-    from vcluster.report import events_table, events_to_json, query_events
+    from vcluster.report import events_to_json, query_events
+    from vcluster.report_tables import events_table
 
     config = _config(ctx)
     engine = _open_database(config)

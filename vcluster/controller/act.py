@@ -97,13 +97,13 @@ def _epoch(value: float | None) -> datetime | None:
 
 
 def _runs(actions: Iterable[Action]) -> list[list[Action]]:
-    """The actions in order: each consecutive run of UpsertJob as one group (written in one
-    transaction), of ClaimStandby as one group (one ``scontrol`` for their NodeAddr), every
-    other action alone."""
+    """The actions in order: each consecutive run of UpsertJob (written in one transaction)
+    or of ClaimStandby (:func:`standby_act.claim_standbys`) as one group, every other action
+    alone."""
     groups: list[list[Action]] = []
     for action in actions:
-        if (isinstance(action, UpsertJob | ClaimStandby) and groups
-                and type(groups[-1][0]) is type(action)):
+        if groups and isinstance(action, (UpsertJob, ClaimStandby)) and isinstance(
+                groups[-1][0], type(action)):
             groups[-1].append(action)
         else:
             groups.append([action])
@@ -146,14 +146,14 @@ class Actor(PreemptActs):
         self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
         try:
             for group in _runs(actions):
-                if (len(group) > 1 and isinstance(group[0], UpsertJob)
-                        and self._upsert_jobs(group)):
+                if len(group) > 1 and isinstance(group[0], UpsertJob) and self._upsert_jobs(
+                        group):
                     result.done += len(group)
                     continue
-                if len(group) > 1 and isinstance(group[0], ClaimStandby):
-                    claims = [a for a in group if isinstance(a, ClaimStandby)]
-                    result.done += claim_standbys(
-                        self, claims, lambda a, step: self._guarded(a, step, result))
+                claims = [a for a in group if isinstance(a, ClaimStandby)]
+                if len(claims) > 1 and (counts := claim_standbys(self, claims)) is not None:
+                    result.done += counts[0]
+                    result.failed += counts[1]
                     continue
                 for action in group:
                     self._act_one(action, result)
@@ -166,20 +166,14 @@ class Actor(PreemptActs):
 
     def _act_one(self, action: Action, result: ActResult) -> None:
         handler = getattr(self, "_" + type(action).__name__)
-        if self._guarded(action, lambda: handler(action), result):
-            result.done += 1
-
-    def _guarded(self, action: Action, step: Callable[[], object], result: ActResult) -> bool:
-        """Run one step of ``action``; False (counted failed, logged, an event) if it raised."""
         try:
-            step()
-            return True
+            handler(action)
+            result.done += 1
         except Exception as exc:  # isolation: one failure does not stop the pass
             result.failed += 1
             log.exception("action %s failed", action)
             self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
                                node_name=getattr(action, "node_name", None))
-            return False
 
     def _upsert_jobs(self, group: list[Action]) -> bool:
         """A run of job rows in one transaction (a burst's 1,000 new jobs were 1,000

@@ -96,6 +96,10 @@ class _Wait:
     limit_s: float
     gone: Callable[[], bool]
     result: tuple[float, list[str]] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    """Set once ``result`` is: each hook thread sleeps on its own, so settling one wait (or
+    a new one arriving) wakes one thread, not every waiting prolog (1,000 jobs starting at
+    once made a shared condition's wake-ups quadratic and starved the controller's pass)."""
 
 
 @dataclass
@@ -130,13 +134,13 @@ class NodeWaits:
         """Block until the job's nodes are up, one is DOWN, the controller gave up one of
         its VMs, the hook went away, or ``prolog_wait_s`` passed: (seconds, pending)."""
         wait = self.register(env, job_id, nodes, gone)
-        with self.cond:
+        with self.cond:  # only the poller waits on it
             if self._poller is None:
                 self._poller = threading.Thread(target=self._run, name="prolog-wait",
                                                 daemon=True)
                 self._poller.start()
-            while wait.result is None:
-                self.cond.wait()
+        wait.done.wait()
+        assert wait.result is not None
         return wait.result
 
     def _run(self) -> None:
@@ -181,8 +185,9 @@ class NodeWaits:
         with self.cond:
             for wait in waits:
                 wait.result = self._settle(wait, nodes, failed, now)
+                if wait.result is not None:
+                    wait.done.set()
             self.waits = [w for w in self.waits if w.result is None]
-            self.cond.notify_all()
 
     @staticmethod
     def _settle(wait: _Wait, nodes: dict[str, Node] | None,

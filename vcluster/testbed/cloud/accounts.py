@@ -11,8 +11,9 @@ What is modelled: the "core" password driver (sha256 of the password, session
 ``user:password``), oneadmin (uid 0) and serveradmin (uid 1) in group oneadmin (0), the
 group users (1), new groups from id 100, new users from id 2; the nine permission bits of
 templates and networks (default 600: oned's UMASK 177) with oned's owner/group/other rule,
-oneadmin and members of group oneadmin allowed everything. Not modelled: ACL rules beyond
-oned's defaults (every user may create VMs, templates and networks), quotas, login tokens.
+oneadmin and members of group oneadmin allowed everything; then the ACL rules (:mod:`acl`),
+as oned's AclManager::authorize. Not modelled: CREATE checked against the rules (every user
+may create VMs, templates and networks), quotas, login tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from vcluster.testbed.cloud.acl import AclRules
 from vcluster.testbed.cloud.settings import (
     ACTION,
     ALLOCATE,
@@ -81,8 +83,9 @@ OBJECT_NAMES = {"vm": "VM", "host": "HOST", "template": "TEMPLATE", "vnet": "NET
 
 
 def authorized(user: User, obj: Any, op: int) -> bool:
-    """AclManager::authorize without ACL rules: oneadmin's group may do anything; others
-    by the object's owner, group or other bit for ``op`` (USE 0, MANAGE 1, ADMIN 2)."""
+    """AclManager::authorize's first part: oneadmin's group may do anything; others by the
+    object's owner, group or other bit for ``op`` (USE 0, MANAGE 1, ADMIN 2). The ACL
+    rules come after (:meth:`Accounts.may`)."""
     if user.is_admin:
         return True
     perms = obj.perms
@@ -93,12 +96,15 @@ def authorized(user: User, obj: Any, op: int) -> bool:
     return bool(perms[6 + op])
 
 
+def denial(kind: str, obj_id: int, op: int) -> str:
+    """AuthRequest::add_auth's text for one refused authorization."""
+    return f"Not authorized to perform {('USE', 'MANAGE', 'ADMIN')[op]} " \
+        f"{OBJECT_NAMES[kind]} [{obj_id}]"
+
+
 def refuse(user: User, kind: str, obj_id: int, op: int) -> OneRequestError:
     """Request::failure_message for AUTHORIZATION with AuthManager's message."""
-    op_name = ("USE", "MANAGE", "ADMIN")[op]
-    return OneRequestError(
-        AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform {op_name} "
-        f"{OBJECT_NAMES[kind]} [{obj_id}].")
+    return OneRequestError(AUTHORIZATION, f"User [{user.uid}] : {denial(kind, obj_id, op)}.")
 
 
 class Accounts:
@@ -112,6 +118,7 @@ class Accounts:
         self.users: dict[int, User] = {}
         self.groups: dict[int, Group] = {}
         self._caller = threading.local()
+        self.acl = AclRules(self.store)
         for data in self.store.load_kind("group"):
             self.groups[data["gid"]] = Group(**data)
         for data in self.store.load_kind("user"):
@@ -160,8 +167,18 @@ class Accounts:
         return {"uid": user.uid, "gid": user.gid, "uname": user.name,
                 "gname": self.groups[user.gid].name}
 
+    def may(self, kind: str, obj: Any, obj_id: int, op: int) -> bool:
+        """The caller may ``op`` on the object: its permission bits (hosts have none: no
+        owner, oned's uid and gid -1), then the ACL rules (a host's cluster for ``%cid``)."""
+        user = self.caller
+        if user.is_admin or (hasattr(obj, "perms") and authorized(user, obj, op)):
+            return True
+        cids = (getattr(obj, "cluster_id", 0),) if kind in ("host", "vnet") else ()
+        return self.acl.authorize(user.uid, user.groups, kind, obj_id,
+                                  getattr(obj, "gid", -1), cids, op)
+
     def check(self, kind: str, obj: Any, obj_id: int, op: int) -> None:
-        if not authorized(self.caller, obj, op):
+        if not self.may(kind, obj, obj_id, op):
             raise refuse(self.caller, kind, obj_id, op)
 
     # --- users and groups ----------------------------------------------------------------

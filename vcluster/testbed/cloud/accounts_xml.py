@@ -1,10 +1,11 @@
 """The XML-RPC methods of users, groups and object permissions, and their XML bodies.
 
 Why this exists: a site admin's OpenNebula setup (``oneuser create``, ``onegroup create``,
-``oneuser chgrp``, ``onetemplate chmod``, ``onevnet chown``...) makes these calls; split from
-:mod:`rpc` to keep it short. Parameters are read as oned 7.4's UserXRPC.cc, GroupXRPC.cc,
-TemplateXRPC.cc and VirtualNetworkXRPC.cc read them; bodies follow share/doc/xsd/user.xsd,
-group.xsd (quotas empty: the testbed has none).
+``oneuser chgrp``, ``onetemplate chmod``, ``onevnet chown``, ``oneacl create``...) makes
+these calls; split from :mod:`rpc` to keep it short. Parameters are read as oned 7.4's
+UserXRPC.cc, GroupXRPC.cc, TemplateXRPC.cc, VirtualNetworkXRPC.cc and AclXRPC.cc read them;
+bodies follow share/doc/xsd/user.xsd, group.xsd (quotas empty: the testbed has none) and
+acl_pool.xsd.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vcluster.testbed.cloud.accounts import USE, Group, User, refuse
-from vcluster.testbed.cloud.settings import XML_RPC_API, OneRequestError
+from vcluster.testbed.cloud.acl import INDIVIDUAL_ID, parse_hex
+from vcluster.testbed.cloud.acl import ZONE_ID as ACL_ZONE_ID
+from vcluster.testbed.cloud.settings import AUTHORIZATION, INTERNAL, XML_RPC_API, OneRequestError
 from vcluster.testbed.cloud.xmlgen import _e
 
 if TYPE_CHECKING:
@@ -103,7 +106,40 @@ def methods(cloud: Cloud, method: Any) -> dict[str, Any]:
                 return done
         return handler
 
+    def acl_allowed() -> None:
+        """AclAPI: MANAGE on the ACL object type (no object: no id in the message)."""
+        if not c.caller.is_admin:
+            raise OneRequestError(AUTHORIZATION, f"User [{c.caller.uid}] : Not authorized "
+                                  "to perform MANAGE ACL.")
+
+    def acl_addrule(user: str, resource: str, rights: str, zone: str = "") -> int:
+        acl_allowed()
+        zone_value = parse_hex(zone) if zone else INDIVIDUAL_ID | ACL_ZONE_ID
+        with c.lock:
+            try:
+                return c.acl.add(parse_hex(user), parse_hex(resource), parse_hex(rights),
+                                 zone_value)
+            except ValueError as exc:
+                raise OneRequestError(INTERNAL, str(exc)) from None
+
+    def acl_delrule(oid: int) -> int:
+        acl_allowed()
+        with c.lock:
+            try:
+                c.acl.delete(oid)
+            except ValueError as exc:
+                raise OneRequestError(INTERNAL, str(exc)) from None
+            return oid
+
+    def acl_info() -> str:
+        acl_allowed()
+        with c.lock:
+            return c.acl.pool_xml()
+
     return {
+        "one.acl.addrule": method("sss", "s", acl_addrule),
+        "one.acl.delrule": method("i", "", acl_delrule),
+        "one.acl.info": method("", "", acl_info),
         "one.user.allocate": method("sss", "a", user_allocate),
         "one.user.info": method("i", "b", user_info),
         "one.user.chgrp": method("ii", "", c.user_chgrp),

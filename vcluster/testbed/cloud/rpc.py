@@ -22,12 +22,13 @@ from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from vcluster.testbed.cloud import accounts_xml, xmlgen
-from vcluster.testbed.cloud.accounts import ADMIN, MANAGE, USE, authorized, refuse
+from vcluster.testbed.cloud.accounts import ADMIN, MANAGE, USE, denial
 from vcluster.testbed.cloud.cloud import Cloud
 from vcluster.testbed.cloud.settings import (
     ACTION,
     ALLOCATE,
     AUTHENTICATION,
+    AUTHORIZATION,
     INTERNAL,
     NO_EXISTS,
     XML_RPC_API,
@@ -120,7 +121,7 @@ class OneApi:
             "one.hostpool.info": Method("", "", self._hostpool),
             "one.host.info": Method("i", "b", self._host_info),
             "one.host.allocate": Method("sssi", "", self._host_allocate),
-            "one.host.status": Method("ii", "", c.host_status),
+            "one.host.status": Method("ii", "", self._host_status),
             "one.vm.allocate": Method("s", "b", self._vm_allocate),
             "one.vm.info": Method("i", "b", self._vm_info),
             "one.vmpool.info": Method("iiii", "s", self._vmpool),
@@ -170,18 +171,24 @@ class OneApi:
     # --- handlers ----------------------------------------------------------------------
 
     def _hostpool(self) -> str:
-        # hosts are oneadmin's (600) and oned's default ACLs give users no USE on them: a
-        # user outside group oneadmin gets an empty pool
-        with self.cloud.lock:
-            hosts = self.cloud.hosts.values() if self.cloud.caller.is_admin else []
+        # hosts have no owner and oned's default ACLs give users no USE on them: a user
+        # outside group oneadmin sees the hosts an ACL rule lets it USE
+        c = self.cloud
+        with c.lock:
+            hosts = [h for h in c.hosts.values() if c.may("host", h, h.host_id, USE)]
             return xmlgen.host_pool_xml(sorted(hosts, key=lambda h: -h.host_id))
 
     def _host_info(self, host_id: int, _decrypt: bool = False) -> str:
         with self.cloud.lock:
             host = self.cloud.get_host(host_id)
-            if not self.cloud.caller.is_admin:
-                raise refuse(self.cloud.caller, "host", host_id, USE)
+            self.cloud.check("host", host, host_id, USE)
             return xmlgen.host_xml(host)
+
+    def _host_status(self, host_id: int, status: int) -> int:
+        # oned 7.4 (HostAPI): ADMIN on the host, checked before the status code
+        with self.cloud.lock:
+            self.cloud.check("host", self.cloud.get_host(host_id), host_id, ADMIN)
+            return self.cloud.host_status(host_id, status)
 
     def _host_allocate(self, name: str, im_mad: str, vmm_mad: str, cluster_id: int) -> int:
         # oned 7.4 (HostAllocateAPI): the cluster first; the pool's refusal is ALLOCATE
@@ -218,7 +225,7 @@ class OneApi:
         with self.cloud.lock:
             vms = [vm for vm in self.cloud.vms.values()
                    if (state == -2 or (state == -1 and vm.state != 6) or vm.state == state)]
-            chosen = select(vms, lambda vm: vm.vm_id, self.cloud, flt, start, end)
+            chosen = select(vms, lambda vm: vm.vm_id, self.cloud, flt, start, end, "vm")
             return xmlgen.vm_pool_xml(chosen, extended=extended)
 
     def _vm_may(self, vm_id: int, op: int) -> None:
@@ -238,6 +245,18 @@ class OneApi:
 
     def _vm_migrate(self, vm_id: int, host_id: int, live: bool, enforce: bool = False,
                     _ds_id: int = -1, _kind: int = 0) -> int:
+        # oned 7.4 (VirtualMachineAPI::migrate): the host, then the VM; migrate is one of
+        # oned.conf's VM_ADMIN_OPERATIONS (ADMIN on the VM), MANAGE on the target host; the
+        # refusals of both joined by "; " (AuthRequest::add_auth)
+        c = self.cloud
+        with c.lock:
+            host, vm = c.get_host(host_id), c.get_vm(vm_id)
+            asked = (("vm", vm, vm_id, ADMIN), ("host", host, host_id, MANAGE))
+            refused = [denial(kind, oid, op) for kind, obj, oid, op in asked
+                       if not c.may(kind, obj, oid, op)]
+            if refused:
+                raise OneRequestError(AUTHORIZATION, f"User [{c.caller.uid}] : "
+                                      + "; ".join(refused) + ".")
         return self.cloud.migrate(vm_id, host_id, live=live, enforce=enforce)
 
     def _vm_update(self, vm_id: int, text: str, append: int = 0) -> int:
@@ -298,13 +317,13 @@ class OneApi:
     def _templatepool(self, flt: int, start: int, end: int) -> str:
         with self.cloud.lock:
             chosen = select(list(self.cloud.templates.values()), lambda t: t.tmpl_id,
-                            self.cloud, flt, start, end)
+                            self.cloud, flt, start, end, "template")
             return xmlgen.vmtemplate_pool_xml(chosen)
 
     def _vnpool(self, flt: int, start: int, end: int) -> str:
         with self.cloud.lock:
             chosen = select(list(self.cloud.vnets.values()), lambda v: v.vnet_id,
-                            self.cloud, flt, start, end)
+                            self.cloud, flt, start, end, "vnet")
             return xmlgen.vnet_pool_xml(chosen)
 
     def _vn_info(self, vnet_id: int, _decrypt: bool = False) -> str:
@@ -326,14 +345,14 @@ def check_cluster(cluster_id: int) -> None:
 
 
 def select(objs: list[Any], key: Callable[[Any], int], cloud: Cloud,
-           flt: int, start: int, end: int) -> list[Any]:
+           flt: int, start: int, end: int, kind: str) -> list[Any]:
     """oned's pool filter (RequestManagerPoolInfoFilter: -4 the user's primary group, -3
     the user's, -2 all the user may USE, -1 the user's and their groups'; a uid >= 0 that
     user's, of what the caller may see), id range / page, newest first (DESC)."""
     if flt < -4:
         raise OneRequestError(XML_RPC_API, "Incorrect filter_flag")
     user = cloud.caller
-    visible = [o for o in objs if authorized(user, o, USE)]
+    visible = [o for o in objs if cloud.may(kind, o, key(o), USE)]
     if flt == -4:
         objs = [o for o in visible if o.gid == user.gid]
     elif flt == -3:

@@ -102,6 +102,10 @@ class Store:
         """A plain object (users, groups: :mod:`accounts`) stored as its JSON body."""
         self._put(kind, obj_id, body)
 
+    def delete_kind(self, kind: str, obj_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM objects WHERE kind=? AND id=?", (kind, obj_id))
+
     def load_kind(self, kind: str) -> list[dict[str, Any]]:
         return self._all(kind)
 
