@@ -6,7 +6,13 @@ cloud with netns VMs), runs the job shapes through vcluster, then stops vcluster
 terminates every VM, points the same slurmctld's ResumeProgram, SuspendProgram,
 ResumeFailProgram, PrologSlurmctld and EpilogSlurmctld at ``reference_bridge/`` (sequential
 allocation with pyone, a shell prolog that waits for the nodes, an epilog that powers them
-down), ``scontrol reconfigure``, and runs the same shapes again.
+down), ``scontrol reconfigure``, and runs the same shapes again; then back (the saved
+slurm.conf, reconfigure, the controller started again), and so on.
+
+The shapes of one to five jobs run ``--repeat`` times per side (default 5), one after
+another, the sides alternating A B B A ... (one switch a round; a drift in the machine's load
+hits both); 50 jobs run ``--repeat-large`` times per side (default 1) at the end. The p50s
+are over every job of a shape's runs; the JSON keeps every sample.
 
 Shapes: ``1node`` (one -N1 job), ``2node_srun`` (one -N2 job whose script runs ``srun -N2``),
 ``5jobs`` and ``50jobs`` (five / fifty -N1 jobs submitted at once; ``--shapes`` picks); one
@@ -20,7 +26,8 @@ sides submit with the same ``sbatch -p vcluster --constraint=small --exclusive``
 
 Writes p50 of each, per shape and side, and the ratios vcluster/reference, into
 benchmarks/results/compare.json (settings already there from another run are kept).
-Run as root: ``python3 benchmarks/compare.py [--settings 0.5:0,30:0,30:2] [--shapes ...]``.
+Run as root: ``python3 benchmarks/compare.py [--settings 0.5:0,30:0,30:2] [--shapes ...]
+[--repeat N] [--output X.json]``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ HERE = Path(__file__).resolve().parent
 BRIDGE = HERE / "reference_bridge"
 RESULTS = HERE / "results" / "compare.json"
 SHAPES = {"1node": (1, 1), "2node_srun": (1, 2), "5jobs": (5, 1), "50jobs": (50, 1)}
+REPEATED_JOBS = 5
+"""Shapes of up to this many jobs run ``--repeat`` times (their jobs share one VM placement
+pass of the cloud, so one run is one sample); 50 jobs run once."""
 HOOK_KEYS = ("ResumeProgram", "SuspendProgram", "ResumeFailProgram", "PrologSlurmctld",
              "EpilogSlurmctld")
 
@@ -205,8 +215,47 @@ def use_reference_bridge(spec: site.SiteSpec, env: dict[str, str]) -> None:
     time.sleep(2)
 
 
-def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int
-                ) -> dict[str, Any]:
+def use_vcluster(spec: site.SiteSpec, env: dict[str, str], vcluster_conf: str) -> None:
+    """Point slurmctld's hooks back at vcluster and start its controller again."""
+    spec.slurm.conf.write_text(vcluster_conf)
+    run(["scontrol", "reconfigure"], env)
+    site.start_controller(spec)
+    time.sleep(2)
+
+
+def plan(shapes: list[str], repeat: int, repeat_large: int = 1) -> list[tuple[str, list[str]]]:
+    """Blocks of (side, shapes) in the order they run: vcluster and the reference alternate
+    A B B A ... (one switch a round, and a drift in the machine's load hits both sides);
+    each shape of up to REPEATED_JOBS jobs once per block, ``repeat`` rounds; then the
+    larger shapes, ``repeat_large`` rounds."""
+    singles = [s for s in shapes if SHAPES[s][0] <= REPEATED_JOBS]
+    multis = [s for s in shapes if SHAPES[s][0] > REPEATED_JOBS]
+    order = ("vcluster", "reference")
+    blocks: list[tuple[str, list[str]]] = []
+    rounds = repeat if singles else 0
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            blocks.append((name, singles))
+    for r in range(rounds, rounds + (repeat_large if multis else 0)):
+        for name in order if r % 2 == 0 else order[::-1]:
+            blocks.append((name, multis))
+    return blocks
+
+
+def merge(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One shape's runs on one side: every job's times, p50 over all of them."""
+    to_run = [x for s in samples for x in s["submit_to_running_s"]]
+    to_term = [x for s in samples for x in s["end_to_terminated_s"]]
+    first = samples[0]
+    return {"jobs": first["jobs"], "nodes_per_job": first["nodes_per_job"],
+            "runs": len(samples), "completed": sum(s["completed"] for s in samples),
+            "failures": [f for s in samples for f in s["failures"]],
+            "submit_to_running_p50_s": p50(to_run), "end_to_terminated_p50_s": p50(to_term),
+            "submit_to_running_s": to_run, "end_to_terminated_s": to_term}
+
+
+def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repeat: int,
+                repeat_large: int = 1) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="vccmp-site-", dir="/tmp"))
     os.chmod(root, 0o755)
     work = root / "work"
@@ -222,31 +271,42 @@ def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "ONE_"))}
     env.update(VCLUSTER_CONFIG=str(spec.config_path), SLURM_CONF=str(spec.slurm.conf))
     timeout_s = 3 * boot_s + 180
-    out: dict[str, Any] = {"boot_s": boot_s, "standby": standby, "shapes": {}}
+    out: dict[str, Any] = {"boot_s": boot_s, "standby": standby, "repeat": repeat,
+                           "repeat_large": repeat_large, "shapes": {}}
     site.down(spec)
     spec = site.choose_ports(spec)  # free ports now, which up() then keeps
     try:
         site.up(spec, say=lambda line: print(line, file=sys.stderr))
-        results: dict[str, dict[str, Any]] = {s: {} for s in shapes}
-        for name in ("vcluster", "reference"):
-            if name == "reference":
-                use_reference_bridge(spec, env)
-            side = Side(name, spec, env)
-            if name == "vcluster":  # a fresh slurmctld schedules its first job ~2 s late
-                side.settle(standby, timeout_s)
-                run_shape(side, "1node", work / "warmup", timeout_s)
-            for shape in shapes:
+        vcluster_conf = spec.slurm.conf.read_text()
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+            s: {"vcluster": [], "reference": []} for s in shapes}
+        current = "vcluster"
+        side = Side("vcluster", spec, env)
+        side.settle(standby, timeout_s)  # a fresh slurmctld schedules its first job ~2 s late
+        run_shape(side, "1node", work / "warmup", timeout_s)
+        for n, (name, block) in enumerate(plan(shapes, repeat, repeat_large)):
+            if name != current:
+                if name == "reference":
+                    use_reference_bridge(spec, env)
+                else:
+                    use_vcluster(spec, env, vcluster_conf)
+                current, side = name, Side(name, spec, env)
+            (work / f"b{n}").mkdir(mode=0o1777)
+            for shape in block:
                 side.settle(standby if name == "vcluster" else 0, timeout_s)
-                print(f"{name}: {shape} (boot {boot_s:g} s, standby {standby})",
-                      file=sys.stderr)
-                results[shape][name] = run_shape(side, shape, work, timeout_s)
-        for sides in results.values():
+                print(f"{time.strftime('%H:%M:%S')} block {n}: {name}: {shape} "
+                      f"(boot {boot_s:g} s, standby {standby})", file=sys.stderr)
+                samples[shape][name].append(run_shape(side, shape, work / f"b{n}", timeout_s))
+        results: dict[str, dict[str, Any]] = {}
+        for shape in shapes:
+            sides: dict[str, Any] = {name: merge(runs) for name, runs in samples[shape].items()}
             ratio = {}
             for key in ("submit_to_running_p50_s", "end_to_terminated_p50_s"):
                 v, r = sides["vcluster"][key], sides["reference"][key]
                 ratio[key.replace("_p50_s", "")] = (round(v / r, 3) if isinstance(v, float)
                                                     and isinstance(r, float) and r else None)
             sides["ratio_vcluster_over_reference"] = ratio
+            results[shape] = sides
         out["shapes"] = results
         return out
     finally:
@@ -259,6 +319,10 @@ def main() -> int:
                     help="boot_s:standby pairs, comma-separated")
     ap.add_argument("--shapes", default=",".join(SHAPES),
                     help=f"comma-separated, of {', '.join(SHAPES)}")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of each shape of up to 5 jobs per side (p50 over their jobs)")
+    ap.add_argument("--repeat-large", type=int, default=1,
+                    help="runs of the 50-job shape per side")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     slot = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
@@ -272,7 +336,8 @@ def main() -> int:
     failed = False
     for pair in args.settings.split(","):
         boot, standby = pair.split(":")
-        result = one_setting(float(boot), int(standby), shapes, slot)
+        result = one_setting(float(boot), int(standby), shapes, slot, args.repeat,
+                             args.repeat_large)
         result["when"] = datetime.now().isoformat(timespec="seconds")
         doc["settings"][f"boot{float(boot):g}_standby{int(standby)}"] = result
         failed |= any(side.get("failures") for sides in result["shapes"].values()
