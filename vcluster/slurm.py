@@ -13,14 +13,13 @@ stdout and stderr. The parsers live in :mod:`vcluster.slurm_parse` and are re-ex
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -28,7 +27,6 @@ from typing import IO
 from vcluster.config import SlurmSettings
 from vcluster.errors import SlurmCommandError, SlurmParseError
 from vcluster.slurm_parse import (
-    CHUNK_CHARS,
     FINISHED_JOB_STATES,
     Job,
     Node,
@@ -202,9 +200,9 @@ class Slurm:
         finished jobs out; 22.05 accepts the flag and lists the same jobs with or without it.
         """
         argv = ["squeue", "--json", "--states=all"]
-        with tempfile.TemporaryFile() as out:  # read in pieces, never held whole
+        with tempfile.TemporaryFile() as out:  # no pipe buffer held in memory meanwhile
             self.run(argv, stdout_file=out)
-            return parse_squeue_json(_file_chunks(out), " ".join(argv))
+            return parse_squeue_json(_file_bytes(out), " ".join(argv))
 
     def job(self, job_id: int) -> Job | None:
         """The job (or array task) whose own job id is ``job_id``; None if Slurm forgot it.
@@ -222,9 +220,9 @@ class Slurm:
         """
         argv = (["scontrol", "show", "node", "--json"] if self.version().has_scontrol_json
                 else ["sinfo", "--json"])
-        with tempfile.TemporaryFile() as out:  # read in pieces, never held whole
+        with tempfile.TemporaryFile() as out:  # no pipe buffer held in memory meanwhile
             self.run(argv, stdout_file=out)
-            return parse_nodes_json(_file_chunks(out), " ".join(argv))
+            return parse_nodes_json(_file_bytes(out), " ".join(argv))
 
     def node(self, name: str) -> Node | None:
         """One node (``scontrol show node NAME -o``); None if Slurm does not know it."""
@@ -361,10 +359,8 @@ def _head(file: IO[bytes] | None) -> str:
     return _text(file.read(1 << 16))
 
 
-def _file_chunks(file: IO[bytes]) -> Iterator[str]:
-    """A command's output file, from its start, as text pieces of CHUNK_CHARS bytes."""
+def _file_bytes(file: IO[bytes]) -> bytes:
+    """A command's output file, from its start: the bytes the listing readers take whole
+    (:mod:`vcluster.slurm_fast` keeps only the fields they read)."""
     file.seek(0)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while piece := file.read(CHUNK_CHARS):
-        yield decoder.decode(piece)
-    yield decoder.decode(b"", final=True)
+    return file.read()
