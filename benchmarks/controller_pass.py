@@ -242,16 +242,18 @@ class FileSlurm:
         self.updates: list[tuple[Any, ...]] = []
 
     def jobs(self) -> list[Any]:
-        from vcluster.slurm import _file_bytes
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_squeue_json
         with open(self.state_dir / "squeue.json", "rb") as out:  # as Slurm.jobs reads
-            return parse_squeue_json(_file_bytes(out), "squeue")
+            with _mapped(out) as text:
+                return parse_squeue_json(text, "squeue")
 
     def nodes(self) -> list[Any]:
-        from vcluster.slurm import _file_bytes
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_nodes_json
         with open(self.state_dir / "nodes.json", "rb") as out:  # as Slurm.nodes reads
-            return parse_nodes_json(_file_bytes(out), "nodes")
+            with _mapped(out) as text:
+                return parse_nodes_json(text, "nodes")
 
     def update_nodes(self, nodes: Any, **fields: Any) -> None:
         self.updates.append(("node", nodes, fields))

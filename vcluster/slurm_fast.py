@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+asdict = msgspec.structs.asdict
+
 JOB_FIELDS = (
     "job_id", "array_job_id", "array_task_id", "array_task_string", "name", "user_name",
     "user_id", "job_state", "state_reason", "partition", "nodes", "node_count", "cpus",
@@ -51,10 +53,11 @@ _DECODERS = {
 }
 
 
-def read_fields(text: str | bytes, key: str) -> tuple[dict[str, Any], list[dict[str, Any]]]\
-        | None:
-    """The ``key`` (``jobs`` or ``nodes``) list of a Slurm JSON listing, each record a dict
-    of the fields its converter reads (None where Slurm gave none), and the listing's
+def read_fields(text: str | bytes | memoryview, key: str
+                ) -> tuple[dict[str, Any], list[Any]] | None:
+    """The ``key`` (``jobs`` or ``nodes``) list of a Slurm JSON listing, each record holding
+    the fields its converter reads (None where Slurm gave none; :func:`asdict` makes it the
+    dict the converter takes), and the listing's
     ``errors`` (and ``sinfo``, if present, as its raw text), ``data[key]`` True when the
     list was there; None if the text is not such a listing (see the module doc)."""
     try:
@@ -66,5 +69,4 @@ def read_fields(text: str | bytes, key: str) -> tuple[dict[str, Any], list[dict[
                             "errors": listing.errors}
     if listing.sinfo:
         data["sinfo"] = bytes(listing.sinfo)
-    to_dict = msgspec.structs.asdict
-    return data, [to_dict(record) for record in records or ()]
+    return data, records or []

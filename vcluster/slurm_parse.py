@@ -36,7 +36,7 @@ import hostlist
 
 from vcluster.errors import SlurmError, SlurmParseError
 from vcluster.json_stream import NotAnObject, read_listing, text_chunks
-from vcluster.slurm_fast import read_fields
+from vcluster.slurm_fast import asdict, read_fields
 
 T = TypeVar("T")
 
@@ -297,21 +297,22 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
     return data
 
 
-def _load_json_list(text: str | bytes | Iterable[str], command: str, key: str,
+def _load_json_list(text: str | bytes | memoryview | Iterable[str], command: str, key: str,
                     convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
     """The ``key`` list's records converted, and the other top-level fields (``data[key]``
     True when the list was read), with :func:`_load_json`'s errors; the text given whole
-    (str or UTF-8 bytes: :mod:`vcluster.slurm_fast` reads only the fields the converters
-    read) or in pieces (:func:`vcluster.json_stream.read_listing`). A text the fast reader
-    refuses (not JSON, not the expected shape) is read again the standard way, which keeps
-    what is readable and words the error."""
-    if isinstance(text, str | bytes):
+    (str, or UTF-8 bytes as a command's mapped output: :mod:`vcluster.slurm_fast` reads only
+    the fields the converters read, each record made a dict as it is converted) or in
+    pieces (:func:`vcluster.json_stream.read_listing`). A text the fast reader refuses (not
+    JSON, not the expected shape) is read again the standard way, which keeps what is
+    readable and words the error."""
+    if isinstance(text, str | bytes | memoryview):
         fast = read_fields(text, key)
         if fast is not None:
             data, records = fast
-            return data, [convert(record) for record in records]
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
+            return data, [convert(asdict(record)) for record in records]
+        if not isinstance(text, str):
+            text = bytes(text).decode("utf-8", errors="replace")
     try:
         return read_listing(text_chunks(text) if isinstance(text, str) else text, key, convert)
     except NotAnObject:
@@ -457,7 +458,7 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
     return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
-def parse_squeue_json(text: str | bytes | Iterable[str],
+def parse_squeue_json(text: str | bytes | memoryview | Iterable[str],
                       command: str = "squeue --json") -> list[Job]:
     """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
     data, jobs = _load_json_list(text, command, "jobs", job_from_json)
@@ -523,7 +524,8 @@ def node_from_json(raw: Mapping[str, Any]) -> Node:
     )
 
 
-def parse_nodes_json(text: str | bytes | Iterable[str], command: str) -> list[Node]:
+def parse_nodes_json(text: str | bytes | memoryview | Iterable[str],
+                     command: str) -> list[Node]:
     """All nodes of a JSON node listing, one per name (first seen wins), sorted by name.
 
     ``command`` is what printed it: ``sinfo --json`` (22.05) or ``scontrol show node

@@ -497,7 +497,7 @@ def test_listings_read_for_their_fields_read_as_every_field(version: str) -> Non
     the others): every capture's jobs and nodes come out as when every field is read."""
     import json
 
-    from vcluster.slurm_fast import JOB_FIELDS, NODE_FIELDS, read_fields
+    from vcluster.slurm_fast import JOB_FIELDS, NODE_FIELDS, asdict, read_fields
     from vcluster.slurm_parse import job_from_json, node_from_json
 
     checked = 0
@@ -509,7 +509,8 @@ def test_listings_read_for_their_fields_read_as_every_field(version: str) -> Non
                                      ("nodes", NODE_FIELDS, node_from_json)):
             if not isinstance(data.get(key), list):
                 continue
-            _data, records = read_fields(path.read_bytes(), key)  # type: ignore[misc]
+            _data, structs = read_fields(path.read_bytes(), key)  # type: ignore[misc]
+            records = [asdict(r) for r in structs]
             assert [convert(r) for r in records] == [convert(r) for r in data[key]], path
             assert all(set(r) == set(fields) for r in records)
             checked += len(records)
