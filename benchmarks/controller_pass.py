@@ -234,8 +234,8 @@ def check_shape(port: int) -> None:
 
 class FileSlurm:
     """The controller's SlurmPort over captured-shape texts: read and parsed on every call
-    as the real adapter reads the command's output (from the file it went to, a MB at a
-    time); updates are counted, not sent anywhere."""
+    as the real adapter reads the command's output (the file it went to, mapped: see
+    vcluster.slurm._mapped); updates are counted, not sent anywhere."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
