@@ -111,16 +111,18 @@ class FileSlurm:
         self.updates = 0
 
     def jobs(self) -> list[Any]:
-        from vcluster.slurm import _file_chunks
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_squeue_json
         with open(self.state_dir / "squeue.json", "rb") as out:
-            return parse_squeue_json(_file_chunks(out), "squeue")
+            with _mapped(out) as text:
+                return parse_squeue_json(text, "squeue")
 
     def nodes(self) -> list[Any]:
-        from vcluster.slurm import _file_chunks
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_nodes_json
         with open(self.state_dir / "nodes.json", "rb") as out:
-            return parse_nodes_json(_file_chunks(out), "nodes")
+            with _mapped(out) as text:
+                return parse_nodes_json(text, "nodes")
 
     def update_nodes(self, nodes: str | Sequence[str], **fields: Any) -> None:
         self.updates += 1

@@ -234,24 +234,26 @@ def check_shape(port: int) -> None:
 
 class FileSlurm:
     """The controller's SlurmPort over captured-shape texts: read and parsed on every call
-    as the real adapter reads the command's output (from the file it went to, a MB at a
-    time); updates are counted, not sent anywhere."""
+    as the real adapter reads the command's output (the file it went to, mapped: see
+    vcluster.slurm._mapped); updates are counted, not sent anywhere."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.updates: list[tuple[Any, ...]] = []
 
     def jobs(self) -> list[Any]:
-        from vcluster.slurm import _file_chunks
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_squeue_json
         with open(self.state_dir / "squeue.json", "rb") as out:  # as Slurm.jobs reads
-            return parse_squeue_json(_file_chunks(out), "squeue")
+            with _mapped(out) as text:
+                return parse_squeue_json(text, "squeue")
 
     def nodes(self) -> list[Any]:
-        from vcluster.slurm import _file_chunks
+        from vcluster.slurm import _mapped
         from vcluster.slurm_parse import parse_nodes_json
         with open(self.state_dir / "nodes.json", "rb") as out:  # as Slurm.nodes reads
-            return parse_nodes_json(_file_chunks(out), "nodes")
+            with _mapped(out) as text:
+                return parse_nodes_json(text, "nodes")
 
     def update_nodes(self, nodes: Any, **fields: Any) -> None:
         self.updates.append(("node", nodes, fields))

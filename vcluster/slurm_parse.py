@@ -35,9 +35,8 @@ from typing import Any, TypeVar
 import hostlist
 
 from vcluster.errors import SlurmError, SlurmParseError
-from vcluster.json_stream import CHUNK_CHARS, NotAnObject, read_listing, text_chunks
-
-__all__ = ["CHUNK_CHARS"]  # re-exported for vcluster.slurm
+from vcluster.json_stream import NotAnObject, read_listing, text_chunks
+from vcluster.slurm_fast import asdict, read_fields
 
 T = TypeVar("T")
 
@@ -298,10 +297,22 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
     return data
 
 
-def _load_json_list(text: str | Iterable[str], command: str, key: str,
+def _load_json_list(text: str | bytes | memoryview | Iterable[str], command: str, key: str,
                     convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
-    """:func:`vcluster.json_stream.read_listing` with :func:`_load_json`'s errors: the
-    ``key`` list's records converted one at a time, the text given whole or in pieces."""
+    """The ``key`` list's records converted, and the other top-level fields (``data[key]``
+    True when the list was read), with :func:`_load_json`'s errors; the text given whole
+    (str, or UTF-8 bytes as a command's mapped output: :mod:`vcluster.slurm_fast` reads only
+    the fields the converters read, each record made a dict as it is converted) or in
+    pieces (:func:`vcluster.json_stream.read_listing`). A text the fast reader refuses (not
+    JSON, not the expected shape) is read again the standard way, which keeps what is
+    readable and words the error."""
+    if isinstance(text, str | bytes | memoryview):
+        fast = read_fields(text, key)
+        if fast is not None:
+            data, records = fast
+            return data, [convert(asdict(record)) for record in records]
+        if not isinstance(text, str):
+            text = bytes(text).decode("utf-8", errors="replace")
     try:
         return read_listing(text_chunks(text) if isinstance(text, str) else text, key, convert)
     except NotAnObject:
@@ -317,7 +328,7 @@ def _number(value: Any) -> int | None:
     """An integer field: plain number, ``{"set":..,"number":..}`` (23.x), or None if unset."""
     if type(value) is int:
         return None if value in _SENTINELS else value
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         if value.get("infinite") or not value.get("set", True):
             return None
         value = value.get("number")
@@ -369,6 +380,8 @@ def _exit_status(value: Any) -> int | None:
 def _state_words(value: Any) -> list[str]:
     if type(value) is str and value.isalpha():  # one word (22.05's "idle")
         return [value.upper()]
+    if value is None:  # 23.02+'s nodes have no state_flags
+        return []
     if isinstance(value, list):
         words = [str(v) for v in value]
     else:
@@ -445,7 +458,8 @@ def _cpus_per_task(raw: Mapping[str, Any]) -> int:
     return max(1, per_node // max(1, _int(raw.get("tasks_per_node"))))
 
 
-def parse_squeue_json(text: str | Iterable[str], command: str = "squeue --json") -> list[Job]:
+def parse_squeue_json(text: str | bytes | memoryview | Iterable[str],
+                      command: str = "squeue --json") -> list[Job]:
     """All jobs in ``squeue --json`` (or ``scontrol show job --json``) output, in order."""
     data, jobs = _load_json_list(text, command, "jobs", job_from_json)
     if data.get("jobs") is None:
@@ -476,6 +490,8 @@ def split_node_state(words: Iterable[str]) -> tuple[str, frozenset[str]]:
 
 def strip_reason_stamp(reason: str) -> str:
     """``"maint [root@2026-11-21T06:00:00]"`` -> ``"maint"``; ``"none"``/``"(null)"`` -> ``""``."""
+    if not reason:
+        return ""
     reason = _REASON_STAMP.sub("", reason).strip()
     return "" if reason in ("(null)", "none", "None") else reason
 
@@ -508,7 +524,8 @@ def node_from_json(raw: Mapping[str, Any]) -> Node:
     )
 
 
-def parse_nodes_json(text: str | Iterable[str], command: str) -> list[Node]:
+def parse_nodes_json(text: str | bytes | memoryview | Iterable[str],
+                     command: str) -> list[Node]:
     """All nodes of a JSON node listing, one per name (first seen wins), sorted by name.
 
     ``command`` is what printed it: ``sinfo --json`` (22.05) or ``scontrol show node

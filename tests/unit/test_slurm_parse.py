@@ -489,3 +489,40 @@ def test_broken_squeue_json_is_one_clear_error(text: str) -> None:
 def test_null_job_list_is_no_job_list() -> None:
     with pytest.raises(SlurmParseError, match="gave no job list"):
         parse_squeue_json('{"jobs": null, "errors": []}')
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_listings_read_for_their_fields_read_as_every_field(version: str) -> None:
+    """Slurm's listings are read as bytes for the fields vcluster uses only (msgspec skips
+    the others): every capture's jobs and nodes come out as when every field is read."""
+    import json
+
+    from vcluster.slurm_fast import JOB_FIELDS, NODE_FIELDS, asdict, read_fields
+    from vcluster.slurm_parse import job_from_json, node_from_json
+
+    checked = 0
+    for path in sorted((DATA / version).glob("*.json")):
+        if not path.read_text().strip():
+            continue  # a command that printed nothing (22.05's scontrol --json)
+        data = json.loads(path.read_text())
+        for key, fields, convert in (("jobs", JOB_FIELDS, job_from_json),
+                                     ("nodes", NODE_FIELDS, node_from_json)):
+            if not isinstance(data.get(key), list):
+                continue
+            _data, structs = read_fields(path.read_bytes(), key)  # type: ignore[misc]
+            records = [asdict(r) for r in structs]
+            assert [convert(r) for r in records] == [convert(r) for r in data[key]], path
+            assert all(set(r) == set(fields) for r in records)
+            checked += len(records)
+    assert checked > 10
+
+
+def test_listing_the_fast_reader_refuses_is_read_the_standard_way() -> None:
+    """A list item that is not an object is skipped, as before; text that is not JSON is
+    the same one-line error as bytes or text."""
+    (job,) = parse_squeue_json(b'{"jobs": [7, {"job_id": 8, "job_state": "PENDING"}]}')
+    assert (job.job_id, job.state) == (8, "PENDING")
+    with pytest.raises(SlurmParseError, match="printed something that is not JSON"):
+        parse_squeue_json(b'{"jobs": [\xff', "squeue --json")
+    with pytest.raises(SlurmParseError, match="scontrol show node --json"):
+        parse_nodes_json(b'{"sinfo": [], "errors": []}', "sinfo --json")
