@@ -51,7 +51,7 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.backoff import capacity_cause
-from vcluster.controller.node_addr import AddrBatch
+from vcluster.controller.node_addr import AddrBatch, set_node_addrs
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
@@ -356,7 +356,7 @@ class Actor(PreemptActs):
                             job_id=a.job_id, vm_id=a.vm_id, at=now)
 
     def _SetNodeAddr(self, a: SetNodeAddr) -> None:
-        self.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+        set_node_addrs(self.slurm, [(a.node_name, a.ip)])
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)
             row.ip, row.updated_at = a.ip, self.now()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,6 +39,14 @@ FLUSH_AT = 25
 """Queued nodes that make the actor flush before its next action."""
 FLUSH_AFTER_S = 0.25
 """Seconds the oldest queued node may wait before the actor flushes."""
+
+
+def set_node_addrs(slurm: SlurmPort, addrs: Sequence[tuple[str, str]]) -> None:
+    """Point each node at its VM's IP: ``scontrol update NodeName=a,b NodeAddr=ip_a,ip_b
+    NodeHostname=a,b`` in one call (Slurm pairs the lists in order, so the names stay a
+    plain list, not a compressed hostlist)."""
+    names = ",".join(name for name, _ in addrs)
+    slurm.update_nodes(names, nodeaddr=",".join(ip for _, ip in addrs), nodehostname=names)
 
 
 @dataclass
@@ -112,11 +120,10 @@ class AddrBatch:
                             "set next pass", vm_id, node_name)
         if not found:
             return {}
-        names = ",".join(name for _, name, _ in found)
         try:
-            self.slurm.update_nodes(names, nodeaddr=",".join(ip for _, _, ip in found),
-                                    nodehostname=names)
+            set_node_addrs(self.slurm, [(name, ip) for _, name, ip in found])
         except VclusterError as exc:  # the next pass sets each one alone
-            log.warning("cannot set NodeAddr of %d node(s) (%s): %s", len(found), names, exc)
+            log.warning("cannot set NodeAddr of %d node(s) (%s): %s", len(found),
+                        ",".join(name for _, name, _ in found), exc)
             return {}
         return {launch_id: ip for launch_id, _, ip in found}

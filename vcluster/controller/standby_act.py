@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from vcluster import db
 from vcluster.controller import join_tokens
 from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
+from vcluster.controller.node_addr import set_node_addrs
 from vcluster.controller.standby import AT_ALLOCATION_REASON, STANDBY_TAG
 from vcluster.errors import OneNotFound, VclusterError
 from vcluster.vmtemplate import bootstrap_script_bytes, worker_vm_extra
@@ -155,7 +156,7 @@ def claim_standby(actor: Actor, a: ClaimStandby) -> None:
             log.warning("node %s already has an open launch; standby VM %d stays in reserve",
                         a.node_name, a.vm_id)
             return
-    actor.slurm.update_nodes(a.node_name, nodeaddr=a.ip, nodehostname=a.node_name)
+    set_node_addrs(actor.slurm, [(a.node_name, a.ip)])
     _name_the_vm(actor, a)
     actor._event_safely("node.addr", _addr_message(a), node_name=a.node_name, job_id=a.job_id)
     if actor.metrics is not None and a.launch_id is None:
@@ -188,18 +189,15 @@ def claim_standbys(actor: Actor, claims: list[ClaimStandby]) -> tuple[int, int] 
     failed: list[tuple[ClaimStandby, str]] = []
     for i in range(0, len(claims), CLAIM_CHUNK):
         chunk = claims[i:i + CLAIM_CHUNK]
-        names = ",".join(a.node_name for a in chunk)  # in order: Slurm pairs the lists
         try:
-            actor.slurm.update_nodes(names, nodeaddr=",".join(a.ip for a in chunk),
-                                     nodehostname=names)
+            set_node_addrs(actor.slurm, [(a.node_name, a.ip) for a in chunk])
             ready = chunk
         except VclusterError as exc:  # each alone: one bad node must not fail the others
             log.warning("cannot set NodeAddr of %d claimed node(s) at once: %s", len(chunk), exc)
             ready = []
             for a in chunk:
                 try:
-                    actor.slurm.update_nodes(a.node_name, nodeaddr=a.ip,
-                                             nodehostname=a.node_name)
+                    set_node_addrs(actor.slurm, [(a.node_name, a.ip)])
                     ready.append(a)
                 except VclusterError as one_exc:
                     failed.append((a, str(one_exc)))
