@@ -252,14 +252,6 @@ def _cells(*cells: str) -> list[Text]:
     return [Text(c) for c in cells]  # plain text: never read as rich markup
 
 
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", box=None,
-                  header_style="bold", pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
 def _vm_cells(v: LeaseVm | None) -> list[str]:
     if v is None:
         return ["-", "-", "-", "-"]
@@ -269,10 +261,10 @@ def _vm_cells(v: LeaseVm | None) -> list[str]:
 
 def suspended_table(jobs: Sequence[SuspendedJob], now: datetime) -> Table:
     """One row per VM; the job's columns on its first row."""
-    from vcluster.report_tables import format_age
+    from vcluster.report_tables import format_age, plain_table  # it imports this module
 
-    table = _table("Suspended jobs", "JOB", "USER", "PARTITION", "SLURM", "SUSPENDED",
-                   "BY", "NODE", "VM", "VM STATE", "VCLUSTER")
+    table = plain_table("Suspended jobs", "JOB", "USER", "PARTITION", "SLURM", "SUSPENDED",
+                        "BY", "NODE", "VM", "VM STATE", "VCLUSTER")
     for j in jobs:
         since = (f"{j.since:%H:%M:%S} ({format_age(j.suspended_s)} ago)" if j.since
                  else "-")
@@ -285,8 +277,10 @@ def suspended_table(jobs: Sequence[SuspendedJob], now: datetime) -> Table:
 
 def reservations_table(reservations: Sequence[ReservationStatus]) -> Table:
     """One row per VM; the reservation's columns on its first row (times UTC)."""
-    table = _table("Reservations", "ID", "NAME", "CLASS", "NODES", "START (UTC)", "END",
-                   "STATE", "NODE", "VM", "VM STATE", "LAUNCH")
+    from vcluster.report_tables import plain_table  # it imports this module
+
+    table = plain_table("Reservations", "ID", "NAME", "CLASS", "NODES", "START (UTC)", "END",
+                        "STATE", "NODE", "VM", "VM STATE", "LAUNCH")
     for r in reservations:
         head = [str(r.reservation_id), r.slurm_name or "-", r.node_class,
                 f"{r.nodes or '-'} ({r.node_count})", f"{r.start:%Y-%m-%d %H:%M:%S}",
