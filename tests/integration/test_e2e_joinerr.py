@@ -17,14 +17,17 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyone
 import pytest
 from sqlalchemy import select
 
 from tests.integration.site_fixtures import E2E_NAME, Site, job_id_of, wait_clean, wait_for
 from vcluster import db
+from vcluster.config import read_one_auth
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +82,35 @@ def report(what: str, seconds: float) -> None:
             log.write(f"{line}\n")
 
 
+@contextmanager
+def placement_held(s: Site) -> Iterator[None]:
+    """Every host DISABLED (oned's scheduler places no VM there), enabled again on the way
+    out: a VM allocated meanwhile stays PENDING, so a fault set on it is read at its boot."""
+    server = pyone.OneServer(s.config.opennebula.xmlrpc,
+                             session=read_one_auth(s.config.opennebula.auth_file))
+    hosts = [int(h.ID) for h in server.hostpool.info().HOST]
+    try:
+        for host_id in hosts:
+            server.host.status(host_id, 1)  # DISABLED
+        yield
+    finally:
+        for host_id in hosts:
+            server.host.status(host_id, 0)  # ENABLED
+
+
 def test_a_join_the_guest_reports_failed_fails_at_once_and_the_job_completes(s: Site) -> None:
     out: Path = s.work / "joinerr.out"
-    job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", "hostname"))
-    first = wait_for("the job's first VM", lambda: sorted(
-        vm.vm_id for vm in s.vms() if vm.user_template.get("VCLUSTER_JOB") == str(job_id)),
-        60, 0.05)
-    assert isinstance(first, list)
-    vm_id = first[0]
-    s.one.update_user_template(vm_id, {"TESTBED_FAULT": "join-refused"})
+    # The fault must be on the VM before the testbed boots it (the driver reads it then): on
+    # a busy machine the VM could boot before this test saw it, and join as a healthy one.
+    with placement_held(s):
+        job_id = job_id_of(s.fsub("-N1", f"--output={out}", "--wrap", "hostname"))
+        first = wait_for("the job's first VM", lambda: sorted(
+            vm.vm_id for vm in s.vms() if vm.user_template.get("VCLUSTER_JOB") == str(job_id)),
+            60, 0.05)
+        assert isinstance(first, list)
+        vm_id = first[0]
+        assert s.one.vm(vm_id).state_name == "PENDING"
+        s.one.update_user_template(vm_id, {"TESTBED_FAULT": "join-refused"})
     started = time.monotonic()
 
     reasons: set[str] = set()  # the node's reasons, as `sinfo -R` would show them meanwhile

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, select
 
 from tests.unit.controller_fixtures import job, node, powered_down, powering_up
 from tests.unit.test_controller_loop import S1, Clock, FakeOne, FakeSlurm, World
@@ -223,3 +224,47 @@ def test_a_node_slurm_refuses_does_not_fail_the_other_claims(world: World) -> No
     refuse.clear()
     w.controller.run_pass()
     assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)
+
+
+def test_a_vm_booted_at_allocation_that_fails_is_a_failed_vm_of_its_job(world: World) -> None:
+    """It goes at once (a power cut), its job is told in the events, the node still gets its
+    own VM at Slurm's power-up, and the job's next allocation boots nothing early."""
+    w = world
+    w.controller.config = replace(w.config, node_classes=(replace(
+        w.config.node_classes[0], standby=0),))
+    w.controller.actor.config = w.controller.config
+    one = w.one
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED", "POWERED_DOWN")}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+
+    def prolog() -> None:
+        with db.transaction(w.sessions) as s:
+            s.add(db.HookRequest(kind="prolog", nodes=S1, job_ids=[12], payload={},
+                                 created_at=w.clock()))
+
+    prolog()
+    w.controller.run_pass()
+    assert sorted(one.vms_by_id) == [40]
+    one.vms_by_id[40] = replace(one.vms_by_id[40], state=3, lcm_state=36,
+                                state_name="BOOT_FAILURE")
+    w.controller.run_pass()
+    assert one.terminated == [40]
+    assert ("vm.early_failed", S1, "vcluster: VM 40 booted early for vc-small-001 failed to "
+            "boot (BOOT_FAILURE)") in w.events()
+    with w.sessions() as s:
+        (row,) = s.scalars(select(db.Event).where(db.Event.kind == "vm.early_failed"))
+        assert (row.job_id, row.vm_id) == (12, 40)
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.controller.run_pass()
+    assert sorted(v for v in one.vms_by_id if v != 40) == [41]
+    assert one.vms_by_id[41].user_template["VCLUSTER_NODE"] == S1
+
+    # its next allocation (say VM 41 failed too and Slurm requeued the job): no early VM
+    one.finish_terminations()
+    del one.vms_by_id[41]
+    with db.transaction(w.sessions) as s:
+        s.execute(delete(db.Launch))
+    w.slurm.nodes_by_name = {S1: node(S1, "ALLOCATED", "POWERED_DOWN")}
+    prolog()
+    w.controller.run_pass()
+    assert sorted(one.vms_by_id) == []

@@ -177,6 +177,11 @@ def early(vm_id: int, node_name: str, state_name: str = "BOOT", *, job_id: int =
         **base.user_template, "VCLUSTER_EARLY": node_name, "VCLUSTER_JOB": str(job_id)})
 
 
+def joinerr(v: VM, line: str) -> VM:
+    """``v`` after its guest reported through OneGate that its join failed."""
+    return replace(v, user_template={**v.user_template, "VCLUSTER_JOIN_ERROR": line})
+
+
 PROLOG = request(5, "prolog", (S1,), (12,))
 NOT_READY = {20: standby(20, "BOOT", ready=False), 21: standby(21, "BOOT", ready=False)}
 
@@ -217,6 +222,25 @@ EARLY_CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
      lambda: picture(nodes={S1: powered_down(S1)}, vms={**NOT_READY, 30: early(30, S1)}),
      [TerminateVM(30, "", "standby VM 30 of class small booted early for vc-small-001: its "
                   "node's job left it before it was powered up", close_as="terminated")]),
+    ("an early VM that failed before its node was powered up goes, a failure of its job; "
+     "Slurm's resume then boots the node's own VM",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)),
+                     vms={**NOT_READY, 30: early(30, S1, "BOOT_FAILURE")}),
+     [TerminateVM(30, S1, "vcluster: VM 30 booted early for vc-small-001 failed to boot "
+                  "(BOOT_FAILURE)", close_as="terminated", hard=True, job_id=12,
+                  event_kind="vm.early_failed")]),
+    ("an early VM whose guest reported a join failure: the same",
+     lambda: picture(nodes={S1: powering_up(S1)}, jobs=jobs(job(12, S1)),
+                     vms={**NOT_READY, 30: joinerr(early(30, S1, "RUNNING"), "no munge key")}),
+     [BootVM(S1, "small", 12, 1, 2048, "worker"),
+      TerminateVM(30, S1, "vcluster: VM 30 booted early for vc-small-001 could not join: no "
+                  "munge key", close_as="terminated", hard=True, job_id=12,
+                  event_kind="vm.early_failed")]),
+    ("a job one of whose VMs failed gets no VM at allocation: it waits for Slurm's resume",
+     lambda: picture(nodes={S1: allocated(S1)}, jobs=jobs(job(12, S1)), vms=dict(NOT_READY),
+                     requests=(PROLOG,),
+                     job_failures={12: (1, "vcluster: VM 9 failed to boot (BOOT_FAILURE)")}),
+     [MarkHandled((5,))]),
 ]
 
 

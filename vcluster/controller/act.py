@@ -401,9 +401,9 @@ class Actor(PreemptActs):
 
     def _TerminateVM(self, a: TerminateVM) -> None:
         self.one.terminate(a.vm_id, hard=a.hard)
-        kind = "vm.terminated" if a.close_as != "failed" else "vm.failed"
+        kind = a.event_kind or ("vm.terminated" if a.close_as != "failed" else "vm.failed")
         verb = "terminate-hard" if a.hard else "terminate"
-        self._close(a.launch_id, a.close_as, a.reason, kind, a.node_name, a.vm_id)
+        self._close(a.launch_id, a.close_as, a.reason, kind, a.node_name, a.vm_id, a.job_id)
         log.info("VM %d (%s): %s sent: %s", a.vm_id, a.node_name, verb, a.reason)
 
     def _CloseLaunch(self, a: CloseLaunch) -> None:

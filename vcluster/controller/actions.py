@@ -71,6 +71,10 @@ class TerminateVM:
     launch_id: int | None = None
     close_as: str = "terminating"
     hard: bool = False
+    job_id: int | None = None
+    """The job a VM with no launch was booted for (a VM booted at its job's allocation)."""
+    event_kind: str = ""
+    """The event recorded, when not the close's own (``vm.terminated``/``vm.failed``)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ BOOT_EVENTS = (BOOT_EVENT, "vm.standby_booted", "vm.early_booted")
 """Every allocation's event (a job's VM, a standby VM, a VM booted at allocation)."""
 UNPLACEABLE_EVENT = "node.unplaceable"
 """The event of a node given back because OpenNebula could not place its class's VM."""
+EARLY_FAILED_EVENT = "vm.early_failed"
+"""The event of a VM booted at its job's allocation that failed before its node was handed
+it: a failed VM of that job (counted towards its hold) though it had no launch."""
 
 CONTROLLER_DOWN_WHY = "the controller was not running when Slurm asked for its nodes"
 """Why a job was requeued whose resume the hook refused (no controller)."""
@@ -204,6 +207,16 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                 failed_jobs[row.job_id] = max(row.ended_at,
                                               failed_jobs.get(row.job_id, row.ended_at))
                 failure_count[row.job_id] = failure_count.get(row.job_id, 0) + 1
+    early_failed: set[tuple[int, int | None]] = set()
+    for ev in session.scalars(select(db.Event).where(
+            db.Event.kind == EARLY_FAILED_EVENT, db.Event.at >= window_start,
+            db.Event.job_id.is_not(None))):
+        assert ev.job_id is not None  # one failure per VM, however often it was said
+        if (ev.job_id, ev.vm_id) not in early_failed:
+            early_failed.add((ev.job_id, ev.vm_id))
+            failure_count[ev.job_id] = failure_count.get(ev.job_id, 0) + 1
+            if ev.job_id not in last_reason or ev.at >= failed_jobs.get(ev.job_id, ev.at):
+                last_reason[ev.job_id] = ev.message
     for ev in session.scalars(select(db.Event).where(
             db.Event.kind == db.RESUME_REFUSED_EVENT, db.Event.at >= window_start,
             db.Event.job_id.is_not(None))):

@@ -351,13 +351,11 @@ def _plan_launch(config: Config, obs: Observed, launch: LaunchView, node: Node |
     return []
 
 
-def _failed_out(obs: Observed, job: Job | None) -> bool:
-    """The job's VMs failed as often as a job may before it is held: no VM ahead of its
-    resume (Slurm may allocate it again before the hold reaches it)."""
-    if job is None:
-        return False
-    failures, _reason = obs.job_failures.get(job.job_id, (0, ""))
-    return failures >= MAX_JOB_FAILURES * max(1, job.node_count)
+def _has_failed(obs: Observed, job: Job | None) -> bool:
+    """A VM of the job failed lately: its next VMs wait for Slurm's resume rather than boot
+    at its allocation, so that a job whose VMs keep failing costs one VM per try (an early VM
+    that failed before its node was powered up is followed by the node's own)."""
+    return job is not None and obs.job_failures.get(job.job_id, (0, ""))[0] > 0
 
 
 def _serving(launch: LaunchView, jobs_by_node: Mapping[str, Job]) -> int | None:
@@ -512,7 +510,7 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 actions.append(ResetNode(name, node.reason))
             elif node.powered_down and not node.powering_down:
                 actions.append(ResetNode(name, node.reason, "RESUME"))
-        elif (name in reserve.allocated and not _failed_out(obs, jobs_by_node.get(name))
+        elif (name in reserve.allocated and not _has_failed(obs, jobs_by_node.get(name))
               and (early := standby.at_allocation(
                   reserve, nc, node, _boot(config, nc, name, jobs_by_node.get(name)),
                   config.slurm.handover_at_allocation))):

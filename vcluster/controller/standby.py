@@ -42,7 +42,7 @@ from vcluster.controller.actions import (
     ClaimStandby,
     TerminateVM,
 )
-from vcluster.controller.observe import LaunchView, Observed
+from vcluster.controller.observe import EARLY_FAILED_EVENT, LaunchView, Observed
 from vcluster.one_vm import VM
 from vcluster.slurm_parse import Node
 
@@ -95,6 +95,20 @@ def _retire(vm: VM, why: str, hard: bool = False) -> TerminateVM:
                        hard=hard)
 
 
+def _early_failed(vm: VM, node_name: str, event: str | None) -> TerminateVM:
+    """A VM booted at its job's allocation failed before Slurm powered its node up: it goes
+    (a power cut), and the failure is its job's (``EARLY_FAILED_EVENT``): the node still gets
+    a VM when Slurm powers it up, and a job whose VMs keep failing is held after the same
+    number of failed VMs whichever way they were booted."""
+    job = vm.user_template.get("VCLUSTER_JOB", "")
+    what = (f"failed to boot ({vm.state_name})" if event is not None
+            else f"could not join: {vm.join_error}")
+    return TerminateVM(vm.vm_id, node_name, f"vcluster: VM {vm.vm_id} booted early for {node_name} "
+                       f"{what}", close_as="terminated", hard=True,
+                       job_id=int(job) if job.isdigit() else None,
+                       event_kind=EARLY_FAILED_EVENT)
+
+
 def reserve_of(obs: Observed, config: Config,
                vm_event: Callable[[VM], str | None]) -> Reserve:
     """Sort this cluster's standby VMs: healthy ones by class, the rest to terminate.
@@ -113,6 +127,8 @@ def reserve_of(obs: Observed, config: Config,
         early_node = vm.user_template.get(EARLY_TAG, "")
         if nc is None:
             reserve.retire.append(_retire(vm, "belongs to no configured class"))
+        elif (event is not None or vm.join_error) and early_node:
+            reserve.retire.append(_early_failed(vm, early_node, event))
         elif event is not None:
             reserve.retire.append(_retire(vm, f"failed ({vm.state_name})", hard=True))
         elif vm.join_error:
