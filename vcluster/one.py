@@ -1,7 +1,7 @@
 """OpenNebula, behind a small client that speaks only vcluster's own errors.
 
 Everything vcluster asks of oned goes through :class:`OneClient`: pyone does the XML-RPC
-and parses the answers, and this module turns every failure into a
+and parses the answers, and the client turns every failure into a
 :class:`~vcluster.errors.OneError` whose message says what happened and what to do:
 pyone's exceptions, and the ones pyone lets through unwrapped (``requests``' connection
 errors and timeouts, ``xmlrpc.client.ProtocolError`` for a wrong URL, XML-RPC faults).
@@ -9,51 +9,18 @@ Temporary errors (unreachable, timed out, oned internal errors) are retried afte
 delay of ``settings.retry_delays_s``; permanent ones are raised at once. Every failed
 attempt is logged with its number.
 
-How pyone is used, precisely (pyone 6.10.5):
-
-* ``pyone.OneServer(timeout=...)`` would call ``socket.setdefaulttimeout`` and change every
-  socket of the process, and its transport posts with no timeout at all. So the server is
-  built with ``timeout=None`` and its transport (``ServerProxy``'s private
-  ``_ServerProxy__transport``, the one pyone itself sets) is replaced by
-  :class:`_TimeoutTransport`, which posts with ``requests`` and
-  ``timeout=settings.timeout_s`` (bounding the connect and each wait for data). One
-  connection per call, as pyone does: a kept-alive connection that the server closed would
-  fail a non-idempotent call for nothing.
-* ``_do_request`` (pyone's hook between the XML-RPC call and its answer parsing) is
-  overridden to raise :class:`_CallFailed` with oned's full error code: pyone folds
-  ALLOCATE, LOCKED and REPLICATION into a bare ``OneException``.
-* XML-RPC faults are caught in the transport, before pyone flattens them into a string.
-
-Calls that create something (``allocate``, ``instantiate``) and actions are not retried
-after a failure that may have reached oned (a read timeout): a second VM could be born.
+The client is in three parts: the calls vcluster makes (here), the retrying and the
+translation of errors (:mod:`vcluster.one_call`), and what reaches under pyone
+(:mod:`vcluster.one_transport`, which says precisely how pyone is used).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import socket
-import ssl
-import time
-import xml.parsers.expat
-import xmlrpc.client
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
-import pyone
-import requests
-
-from vcluster.config import OpenNebulaSettings, read_one_auth
-from vcluster.errors import (
-    OneAuthError,
-    OneAuthorizationError,
-    OneBadRequest,
-    OneError,
-    OneInternalError,
-    OneNotFound,
-    OneUnavailable,
-)
+from vcluster.errors import OneBadRequest, OneNotFound
+from vcluster.one_call import OneCaller
 from vcluster.one_site import (
     HostCapacity,
     VNetInfo,
@@ -62,7 +29,6 @@ from vcluster.one_site import (
     template_nics,
     vnet_from_binding,
 )
-from vcluster.one_stream import AnswerStream
 from vcluster.one_vm import (
     VM,
     LcmState,
@@ -77,331 +43,13 @@ __all__ = ["VM", "LcmState", "OneClient", "VmState", "state_name"]
 
 logger = logging.getLogger(__name__)
 
-# oned's error codes (include/RequestManager.h)
-AUTHENTICATION = 0x100
-AUTHORIZATION = 0x200
-NO_EXISTS = 0x400
-ACTION = 0x800
-XML_RPC_API = 0x1000
-INTERNAL = 0x2000
-ALLOCATE = 0x4000
-LOCKED = 0x8000
-REPLICATION = 0x10000
 
-# INTERNAL errors that are really a refused request: retrying cannot help.
-_PERMANENT_INTERNAL = ("Parse error", "syntax error", "attribute must be", "already taken")
-
-
-class _CallFailed(Exception):
-    """oned answered ``[False, message, code, ...]``."""
-
-    def __init__(self, method: str, message: str, code: int) -> None:
-        super().__init__(message)
-        self.method, self.message, self.code = method, message, code
-
-
-class _BadAnswer(Exception):
-    """The answer is XML-RPC but not oned's ``[ok, value, code, ...]`` array."""
-
-
-class _FaultSeen(Exception):
-    """An XML-RPC fault, carried past pyone (which would flatten it into a string)."""
-
-    def __init__(self, fault: xmlrpc.client.Fault) -> None:
-        super().__init__(fault.faultString)
-        self.fault = fault
-
-
-_STREAM_CHUNK = 1 << 16
-
-
-class _TimeoutTransport(pyone.RequestsTransport):
-    """pyone's requests transport, with a timeout and HTTP errors that keep their reason."""
-
-    def __init__(self, timeout_s: float, https: bool, https_verify: bool = True) -> None:
-        super().__init__()
-        self.timeout_s = timeout_s
-        self.set_https(https)
-        self.set_https_verify(https_verify)
-
-    def getparser(self) -> tuple[Any, Any]:
-        """xmlrpc's parser, told to hand over character data in large pieces: a VM pool is
-        one escaped XML string, and unbuffered expat calls back for every newline and
-        entity in it (3 million calls for 4,000 VMs: most of the cost of a pool listing)."""
-        parser, unmarshaller = super().getparser()
-        expat_parser = getattr(parser, "_parser", None)
-        if expat_parser is not None:
-            expat_parser.buffer_size = 1 << 20
-            expat_parser.buffer_text = True
-        return parser, unmarshaller
-
-    sink: Callable[[str], None] | None = None
-    """Set for one call: a successful answer's string value goes there as it arrives
-    (:mod:`vcluster.one_stream`) and the call returns ``[True, "", code]``."""
-
-    def request(self, host: str, handler: str, request_body: bytes,
-                verbose: bool = False) -> Any:
-        url = self._build_url(host, handler)
-        headers = {"User-Agent": "vcluster (pyone)", "Content-Type": "text/xml",
-                   "Accept": "*/*"}
-        sink = self.sink
-        resp = requests.post(url, data=request_body, headers=headers,
-                             verify=self.https_verify, timeout=self.timeout_s,
-                             stream=sink is not None)
-        try:
-            if resp.status_code != 200:
-                raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason or "",
-                                                  dict(resp.headers))
-            if sink is not None:
-                return AnswerStream(sink, self._parse_body).read(
-                    resp.iter_content(_STREAM_CHUNK))
-            return self.parse_response(resp)
-        except xmlrpc.client.Fault as fault:
-            raise _FaultSeen(fault) from fault
-        finally:
-            resp.close()
-
-    def _parse_body(self, body: bytes) -> Any:
-        parser, unmarshaller = self.getparser()
-        parser.feed(body)
-        parser.close()
-        return unmarshaller.close()
-
-
-class _OneServer(pyone.OneServer):
-    """pyone's server with our transport and oned's error codes kept whole."""
-
-    def __init__(self, uri: str, session: str, transport: _TimeoutTransport) -> None:
-        super().__init__(uri, session, timeout=None)  # None: no socket.setdefaulttimeout
-        if not hasattr(self, "_ServerProxy__transport"):
-            raise RuntimeError("pyone's OneServer changed: cannot set a per-call timeout")
-        self._ServerProxy__transport = transport
-        self.transport = transport
-
-    def _do_request(self, method: str, params: Any) -> Any:
-        raw = super()._do_request(method, params)
-        if not isinstance(raw, list | tuple) or len(raw) < 2 or not isinstance(raw[0], bool):
-            raise _BadAnswer(_one_line(str(raw))[:100])
-        if not raw[0]:
-            code = raw[2] if len(raw) > 2 and isinstance(raw[2], int) else -1
-            raise _CallFailed(method, str(raw[1]), code)
-        if len(raw) < 3:  # pyone reads element [2] even on success
-            return [raw[0], raw[1], 0]
-        return raw
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _connection_cause(exc: BaseException) -> str:
-    """Why a connection failed, in a few words, from the innermost socket error."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    found: BaseException | None = None
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and (e.errno is not None or isinstance(e, ssl.SSLError)):
-            found = e
-        nxt = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
-        stack.extend(x for x in nxt if isinstance(x, BaseException))
-    if isinstance(found, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(found, socket.gaierror):
-        return f"host name not resolved: {found.strerror}"
-    if isinstance(found, ssl.SSLError):
-        return f"TLS error: {_one_line(found.reason or str(found))}"
-    if isinstance(found, ConnectionResetError):
-        return "connection reset"
-    if isinstance(found, OSError) and found.strerror:
-        return found.strerror[0].lower() + found.strerror[1:]
-    return _one_line(str(exc))[:200]
-
-
-class OneClient:
+class OneClient(OneCaller):
     """A small client for the oned calls vcluster needs.
 
     ``session`` is ``user:password``; by default it is read, on first use, from the
     ``ONE_AUTH`` file ``settings.auth_file``. Not thread-safe: one client per thread.
     """
-
-    def __init__(self, settings: OpenNebulaSettings, *, session: str | None = None,
-                 on_call: Callable[[str, float, bool], None] | None = None) -> None:
-        self.settings = settings
-        self.on_call = on_call
-        """Told of every call attempt: (method, seconds, failed); the controller's metrics."""
-        self.url = settings.xmlrpc
-        self._session = session
-        self._session_from_file = session is None
-        self._server: _OneServer | None = None
-
-    # --- plumbing -----------------------------------------------------------------------
-
-    @property
-    def user(self) -> str:
-        return self._session_string().split(":", 1)[0]
-
-    def _session_string(self) -> str:
-        if self._session is None:
-            self._session = read_one_auth(self.settings.auth_file)
-        return self._session
-
-    def _credentials_source(self) -> str:
-        if self._session_from_file:
-            return f"in {os.path.expanduser(self.settings.auth_file)}"
-        return "given to vcluster"
-
-    def _proxy(self) -> _OneServer:
-        if self._server is None:
-            transport = _TimeoutTransport(self.settings.timeout_s,
-                                          https=self.url.startswith("https"))
-            self._server = _OneServer(self.url, self._session_string(), transport)
-        return self._server
-
-    def _call(self, method: str, *params: Any, doing: str, subject: str, hint: str,
-              idempotent: bool = True, raw: bool = False,
-              stream: Callable[[], PoolReader] | None = None) -> Any:
-        """Call ``one.<method>``; retry temporary errors, translate every failure.
-
-        ``doing`` ("read VM 4") and ``subject`` ("VM 4") word the messages; ``hint`` says
-        what to do when oned refuses. Not ``idempotent``: a retry after a failure that may
-        have reached oned could act twice (two VMs), so such failures are not retried.
-        ``raw``: the answer's value as oned sent it (an XML text), not parsed by pyone.
-        ``stream``: makes a fresh reader for each attempt; the answer's value is fed to it
-        as it arrives (never held whole) and the call returns what its ``close()`` returns.
-        """
-        delays = self.settings.retry_delays_s
-        attempts = 1 + len(delays)
-        for attempt in range(1, attempts + 1):
-            started = time.monotonic()
-            try:
-                if stream is not None:
-                    proxy, reader = self._proxy(), stream()
-                    proxy.transport.sink = reader.feed
-                    try:
-                        answer = proxy._do_request("one." + method, proxy._cast_parms(params))
-                    finally:
-                        proxy.transport.sink = None
-                    if isinstance(answer[1], str) and answer[1]:
-                        reader.feed(answer[1])  # a layout that was not streamed: read whole
-                    result = reader.close()
-                elif raw:
-                    proxy = self._proxy()
-                    result = proxy._do_request("one." + method, proxy._cast_parms(params))[1]
-                else:
-                    fn = functools.reduce(getattr, method.split("."), self._proxy())
-                    result = fn(*params)
-            except Exception as exc:  # translated below; unknown ones are re-raised
-                error, may_have_acted = self._translate(exc, method, doing, subject, hint)
-                if error is None:
-                    raise
-                elapsed = time.monotonic() - started
-                if self.on_call is not None:
-                    self.on_call(method, elapsed, True)
-                retry = (error.temporary and attempt < attempts
-                         and (idempotent or not may_have_acted))
-                if retry:
-                    what_next = f"retrying in {delays[attempt - 1]:g} s"
-                elif not error.temporary:
-                    what_next = "not retrying: permanent error"
-                elif attempt < attempts:
-                    what_next = "not retrying: the call may have taken effect"
-                else:
-                    what_next = "giving up"
-                logger.warning("one.%s attempt %d/%d failed after %.3f s: %s; %s",
-                               method, attempt, attempts, elapsed, error, what_next)
-                if not retry:
-                    raise error from exc
-                time.sleep(delays[attempt - 1])
-                continue
-            elapsed = time.monotonic() - started
-            logger.debug("one.%s attempt %d/%d ok in %.3f s", method, attempt, attempts,
-                         elapsed)
-            if self.on_call is not None:
-                self.on_call(method, elapsed, False)
-            return result
-        raise AssertionError("unreachable")
-
-    def _translate(self, exc: Exception, method: str, doing: str, subject: str,
-                   hint: str) -> tuple[OneError | None, bool]:
-        """(vcluster error, whether the call may have reached oned) for ``exc``."""
-        url, timeout_s = self.url, self.settings.timeout_s
-        unreachable = "check ONE_XMLRPC and that oned is running"
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return OneUnavailable(f"cannot reach OpenNebula at {url} (no connection within "
-                                  f"{timeout_s:g} s); {unreachable}"), False
-        if isinstance(exc, requests.exceptions.Timeout):
-            return OneUnavailable(
-                f"OpenNebula at {url} did not answer one.{method} within {timeout_s:g} s; "
-                "check that oned is running and not overloaded, or raise opennebula.timeout_s"
-            ), True
-        if isinstance(exc, requests.exceptions.ConnectionError):
-            cause = _connection_cause(exc)
-            never_sent = cause.startswith(("connection refused", "host name", "TLS"))
-            return (OneUnavailable(f"cannot reach OpenNebula at {url} ({cause}); {unreachable}"),
-                    not never_sent)
-        if isinstance(exc, requests.exceptions.RequestException):
-            return OneUnavailable(f"cannot reach OpenNebula at {url} "
-                                  f"({_one_line(str(exc))[:200]}); {unreachable}"), True
-        if isinstance(exc, xmlrpc.client.ProtocolError):
-            status = f"HTTP {exc.errcode} {exc.errmsg}".strip()
-            if exc.errcode >= 500 or exc.errcode == 429:
-                return OneUnavailable(f"OpenNebula at {url} answered {status}; check that oned "
-                                      "and any proxy in front of it are running"), True
-            return OneBadRequest(f"OpenNebula at {url} answered {status}, so it is not oned's "
-                                 "XML-RPC endpoint; check ONE_XMLRPC (usually "
-                                 "http://HOST:2633/RPC2)", code=exc.errcode), False
-        if isinstance(exc, _FaultSeen):
-            f = exc.fault
-            return OneBadRequest(
-                f"OpenNebula refused one.{method} with XML-RPC fault {f.faultCode}: "
-                f"{_one_line(f.faultString)}; check that ONE_XMLRPC points at oned 6 or 7",
-                code=f.faultCode,
-            ), False
-        if isinstance(exc, xml.parsers.expat.ExpatError | xmlrpc.client.ResponseError):
-            return OneBadRequest(f"OpenNebula at {url} answered one.{method} with something "
-                                 f"that is not XML-RPC ({_one_line(str(exc))[:100]}); "
-                                 "check ONE_XMLRPC"), False
-        if isinstance(exc, _BadAnswer):
-            return OneBadRequest(f"OpenNebula at {url} answered one.{method} with {exc}, which "
-                                 "is not how oned answers; check ONE_XMLRPC"), False
-        if isinstance(exc, _CallFailed):
-            return self._translate_failure(exc, doing, subject, hint), False
-        if isinstance(exc, pyone.OneException):
-            return OneBadRequest(f"OpenNebula could not {doing}: {_one_line(str(exc))}; "
-                                 f"{hint}"), False
-        if type(exc).__module__.startswith("lxml"):
-            return OneBadRequest(f"cannot read OpenNebula's answer to one.{method} "
-                                 f"({_one_line(str(exc))[:100]}); check ONE_XMLRPC"), False
-        return None, True
-
-    def _translate_failure(self, exc: _CallFailed, doing: str, subject: str,
-                           hint: str) -> OneError:
-        full, code = _one_line(exc.message), exc.code
-        msg = full[:-1] if full.endswith(".") else full  # it is followed by "; what to do"
-        if code == AUTHENTICATION:
-            return OneAuthError(
-                f"OpenNebula rejected the credentials {self._credentials_source()} "
-                f"(user {self.user!r}); check the ONE_AUTH file", code=code)
-        if code == AUTHORIZATION:
-            return OneAuthorizationError(
-                f"OpenNebula user {self.user!r} may not {doing}: {msg}; ask an OpenNebula "
-                "admin for the permission or use another account", code=code)
-        if code == NO_EXISTS:
-            return OneNotFound(f"OpenNebula has no {subject} ({full}); check the id", code=code)
-        if code == INTERNAL and not any(p in msg for p in _PERMANENT_INTERNAL):
-            return OneInternalError(f"OpenNebula failed to {doing}: {msg}; it may be "
-                                    "temporary, see oned.log if it persists", code=code)
-        if code == LOCKED:
-            return OneInternalError(f"OpenNebula could not {doing}: {msg}; {subject} is "
-                                    "locked: wait, or unlock it if the lock is stale", code=code)
-        if code == REPLICATION:
-            return OneInternalError(f"OpenNebula could not {doing}: {msg}; the OpenNebula "
-                                    "HA leader may be changing, retry later", code=code)
-        return OneBadRequest(f"OpenNebula refused to {doing}: {msg}; {hint}", code=code)
 
     # --- the calls vcluster makes ------------------------------------------------------------
 

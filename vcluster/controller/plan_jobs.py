@@ -148,4 +148,3 @@ def _plan_jobs(config: Config, obs: Observed) -> list[Action]:
             actions.append(UpsertJob(known.job_id, None, known.template, "", known.state,
                                      known.nodes, None, None, None, gone=True))
     return actions
-

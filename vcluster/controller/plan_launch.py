@@ -249,4 +249,3 @@ def _per_job_idle(config: Config, launch: LaunchView, node: Node | None,
     return (node.state == "IDLE" and not node.flags & _BUSY_FLAGS
             and launch.node_name not in jobs_by_node)
 
-
