@@ -27,23 +27,10 @@ _SENTINELS = frozenset({0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 0xFFFFFFFFFF
 # --- JSON helpers -----------------------------------------------------------------------------
 
 
-def _load_json(text: str, command: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SlurmParseError(
-            f"`{command}` printed something that is not JSON ({exc.msg} at line {exc.lineno}); "
-            "is this Slurm 22.05 or newer?"
-        ) from exc
-    if not isinstance(data, dict):
-        raise SlurmParseError(f"`{command}` printed JSON that is not an object")
-    return data
-
-
 def _load_json_list(text: str | bytes | memoryview | Iterable[str], command: str, key: str,
                     convert: Callable[[Mapping[str, Any]], T]) -> tuple[dict[str, Any], list[T]]:
     """The ``key`` list's records converted, and the other top-level fields (``data[key]``
-    True when the list was read), with :func:`_load_json`'s errors; the text given whole
+    True when the list was read), with one-line errors naming the command; the text given whole
     (str, or UTF-8 bytes as a command's mapped output: :mod:`vcluster.slurm_fast` reads only
     the fields the converters read, each record made a dict as it is converted) or in
     pieces (:func:`vcluster.json_stream.read_listing`). A text the fast reader refuses (not

@@ -16,7 +16,6 @@ VM no launch claims) and puts the plan together; one launch's next step is plann
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 
 from vcluster.config import Config
 from vcluster.controller import standby
@@ -185,13 +184,3 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     if obs.requests:
         actions.append(MarkHandled(tuple(r.id for r in obs.requests)))
     return apply_backoff(actions, obs, config)
-
-
-def nodes_of(actions: Iterable[Action]) -> list[str]:
-    """Node names the actions touch (for logging)."""
-    names: list[str] = []
-    for a in actions:
-        name = getattr(a, "node_name", None)
-        if isinstance(name, str) and name:
-            names.append(name)
-    return names
