@@ -14,7 +14,14 @@ same N as the reference: ``speedup_vs_1``. Two rate settings: burst.py's (200/s,
 100: the floor for 1,000 VMs is (1,000 - 100) / 200 = 4.5 s) and one high enough not to
 bound anything (what act alone costs).
 
-    python3 benchmarks/burst_parallel.py [--jobs 100,1000] [--latency-ms 30]
+With ``--cloud`` the OpenNebula port is the real thing instead: vcluster's OneClient
+(pyone over XML-RPC; one per boot worker, as the controller makes them) against
+``vcluster testbed cloud serve --driver dummy`` started afresh for each run, so the
+controller's observe lists the testbed's VM pool every pass as it would oned's
+(``results/burst_parallel_cloud.json``). The testbed shares this machine's two cores with
+the controller: its round trip is CPU, which threads cannot overlap.
+
+    python3 benchmarks/burst_parallel.py [--jobs 100,1000] [--latency-ms 30] [--cloud]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
@@ -68,8 +76,32 @@ class RemoteOne(InstantOne):
             return super().instantiate(template_id, name, extra_template, hold=hold)
 
 
+class Stamps:
+    """When each instantiate returned (monotonic), from any thread."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def client(self, settings: Any) -> Any:
+        from vcluster.one import OneClient
+
+        stamps = self.at
+
+        class TimedClient(OneClient):
+            def instantiate(self, template_id: int, name: str, extra_template: str, *,
+                            hold: bool = False) -> int:
+                vm_id = super().instantiate(template_id, name, extra_template, hold=hold)
+                stamps.append(time.monotonic())
+                return vm_id
+
+        return TimedClient(settings, session=AUTH)
+
+
+AUTH = "oneadmin:opennebula"
+
+
 def measure(n: int, concurrency: int, latency_s: float, rate: float, burst: int,
-            per_resume: int = 100) -> dict[str, Any]:
+            per_resume: int = 100, cloud: bool = False) -> dict[str, Any]:
     from vcluster import db
     from vcluster.config import parse_config
     from vcluster.controller.act import Actor
@@ -81,6 +113,12 @@ def measure(n: int, concurrency: int, latency_s: float, rate: float, burst: int,
         state_dir = Path(tmp)
         raw = config_dict(n, state_dir, rate, burst)
         raw["controller"]["boot_concurrency"] = concurrency
+        server = None
+        if cloud:
+            from cloud_parallel import TEMPLATE, start_cloud
+            server, xmlrpc = start_cloud(f"{tmp}/cloud", TEMPLATE.replace("bench-worker",
+                                                                          "worker"))
+            raw["opennebula"]["xmlrpc"] = xmlrpc
         config = parse_config(raw)
         clock = LoopClock()
         engine = db.make_engine(config.database)
@@ -95,26 +133,41 @@ def measure(n: int, concurrency: int, latency_s: float, rate: float, burst: int,
                                          {"job_id": j, "nodes": nm}
                                          for j, nm in zip(jobs, names, strict=True)]},
                                      created_at=clock()))
-        slurm, one = FileSlurm(state_dir), RemoteOne(latency_s)
+        slurm = FileSlurm(state_dir)
+        stamps = Stamps()
+        one: Any = stamps.client(config.opennebula) if cloud else RemoteOne(latency_s)
         actor = Actor(config, sessions, slurm, one,
                       guest=GuestContext(slurm_conf_server="10.0.0.1:6817",
-                                         join_url="http://10.0.0.1:6830"), now=clock)
+                                         join_url="http://10.0.0.1:6830"), now=clock,
+                      one_client=(lambda: stamps.client(config.opennebula)) if cloud
+                      else None)
         controller = Controller(config, sessions, slurm, one, actor, now=clock)
+
+        def requested() -> int:
+            return len(stamps.at) if cloud else len(one.vms_by_id)
+
         passes = 0
         cpu0, started = time.process_time(), time.monotonic()
-        while len(one.vms_by_id) < n and passes < 50 + n // 10:
-            report = controller.run_pass()
-            passes += 1
-            if len(one.vms_by_id) < n:
-                clock.skipped += next_pass_in_s(report, config, 60.0)
-        all_requested_s = one.last_at - started + clock.skipped
+        try:
+            while requested() < n and passes < 50 + n // 10:
+                report = controller.run_pass()
+                passes += 1
+                if requested() < n:
+                    clock.skipped += next_pass_in_s(report, config, 60.0)
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+        last_at = max(stamps.at) if cloud else one.last_at
+        all_requested_s = last_at - started + clock.skipped
         cpu_s = time.process_time() - cpu0
         engine.dispose()
     return {"jobs": n, "boot_concurrency": concurrency, "boot_rate_per_s": rate,
-            "boot_burst": burst, "vms_requested": len(one.vms_by_id), "passes": passes,
+            "boot_burst": burst, "vms_requested": requested(), "passes": passes,
             "all_requested_s": round(all_requested_s, 3),
-            "requests_per_s": round(len(one.vms_by_id) / all_requested_s, 1),
-            "cpu_s": round(cpu_s, 3), "most_in_flight": one.most_in_flight}
+            "requests_per_s": round(requested() / all_requested_s, 1),
+            "cpu_s": round(cpu_s, 3),
+            "most_in_flight": None if cloud else one.most_in_flight}
 
 
 def main() -> int:
@@ -122,16 +175,19 @@ def main() -> int:
     parser.add_argument("--jobs", default="100,1000")
     parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--latency-ms", type=float, default=30.0)
-    parser.add_argument("--out", type=Path,
-                        default=HERE / "results" / "burst_parallel.json")
+    parser.add_argument("--cloud", action="store_true",
+                        help="the real OneClient against the testbed cloud, not a fake")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.out = args.out or HERE / "results" / (
+        "burst_parallel_cloud.json" if args.cloud else "burst_parallel.json")
     latency_s = args.latency_ms / 1000
     runs = []
     for rate, burst in ((200.0, 100), (100000.0, 100000)):
         for n in (int(x) for x in args.jobs.split(",")):
             reference = None
             for c in (int(x) for x in args.concurrency.split(",")):
-                run = measure(n, c, latency_s, rate, burst)
+                run = measure(n, c, latency_s, rate, burst, cloud=args.cloud)
                 if c == 1:
                     reference = run["all_requested_s"]
                 run["speedup_vs_1"] = (round(reference / run["all_requested_s"], 2)
@@ -139,9 +195,12 @@ def main() -> int:
                 print(json.dumps(run), flush=True)
                 runs.append(run)
     out = {"benchmark": "burst_parallel", "slurm_shape": "22.05",
-           "instantiate_latency_ms": args.latency_ms,
-           "latency_kind": "time.sleep in the fake OpenNebula port (a remote oned's round "
-                           "trip: the thread waits, the CPU is free)",
+           "opennebula": "testbed cloud (dummy driver) through OneClient, one per worker"
+           if args.cloud else "fake port",
+           "instantiate_latency_ms": None if args.cloud else args.latency_ms,
+           "latency_kind": "the testbed's own round trip, on the same two cores"
+           if args.cloud else "time.sleep in the fake OpenNebula port (a remote oned's "
+                              "round trip: the thread waits, the CPU is free)",
            "runs": runs, "python": platform.python_version(), "cpus": os.cpu_count(),
            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

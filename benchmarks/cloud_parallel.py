@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyone
@@ -60,6 +61,23 @@ def wait_all(one: pyone.OneServer, states: set[tuple[int, int]], count: int,
             return time.monotonic() - started
         time.sleep(0.5)
     raise RuntimeError(f"only {done} of {count} VMs reached {states}")
+
+
+def start_cloud(state_dir: str, template: str = TEMPLATE) -> tuple[subprocess.Popen[str], str]:
+    """The testbed cloud serving (dummy VMs, room for 1,000 VMs of 2 CPUs and 2 GB), with
+    ``template`` allocated; (its process, its XML-RPC URL)."""
+    port, gate_port = free_port(), free_port()
+    argv = [sys.executable, "-c", "from vcluster.cli import main; main()", "testbed",
+            "cloud", "serve", "--port", str(port), "--onegate-port", str(gate_port),
+            "--driver", "dummy", "--state-dir", state_dir, "--hosts", "4",
+            "--host-cpu", "100000", "--host-mem", str(1024 * 1024 * 1024),
+            "--subnet", "10.250.0.0/20", "--lease-start", "16", "--auth", AUTH]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    server.stdout.readline()  # "testbed cloud: XML-RPC ...": it is serving
+    xmlrpc = f"http://127.0.0.1:{port}/RPC2"
+    pyone.OneServer(xmlrpc, session=AUTH).template.allocate(template)
+    return server, xmlrpc
 
 
 def instantiate_all(clients: list[OneClient], template_id: int, n: int, extra: str,
@@ -99,11 +117,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "cloud_parallel.json")
     args = parser.parse_args()
-    port, gate_port = free_port(), free_port()
     runs = []
     with tempfile.TemporaryDirectory(prefix="cloud-parallel-") as tmp:
         config = parse_config({
-            "opennebula": {"xmlrpc": f"http://127.0.0.1:{port}/RPC2", "retry_delays_s": []},
+            "opennebula": {"retry_delays_s": []},
             "controller": {"cluster_name": "bench", "state_dir": f"{tmp}/ctl"},
             "node_class": [{"name": "small", "count": 10, "cpus": 1, "memory_mb": 512,
                             "template": "bench-worker"}]})
@@ -113,21 +130,14 @@ def main() -> int:
             context=GuestContext(slurm_conf_server="10.0.0.1:6817",
                                  join_url="http://10.0.0.1:6830"),
             join_token="t" * 43)
-        argv = [sys.executable, "-c", "from vcluster.cli import main; main()", "testbed",
-                "cloud", "serve", "--port", str(port), "--onegate-port", str(gate_port),
-                "--driver", "dummy", "--state-dir", f"{tmp}/cloud", "--hosts", "4",
-                # room for a run's 1,000 VMs of 1 CPU and 512 MB (the extra template's)
-                "--host-cpu", "100000", "--host-mem", str(1024 * 1024 * 1024),
-                "--subnet", "10.250.0.0/20", "--lease-start", "16", "--auth", AUTH]
-        server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        server, xmlrpc = start_cloud(f"{tmp}/cloud")
         try:
-            assert server.stdout is not None
-            server.stdout.readline()  # "testbed cloud: XML-RPC ...": it is serving
-            admin = pyone.OneServer(config.opennebula.xmlrpc, session=AUTH)
-            template_id = admin.template.allocate(TEMPLATE)
+            admin = pyone.OneServer(xmlrpc, session=AUTH)
+            template_id = int(admin.templatepool.info(-2, -1, -1).VMTEMPLATE[0].ID)
             reference = None
             for run, count in enumerate(int(x) for x in args.threads.split(",")):
-                clients = [OneClient(config.opennebula, session=AUTH) for _ in range(count)]
+                settings = replace(config.opennebula, xmlrpc=xmlrpc)
+                clients = [OneClient(settings, session=AUTH) for _ in range(count)]
                 cpu0 = time.process_time()
                 wall, latencies, ids = instantiate_all(clients, template_id, args.vms,
                                                        extra, run)
