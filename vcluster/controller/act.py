@@ -6,6 +6,8 @@ follows "record intent, commit, call the outside system, record the result": no 
 transaction is held across an XML-RPC or scontrol call. Temporary OpenNebula errors leave a
 launch ``requested`` for the planner to retry after its backoff; permanent ones give the
 node up with a reason Slurm shows (``vcluster: ...``), so Slurm requeues the job.
+A run of boots goes out ``controller.boot_concurrency`` at once (:mod:`boot_pool`): only
+their OpenNebula calls leave this thread, each after its intent is committed.
 """
 
 from __future__ import annotations
