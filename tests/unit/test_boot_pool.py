@@ -98,7 +98,8 @@ MakeWorld = Callable[..., World]
 def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
     engines = []
 
-    def make(concurrency: int, one: GatedOne, **controller: object) -> World:
+    def make(concurrency: int, one: GatedOne, one_client: Callable[[], object] | None = None,
+             **controller: object) -> World:
         where = tmp_path / f"c{concurrency}-{len(engines)}"
         config = parse_config({
             "database": {"url": f"sqlite:///{where}/state.db"},
@@ -116,7 +117,7 @@ def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
         guest = GuestContext(slurm_conf_server="10.111.0.1:6817",
                              join_url="http://10.111.0.1:6830")
         actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n",
-                      now=clock)
+                      now=clock, one_client=one_client)  # type: ignore[arg-type]
         return World(config, sessions, slurm, one, clock, actor,
                      Controller(config, sessions, slurm, one, actor, now=clock))
 
@@ -260,3 +261,35 @@ def test_each_launch_is_committed_before_its_instantiate_goes_out(make_world: Ma
     w.controller.run_pass()
     assert one.seen == {n: ("allocating", None, 1) for n in NODES[:6]}
     assert sorted(s for s, _ in w.launches().values()) == ["booting"] * 6
+
+
+@dataclass
+class Client:
+    """A worker's own client: instantiates through the shared fake, noting who called."""
+
+    one: GatedOne
+    used_from: set[str] = field(default_factory=set)
+
+    def instantiate(self, template_id: int, name: str, extra_template: str, *,
+                    hold: bool = False) -> int:
+        self.used_from.add(threading.current_thread().name)
+        return self.one.instantiate(template_id, name, extra_template, hold=hold)
+
+
+def test_each_boot_worker_calls_oned_on_a_client_of_its_own(make_world: MakeWorld) -> None:
+    shared = GatedOne(gate=4)
+    made: list[Client] = []
+
+    def client() -> Client:
+        made.append(Client(shared))
+        return made[-1]
+
+    w = make_world(4, shared, one_client=client)
+    w.power_up(NODES[:8])
+    report = w.controller.run_pass()
+    assert (report.boots, report.failed) == (8, 0)
+    assert len(shared.instantiated) == 8
+    assert len(made) == 4  # one per worker, kept for the next boots
+    assert all(len(c.used_from) == 1 for c in made)  # each used by its one thread
+    assert len({name for c in made for name in c.used_from}) == 4
+    assert threading.current_thread().name not in {n for c in made for n in c.used_from}
