@@ -94,6 +94,12 @@ class TimedOne:
         self.sent: list[tuple[float, str]] = []
         self.lock = threading.Lock()
 
+    def worker(self) -> TimedOne:
+        """The same notes from a boot worker's own client (OneClient is not thread-safe)."""
+        other = TimedOne(OneClient(self.client.settings), self.config)
+        other.sent, other.lock = self.sent, self.lock
+        return other
+
     def template_id(self, name_or_id: str) -> int:
         return self.client.template_id(name_or_id)
 
@@ -191,7 +197,7 @@ def main() -> int:
             actor = Actor(config, sessions, slurm, one,
                           GuestContext(slurm_conf_server="127.0.0.1:6817",
                                        join_url="http://127.0.0.1:6830"),
-                          guest_script=b"#!/bin/sh\n")
+                          guest_script=b"#!/bin/sh\n", one_client=one.worker)
             controller = Controller(config, sessions, slurm, one, actor)
             stop = threading.Event()
             loop = threading.Thread(target=run_loop, args=(controller, None),

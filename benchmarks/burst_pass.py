@@ -33,6 +33,7 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -157,13 +158,16 @@ class InstantOne:
         self.next_id = 100
         self.calls = 0
         """Reads of a VM or a VM range (each a round trip to oned)."""
+        self.ids = threading.Lock()
+        """A pass's boots call instantiate from several threads (controller.boot_concurrency)."""
 
     def template_id(self, name_or_id: str) -> int:
         return 7
 
     def instantiate(self, template_id: int, name: str, extra_template: str, *,
                     hold: bool = False) -> int:
-        vm_id, self.next_id = self.next_id, self.next_id + 1
+        with self.ids:
+            vm_id, self.next_id = self.next_id, self.next_id + 1
         tags = dict(re.findall(r'^(VCLUSTER_\w+) = "([^"]*)"$', extra_template, re.M))
         self.vms_by_id[vm_id] = self.vm_type(vm_id, name, 1, 0, "PENDING",
                                              (f"10.{vm_id >> 16}.{vm_id >> 8 & 255}."

@@ -65,6 +65,9 @@ from vcluster.paths import (
     DEFAULT_STATUS_FILE,
 )
 
+MAX_BOOT_CONCURRENCY = 32
+"""Most allocations ``controller.boot_concurrency`` lets be in flight at once."""
+
 __all__ = [  # the objects of vcluster.config_model, re-exported: import them from here
     "Config",
     "ControllerSettings",
@@ -257,6 +260,7 @@ def parse_config(
         metrics_address=c_r.get("metrics_address", str, "127.0.0.1"),
         boot_rate_per_s=c_r.positive("boot_rate_per_s", float, 10.0),
         boot_burst=c_r.positive("boot_burst", int, 20),
+        boot_concurrency=c_r.get("boot_concurrency", int, 4),
         capacity_backoff_s=_delays(c_r, "capacity_backoff_s", (60, 120, 300, 600, 1800)),
         placement_wait_s=c_r.positive("placement_wait_s", float, 60.0),
         leader_poll_s=c_r.positive("leader_poll_s", float, 2.0),
@@ -268,6 +272,9 @@ def parse_config(
     if controller.log_to not in LOG_TARGETS:
         raise c_r.err("log_to", f"must be one of {', '.join(LOG_TARGETS)}, got "
                                 f"{controller.log_to!r}")
+    if not 1 <= controller.boot_concurrency <= MAX_BOOT_CONCURRENCY:
+        raise c_r.err("boot_concurrency", f"must be 1-{MAX_BOOT_CONCURRENCY}, got "
+                                          f"{controller.boot_concurrency}")
     if controller.metrics_port is not None and not 0 <= controller.metrics_port <= 65535:
         raise c_r.err("metrics_port", f"must be a TCP port, 0-65535, got "
                                       f"{controller.metrics_port}")

@@ -113,6 +113,9 @@ class ControllerSettings:
     """VM allocations sent to OpenNebula per second, all classes together."""
     boot_burst: int = 20
     """Allocations that may go out at once before ``boot_rate_per_s`` applies."""
+    boot_concurrency: int = 4
+    """How many of a pass's VM allocations may be in flight to OpenNebula at once (each on
+    its own worker thread and client; 1: one after the other), 1 to 32."""
     capacity_backoff_s: tuple[float, ...] = (60.0, 120.0, 300.0, 600.0, 1800.0)
     """How long a class whose template OpenNebula cannot place gets no new VM, seconds: the
     first back-off, then each one after a failed probe (the last one repeats)."""

@@ -117,6 +117,8 @@ class FakeOne:
     range_reads: list[tuple[int, int]] = field(default_factory=list)
     range_errors: list[Exception] = field(default_factory=list)
     """Raised, in order, by the next vm_range calls."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """A pass's boots call instantiate from several threads (controller.boot_concurrency)."""
 
     def template_id(self, name_or_id: str) -> int:
         if name_or_id not in self.templates:
@@ -125,12 +127,14 @@ class FakeOne:
 
     def instantiate(self, template_id: int, name: str, extra_template: str, *,
                     hold: bool = False) -> int:
-        if self.errors:
-            raise self.errors.pop(0)
-        self.instantiated.append((template_id, name, extra_template))
-        vm_id, self.next_id = self.next_id, self.next_id + 1
-        tags = dict(re.findall(r'^(VCLUSTER_\w+) = "([^"]*)"$', extra_template, re.M))
-        self.vms_by_id[vm_id] = VM(vm_id, name, 1, 0, "PENDING", (f"10.9.0.{vm_id}",), tags)
+        with self.lock:
+            if self.errors:
+                raise self.errors.pop(0)
+            self.instantiated.append((template_id, name, extra_template))
+            vm_id, self.next_id = self.next_id, self.next_id + 1
+            tags = dict(re.findall(r'^(VCLUSTER_\w+) = "([^"]*)"$', extra_template, re.M))
+            self.vms_by_id[vm_id] = VM(vm_id, name, 1, 0, "PENDING", (f"10.9.0.{vm_id}",),
+                                       tags)
         return vm_id
 
     def vm(self, vm_id: int) -> VM:
@@ -244,8 +248,13 @@ def test_the_vms_of_one_pass_get_their_nodeaddr_in_one_scontrol_call(world: Worl
     w.controller.run_pass()
     (_, first, _), (_, second, _) = w.one.instantiated  # VMs 40 and 41, in this order
     assert {first, second} == {S1, S2}
-    assert w.slurm.updates == [  # paired in order: Slurm matches the lists one to one
-        f"nodename={first},{second} nodeaddr=10.9.0.40,10.9.0.41 nodehostname={first},{second}"]
+    # paired in order: Slurm matches the lists one to one (the two instantiates may end in
+    # either order: a pass's boots go out boot_concurrency at once)
+    assert w.slurm.updates in (
+        [f"nodename={first},{second} nodeaddr=10.9.0.40,10.9.0.41 nodehostname={first},"
+         f"{second}"],
+        [f"nodename={second},{first} nodeaddr=10.9.0.41,10.9.0.40 nodehostname={second},"
+         f"{first}"])
     assert sorted(w.launches()) == sorted([(first, "booting", 40, "10.9.0.40", False),
                                            (second, "booting", 41, "10.9.0.41", False)])
 

@@ -196,7 +196,10 @@ def _run(config: Config, once: bool) -> None:
             if error:
                 log.warning("cannot read the %s version at start (passes wait for it): %s",
                             side, error)
-        actor = Actor(config, sessions, slurm, one, guest, metrics=metrics)
+        actor = Actor(config, sessions, slurm, one, guest, metrics=metrics,
+                      one_client=lambda: OneClient(  # one per boot worker: not thread-safe
+                          config.opennebula,
+                          on_call=metrics.one_call if metrics is not None else None))
         leadership = leadership_for(config.database.url, config.controller.cluster_name,
                                     lease_s=config.controller.leader_lease_s)
         controller = Controller(config, sessions, slurm, one, actor, metrics=metrics,

@@ -6,6 +6,8 @@ follows "record intent, commit, call the outside system, record the result": no 
 transaction is held across an XML-RPC or scontrol call. Temporary OpenNebula errors leave a
 launch ``requested`` for the planner to retry after its backoff; permanent ones give the
 node up with a reason Slurm shows (``vcluster: ...``), so Slurm requeues the job.
+A run of boots goes out ``controller.boot_concurrency`` at once (:mod:`boot_pool`): only
+their OpenNebula calls leave this thread, each after its intent is committed.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from vcluster.controller.actions import (
     UpsertJob,
 )
 from vcluster.controller.backoff import capacity_cause
+from vcluster.controller.boot_pool import BootPool, BootSteps, run_inline
 from vcluster.controller.node_addr import AddrBatch, set_node_addrs
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
 from vcluster.controller.standby_act import (
-    boot_early,
-    boot_standby,
+    boot_early_steps,
+    boot_standby_steps,
     claim_standby,
     claim_standbys,
 )
@@ -96,14 +99,24 @@ def _epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+_BOOTS = (BootVM, BootStandby, BootEarly)
+
+
+def _run_kind(action: Action) -> type | None:
+    """What makes consecutive actions one group (None: the action stays alone)."""
+    if isinstance(action, _BOOTS):
+        return BootVM
+    return type(action) if isinstance(action, (UpsertJob, ClaimStandby)) else None
+
+
 def _runs(actions: Iterable[Action]) -> list[list[Action]]:
-    """The actions in order: each consecutive run of UpsertJob (written in one transaction)
-    or of ClaimStandby (:func:`standby_act.claim_standbys`) as one group, every other action
-    alone."""
+    """The actions in order: each consecutive run of UpsertJob (written in one transaction),
+    of ClaimStandby (:func:`standby_act.claim_standbys`) or of boots (:mod:`boot_pool`) as
+    one group, every other action alone."""
     groups: list[list[Action]] = []
     for action in actions:
-        if groups and isinstance(action, (UpsertJob, ClaimStandby)) and isinstance(
-                groups[-1][0], type(action)):
+        kind = _run_kind(action)
+        if groups and kind is not None and _run_kind(groups[-1][0]) is kind:
             groups[-1].append(action)
         else:
             groups.append([action])
@@ -127,7 +140,11 @@ class Actor(PreemptActs):
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,
-                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None) -> None:
+                 now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None,
+                 one_client: Callable[[], OnePort] | None = None) -> None:
+        """``one_client`` makes the OpenNebula client of each boot worker (a pass's boots go
+        out ``controller.boot_concurrency`` at once, :mod:`boot_pool`); None: the workers
+        share ``one``, which must then be thread-safe (the tests' fakes)."""
         self.config = config
         self.sessions = sessions
         self.slurm = slurm
@@ -138,6 +155,9 @@ class Actor(PreemptActs):
         self.now = now
         self._template_ids: dict[str, int] = {}
         self._addrs: AddrBatch | None = None
+        concurrency = config.controller.boot_concurrency
+        self._boot_pool = None if concurrency <= 1 else BootPool(
+            concurrency, one_client or (lambda: one))
 
     # --- the pass ------------------------------------------------------------------------------
 
@@ -155,10 +175,14 @@ class Actor(PreemptActs):
                     result.done += counts[0]
                     result.failed += counts[1]
                     continue
+                if len(group) > 1 and isinstance(group[0], _BOOTS) and self._boot_pool:
+                    self._boot_pool.run(group, self._boot_steps,
+                                        lambda a, exc: self._count(a, result, exc),
+                                        self._flush_addrs_if_due)
+                    continue
                 for action in group:
                     self._act_one(action, result)
-                    if self._addrs.due():
-                        self._flush_addrs()
+                    self._flush_addrs_if_due()
         finally:
             self._flush_addrs()
             self._addrs = None
@@ -168,12 +192,32 @@ class Actor(PreemptActs):
         handler = getattr(self, "_" + type(action).__name__)
         try:
             handler(action)
-            result.done += 1
         except Exception as exc:  # isolation: one failure does not stop the pass
-            result.failed += 1
-            log.exception("action %s failed", action)
-            self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
-                               node_name=getattr(action, "node_name", None))
+            self._count(action, result, exc)
+            return
+        self._count(action, result, None)
+
+    def _count(self, action: Action, result: ActResult, exc: Exception | None) -> None:
+        """An action's end: done, or failed with ``exc`` (logged, and an event says so)."""
+        if exc is None:
+            result.done += 1
+            return
+        result.failed += 1
+        log.error("action %s failed", action, exc_info=exc)
+        self._event_safely("action.failed", f"{type(action).__name__} failed: {exc}",
+                           node_name=getattr(action, "node_name", None))
+
+    def _boot_steps(self, action: Action) -> BootSteps:
+        if isinstance(action, BootStandby):
+            return boot_standby_steps(self, action)
+        if isinstance(action, BootEarly):
+            return boot_early_steps(self, action)
+        assert isinstance(action, BootVM)
+        return self._boot_vm(action)
+
+    def _flush_addrs_if_due(self) -> None:
+        if self._addrs is not None and self._addrs.due():
+            self._flush_addrs()
 
     def _upsert_jobs(self, group: list[Action]) -> bool:
         """A run of job rows in one transaction (a burst's 1,000 new jobs were 1,000
@@ -261,6 +305,11 @@ class Actor(PreemptActs):
         return self._template_ids[name]
 
     def _BootVM(self, a: BootVM) -> None:
+        run_inline(self._boot_vm(a), self.one)
+
+    def _boot_vm(self, a: BootVM) -> BootSteps:
+        """The steps of a boot (:mod:`boot_pool`): intent committed, then the instantiate
+        (yielded: made on whichever client runs it), then its result recorded."""
         now = self.now()
         try:
             with db.transaction(self.sessions) as s:
@@ -296,7 +345,8 @@ class Actor(PreemptActs):
                 cluster=self.config.controller.cluster_name, cpus=a.cpus,
                 memory_mb=a.memory_mb, context=self.guest, join_token=join_token,
                 guest_script=self._guest_script)
-            vm_id = self.one.instantiate(self._template_id(a.template), a.node_name, extra)
+            template_id = self._template_id(a.template)
+            vm_id = yield lambda one: one.instantiate(template_id, a.node_name, extra)
         except VclusterError as exc:
             if isinstance(exc, OneNotFound):
                 self._template_ids.pop(a.template, None)
@@ -389,10 +439,10 @@ class Actor(PreemptActs):
             self.metrics.node_up(node_class, boot_s=boot_s, ready_s=a.boot_s)
 
     def _BootStandby(self, a: BootStandby) -> None:
-        boot_standby(self, a)
+        run_inline(boot_standby_steps(self, a), self.one)
 
     def _BootEarly(self, a: BootEarly) -> None:
-        boot_early(self, a)
+        run_inline(boot_early_steps(self, a), self.one)
 
     def _ClaimStandby(self, a: ClaimStandby) -> None:
         claim_standby(self, a)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from vcluster import db
 from vcluster.controller import join_tokens
 from vcluster.controller.actions import BootEarly, BootStandby, ClaimStandby
+from vcluster.controller.boot_pool import BootSteps
 from vcluster.controller.node_addr import set_node_addrs
 from vcluster.controller.standby import AT_ALLOCATION_REASON, STANDBY_TAG
 from vcluster.errors import OneNotFound, VclusterError
@@ -62,7 +63,9 @@ def _forget(actor: Actor, token: str) -> None:
         log.warning("cannot drop an unused join token: %s", exc)
 
 
-def boot_standby(actor: Actor, a: BootStandby) -> None:
+def boot_standby_steps(actor: Actor, a: BootStandby) -> BootSteps:
+    """A standby VM's boot in steps (:mod:`boot_pool`): its token, the instantiate
+    (yielded), then its result."""
     backoff: dict[str, float] = actor.__dict__.setdefault("_standby_backoff", {})
     if time.monotonic() < backoff.get(a.node_class, 0.0):
         return
@@ -75,8 +78,9 @@ def boot_standby(actor: Actor, a: BootStandby) -> None:
             node_class=actor.config.node_class(a.node_class), node_name="", job_id=None,
             cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
             join_token=token, guest_script=actor._guest_script, standby_class=a.node_class)
-        vm_id = actor.one.instantiate(actor._template_id(a.template),
-                                      f"{cluster}-standby-{a.node_class}", extra)
+        template_id = actor._template_id(a.template)
+        vm_id = yield lambda one: one.instantiate(template_id,
+                                                  f"{cluster}-standby-{a.node_class}", extra)
         _bind(actor, token, vm_id)
     except VclusterError as exc:
         _forget(actor, token)
@@ -92,8 +96,9 @@ def boot_standby(actor: Actor, a: BootStandby) -> None:
     log.info("standby VM %d of class %s allocated", vm_id, a.node_class)
 
 
-def boot_early(actor: Actor, a: BootEarly) -> None:
-    """A failure is only logged: Slurm's resume comes within seconds and boots as usual."""
+def boot_early_steps(actor: Actor, a: BootEarly) -> BootSteps:
+    """A VM's boot at its job's allocation in steps (:mod:`boot_pool`). A failure is only
+    logged: Slurm's resume comes within seconds and boots as usual."""
     cluster = actor.config.controller.cluster_name
     token = _unbound_token(actor, f"early:{a.node_name}")
     try:
@@ -104,7 +109,8 @@ def boot_early(actor: Actor, a: BootEarly) -> None:
             cluster=cluster, cpus=a.cpus, memory_mb=a.memory_mb, context=actor.guest,
             join_token=token, guest_script=actor._guest_script, standby_class=a.node_class,
             early_node=a.node_name)
-        vm_id = actor.one.instantiate(actor._template_id(a.template), a.node_name, extra)
+        template_id = actor._template_id(a.template)
+        vm_id = yield lambda one: one.instantiate(template_id, a.node_name, extra)
         _bind(actor, token, vm_id)
     except VclusterError as exc:
         _forget(actor, token)

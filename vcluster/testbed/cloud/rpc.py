@@ -384,6 +384,10 @@ class RpcServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 15
+    """oned's listen() backlog (MAX_CONN_BACKLOG, 15 by default: OpenNebulaTemplate.cc,
+    RequestManagerXRPC.cc); socketserver's 5 dropped the 6th of 8 concurrent connects, and
+    the client's SYN was retried a second later."""
 
     def __init__(self, api: OneApi, host: str, port: int) -> None:
         super().__init__((host, port), requestHandler=_Handler, logRequests=False,
