@@ -12,9 +12,10 @@ user): the programs slurmctld runs are root's. Requests are validated like the h
 input (they are input from outside the process).
 
 The prolog is answered when the job's nodes are up. The prologs of all jobs starting at once
-share one wait (:class:`~vcluster.controller.prolog_wait.NodeWaits`): one ``scontrol show node`` for every node anyone waits
-for, every :data:`~vcluster.hook_steps.PROLOG_POLL_S`, and one database read for launches
-the controller gave up, instead of one poll loop per hook process.
+share one wait (:class:`~vcluster.controller.prolog_wait.NodeWaits`): one ``scontrol show
+node`` for every node anyone waits for, every :data:`~vcluster.hook_steps.PROLOG_POLL_S`, and
+one database read for launches the controller gave up, instead of one poll loop per hook
+process.
 """
 
 from __future__ import annotations
