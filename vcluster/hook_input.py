@@ -1,7 +1,8 @@
 """Checking what Slurm hands a hook: job ids, hostlists of vcluster's nodes, the resume file.
 
 Why it exists apart from :mod:`vcluster.hook_steps`: these are pure readers of untrusted input
-(Slurm runs the hooks as root), tested on their own; the steps act on what they return.
+(Slurm runs the hooks as root) that need no database and no Slurm; the steps act on what they
+return. Import them from :mod:`vcluster.hook_steps` or :mod:`vcluster.hooks`.
 """
 
 from __future__ import annotations
