@@ -7,14 +7,12 @@ build with a fake Slurm and a temporary database. See :mod:`vcluster.hooks` for 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -22,19 +20,41 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db, wake
 from vcluster.config import Config
-from vcluster.errors import ControllerStale, UserInputError, VclusterError
-from vcluster.hook_wire import EXIT_OK
-from vcluster.slurm_parse import (
-    PER_JOB_REASON_PREFIX,
-    Node,
-    canonical_resume_data,
-    compress_hostlist,
-    expand_hostlist,
+from vcluster.errors import ControllerStale, VclusterError
+from vcluster.hook_input import (
+    parse_job_id,
+    parse_resume_json,
+    parse_vcluster_nodes,
+    read_resume_file,
 )
+from vcluster.hook_wire import EXIT_OK
+from vcluster.slurm_parse import PER_JOB_REASON_PREFIX, Node, compress_hostlist, expand_hostlist
+
+__all__ = [
+    "JOB_FINISHED_PROGRAM",
+    "PROLOG_POLL_S",
+    "HookEnv",
+    "HookSlurm",
+    "check_heartbeat",
+    "do_epilog",
+    "do_job_finished",
+    "do_prolog",
+    "do_resume",
+    "do_resume_fail",
+    "do_suspend",
+    "finish_prolog",
+    "job_finished_wrapper_path",
+    "node_wait_state",
+    "parse_job_id",
+    "parse_resume_json",
+    "parse_vcluster_nodes",
+    "read_resume_file",
+    "record_request",
+    "wait_for_nodes",
+]
 
 log = logging.getLogger("vcluster.hooks")
 
-MAX_HOSTLIST_CHARS = 65536
 PROLOG_POLL_S = 0.25
 """How often the prolog asks Slurm whether the job's nodes are up: the job starts at most
 this long after they are (one ``scontrol show node`` per pending node per poll)."""
@@ -74,73 +94,6 @@ class HookEnv:
     refusal: str = ""
     """Set when the controller did not answer: every request is refused with this message,
     as if its heartbeat were stale."""
-
-
-# --- input validation --------------------------------------------------------------------
-
-
-def parse_job_id(text: str | None) -> int:
-    value = (text or "").strip()
-    if not value.isdigit() or int(value) <= 0:
-        raise UserInputError(f"job id {value!r} is not a positive number")
-    return int(value)
-
-
-def parse_vcluster_nodes(text: str | None, config: Config, *, only_ours: bool = True
-                         ) -> list[str]:
-    """Expand a Slurm hostlist; with ``only_ours`` every name must be a node of a class."""
-    value = (text or "").strip()
-    if not value:
-        raise UserInputError("no node list given; Slurm passes a hostlist such as "
-                             "vc-small-[001-002]")
-    if len(value) > MAX_HOSTLIST_CHARS:
-        raise UserInputError(f"node list is {len(value)} characters long; refusing it")
-    try:
-        names = expand_hostlist(value)
-    except VclusterError:
-        raise UserInputError(f"{value!r} is not a Slurm hostlist") from None
-    ours = [n for n in names if config.class_of_node(n) is not None]
-    foreign = [n for n in names if config.class_of_node(n) is None]
-    if foreign and only_ours:
-        classes = ", ".join(f"{nc.name} {nc.hostlist}" for nc in config.node_classes) or "none"
-        raise UserInputError(
-            f"not vcluster nodes: {compress_hostlist(foreign)} (classes: {classes}); "
-            "point only vcluster's nodes at vcluster's programs in slurm.conf"
-        )
-    return ours
-
-
-def read_resume_file(path: str) -> dict[str, Any]:
-    """Read and check SLURM_RESUME_FILE's JSON (see :func:`parse_resume_json`)."""
-    try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserInputError(f"cannot read SLURM_RESUME_FILE {path}: {exc.strerror}") from exc
-    return parse_resume_json(raw, path)
-
-
-def parse_resume_json(raw: str, path: str = "SLURM_RESUME_FILE") -> dict[str, Any]:
-    """Check SLURM_RESUME_FILE's JSON and give it 22.05's field names whatever the version.
-
-    22.05: ``{"jobs": [{"job_id", "nodes"}], "all_nodes"}``; 23.02+: ``{"jobs": [{"job_id",
-    "nodes_alloc", "nodes_resume", "features", "partition", ...}], "all_nodes_resume"}``.
-    The result keeps every field and has ``nodes`` / ``all_nodes`` (see
-    :func:`~vcluster.slurm_parse.canonical_resume_data`).
-    """
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
-    jobs = data.get("jobs", []) if isinstance(data, dict) else None
-    if not isinstance(jobs, list) or not all(
-        isinstance(j, dict) and isinstance(j.get("job_id"), int) and j["job_id"] > 0
-        and all(isinstance(j.get(key) or "", str)
-                for key in ("nodes", "nodes_resume", "nodes_alloc"))
-        for j in jobs
-    ):
-        raise UserInputError(
-            f"{path} does not hold a jobs list of {{job_id, nodes or nodes_resume}}")
-    return canonical_resume_data(data)
 
 
 # --- heartbeat -----------------------------------------------------------------------------

@@ -19,6 +19,12 @@ from vcluster.testbed.cloud import lifecycle, pci
 from vcluster.testbed.cloud.accounts import Accounts
 from vcluster.testbed.cloud.context import build_context
 from vcluster.testbed.cloud.drivers.base import Fault, Nic, VMDriver, VMSpec
+from vcluster.testbed.cloud.host_capacity import (
+    PCI_UNAVAILABLE,
+    _check_capacity_attrs,
+    capacity_error,
+    fits,
+)
 from vcluster.testbed.cloud.images import Images
 from vcluster.testbed.cloud.lifecycle import HOLDS_HOST, ActionRefused
 from vcluster.testbed.cloud.model import (
@@ -45,6 +51,12 @@ from vcluster.testbed.cloud.settings import (
 )
 from vcluster.testbed.cloud.store import Store
 from vcluster.testbed.cloud.template_parse import Template
+
+__all__ = [  # host capacity (host_capacity.py) with the cloud's own names, as the scheduler
+    # imports them from here
+    "AUTOMATIC_REQUIREMENTS", "BOOT_STATES", "EPILOG_STATES", "KNOWN_ATTRIBUTES",
+    "PCI_UNAVAILABLE", "PROLOG_STATES", "Cloud", "capacity_error", "fits", "log_time",
+]
 
 log = logging.getLogger(__name__)
 
@@ -377,50 +389,8 @@ class Cloud(Images, Resources, Accounts):
                 context[f"PCI{request.get('PCI_ID', '0')}_ADDRESS"] = request["VM_ADDRESS"]
 
 
-PCI_UNAVAILABLE = "Unavailable PCI device."
-"""oned's HostShare::test_pci text."""
-
-
-def fits(vm: VM, host: Host) -> bool:
-    return not capacity_error(vm, host)
-
-
-def capacity_error(vm: VM, host: Host) -> str:
-    """oned's HostShare::test_compute text, or "" if ``vm`` fits on ``host``."""
-    cpu, mem_kb = int(round(vm.cpu * 100)), vm.memory_mb * 1024
-    if host.free_cpu < cpu:
-        return f"Not enough CPU: {cpu}/{host.free_cpu}"
-    if host.free_mem_kb < mem_kb:
-        return f"Not enough memory: {mem_kb}/{host.free_mem_kb}"
-    if not pci.fits(vm.template.vectors("PCI"), host.pci):
-        return PCI_UNAVAILABLE
-    return ""
-
-
 def _previous_action(vm: VM) -> str:
     if not vm.history:
         return ""
     number = vm.history[-1].action
     return next((name for name, n in ACTION_NUMBERS.items() if n == number), "")
-
-
-def _check_capacity_attrs(tmpl: Template) -> None:
-    """oned's checks of MEMORY, CPU and VCPU at allocate time."""
-    memory = tmpl.get("MEMORY")
-    if not isinstance(memory, str) or not _positive(memory, integer=True):
-        raise OneRequestError(INTERNAL, "MEMORY attribute must be a positive integer value.")
-    cpu = tmpl.get("CPU")
-    if not isinstance(cpu, str) or not _positive(cpu, integer=False):
-        raise OneRequestError(INTERNAL,
-                              "CPU attribute must be a positive float or integer value.")
-    vcpu = tmpl.get("VCPU")
-    if vcpu is not None and (not isinstance(vcpu, str) or not _positive(vcpu, integer=True)):
-        raise OneRequestError(INTERNAL, "VCPU attribute must be a positive integer value.")
-
-
-def _positive(text: str, *, integer: bool) -> bool:
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        return False
-    return value > 0

@@ -30,14 +30,12 @@ controller issued into the VM's context.sh.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -48,10 +46,21 @@ import vcluster
 from vcluster.testbed import netns
 from vcluster.testbed.cloud import vminit
 from vcluster.testbed.cloud.drivers.base import DriverError, Nic, VMSpec
+from vcluster.testbed.cloud.drivers.netns_procs import FREEZER_ROOT, VmObjects, _running
+
+__all__ = [
+    "DEFAULT_GUEST_SHARES",
+    "DEFAULT_NETMASK",
+    "FREEZER_ROOT",
+    "REFUSED_JOIN_TOKEN",
+    "NetnsDriver",
+    "guest_hostname",
+    "own_boot_time_argv",
+    "prefix_length",
+]
 
 log = logging.getLogger(__name__)
 
-FREEZER_ROOT = Path("/sys/fs/cgroup/freezer")
 DEFAULT_GUEST_SHARES = ("/home", "/tmp")
 """Host paths a VM booted from an image root sees at the same place (NFS of a cluster);
 the host's ordinary users are added to the image's accounts (vminit.add_host_users). VMs
@@ -77,7 +86,7 @@ def prefix_length(netmask: str) -> int:
         raise DriverError(f"netmask {netmask!r} is not valid: fix the virtual network") from err
 
 
-class NetnsDriver:
+class NetnsDriver(VmObjects):
     """Runs testbed VMs as namespaces; see the module docstring for the objects it owns."""
 
     name = "netns"
@@ -107,23 +116,6 @@ class NetnsDriver:
             "veth": re.compile(rf"^{re.escape(prefix)}-v(\d+)$"),
             "dir": re.compile(r"^vm(\d+)$"),
         }
-
-    # --- names -----------------------------------------------------------------------------
-
-    def netns_name(self, vm_id: int) -> str:
-        return f"{self.prefix}-vm{vm_id}"
-
-    def veth_name(self, vm_id: int) -> str:
-        return f"{self.prefix}-v{vm_id}"
-
-    def cgroup_dir(self, vm_id: int) -> Path:
-        return FREEZER_ROOT / f"{self.prefix}-vm{vm_id}"
-
-    def vm_dir(self, vm_id: int) -> Path:
-        return self.state_dir / f"vm{vm_id}"
-
-    def console_log(self, vm_id: int) -> Path:
-        return self.vm_dir(vm_id) / "console.log"
 
     # --- VMDriver ------------------------------------------------------------------------
 
@@ -350,85 +342,6 @@ class NetnsDriver:
                 (self.state_dir / "logs").mkdir(exist_ok=True)
                 shutil.copyfile(source, self.state_dir / "logs" / f"vm{vm_id}.{suffix}")
 
-    def _remove_cgroup(self, vm_id: int) -> None:
-        cgroup = self.cgroup_dir(vm_id)
-        deadline = time.monotonic() + 3.0
-        while cgroup.exists():
-            try:
-                cgroup.rmdir()
-            except FileNotFoundError:
-                return
-            except OSError as err:
-                if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise DriverError(
-                        f"VM {vm_id}: cannot remove cgroup {cgroup}: {err.strerror}; "
-                        f"processes left: {self._pids(vm_id)}"
-                    ) from err
-                time.sleep(0.1)
-
-    def _cut_power(self, vm_id: int) -> None:
-        """SIGKILL every process of the VM at once, while still frozen if it is (none runs
-        another instruction), then thaw so the kills land; again for any forked meanwhile."""
-        deadline = time.monotonic() + self.stop_timeout_s
-        while pids := self._pids(vm_id):
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
-            self._write_freezer(vm_id, "THAWED")
-            if time.monotonic() > deadline:
-                raise DriverError(f"VM {vm_id}: processes {pids} survive SIGKILL")
-            time.sleep(0.05)
-
-    # --- processes and the freezer ---------------------------------------------------------
-
-    def _pids(self, vm_id: int) -> list[int]:
-        """Live processes of the VM: its freezer cgroup's tasks, ``ip netns pids``, and every
-        process in its mount namespace (one that left both still holds the VM's mounts)."""
-        pids = set(netns.pids_in(self.netns_name(vm_id))) | set(self._cgroup_pids(vm_id))
-        pids |= set(self._mount_ns_pids(vm_id))
-        return sorted(pid for pid in pids if _running(pid) and pid != os.getpid())
-
-    def _mount_ns_pids(self, vm_id: int) -> list[int]:
-        try:
-            ns = (self.vm_dir(vm_id) / "mntns").read_text().strip()
-        except OSError:
-            return []
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
-                        found.append(int(entry))
-                except OSError:
-                    continue
-        return found
-
-    def _cgroup_pids(self, vm_id: int) -> list[int]:
-        try:
-            text = (self.cgroup_dir(vm_id) / "cgroup.procs").read_text()
-        except FileNotFoundError:
-            return []
-        return [int(word) for word in text.split()]
-
-    def _set_freezer(self, vm_id: int, state: str) -> None:
-        if not self.cgroup_dir(vm_id).is_dir():
-            raise DriverError(f"VM {vm_id} is not running (no cgroup {self.cgroup_dir(vm_id)})")
-        self._write_freezer(vm_id, state)
-        deadline = time.monotonic() + self.freeze_timeout_s
-        state_file = self.cgroup_dir(vm_id) / "freezer.state"
-        while state_file.read_text().strip() != state:
-            if time.monotonic() > deadline:
-                raise DriverError(
-                    f"VM {vm_id} did not reach {state} within {self.freeze_timeout_s:g} s "
-                    f"(freezer.state is {state_file.read_text().strip()})"
-                )
-            time.sleep(0.05)
-
-    def _write_freezer(self, vm_id: int, state: str) -> None:
-        try:
-            (self.cgroup_dir(vm_id) / "freezer.state").write_text(state)
-        except FileNotFoundError:
-            pass
-
     def _ids(self, kind: str, names: list[str]) -> set[int]:
         pattern = self._id_patterns[kind]
         return {int(m.group(1)) for m in map(pattern.match, names) if m}
@@ -462,19 +375,3 @@ def _read_line(fd: int, timeout_s: float) -> str:
             break
         data += chunk
     return data.decode(errors="replace").strip()
-
-
-def _running(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
