@@ -69,6 +69,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What scontrol prints (exit 1) for a node / job it does not know.
 _NODE_NOT_FOUND = "not found"
 _JOB_NOT_FOUND = "Invalid job id specified"
+DUPLICATE_TRIGGER = "Duplicate event trigger"
+"""strigger's words for a trigger slurmctld holds already (seen on 24.11 for a requeued job)."""
 PROBE_CONF = "ClusterName=probe\nSlurmctldHost=localhost\n"
 """The least slurm.conf with which ``scontrol --version`` starts (it reads a config first)."""
 
@@ -347,8 +349,15 @@ class Slurm:
         self.run(["scancel", str(job_id)])
 
     def trigger_on_job_end(self, job_id: int, program: str) -> None:
-        """Have slurmctld run ``program JOB_ID`` once the job ends (checked every 15 s)."""
-        self.run(["strigger", "--set", f"--jobid={job_id}", "--fini", f"--program={program}"])
+        """Have slurmctld run ``program JOB_ID`` once the job ends (checked every 15 s).
+        Idempotent: a requeued job's earlier run set the trigger already, and slurmctld
+        refuses the same one again ("Duplicate event trigger"): it stands, which is the aim."""
+        try:
+            self.run(["strigger", "--set", f"--jobid={job_id}", "--fini",
+                      f"--program={program}"])
+        except SlurmCommandError as exc:
+            if DUPLICATE_TRIGGER not in f"{exc.stderr}\n{exc.stdout}":
+                raise
 
 
 def _text(data: bytes | None) -> str:

@@ -283,6 +283,16 @@ def test_update_nodes_needs_nodes_and_a_field(fake: FakeSlurm) -> None:
     assert fake.calls() == []
 
 
+def test_a_job_end_trigger_slurmctld_holds_already_is_no_error(fake: FakeSlurm) -> None:
+    """A requeued job's prolog sets its trigger again: slurmctld says it has it (it stands);
+    any other refusal is an error."""
+    fake.script("strigger", 'echo "slurm_set_trigger: Duplicate event trigger" >&2; exit 1\n')
+    fake.slurm().trigger_on_job_end(7, "/usr/bin/vcluster-job-finished")
+    fake.script("strigger", 'echo "slurm_set_trigger: Access/permission denied" >&2; exit 1\n')
+    with pytest.raises(SlurmCommandError, match="permission denied"):
+        fake.slurm().trigger_on_job_end(7, "/usr/bin/vcluster-job-finished")
+
+
 def test_job_writes(fake: FakeSlurm) -> None:
     slurm = fake.slurm()
     slurm.update_job(7, ReqNodeList="vc-s-[001-002]", StartTime="now")
