@@ -24,6 +24,9 @@ Reported (JSON in benchmarks/results/burst.json):
 * the controller's passes while it worked (count, p50 / max duration, from controller.log)
   and its peak RSS (VmHWM);
 * the CPU of each program slurmctld ran (hooks.log's ``cpu Y ms``): p50 / p95 / max;
+* where the machine's CPU went from the first sbatch to the last VM requested
+  (``cpu_s_until_all_requested``): the controller, the testbed cloud, slurmctld, and the
+  rest (the hook programs, sbatch, munged ...), against the whole machine's busy seconds;
 * the end: the jobs are cancelled (dummy VMs never run slurmd, so no job can run), and
   ``all_vms_terminated_s`` is scancel -> no VM of the site left (no orphan VM), with the
   jobs still in Slurm's queue then (none expected).
@@ -57,6 +60,7 @@ from vcluster import db
 from vcluster.config import load_config
 from vcluster.one import OneClient
 from vcluster.testbed import site
+from vcluster.testbed.slurm_procs import read_pid
 from vcluster.testbed.slurm_root import default_root_dir, other_suite
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,6 +87,34 @@ def summary(values: list[float], digits: int = 3) -> dict[str, float | int]:
         return {"n": 0}
     return {"n": len(values), "p50": round(statistics.median(values), digits),
             "p95": round(percentile(values, 95), digits), "max": round(max(values), digits)}
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process (its waited-for children not included), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores; /proc/stat's first line)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    snap = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+    snap["machine"] = machine_busy_s()
+    return snap
+
+
+def cpu_breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each long-lived process used in between, and the rest of the machine
+    (the hook programs, sbatch, munged, slurmscriptd's children and everything else)."""
+    used = {name: round(after[name] - before[name], 1) for name in before}
+    used["rest (hooks, sbatch, munged, ...)"] = round(
+        used["machine"] - sum(v for k, v in used.items() if k != "machine"), 1)
+    return used
 
 
 def submit(spec: site.SiteSpec, jobs: int) -> tuple[float, float, list[int]]:
@@ -141,8 +173,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         config = load_config(spec.config_path, environ={})
         engine = db.make_engine(config.database, migrate=False)
         sessions = db.session_factory(engine)
+        pids = {"controller": read_pid(spec.pid_file("controller")),
+                "cloud": read_pid(spec.pid_file("cloud")),
+                "slurmctld": read_pid(spec.slurm.slurmctld_pid_file)}
+        cpu_before = cpu_snapshot({k: v for k, v in pids.items() if v})
         started, submitted, ids = submit(spec, args.jobs)
         wait_requested(sessions, args.jobs, args.timeout_s)
+        cpu = cpu_breakdown(cpu_before, cpu_snapshot({k: v for k, v in pids.items() if v}))
         with sessions() as s:
             asks = s.scalars(select(db.HookRequest).where(
                 db.HookRequest.kind.in_(("resume", "prolog")))).all()
@@ -172,7 +209,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             hooks.setdefault(m.group(1), []).append(float(m.group(2)))
         time.sleep(2)  # the last NodeAddr batch
         addrs = nodeaddr_check(spec, sessions)
-        ended = cancel_and_wait(spec, config, args.timeout_s)
+        ended = cancel_and_wait(spec, config, args.cancel_wait_s)
         engine.dispose()
     finally:
         if not ended:
@@ -204,6 +241,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                               "max_s": round(max(passes), 3) if passes else None},
         "controller_peak_rss_mb": round(peak_mb, 1),
         "hook_cpu_ms": {name: summary(v, 1) for name, v in sorted(hooks.items())},
+        "cpu_s_until_all_requested": cpu,
         **addrs,
         **ended,
     }
@@ -260,6 +298,8 @@ def main() -> int:
     parser.add_argument("--slurm", choices=("host", "other"), default="host",
                         help="the host's Slurm or the other one (chrooted root)")
     parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument("--cancel-wait-s", type=float, default=600,
+                        help="how long to wait after scancel for every VM to be gone")
     parser.add_argument("--keep-state", action="store_true",
                         help="keep the site's logs and database (printed at the end)")
     parser.add_argument("--out", type=Path)

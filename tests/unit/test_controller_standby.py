@@ -226,6 +226,35 @@ def test_a_node_slurm_refuses_does_not_fail_the_other_claims(world: World) -> No
     assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)
 
 
+def test_an_overloaded_slurmctld_leaves_the_claims_to_the_next_pass(world: World) -> None:
+    """The batch's scontrol timed out (slurmctld overloaded by a burst): no node-by-node
+    retry in the same pass (each would wait as long again), no VM told its name, and the
+    next pass hands every one over."""
+    w = world
+    one = three_standby_vms_claimed(w)
+    inner = w.slurm.update_nodes
+    calls: list[str] = []
+    busy = [True]
+
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        calls.append(nodes)
+        if busy[0]:
+            raise SlurmCommandError(["scontrol", "update", f"nodename={nodes}"], 1, "",
+                                    "slurm_update error: Socket timed out on send/recv "
+                                    "operation")
+        return inner(nodes, **kw)
+
+    w.slurm.update_nodes = update_nodes  # type: ignore[method-assign]
+    w.controller.run_pass()
+    assert calls == [",".join(NAMES)]
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == {""}
+    failed = sorted(n for k, n, _ in w.events() if k == "action.failed")
+    assert failed == NAMES
+    busy[0] = False
+    w.controller.run_pass()
+    assert {one.vms_by_id[v].user_template["VCLUSTER_NODE"] for v in (40, 41, 42)} == set(NAMES)
+
+
 def test_a_vm_booted_at_allocation_that_fails_is_a_failed_vm_of_its_job(world: World) -> None:
     """It goes at once (a power cut), its job is told in the events, the node still gets its
     own VM at Slurm's power-up, and the job's next allocation boots nothing early."""

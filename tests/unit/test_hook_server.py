@@ -342,6 +342,32 @@ def test_young_waits_are_read_more_often(site: Site) -> None:
     assert waits.gap_s() == 0.1
 
 
+def test_reads_that_cost_more_come_less_often(site: Site) -> None:
+    """A read of many nodes (a burst's 1,000 waiting prologs: 0.6 MB of scontrol output)
+    is followed by a gap of at least cost_factor times its duration, even for young waits;
+    a cheap read keeps the fast gap."""
+    clock = [100.0]
+    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=1.0, fast_poll_s=0.1,
+                      min_gap_s=0.05, fast_wait_s=3.0, cost_factor=10.0,
+                      monotonic=lambda: clock[0])
+    env = HookEnv(site.config, site.server.sessions, site.slurm)
+    waits.register(env, 12, ["vc-small-001"])
+    inner = site.slurm.show_nodes
+
+    def slow_read(names):  # type: ignore[no-untyped-def]
+        clock[0] += 0.3
+        return inner(names)
+
+    site.slurm.show_nodes = slow_read  # type: ignore[method-assign]
+    waits.poll_once()
+    assert waits.next_gap_s(new_wait=False) == pytest.approx(3.0)
+    assert waits.next_gap_s(new_wait=True) == pytest.approx(3.0)
+    site.slurm.show_nodes = inner  # type: ignore[method-assign]
+    waits.poll_once()
+    assert waits.next_gap_s(new_wait=False) == pytest.approx(0.1)
+    assert waits.next_gap_s(new_wait=True) == pytest.approx(0.05)
+
+
 class CountingCondition(threading.Condition):
     """A Condition that counts the wake-ups of whoever waits on it."""
 

@@ -36,6 +36,12 @@ FAST_WAIT_S = 3.0
 every ``poll_s``: a job given standby VMs has its nodes up a second or two after its
 allocation, and each read saved is time off its start. A job whose VMs boot costs at most
 FAST_WAIT_S / FAST_POLL_S reads more (shared by every wait), seconds."""
+COST_FACTOR = 10.0
+"""Reads take at most 1 / COST_FACTOR of the time: the gap after a read is at least
+COST_FACTOR times what it took. A read of a few nodes takes milliseconds, so small jobs keep
+FAST_POLL_S; a burst's 1,000 waiting prologs made each read ``scontrol show node`` of 1,000
+nodes (0.6 MB that slurmctld packs under its node lock, 33 ms of parsing here under the GIL),
+ten times a second, while slurmctld and the controller's pass were the burst's bottleneck."""
 
 class WaitSlurm(Protocol):
     """What the shared prolog wait reads from Slurm (:class:`vcluster.slurm.Slurm` has it)."""
@@ -67,12 +73,15 @@ class NodeWaits:
     min_gap_s: float = MIN_POLL_GAP_S
     fast_poll_s: float = FAST_POLL_S
     fast_wait_s: float = FAST_WAIT_S
+    cost_factor: float = COST_FACTOR
     monotonic: Callable[[], float] = time.monotonic
     waits: list[_Wait] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     _poller: threading.Thread | None = None
     _new: bool = False
     _last_poll: float = float("-inf")
+    _last_cost: float = 0.0
+    """How long the last read took (Slurm and the database), seconds."""
 
     def register(self, env: HookEnv, job_id: int, nodes: Sequence[str],
                  gone: Callable[[], bool] = lambda: False) -> _Wait:
@@ -105,7 +114,7 @@ class NodeWaits:
                     self._poller = None
                     return
                 while True:
-                    gap_s = self.min_gap_s if self._new else self.gap_s()
+                    gap_s = self.next_gap_s(self._new)
                     left_s = self._last_poll + gap_s - self.monotonic()
                     if left_s <= 0:
                         break
@@ -122,9 +131,21 @@ class NodeWaits:
         return min(self.poll_s, self.fast_poll_s) if any(
             w.started > young for w in self.waits) else self.poll_s
 
+    def next_gap_s(self, new_wait: bool) -> float:
+        """Seconds from the last read's start to the next one: MIN_POLL_GAP_S after a new
+        wait arrived, else :meth:`gap_s`; never less than COST_FACTOR times the last read."""
+        return max(self.min_gap_s if new_wait else self.gap_s(),
+                   self.cost_factor * self._last_cost)
+
     def poll_once(self) -> None:
         """One read of Slurm and of the database; settle every wait it decides."""
         self._last_poll = self.monotonic()
+        try:
+            self._poll()
+        finally:
+            self._last_cost = max(0.0, self.monotonic() - self._last_poll)
+
+    def _poll(self) -> None:
         with self.cond:
             waits = list(self.waits)
         if not waits:

@@ -193,14 +193,24 @@ def claim_standbys(actor: Actor, claims: list[ClaimStandby]) -> tuple[int, int] 
         return None
     named: list[ClaimStandby] = []
     failed: list[tuple[ClaimStandby, str]] = []
+    busy = ""  # slurmctld timed out or is unreachable: the rest waits for the next pass
     for i in range(0, len(claims), CLAIM_CHUNK):
         chunk = claims[i:i + CLAIM_CHUNK]
+        if busy:
+            failed.extend((a, busy) for a in chunk)
+            continue
         try:
             set_node_addrs(actor.slurm, [(a.node_name, a.ip) for a in chunk])
             ready = chunk
-        except VclusterError as exc:  # each alone: one bad node must not fail the others
+        except VclusterError as exc:
             log.warning("cannot set NodeAddr of %d claimed node(s) at once: %s", len(chunk), exc)
-            ready = []
+            if getattr(exc, "temporary", False):
+                # one node at a time would wait as long again for each node (a burst's
+                # overloaded slurmctld stalled a pass 20 s so): the next pass redoes them
+                busy = f"{exc} (retried next pass)"
+                failed.extend((a, busy) for a in chunk)
+                continue
+            ready = []  # each alone: one bad node must not fail the others
             for a in chunk:
                 try:
                     set_node_addrs(actor.slurm, [(a.node_name, a.ip)])
