@@ -117,7 +117,8 @@ def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
         guest = GuestContext(slurm_conf_server="10.111.0.1:6817",
                              join_url="http://10.111.0.1:6830")
         actor = Actor(config, sessions, slurm, one, guest, guest_script=b"#!/bin/sh\n",
-                      now=clock, one_client=one_client)  # type: ignore[arg-type]
+                      now=clock, one_client=one_client,  # type: ignore[arg-type]
+                      monotonic=lambda: clock().timestamp(), sleep=clock.advance)
         return World(config, sessions, slurm, one, clock, actor,
                      Controller(config, sessions, slurm, one, actor, now=clock))
 
@@ -198,19 +199,45 @@ def test_a_temporary_error_leaves_only_its_launch_to_be_retried(make_world: Make
 
 
 def test_the_boot_rate_still_bounds_the_vms_requested(make_world: MakeWorld) -> None:
+    """2/s, burst 3, 8 nodes powering up: 3 go out at once, then the actor waits for each
+    next token (a slot every 0.5 s of its clock) for the boots the bucket holds within
+    PACE_S (2 s): 7 in the first pass, the 8th in the next. At every moment t at most
+    burst + rate * t VMs were requested."""
     w = make_world(8, GatedOne(gate=3), boot_rate_per_s=2.0, boot_burst=3)
+    t0 = w.clock().timestamp()
+    sent: list[float] = []
+    inner = w.one.instantiate
+
+    def instantiate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append(w.clock().timestamp() - t0)
+        return inner(*args, **kwargs)
+
+    w.one.instantiate = instantiate  # type: ignore[method-assign]
     w.power_up(NODES)
-    counts = []
-    for step in range(8):  # a pass every 0.5 s of the controller's clock
-        if step:
-            w.clock.advance(0.5)
-        w.controller.run_pass()
-        counts.append(len(w.one.instantiated))
-        # a token bucket: at most burst + rate * t allocations by time t
-        assert counts[-1] <= 3 + 2.0 * 0.5 * step
-    assert counts[0] == 3  # the burst went out together (the gate met), and no more
-    assert w.one.most_inside == 3
-    assert counts[-1] == 8
+    w.controller.run_pass()
+    assert sorted(sent) == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0]
+    assert w.one.most_inside == 3  # the burst went out together (the gate met)
+    w.clock.advance(0.1)
+    w.controller.run_pass()
+    assert len(sent) == 8
+    for i, at in enumerate(sorted(sent)):  # a token bucket
+        assert i + 1 <= 3 + 2.0 * at + 1e-6, sorted(sent)
+
+
+def test_concurrency_one_paces_its_boots_the_same_way(make_world: MakeWorld) -> None:
+    w = make_world(1, GatedOne(), boot_rate_per_s=4.0, boot_burst=2)
+    t0 = w.clock().timestamp()
+    sent: list[float] = []
+    inner = w.one.instantiate
+
+    def instantiate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append(round(w.clock().timestamp() - t0, 3))
+        return inner(*args, **kwargs)
+
+    w.one.instantiate = instantiate  # type: ignore[method-assign]
+    w.power_up(NODES)
+    w.controller.run_pass()
+    assert sent == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 
 
 def test_concurrency_one_makes_the_calls_one_after_the_other_in_the_plans_order(

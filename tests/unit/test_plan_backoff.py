@@ -178,14 +178,46 @@ def test_boots_go_out_within_the_total_and_per_class_token_buckets() -> None:
     names = [f"vc-small-00{i}" for i in range(1, 5)] + ["vc-big-001", "vc-big-002"]
     nodes = {n: powering_up(n) for n in names}
 
-    def boots(*sent: tuple[float, str]) -> list[str]:
+    def boots(*sent: tuple[float, str]) -> list[tuple[str, float]]:
+        """(node, seconds from now when its boot may go out) of the pass's boots."""
         obs = Observed(now=T0, nodes=nodes, recent_boots=tuple((ago(s), c) for s, c in sent))
-        return [a.node_name for a in plan(obs, config) if isinstance(a, BootVM)]
+        return [(a.node_name, a.not_before_s) for a in plan(obs, config)
+                if isinstance(a, BootVM)]
 
-    # total: 3 at once, then 2 per second; small: 1 at once (its rate, at least 1), 0.5/s
-    assert boots() == ["vc-big-001", "vc-big-002", "vc-small-001"]
-    assert boots((1.0, "big")) == ["vc-big-001", "vc-big-002", "vc-small-001"]  # refilled
-    assert boots((0.2, "big"), (0.1, "big")) == ["vc-big-001"]  # 1.4 tokens left
-    assert boots((1.9, "small")) == ["vc-big-001", "vc-big-002"]  # small's token in 0.1 s
-    assert boots((2.1, "small")) == ["vc-big-001", "vc-big-002", "vc-small-001"]
+    # total: 3 at once, then 2 per second; small: 1 at once (its rate, at least 1), 0.5/s;
+    # what the buckets hold within PACE_S (2 s) goes in this pass, each at its slot
+    fresh = [("vc-big-001", 0.0), ("vc-big-002", 0.0), ("vc-small-001", 0.0),
+             ("vc-small-002", 2.0)]  # small's next token in 2 s; small-003 in 4 s: later
+    assert boot_rate.PACE_S == 2.0
+    assert boots() == fresh
+    assert boots((1.0, "big")) == fresh  # refilled
+    assert boots((0.2, "big"), (0.1, "big")) == [  # 1.4 tokens left
+        ("vc-big-001", 0.0), ("vc-big-002", 0.3), ("vc-small-001", 0.8),
+        ("vc-small-002", 2.0)]
+    assert boots((1.9, "small")) == [  # small's token in 0.1 s, the next in 2.1 s
+        ("vc-big-001", 0.0), ("vc-big-002", 0.0), ("vc-small-001", 0.1)]
+    assert boots((2.1, "small")) == fresh
     assert boot_rate.boot_window_s(config) == 60.0  # 30 bucket lengths of small's 2 s
+
+
+def test_without_pacing_the_slots_keep_exactly_what_the_buckets_hold_now() -> None:
+    """schedule(pace_s=0) keeps the boots that allowances/within_limits let go now, for
+    random histories (the slots are the same GCRA, read forward in time)."""
+    import random
+
+    config = parse_config({"controller": {"boot_rate_per_s": 3, "boot_burst": 5},
+                           "node_class": [
+                               {"name": "small", "count": 8, "cpus": 2, "memory_mb": 2048,
+                                "template": "worker", "boot_rate_per_s": 0.7,
+                                "boot_burst": 2},
+                               {"name": "big", "count": 4, "cpus": 8, "memory_mb": 8192,
+                                "template": "bigworker"}]})
+    rng = random.Random(7)
+    for _ in range(300):
+        sent = tuple((ago(rng.uniform(0, 12)), rng.choice(("small", "big")))
+                     for _ in range(rng.randint(0, 12)))
+        order = [rng.choice(("small", "big")) for _ in range(rng.randint(0, 10))]
+        total, per_class = boot_rate.allowances(config, sent, T0)
+        now_only = [slot is not None for slot in
+                    boot_rate.schedule(config, sent, T0, order, pace_s=0.0)]
+        assert now_only == boot_rate.within_limits(order, total, per_class), (sent, order)

@@ -13,6 +13,7 @@ their OpenNebula calls leave this thread, each after its intent is committed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,10 +142,13 @@ class Actor(PreemptActs):
     def __init__(self, config: Config, sessions: sessionmaker[Session], slurm: SlurmPort,
                  one: OnePort, guest: GuestContext, *, guest_script: bytes | None = None,
                  now: Callable[[], datetime] = db.utcnow, metrics: Metrics | None = None,
-                 one_client: Callable[[], OnePort] | None = None) -> None:
+                 one_client: Callable[[], OnePort] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         """``one_client`` makes the OpenNebula client of each boot worker (a pass's boots go
         out ``controller.boot_concurrency`` at once, :mod:`boot_pool`); None: the workers
-        share ``one``, which must then be thread-safe (the tests' fakes)."""
+        share ``one``, which must then be thread-safe (the tests' fakes). ``monotonic``
+        and ``sleep`` pace the boots that carry a ``not_before_s``."""
         self.config = config
         self.sessions = sessions
         self.slurm = slurm
@@ -157,13 +161,17 @@ class Actor(PreemptActs):
         self._addrs: AddrBatch | None = None
         concurrency = config.controller.boot_concurrency
         self._boot_pool = None if concurrency <= 1 else BootPool(
-            concurrency, one_client or (lambda: one))
+            concurrency, one_client or (lambda: one), monotonic=monotonic, sleep=sleep)
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._started = 0.0
 
     # --- the pass ------------------------------------------------------------------------------
 
     def act(self, actions: Iterable[Action]) -> ActResult:
         result = ActResult()
         self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
+        self._started = self._monotonic()  # the boots' not_before_s count from here
         try:
             for group in _runs(actions):
                 if len(group) > 1 and isinstance(group[0], UpsertJob) and self._upsert_jobs(
@@ -178,15 +186,25 @@ class Actor(PreemptActs):
                 if len(group) > 1 and isinstance(group[0], _BOOTS) and self._boot_pool:
                     self._boot_pool.run(group, self._boot_steps,
                                         lambda a, exc: self._count(a, result, exc),
-                                        self._flush_addrs_if_due)
+                                        self._flush_addrs_if_due, not_before=self._slot)
                     continue
                 for action in group:
+                    self._wait_for_slot(action)
                     self._act_one(action, result)
                     self._flush_addrs_if_due()
         finally:
             self._flush_addrs()
             self._addrs = None
         return result
+
+    def _slot(self, action: Action) -> float:
+        """When a boot may go out (monotonic clock): its ``not_before_s`` after act began."""
+        return self._started + getattr(action, "not_before_s", 0.0)
+
+    def _wait_for_slot(self, action: Action) -> None:
+        while (left := self._slot(action) - self._monotonic()) > 0:
+            self._flush_addrs_if_due()
+            self._sleep(min(left, 0.05))
 
     def _act_one(self, action: Action, result: ActResult) -> None:
         handler = getattr(self, "_" + type(action).__name__)

@@ -23,6 +23,9 @@ class BootVM:
     memory_mb: int
     template: str
     launch_id: int | None = None
+    not_before_s: float = 0.0
+    """Seconds after the pass's actions start before this boot may go out (the boot-rate
+    buckets hold its token by then, :func:`~vcluster.controller.boot_rate.schedule`)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,9 @@ class BootStandby:
     template: str
     cpus: int
     memory_mb: int
+    not_before_s: float = 0.0
+    """Seconds after the pass's actions start before this boot may go out (the boot-rate
+    buckets hold its token by then, :func:`~vcluster.controller.boot_rate.schedule`)."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,9 @@ class BootEarly:
     cpus: int
     memory_mb: int
     template: str
+    not_before_s: float = 0.0
+    """Seconds after the pass's actions start before this boot may go out (the boot-rate
+    buckets hold its token by then, :func:`~vcluster.controller.boot_rate.schedule`)."""
 
 
 @dataclass(frozen=True)

@@ -213,9 +213,16 @@ def apply_backoff(actions: list[Action], obs: Observed, config: Config) -> list[
                 gated.append(action)
         else:
             gated.append(action)
-    total, per_class = boot_rate.allowances(config, obs.recent_boots, obs.now)
     boots = (BootVM, BootStandby, BootEarly)
-    keep = iter(boot_rate.within_limits(
-        [a.node_class for a in gated if isinstance(a, boots)], total, per_class))
-    limited = [a for a in gated if not isinstance(a, boots) or next(keep)]
+    slots = iter(boot_rate.schedule(config, obs.recent_boots, obs.now,
+                                    [a.node_class for a in gated if isinstance(a, boots)]))
+    limited: list[Action] = []
+    for action in gated:
+        if isinstance(action, boots):
+            slot = next(slots)
+            if slot is None:
+                continue  # beyond this pass's pace: a later pass plans it again
+            if slot > 0:
+                action = dataclasses.replace(action, not_before_s=slot)
+        limited.append(action)
     return added + limited + _node_drains(obs, config, backoffs)

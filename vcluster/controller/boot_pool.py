@@ -16,8 +16,9 @@ error) is sent back into its steps, again in the controller's thread. So:
   next pass, as before), and its result is recorded after.
 * At most ``size`` calls are in flight; a boot's intent is recorded only once a worker is
   free for it, so intents are not written ahead of their calls.
-* The plan decided how many boots go out this pass (the boot-rate token buckets), so the
-  limits hold whatever the concurrency: the calls only take less wall time.
+* The plan decided how many boots go out this pass and when (the boot-rate token buckets:
+  a boot is not started before its slot), so the limits hold whatever the concurrency: the
+  calls only take less wall time.
 * A failed call fails only its own boot: its error is thrown into its steps, which handle
   it as the one-at-a-time code did (same events, same messages).
 
@@ -28,6 +29,7 @@ error) is sent back into its steps, again in the controller's thread. So:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -61,9 +63,13 @@ def run_inline(steps: BootSteps, one: OnePort) -> None:
 class BootPool:
     """``size`` worker threads, each with a client of its own from ``client``."""
 
-    def __init__(self, size: int, client: Callable[[], OnePort]) -> None:
+    def __init__(self, size: int, client: Callable[[], OnePort], *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.size = size
         self._client = client
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._local = threading.local()
         self._executor: ThreadPoolExecutor | None = None
 
@@ -79,8 +85,10 @@ class BootPool:
             self._executor = None
 
     def run(self, actions: Iterable[A], steps_of: Callable[[A], BootSteps],
-            done: Callable[[A, Exception | None], None], tick: Callable[[], None]) -> None:
-        """Carry out the boots ``actions`` in order, up to ``size`` calls at once; ``done``
+            done: Callable[[A, Exception | None], None], tick: Callable[[], None],
+            not_before: Callable[[A], float] = lambda _: 0.0) -> None:
+        """Carry out the boots ``actions`` in order, up to ``size`` calls at once, none
+        started before its ``not_before`` (monotonic clock: the boot rate's slot); ``done``
         is told of each boot's end (with the exception that escaped its steps, if any),
         ``tick`` is called between steps (the actor flushes its NodeAddr batch there). Every
         call made is settled before this returns, even when it raises."""
@@ -108,8 +116,8 @@ class BootPool:
             else:
                 flying[executor.submit(self._call, call)] = (action, steps)
 
-        def settle() -> None:
-            finished, _ = wait(list(flying), return_when=FIRST_COMPLETED)
+        def settle(timeout: float | None = None) -> None:
+            finished, _ = wait(list(flying), timeout=timeout, return_when=FIRST_COMPLETED)
             for future in [f for f in flying if f in finished]:  # in the order sent
                 action, steps = flying.pop(future)
                 error = future.exception()
@@ -121,6 +129,12 @@ class BootPool:
             for action in actions:
                 while len(flying) >= self.size:
                     settle()
+                    tick()
+                while (left := not_before(action) - self._monotonic()) > 0:
+                    if flying:  # results recorded while the slot comes
+                        settle(timeout=min(left, 0.05))
+                    else:
+                        self._sleep(min(left, 0.05))
                     tick()
                 advance(action, None, None)
                 tick()
