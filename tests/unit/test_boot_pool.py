@@ -320,3 +320,38 @@ def test_each_boot_worker_calls_oned_on_a_client_of_its_own(make_world: MakeWorl
     assert all(len(c.used_from) == 1 for c in made)  # each used by its one thread
     assert len({name for c in made for name in c.used_from}) == 4
     assert threading.current_thread().name not in {n for c in made for n in c.used_from}
+
+
+def test_a_slow_nodeaddr_update_does_not_hold_the_boots_back(
+        make_world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """slurmctld slow to answer ``scontrol update`` (a burst: 7 s): the pass's other boots
+    go out meanwhile, and the pass still ends with every node's NodeAddr set and recorded."""
+    from vcluster.controller import node_addr
+
+    monkeypatch.setattr(node_addr, "FLUSH_AT", 2)  # the first batch after two boots
+    w = make_world(1, GatedOne())
+    all_sent = threading.Event()
+    inner_update, inner_instantiate = w.slurm.update_nodes, w.one.instantiate
+    seen_at_first_update: list[int] = []
+
+    def instantiate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        vm_id = inner_instantiate(*args, **kwargs)
+        if len(w.one.instantiated) == len(NODES):
+            all_sent.set()
+        return vm_id
+
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        if not seen_at_first_update:  # answers once the pass's boots all went out
+            all_sent.wait(WAIT_S)
+            seen_at_first_update.append(len(w.one.instantiated))
+        return inner_update(nodes, **kw)
+
+    w.one.instantiate = instantiate  # type: ignore[method-assign]
+    w.slurm.update_nodes = update_nodes  # type: ignore[method-assign]
+    w.power_up(NODES)
+    started = time.monotonic()
+    w.controller.run_pass()
+    assert seen_at_first_update == [len(NODES)]
+    assert time.monotonic() - started < WAIT_S  # nobody waited for the timeout
+    assert sorted(n for k, n, _ in w.events() if k == "node.addr") == NODES
+    assert all(state == "booting" for state, _ in w.launches().values())

@@ -194,6 +194,7 @@ class Actor(PreemptActs):
                     self._flush_addrs_if_due()
         finally:
             self._flush_addrs()
+            self._addrs.wait()  # the NodeAddr updates handed to its worker
             self._addrs = None
         return result
 
