@@ -355,3 +355,33 @@ def test_a_slow_nodeaddr_update_does_not_hold_the_boots_back(
     assert time.monotonic() - started < WAIT_S  # nobody waited for the timeout
     assert sorted(n for k, n, _ in w.events() if k == "node.addr") == NODES
     assert all(state == "booting" for state, _ in w.launches().values())
+
+
+def test_a_nodeaddr_update_slower_than_the_pass_ends_in_the_background_without_a_second(
+        make_world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass waits ADDR_WAIT_S for its NodeAddr update, then ends; the next pass plans
+    no second update for nodes whose update is still in flight; the update's result is
+    recorded when slurmctld answers."""
+    from vcluster.controller import act as act_module
+
+    monkeypatch.setattr(act_module, "ADDR_WAIT_S", 0.05)
+    w = make_world(1, GatedOne())
+    answer = threading.Event()
+    calls: list[str] = []
+    inner = w.slurm.update_nodes
+
+    def update_nodes(nodes, **kw):  # type: ignore[no-untyped-def]
+        calls.append(nodes)
+        answer.wait(WAIT_S)
+        return inner(nodes, **kw)
+
+    w.slurm.update_nodes = update_nodes  # type: ignore[method-assign]
+    w.power_up(NODES[:2])
+    w.controller.run_pass()
+    assert [k for k, _, _ in w.events() if k == "node.addr"] == []
+    w.clock.advance(1.0)
+    w.controller.run_pass()  # the launches lack an IP: not a second update
+    answer.set()
+    assert w.actor._addr_updates.wait(WAIT_S)
+    assert calls == [",".join(NODES[:2])]
+    assert sorted(n for k, n, _ in w.events() if k == "node.addr") == NODES[:2]

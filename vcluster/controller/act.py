@@ -55,7 +55,7 @@ from vcluster.controller.actions import (
 )
 from vcluster.controller.backoff import capacity_cause
 from vcluster.controller.boot_pool import BootPool, BootSteps, run_inline
-from vcluster.controller.node_addr import AddrBatch, set_node_addrs
+from vcluster.controller.node_addr import ADDR_WAIT_S, AddrBatch, AddrUpdates, set_node_addrs
 from vcluster.controller.observe import UNPLACEABLE_EVENT
 from vcluster.controller.ports import OnePort, SlurmPort
 from vcluster.controller.preempt_act import PreemptActs
@@ -164,13 +164,15 @@ class Actor(PreemptActs):
             concurrency, one_client or (lambda: one), monotonic=monotonic, sleep=sleep)
         self._monotonic = monotonic
         self._sleep = sleep
+        self._addr_updates = AddrUpdates()
         self._started = 0.0
 
     # --- the pass ------------------------------------------------------------------------------
 
     def act(self, actions: Iterable[Action]) -> ActResult:
         result = ActResult()
-        self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now)
+        self._addrs = AddrBatch(self.slurm, self.one, self.sessions, self.now,
+                                updates=self._addr_updates)
         self._started = self._monotonic()  # the boots' not_before_s count from here
         try:
             for group in _runs(actions):
@@ -194,7 +196,7 @@ class Actor(PreemptActs):
                     self._flush_addrs_if_due()
         finally:
             self._flush_addrs()
-            self._addrs.wait()  # the NodeAddr updates handed to its worker
+            self._addrs.wait(ADDR_WAIT_S)  # the NodeAddr updates handed to the worker
             self._addrs = None
         return result
 
@@ -425,6 +427,9 @@ class Actor(PreemptActs):
                             job_id=a.job_id, vm_id=a.vm_id, at=now)
 
     def _SetNodeAddr(self, a: SetNodeAddr) -> None:
+        if self._addr_updates.inflight(a.launch_id):
+            log.debug("NodeAddr of %s is being set (an earlier pass's batch)", a.node_name)
+            return
         set_node_addrs(self.slurm, [(a.node_name, a.ip)])
         with db.transaction(self.sessions) as s:
             row = self._launch(s, a.launch_id)

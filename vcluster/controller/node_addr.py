@@ -20,16 +20,19 @@ before; a crash before the flush leaves it so, and the next pass adopts the VM b
 The ``scontrol update`` itself runs on one worker thread, its result recorded there in its own
 transaction, while the pass goes on booting: under a 1,000-job burst slurmctld, busy with the
 jobs' submissions, prologs and a resume of 665 nodes, took 7 s to answer one update, and the
-pass's boots waited for it. Updates keep their order (one worker); the pass ends once they
-are done (:meth:`AddrBatch.wait`), so the next pass reads which nodes still lack NodeAddr.
+pass's boots waited for it. Updates keep their order (one worker); the pass waits for them
+at its end up to ADDR_WAIT_S, then leaves them to finish in the background, and a later pass
+plans no second update for a launch whose update is still in flight
+(:meth:`AddrUpdates.inflight`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_AT = 25
 """Queued nodes that make the actor flush before its next action."""
+ADDR_WAIT_S = 1.0
+"""How long the end of a pass waits for its NodeAddr updates, seconds."""
 FLUSH_AFTER_S = 0.25
 """Seconds the oldest queued node may wait before the actor flushes."""
 
@@ -54,6 +59,45 @@ def set_node_addrs(slurm: SlurmPort, addrs: Sequence[tuple[str, str]]) -> None:
     plain list, not a compressed hostlist)."""
     names = ",".join(name for name, _ in addrs)
     slurm.update_nodes(names, nodeaddr=",".join(ip for _, ip in addrs), nodehostname=names)
+
+
+class AddrUpdates:
+    """One worker thread for the passes' NodeAddr updates, and the launches whose update it
+    has not finished (a pass must not plan a second update for them)."""
+
+    def __init__(self) -> None:
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vcluster-nodeaddr")
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._futures: list[Future[None]] = []
+
+    def submit(self, launch_ids: list[int], update: Callable[[], None]) -> None:
+        with self._lock:
+            self._inflight.update(launch_ids)
+
+        def run() -> None:
+            try:
+                update()
+            except Exception:  # the next pass sets what is missing
+                log.exception("setting NodeAddr of the VMs just allocated failed")
+            finally:
+                with self._lock:
+                    self._inflight.difference_update(launch_ids)
+
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(self._worker.submit(run))
+
+    def inflight(self, launch_id: int) -> bool:
+        with self._lock:
+            return launch_id in self._inflight
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until every update submitted so far is done, or ``timeout_s``; True if done."""
+        with self._lock:
+            futures = list(self._futures)
+        _, left = wait(futures, timeout=timeout_s)
+        return not left
 
 
 @dataclass
@@ -69,8 +113,9 @@ class AddrBatch:
     since: float = 0.0
     allocated_at: dict[int, datetime] = field(default_factory=dict)
     """When each queued launch's VM was allocated (its ``vm_started_at`` until oned's)."""
-    _worker: ThreadPoolExecutor | None = None
-    _updates: list[Future[None]] = field(default_factory=list)
+    updates: AddrUpdates | None = None
+    """Where the NodeAddr updates go (the actor's, kept across passes); None: a worker of
+    this batch's own, waited for by :meth:`wait`."""
 
     def add(self, launch_id: int, node_name: str, vm_id: int, job_id: int | None = None) -> None:
         if not self.pending:
@@ -107,22 +152,16 @@ class AddrBatch:
         found = self._read_ips(pending)
         if not found:
             return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="vcluster-nodeaddr")
-        self._updates.append(self._worker.submit(self._set_and_record, found))
+        if self.updates is None:
+            self.updates = AddrUpdates()
+        self.updates.submit([launch_id for launch_id, _, _ in found],
+                            lambda: self._set_and_record(found))
 
-    def wait(self) -> None:
-        """Until every NodeAddr update handed to the worker is done and recorded (the end
-        of the pass: the next one reads which nodes still lack theirs)."""
-        updates, self._updates = self._updates, []
-        for update in updates:
-            try:
-                update.result()
-            except Exception:  # the next pass sets what is missing
-                log.exception("setting NodeAddr of the VMs just allocated failed")
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Until the NodeAddr updates handed to the worker are done and recorded, or
+        ``timeout_s`` passed (then they finish in the background)."""
+        if self.updates is not None:
+            self.updates.wait(timeout_s)
 
     def _read_ips(self, pending: list[tuple[int, str, int, int | None]]
                   ) -> list[tuple[int, str, str]]:
