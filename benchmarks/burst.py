@@ -25,8 +25,10 @@ Reported (JSON in benchmarks/results/burst.json):
   and its peak RSS (VmHWM);
 * the CPU of each program slurmctld ran (hooks.log's ``cpu Y ms``): p50 / p95 / max;
 * where the machine's CPU went from the first sbatch to the last VM requested
-  (``cpu_s_until_all_requested``): the controller, the testbed cloud, slurmctld, and the
-  rest (the hook programs, sbatch, munged ...), against the whole machine's busy seconds;
+  (``cpu_s_until_all_requested``): the controller, the testbed cloud, slurmctld, the
+  sbatch processes, and the rest (the hook programs, munged ...), against the whole
+  machine's busy seconds; and the CPU of every program slurmctld ran, summed at the end
+  (``hook_cpu_s_total``: the prologs end after the scancel);
 * the end: the jobs are cancelled (dummy VMs never run slurmd, so no job can run), and
   ``all_vms_terminated_s`` is scancel -> no VM of the site left (no orphan VM), with the
   jobs still in Slurm's queue then (none expected).
@@ -43,6 +45,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -104,15 +107,23 @@ def machine_busy_s() -> float:
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     snap = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+    snap["sbatch"] = children_cpu_s()
     snap["machine"] = machine_busy_s()
     return snap
 
 
+def children_cpu_s() -> float:
+    """CPU of this process's waited-for children (the sbatch processes), seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds each long-lived process used in between, and the rest of the machine
-    (the hook programs, sbatch, munged, slurmscriptd's children and everything else)."""
+    """CPU seconds each long-lived process used in between, the sbatch processes (the
+    load: at a site they run on login nodes), and the rest of the machine (the hook
+    programs slurmctld ran, munged, slurmscriptd and everything else)."""
     used = {name: round(after[name] - before[name], 1) for name in before}
-    used["rest (hooks, sbatch, munged, ...)"] = round(
+    used["rest (hook programs, munged, ...)"] = round(
         used["machine"] - sum(v for k, v in used.items() if k != "machine"), 1)
     return used
 
@@ -210,6 +221,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(2)  # the last NodeAddr batch
         addrs = nodeaddr_check(spec, sessions)
         ended = cancel_and_wait(spec, config, args.cancel_wait_s)
+        totals: dict[str, list[float]] = {}
+        for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
+                                    .read_text(errors="replace")):
+            totals.setdefault(m.group(1), []).append(float(m.group(2)))
+        ended["hook_cpu_s_total"] = {name: {"n": len(v), "cpu_s": round(sum(v) / 1000, 1),
+                                            "p50_ms": round(statistics.median(v), 1)}
+                                     for name, v in sorted(totals.items())}
         engine.dispose()
     finally:
         if not ended:
