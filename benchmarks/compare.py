@@ -112,6 +112,15 @@ class Side:
         print(f"warning: {self.name}: site not settled after {timeout_s:g} s", file=sys.stderr)
 
 
+def shape_timeout_s(shape: str, boot_s: float) -> float:
+    """How long a shape's jobs may take: three boots and 3 minutes, and for the 50 jobs a
+    boot per wave of 5 more (the testbed cloud's host runs about 8 VMs at once: at 30 s
+    boots the last of 50 jobs started 240-270 s in, past the 270 s the small shapes get,
+    and the side that ran over left its jobs and VMs to the other side)."""
+    jobs, nodes = SHAPES[shape]
+    return 3 * boot_s + 180 + (jobs * nodes // 5) * boot_s
+
+
 def run_shape(side: Side, shape: str, work: Path, timeout_s: float) -> dict[str, Any]:
     jobs, nodes = SHAPES[shape]
     body = ("date +%s.%N; srun -N2 hostname; date +%s.%N" if nodes == 2
@@ -296,7 +305,8 @@ def one_setting(boot_s: float, standby: int, shapes: list[str], slot: int, repea
                 side.settle(standby if name == "vcluster" else 0, timeout_s)
                 print(f"{time.strftime('%H:%M:%S')} block {n}: {name}: {shape} "
                       f"(boot {boot_s:g} s, standby {standby})", file=sys.stderr)
-                samples[shape][name].append(run_shape(side, shape, work / f"b{n}", timeout_s))
+                samples[shape][name].append(run_shape(side, shape, work / f"b{n}",
+                                                      shape_timeout_s(shape, boot_s)))
         results: dict[str, dict[str, Any]] = {}
         for shape in shapes:
             sides: dict[str, Any] = {name: merge(runs) for name, runs in samples[shape].items()}
