@@ -344,25 +344,32 @@ def test_young_waits_are_read_more_often(site: Site) -> None:
 
 def test_reads_that_cost_more_come_less_often(site: Site) -> None:
     """A read of many nodes (a burst's 1,000 waiting prologs: 0.6 MB of scontrol output)
-    is followed by a gap of at least cost_factor times its duration, even for young waits;
-    a cheap read keeps the fast gap."""
+    is followed by a gap of at least cost_factor times its duration, even for young waits,
+    up to max_cost_gap_s (a read slow because slurmctld was: 7 s); a cheap read keeps the
+    fast gap."""
     clock = [100.0]
-    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=1.0, fast_poll_s=0.1,
+    waits = NodeWaits(site.slurm, site.server.sessions, poll_s=0.25, fast_poll_s=0.1,
                       min_gap_s=0.05, fast_wait_s=3.0, cost_factor=10.0,
-                      monotonic=lambda: clock[0])
+                      max_cost_gap_s=1.0, monotonic=lambda: clock[0])
     env = HookEnv(site.config, site.server.sessions, site.slurm)
     waits.register(env, 12, ["vc-small-001"])
     inner = site.slurm.show_nodes
 
+    took = [0.06]
+
     def slow_read(names):  # type: ignore[no-untyped-def]
-        clock[0] += 0.3
+        clock[0] += took[0]
         return inner(names)
 
     site.slurm.show_nodes = slow_read  # type: ignore[method-assign]
     waits.poll_once()
-    assert waits.next_gap_s(new_wait=False) == pytest.approx(3.0)
-    assert waits.next_gap_s(new_wait=True) == pytest.approx(3.0)
+    assert waits.next_gap_s(new_wait=False) == pytest.approx(0.6)
+    assert waits.next_gap_s(new_wait=True) == pytest.approx(0.6)
+    took[0] = 7.0  # slurmctld busy: the gap stays bounded
+    waits.poll_once()
+    assert waits.next_gap_s(new_wait=False) == pytest.approx(1.0)
     site.slurm.show_nodes = inner  # type: ignore[method-assign]
+    waits.register(env, 13, ["vc-small-002"])  # a young wait again
     waits.poll_once()
     assert waits.next_gap_s(new_wait=False) == pytest.approx(0.1)
     assert waits.next_gap_s(new_wait=True) == pytest.approx(0.05)

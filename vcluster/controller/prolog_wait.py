@@ -41,7 +41,10 @@ COST_FACTOR = 10.0
 COST_FACTOR times what it took. A read of a few nodes takes milliseconds, so small jobs keep
 FAST_POLL_S; a burst's 1,000 waiting prologs made each read ``scontrol show node`` of 1,000
 nodes (0.6 MB that slurmctld packs under its node lock, 33 ms of parsing here under the GIL),
-ten times a second, while slurmctld and the controller's pass were the burst's bottleneck."""
+ten times a second, while slurmctld and the controller's pass were the burst's bottleneck.
+The gap this adds is at most MAX_COST_GAP_S: a read that was slow because slurmctld was
+(7 s, answering a NodeAddr update) must not leave a job's nodes unread for a minute."""
+MAX_COST_GAP_S = 1.0
 
 class WaitSlurm(Protocol):
     """What the shared prolog wait reads from Slurm (:class:`vcluster.slurm.Slurm` has it)."""
@@ -74,6 +77,7 @@ class NodeWaits:
     fast_poll_s: float = FAST_POLL_S
     fast_wait_s: float = FAST_WAIT_S
     cost_factor: float = COST_FACTOR
+    max_cost_gap_s: float = MAX_COST_GAP_S
     monotonic: Callable[[], float] = time.monotonic
     waits: list[_Wait] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -133,9 +137,10 @@ class NodeWaits:
 
     def next_gap_s(self, new_wait: bool) -> float:
         """Seconds from the last read's start to the next one: MIN_POLL_GAP_S after a new
-        wait arrived, else :meth:`gap_s`; never less than COST_FACTOR times the last read."""
+        wait arrived, else :meth:`gap_s`; never less than COST_FACTOR times the last read,
+        up to MAX_COST_GAP_S."""
         return max(self.min_gap_s if new_wait else self.gap_s(),
-                   self.cost_factor * self._last_cost)
+                   min(self.cost_factor * self._last_cost, self.max_cost_gap_s))
 
     def poll_once(self) -> None:
         """One read of Slurm and of the database; settle every wait it decides."""
