@@ -139,17 +139,28 @@ def test_job_exit_code_is_fsubs_exit_code(s: Site) -> None:
 
 
 def test_boot_failure_on_one_vm_requeues_and_completes(s: Site) -> None:
+    from tests.integration.test_e2e_joinerr import placement_held
+
     out = s.work / "bootfail.out"
-    proc = s.fsub("-N1", f"--output={out}", "--wrap", "hostname")
-    job_id = job_id_of(proc)
-    first = wait_for("the job's first VM", lambda: sorted(vm_ids_for_job(s, job_id)), 60, 0.05)
-    assert isinstance(first, list)
-    s.one.update_user_template(first[0], {"TESTBED_FAULT": "boot-fail"})
+    with placement_held(s):  # the fault is read at the boot: it must be there before it
+        proc = s.fsub("-N1", f"--output={out}", "--wrap", "hostname")
+        job_id = job_id_of(proc)
+        first = wait_for("the job's first VM", lambda: sorted(vm_ids_for_job(s, job_id)), 60,
+                         0.05)
+        assert isinstance(first, list)
+        s.one.update_user_template(first[0], {"TESTBED_FAULT": "boot-fail"})
     done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
                     JOB_TIMEOUT_S, 1)
     assert done
     assert len(vm_ids_for_job(s, job_id)) >= 2, "a second VM was booted after the failure"
     assert out.read_text().strip().startswith(f"{E2E_NAME}-small-")
+    events = subprocess.run(["vcluster", "events", "-n", "200"], capture_output=True,
+                            text=True, env=s.env, check=True).stdout
+    if f"VM {first[0]} booted early for" in events:
+        # booted at the job's allocation, failed before Slurm powered its node up: the node
+        # got its own VM at Slurm's resume, and the job was not requeued
+        assert f"VM {first[0]} booted early for" in events and "failed to boot" in events
+        return
     show = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
                           text=True, env=s.env, check=True).stdout
     # why it went back to the queue, where its user sees it (fsub --wait shows it too)

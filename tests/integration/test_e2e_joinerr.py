@@ -46,15 +46,21 @@ def s(e2e_site: Site) -> Iterator[Site]:
     wait_clean(e2e_site)
 
 
-def failed_event(s: Site, vm_id: int) -> tuple[datetime, str] | None:
-    """When and why the controller failed the VM's launch (its ``node.failed`` event)."""
+FAILED_KINDS = ("node.failed", "vm.early_failed")
+"""The VM's failure: its launch's (``node.failed``), or, for a VM booted at the job's
+allocation that failed before Slurm powered its node up, ``vm.early_failed`` (the node then
+gets its own VM at Slurm's resume, and the job is not requeued)."""
+
+
+def failed_event(s: Site, vm_id: int) -> tuple[datetime, str, str] | None:
+    """When and why the controller failed the VM, and the event's kind."""
     engine = db.make_engine(s.config.database)
     try:
         with db.transaction(db.session_factory(engine)) as session:
-            row = session.execute(select(db.Event.at, db.Event.message).where(
-                db.Event.kind == "node.failed", db.Event.vm_id == vm_id)).first()
+            row = session.execute(select(db.Event.at, db.Event.message, db.Event.kind).where(
+                db.Event.kind.in_(FAILED_KINDS), db.Event.vm_id == vm_id)).first()
             return None if row is None else (row[0].replace(tzinfo=UTC)
-                                             if row[0].tzinfo is None else row[0], row[1])
+                                             if row[0].tzinfo is None else row[0], row[1], row[2])
     finally:
         engine.dispose()
 
@@ -115,13 +121,13 @@ def test_a_join_the_guest_reports_failed_fails_at_once_and_the_job_completes(s: 
 
     reasons: set[str] = set()  # the node's reasons, as `sinfo -R` would show them meanwhile
 
-    def failed() -> tuple[datetime, str] | None:
+    def failed() -> tuple[datetime, str, str] | None:
         reasons.update(n.reason for n in s.cloud_nodes() if n.reason)
         return failed_event(s, vm_id)
 
     seen = wait_for("the launch failed", failed, 60, 0.1)
     assert isinstance(seen, tuple)
-    reacted_at, message = seen
+    reacted_at, message, kind = seen
     assert time.monotonic() - started < 45, "not at ResumeTimeout (60 s)"
     guest = wait_for("the guest's ERROR line", lambda: guest_error(s, vm_id), 10, 0.2)
     assert isinstance(guest, tuple)
@@ -129,7 +135,10 @@ def test_a_join_the_guest_reports_failed_fails_at_once_and_the_job_completes(s: 
     assert line.startswith("the controller at http://") and "refused the munge key (HTTP " \
         "403): unknown token" in line
     # the guest's own line, with OneGate's separators replaced (its commas became ";")
-    assert message.startswith(f"vcluster: VM {vm_id} could not join: the controller at http://")
+    early = kind == "vm.early_failed"  # booted at the allocation, before Slurm's resume
+    assert message.startswith(f"vcluster: VM {vm_id} booted early for {E2E_NAME}-small-"
+                              if early else f"vcluster: VM {vm_id} could not join: "), message
+    assert "could not join: the controller at http://" in message
     assert "refused the munge key (HTTP 403): unknown token (never issued; replaced by a " \
         "newer boot attempt; or expired and removed)" in message
     assert "testbed-fault-join-refused" not in message  # no token in what is reported
@@ -137,7 +146,9 @@ def test_a_join_the_guest_reports_failed_fails_at_once_and_the_job_completes(s: 
     slurm = "24.11" if s.spec.slurm_root else "host"
     report(f"join failure -> launch failed (slurm {slurm})", reaction_s)
     assert 0 <= reaction_s < REACTION_S, reaction_s
-    assert any(f"VM {vm_id} could not join: the controller at" in r for r in reasons), reasons
+    if not early:  # the node's reason while Slurm fails it (an early VM had no node yet)
+        assert any(f"VM {vm_id} could not join: the controller at" in r for r in reasons), \
+            reasons
 
     done = wait_for("job completed", lambda: (j := s.job(job_id)) and j.state == "COMPLETED",
                     JOB_TIMEOUT_S, 0.5)
@@ -148,6 +159,11 @@ def test_a_join_the_guest_reports_failed_fails_at_once_and_the_job_completes(s: 
     # where its user sees why (fsub --wait too); within Slurm's 200 characters, the middle
     # elided: what failed first, the guest's reason last
     comment = re.search(r"AdminComment=(.*\S)", show)
+    events = subprocess.run(["vcluster", "events", "-n", "200"], capture_output=True,
+                            text=True, env=s.env, check=True).stdout
+    assert "could not join: the controller at" in events and f"VM {vm_id} " in events
+    if early:  # the job was not requeued: its node got its own VM at Slurm's resume
+        return
     assert comment, show
     assert comment[1].startswith(f"vcluster: requeued after a VM failed (1 so far); last: VM "
                                  f"{vm_id} could"), comment[1]
