@@ -43,12 +43,13 @@ if [ "${1:-}" = --print-python ]; then
   exit 0
 fi
 
-# Debian packages, by a command each provides (same names on Debian 12 and 13).
+# Debian packages, by a command each provides (same names on Debian 12 and 13); gcc builds
+# the C hook front (vcluster hook-front) that the testbed runs as Slurm's hooks.
 need=()
 for cmd in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge \
            ip:iproute2 nsenter:util-linux unshare:util-linux runuser:util-linux \
            mount:mount hostname:hostname useradd:passwd \
-           debootstrap:debootstrap; do
+           debootstrap:debootstrap cc:gcc; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 # The system's Python: the tests install fsub for an ordinary user with it (a venv of

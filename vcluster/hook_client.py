@@ -197,6 +197,9 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
     """Run hook ``kind`` as slurmctld would; return its exit code."""
     started = time.monotonic()
     program = f"vcluster-{kind}"
+    front = {k: environ[k] for k in (FRONT_FAULT, FRONT_MESSAGE) if k in environ}
+    if front:  # the C front's word, for this process only
+        environ = {k: v for k, v in environ.items() if k not in front}
     request, error = build_request(kind, argv, environ)
     config_path = hook_config_path(environ)
     if not os.path.exists(config_path):  # what load_config says, without its imports
@@ -212,7 +215,8 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
         return _finish(log, program, EXIT_BAD_INPUT, error, started)
     path = hook_socket_path(state_dir)
     try:
-        answer = hook_wire.ask(path, request, record_answer_s=record_answer_s)
+        answer = front_fault(front) or hook_wire.ask(path, request,
+                                                       record_answer_s=record_answer_s)
     except hook_wire.NotListening as exc:
         log.write("INFO", f"{exc}: the hook records the request itself")
         return in_process(kind, argv, environ, argv0)
@@ -235,6 +239,23 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
     if not isinstance(code, int):
         code, message = EXIT_FAILED, f"the controller answered {answer!r}"
     return _finish(log, program, code, str(message), started)
+
+
+FRONT_FAULT = "VCLUSTER_HOOK_FRONT_FAULT"
+FRONT_MESSAGE = "VCLUSTER_HOOK_FRONT_MESSAGE"
+"""Set by the C hook front (:mod:`vcluster.hook_front`) when it runs this hook after the
+controller took its request and did not record it: ``stale`` (no answer in time) or
+``hungup``, with the message. The request was sent: this hook does not send it again."""
+
+
+def front_fault(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """Raise what :func:`hook_wire.ask` would have raised for the front's fault; None (ask
+    the controller) without one."""
+    fault = environ.get(FRONT_FAULT, "")
+    if fault not in ("stale", "hungup"):
+        return None
+    message = environ.get(FRONT_MESSAGE, "") or "the controller did not record the request"
+    raise hook_wire.NoAnswer(message, hung_up=fault == "hungup")
 
 
 def _finish(log: HookLog, program: str, code: int, message: str, started: float) -> int:

@@ -74,6 +74,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "drain-host": ("vcluster.cli.host", "drain_host"),
     "events": ("vcluster.cli.status", "events"),
     "hook": ("vcluster.cli.hook", "hook"),
+    "hook-front": ("vcluster.cli.hook", "hook_front"),
     "nodes": ("vcluster.cli.admin", "nodes"),
     "reserve": ("vcluster.cli.reserve", "reserve"),
     "slurm-conf": ("vcluster.cli.slurmconf", "slurm_conf"),

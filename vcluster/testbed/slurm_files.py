@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,6 +26,8 @@ from vcluster.errors import UserInputError
 from vcluster.slurm_parse import expand_hostlist
 from vcluster.slurmconf import PROGRAM_NAMES, HookPrograms, default_program_dir, generate
 from vcluster.testbed.slurm_root import DONE_MARKER, SlurmRoot
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "vc"
 DEFAULT_SUBNET = "10.111.0.0/24"
@@ -251,13 +254,25 @@ def ensure_munge_key(spec: TestbedSpec) -> None:
     os.chmod(key, 0o600)
 
 
+def front_or_python(spec: TestbedSpec, python_dir: str) -> str:
+    """Where the hooks the wrappers run are: the C hook front built for this instance (as a
+    site builds it with `vcluster hook-front`), or the Python hooks where no C compiler is."""
+    from vcluster import hook_front
+
+    try:
+        return str(hook_front.build(spec.root / "hookfront", python_dir=python_dir))
+    except UserInputError as exc:
+        log.warning("testbed %s: Slurm runs the Python hooks: %s", spec.name, exc)
+        return python_dir
+
+
 def write_hook_wrappers(spec: TestbedSpec, installed_dir: str | None = None) -> HookPrograms:
     """Write one executable per hook in ``spec.hook_dir`` that execs the installed program.
 
     slurmctld runs them with only SLURM_CONF (and SLURM_RESUME_FILE): the wrapper adds
     VCLUSTER_CONFIG and a PATH.
     """
-    target_dir = installed_dir or default_program_dir()
+    target_dir = front_or_python(spec, installed_dir or default_program_dir())
     spec.hook_dir.mkdir(parents=True, exist_ok=True)
     config = os.path.abspath(spec.config_path) if spec.config_path else ""
     for name in PROGRAM_NAMES.values():
