@@ -180,6 +180,8 @@ def _hooks(config: Config) -> Iterator[Check]:
             yield Check(OK, name, path)
         elif _wraps(path, expected):
             yield Check(OK, name, f"{path} (a wrapper of {expected})")
+        elif (front := front_of(path, installed)):
+            yield Check(OK, name, f"{path} ({front})")
         else:
             yield Check(WARN, name, f"slurm.conf runs {path}, this vcluster's is {expected}; "
                         f"if that is not a wrapper of it, {fix}")
@@ -204,6 +206,17 @@ def _wraps(path: str, program: str) -> bool:
     except OSError:
         return False
     return head.startswith(b"#!") and f"exec {program} ".encode() in head
+
+
+def front_of(path: str, installed: str) -> str:
+    """How ``path`` runs the C hook front built for the Python hooks in ``installed``
+    (directly, or through a wrapper that execs it); "" if it does not."""
+    from vcluster.hook_front import find_front
+
+    found = find_front(path, installed)
+    if found is None:
+        return ""
+    return ("a wrapper of " if found != path else "") + f"the hook front of {installed}"
 
 
 def cannot_run(path: str, user: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -130,3 +131,40 @@ def _compile(compiler: str, header: str, source: bytes, out: Path) -> None:
             raise UserInputError(f"{compiler} could not build the hook front: {first}")
         os.chmod(built, 0o755)
         os.replace(built, out / FRONT_NAME)
+
+
+def find_front(path: str, installed: str) -> str | None:
+    """The hook front link that ``path`` runs (``path`` itself, or the program a wrapper
+    script at ``path`` execs) if it is a front built for the Python hooks in
+    ``installed``; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    wrapped = re.search(rb"\nexec (\S+) ", head) if head.startswith(b"#!") else None
+    target = wrapped.group(1).decode(errors="replace").strip("'\"") if wrapped else path
+    real = os.path.realpath(target)
+    if (os.path.basename(real) != FRONT_NAME
+            or os.path.basename(target) != os.path.basename(path)):
+        return None
+    try:
+        with open(real, "rb") as f:
+            binary = f.read(4 * 1024 * 1024)
+    except OSError:
+        return None
+    return target if os.path.abspath(installed).encode() + b"\0" in binary else None
+
+
+def job_finished_dir(slurm_conf: str, installed: str) -> str:
+    """Where the controller's strigger backup finds ``vcluster-job-finished``: beside the
+    hook front slurm.conf's PrologSlurmctld runs, if it is this vcluster's; else the Python
+    hooks in ``installed``."""
+    from vcluster.doctor import read_slurm_conf
+
+    try:
+        prolog = read_slurm_conf(slurm_conf).get("prologslurmctld", "")
+    except (OSError, UnicodeDecodeError):
+        return installed
+    found = find_front(prolog, installed) if prolog else None
+    return os.path.dirname(found) if found else installed

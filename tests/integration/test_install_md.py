@@ -589,8 +589,8 @@ def _check(r: Run) -> None:
     assert "600 slurm /etc/vcluster/munge.key" in transcript
     hooks = next(v for k, v in r.output.items() if k.startswith("grep -E '^(Resume"))
     assert sorted(line.split("=")[0] for line in hooks.split()) == sorted(HOOKS)
-    for line in hooks.split():  # the hooks of the Python that ran slurm-conf: the guide's
-        assert line.split("=")[1].startswith("/opt/vcluster/bin/vcluster-"), hooks
+    for line in hooks.split():  # the guide's hook front, built for its Python's hooks
+        assert line.split("=")[1].startswith("/opt/vcluster/libexec/vcluster-"), hooks
     doctor = r.output["doctor"]
     assert doctor.splitlines() and all(line.startswith("ok") for line in
                                        doctor.splitlines()), doctor

@@ -1002,3 +1002,13 @@ def test_a_launch_closed_later_in_the_pass_is_not_reopened_by_the_batch(world: W
     w.controller.actor.act([BootVM(S1, "small", 12, 2, 2048, "worker", launch_id),
                             CloseLaunch(launch_id, S1, "failed", "vcluster: given up")])
     assert w.launches() == [(S1, "failed", 40, "10.9.0.40", True)]
+
+
+def test_a_pass_logs_each_kind_of_action_once_with_its_count() -> None:
+    from vcluster.controller.actions import MarkHandled, TerminateVM
+    from vcluster.controller.loop import action_summary
+
+    actions = [TerminateVM(1, "a", "x"), MarkHandled((1, 2)), TerminateVM(2, "b", "x"),
+               TerminateVM(3, "c", "x")]
+    assert action_summary(actions) == "TerminateVM x3, MarkHandled"
+    assert action_summary([]) == ""

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from tests.unit.fake_oned import FakeOned, vnet_xml
 from tests.unit.test_status import serving
-from vcluster import db
+from vcluster import db, hook_front
 from vcluster.cli import cli
 from vcluster.config import load_config
 from vcluster.doctor import cannot_run
@@ -186,6 +186,31 @@ def test_a_hook_elsewhere_is_ok_if_it_wraps_this_vclusters_else_a_warning(site: 
     assert (f"warn  hook EpilogSlurmctld: slurm.conf runs {wrapper}, this vcluster's is "
             f"{default_program_dir()}/vcluster-epilog; if that is not a wrapper of it, run "
             "`vcluster slurm-conf` and merge its EpilogSlurmctld line into slurm.conf") in out
+
+
+def test_a_hook_run_by_the_c_hook_front_of_this_vcluster_is_ok(site: Path) -> None:
+    front = hook_front.build(site / "front", python_dir=default_program_dir())
+    other = site / "other-python"
+    other.mkdir()
+    for name in hook_front.HOOK_NAMES:
+        (other / name).write_text("#!/bin/sh\n")
+        (other / name).chmod(0o755)
+    elsewhere = hook_front.build(site / "front-of-other", python_dir=str(other))
+    wrapper = site / "wrappers" / "vcluster-resume"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nexport PATH=/bin\nexec {front}/vcluster-resume \"$@\"\n")
+    wrapper.chmod(0o755)
+    conf = site / "slurm.conf"
+    conf.write_text(conf.read_text() + f"EpilogSlurmctld={front}/vcluster-epilog\n"
+                    f"ResumeProgram={wrapper}\nPrologSlurmctld={elsewhere}/vcluster-prolog\n")
+    out = doctor().stdout.splitlines()
+    installed = default_program_dir()
+    assert (f"ok    hook EpilogSlurmctld: {front}/vcluster-epilog (the hook front of "
+            f"{installed})") in out
+    assert (f"ok    hook ResumeProgram: {wrapper} (a wrapper of the hook front of "
+            f"{installed})") in out
+    assert any(line.startswith(f"warn  hook PrologSlurmctld: slurm.conf runs {elsewhere}/")
+               for line in out), out
 
 
 def test_unreachable_sides_fail_with_the_reason(site: Path, oned: Oned) -> None:

@@ -380,3 +380,22 @@ def test_a_front_run_under_another_name_refuses(bed: Bed) -> None:
                           text=True, timeout=30, check=False)
     assert done.returncode == hook_wire.EXIT_CONFIG
     assert "run this program as vcluster-<hook>" in done.stderr
+
+
+def test_the_controllers_job_end_trigger_runs_the_front_slurm_conf_runs(bed: Bed) -> None:
+    conf = bed.tmp / "slurm.conf"
+    wrapper = bed.tmp / "wrappers" / "vcluster-prolog"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nexport A=1\nexec {bed.front}/vcluster-prolog \"$@\"\n")
+    wrapper.chmod(0o755)
+    installed = str(bed.python_dir)
+    for prolog, expected in ((f"{bed.front}/vcluster-prolog", str(bed.front)),
+                             (str(wrapper), str(bed.front)),
+                             (f"{installed}/vcluster-prolog", installed)):
+        conf.write_text(f"ClusterName=x\nPrologSlurmctld={prolog}\n")
+        assert hook_front.job_finished_dir(str(conf), installed) == expected
+    # a front built for another vcluster's Python hooks is not this one's
+    assert hook_front.job_finished_dir(str(conf), str(bed.tmp)) == str(bed.tmp)
+    conf.write_text(f"PrologSlurmctld={bed.front}/vcluster-prolog\n")
+    assert hook_front.job_finished_dir(str(conf), str(bed.tmp)) == str(bed.tmp)
+    assert hook_front.job_finished_dir(str(bed.tmp / "none.conf"), installed) == installed

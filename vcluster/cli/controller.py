@@ -168,6 +168,7 @@ def _run(config: Config, once: bool) -> None:
     from vcluster.controller.leader import leadership_for, name_sessions
     from vcluster.controller.loop import Controller, acquire_lock, run_loop
     from vcluster.controller.pg_wake import WakeRelay
+    from vcluster.hook_front import job_finished_dir
     from vcluster.hooks import write_job_finished_wrapper
     from vcluster.metrics import Metrics
     from vcluster.one import OneClient
@@ -179,7 +180,8 @@ def _run(config: Config, once: bool) -> None:
     state_dir = config.controller.state_dir
     guest = guest_context(config)  # refuse a missing munge key or slurmctld address first
     lock = acquire_lock(state_dir)
-    wrapper = write_job_finished_wrapper(config, default_program_dir())
+    programs = job_finished_dir(config.slurm.conf, default_program_dir())
+    wrapper = write_job_finished_wrapper(config, programs)
     log.info("strigger backup program for the epilog: %s", wrapper)
     engine = db.make_engine(config.database)
     name_sessions(engine)  # a standby that deposes this controller ends them all
@@ -210,7 +212,7 @@ def _run(config: Config, once: bool) -> None:
         # request is taken: hooks check the heartbeat
         controller.lead()
         join_server = _serve_join(config, sessions)
-        hook_server = HookServer(config, sessions, slurm, program_dir=default_program_dir(),
+        hook_server = HookServer(config, sessions, slurm, program_dir=programs,
                                  metrics=metrics)
         hook_server.start()
         events = None if once else _watch_events(config, metrics)
