@@ -108,8 +108,28 @@ def machine_busy_s() -> float:
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     snap = {name: proc_cpu_s(pid) for name, pid in pids.items()}
     snap["sbatch"] = children_cpu_s()
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    snap["benchmark (8 threads forking sbatch, polling)"] = own.ru_utime + own.ru_stime
     snap["machine"] = machine_busy_s()
     return snap
+
+
+def child_named(parent: int | None, comm: str) -> int | None:
+    """The pid of ``parent``'s child process called ``comm`` (slurmctld's slurmscriptd, which
+    forks the programs slurmctld runs), or None."""
+    if not parent:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name == comm and int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
+            return int(entry.name)
+    return None
 
 
 def children_cpu_s() -> float:
@@ -119,11 +139,11 @@ def children_cpu_s() -> float:
 
 
 def cpu_breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds each long-lived process used in between, the sbatch processes (the
-    load: at a site they run on login nodes), and the rest of the machine (the hook
-    programs slurmctld ran, munged, slurmscriptd and everything else)."""
+    """CPU seconds each long-lived process used in between, the sbatch processes and this
+    benchmark's own (the load: at a site they run on login nodes), and the rest of the
+    machine (the hook programs slurmctld ran and everything else)."""
     used = {name: round(after[name] - before[name], 1) for name in before}
-    used["rest (hook programs, munged, ...)"] = round(
+    used["rest (hook programs, the kernel, ...)"] = round(
         used["machine"] - sum(v for k, v in used.items() if k != "machine"), 1)
     return used
 
@@ -186,7 +206,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sessions = db.session_factory(engine)
         pids = {"controller": read_pid(spec.pid_file("controller")),
                 "cloud": read_pid(spec.pid_file("cloud")),
-                "slurmctld": read_pid(spec.slurm.slurmctld_pid_file)}
+                "slurmctld": read_pid(spec.slurm.slurmctld_pid_file),
+                "munged": read_pid(spec.slurm.munged_pid_file)}
+        pids["slurmscriptd"] = child_named(pids["slurmctld"], "slurmscriptd")
         cpu_before = cpu_snapshot({k: v for k, v in pids.items() if v})
         started, submitted, ids = submit(spec, args.jobs)
         wait_requested(sessions, args.jobs, args.timeout_s)

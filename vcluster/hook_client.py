@@ -45,7 +45,8 @@ def build_request(kind: str, argv: Sequence[str], environ: Mapping[str, str]
     """The request for the controller, and an error ("" if none). SLURM_RESUME_FILE is
     copied here, first: slurmctld holds it open only while the program runs."""
     request: dict[str, Any] = {"kind": kind, "arg": argv[1] if len(argv) > 1 else None,
-                               "env": {k: environ[k] for k in JOB_ENV if k in environ}}
+                               "env": {k: environ[k] for k in JOB_ENV if k in environ},
+                               "runs": ["strigger"]}
     path = environ.get("SLURM_RESUME_FILE", "") if kind == "resume" else ""
     if path:
         request["resume_path"] = path
@@ -215,8 +216,9 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
         return _finish(log, program, EXIT_BAD_INPUT, error, started)
     path = hook_socket_path(state_dir)
     try:
-        answer = front_fault(front) or hook_wire.ask(path, request,
-                                                       record_answer_s=record_answer_s)
+        answer = front_fault(front) or hook_wire.ask(
+            path, request, record_answer_s=record_answer_s,
+            on_run=lambda message: run_for_controller(log, message, environ))
     except hook_wire.NotListening as exc:
         log.write("INFO", f"{exc}: the hook records the request itself")
         return in_process(kind, argv, environ, argv0)
@@ -239,6 +241,40 @@ def run(kind: str, argv: Sequence[str], environ: Mapping[str, str], *, argv0: st
     if not isinstance(code, int):
         code, message = EXIT_FAILED, f"the controller answered {answer!r}"
     return _finish(log, program, code, str(message), started)
+
+
+DUPLICATE_TRIGGER = "Duplicate event trigger"
+"""strigger's refusal of a trigger slurmctld holds already: it stands (as
+:data:`vcluster.slurm.DUPLICATE_TRIGGER`, which this program does not import)."""
+
+
+def run_for_controller(log: HookLog, message: dict[str, Any],
+                       environ: Mapping[str, str]) -> None:
+    """Run the command the controller handed this hook (the prolog's ``strigger --set``,
+    absolute path, argv list, bounded); a failure is a warning in the log, as when the
+    controller ran it. Anything else is refused."""
+    argv, extra = message.get("run"), message.get("env") or {}
+    if not (isinstance(argv, list) and len(argv) > 1 and all(isinstance(a, str) for a in argv)
+            and os.path.isabs(argv[0]) and os.path.basename(argv[0]) == "strigger"
+            and argv[1] == "--set" and isinstance(extra, dict)
+            and set(extra) <= {"SLURM_CONF"} and all(isinstance(v, str) for v in extra.values())):
+        log.write("WARNING", f"not running what the controller asked: {message!r}")
+        return
+    import subprocess
+
+    timeout_s = message.get("timeout_s", 20)
+    try:
+        done = subprocess.run(argv, env={**environ, **extra}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, errors="replace",
+                              timeout=float(timeout_s) if isinstance(timeout_s, (int, float))
+                              else 20.0, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.write("WARNING", f"cannot register the job-end trigger: {exc}")
+        return
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    if done.returncode != 0 and DUPLICATE_TRIGGER not in done.stderr + done.stdout:
+        log.write("WARNING", f"cannot register the job-end trigger: {argv[0]} exit "
+                             f"{done.returncode}: {said[0] if said else 'no message'}")
 
 
 FRONT_FAULT = "VCLUSTER_HOOK_FRONT_FAULT"

@@ -72,6 +72,8 @@ class HookSlurm(Protocol):
 
     def trigger_on_job_end(self, job_id: int, program: str) -> None: ...
 
+    def trigger_argv(self, job_id: int, program: str) -> list[str]: ...
+
 
 @dataclass
 class HookEnv:
@@ -94,6 +96,10 @@ class HookEnv:
     refusal: str = ""
     """Set when the controller did not answer: every request is refused with this message,
     as if its heartbeat were stale."""
+    hook_runs: Callable[[list[str]], None] | None = None
+    """Hands a Slurm command to the hook program to run (the prolog's ``strigger``), when
+    the hook offered to: a command the controller ran itself would stall its threads while
+    the child starts (Python holds its lock through vfork), 1,000 times in a burst."""
 
 
 # --- heartbeat -----------------------------------------------------------------------------
@@ -294,7 +300,10 @@ def finish_prolog(env: HookEnv, job_id: int, nodes: Sequence[str]) -> int:
         program = os.path.join(env.program_dir, JOB_FINISHED_PROGRAM)
     if os.path.isabs(program) and os.access(program, os.X_OK):
         try:
-            env.slurm.trigger_on_job_end(job_id, program)
+            if env.hook_runs is not None:
+                env.hook_runs(env.slurm.trigger_argv(job_id, program))
+            else:
+                env.slurm.trigger_on_job_end(job_id, program)
         except VclusterError as exc:
             log.warning("job %d: cannot register the job-end trigger: %s", job_id, exc)
     else:

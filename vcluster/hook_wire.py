@@ -22,6 +22,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs the hook programs 2 ms of import; mypy reads it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STALE, EXIT_CONFIG, EXIT_FAILED = 0, 2, 3, 4, 5
@@ -93,8 +94,13 @@ class LineReader:
 
 
 def ask(path: str, request: dict[str, Any], *,
-        record_answer_s: float = RECORD_ANSWER_S) -> dict[str, Any]:
+        record_answer_s: float = RECORD_ANSWER_S,
+        on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Send ``request`` to the controller at ``path``; return its final answer.
+
+    A request that offers ``"runs": ["strigger"]`` may get, between the two answers,
+    ``{"run": ARGV, "env": {...}, "timeout_s": S}`` lines: commands for the hook to run in its
+    own process (``on_run`` runs each; the final answer's deadline is not moved).
 
     Raises :class:`NotListening` if nobody takes the connection, :class:`NoAnswer` if the
     request was not recorded within ``record_answer_s``, :class:`AnswerLost` if it was but
@@ -129,15 +135,19 @@ def ask(path: str, request: dict[str, Any], *,
         if "recorded" not in first:
             return first
         recorded_id = int(first["recorded"])
-        wait_s = float(first.get("wait_s", 0.0))
-        try:
-            final = reader.read(time.monotonic() + wait_s + FINAL_ANSWER_MARGIN_S)
-        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-            raise AnswerLost(f"request {recorded_id} recorded, then no answer: {exc}",
-                             recorded_id) from None
-        if final is None:
-            raise AnswerLost(f"request {recorded_id} recorded, then the controller hung up",
-                             recorded_id)
-        return final
+        deadline = time.monotonic() + float(first.get("wait_s", 0.0)) + FINAL_ANSWER_MARGIN_S
+        while True:
+            try:
+                final = reader.read(deadline)
+            except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+                raise AnswerLost(f"request {recorded_id} recorded, then no answer: {exc}",
+                                 recorded_id) from None
+            if final is None:
+                raise AnswerLost(f"request {recorded_id} recorded, then the controller hung "
+                                 "up", recorded_id)
+            if "run" not in final or "code" in final:
+                return final
+            if on_run is not None:
+                on_run(final)
     finally:
         sock.close()

@@ -348,13 +348,18 @@ class Slurm:
     def cancel(self, job_id: int) -> None:
         self.run(["scancel", str(job_id)])
 
+    def trigger_argv(self, job_id: int, program: str) -> list[str]:
+        """The ``strigger`` command line of :meth:`trigger_on_job_end` (absolute path), for a
+        hook program to run in its own process."""
+        return [os.path.join(self.settings.bin_dir, "strigger"), "--set", f"--jobid={job_id}",
+                "--fini", f"--program={program}"]
+
     def trigger_on_job_end(self, job_id: int, program: str) -> None:
         """Have slurmctld run ``program JOB_ID`` once the job ends (checked every 15 s).
         Idempotent: a requeued job's earlier run set the trigger already, and slurmctld
         refuses the same one again ("Duplicate event trigger"): it stands, which is the aim."""
         try:
-            self.run(["strigger", "--set", f"--jobid={job_id}", "--fini",
-                      f"--program={program}"])
+            self.run(self.trigger_argv(job_id, program))
         except SlurmCommandError as exc:
             if DUPLICATE_TRIGGER not in f"{exc.stderr}\n{exc.stdout}":
                 raise

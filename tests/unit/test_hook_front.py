@@ -399,3 +399,72 @@ def test_the_controllers_job_end_trigger_runs_the_front_slurm_conf_runs(bed: Bed
     conf.write_text(f"PrologSlurmctld={bed.front}/vcluster-prolog\n")
     assert hook_front.job_finished_dir(str(conf), str(bed.tmp)) == str(bed.tmp)
     assert hook_front.job_finished_dir(str(bed.tmp / "none.conf"), installed) == installed
+
+
+def run_python_hook(bed: Bed, kind: str, *args: str, **env: str
+                    ) -> subprocess.CompletedProcess[str]:
+    code = ("import os, sys\nfrom vcluster import hook_client\n"
+            f"sys.exit(hook_client.run({kind!r}, ['vcluster-{kind}', *sys.argv[1:]], os.environ))")
+    return subprocess.run([sys.executable, "-c", code, *args], env=bed.env(**env),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def strigger_answer(argv: list[str], then: int = 0) -> Answer:
+    def answer(conn: socket.socket, request: dict) -> None:
+        assert request["runs"] == ["strigger"]
+        conn.sendall(b'{"recorded":7,"wait_s":5}\n')
+        conn.sendall(hook_wire.encode({"run": argv, "env": {"SLURM_CONF": "/etc/x/slurm.conf"},
+                                       "timeout_s": 2}))
+        conn.sendall(hook_wire.encode({"code": then, "message": ""}))
+    return answer
+
+
+def fake_strigger(bed: Bed, body: str) -> Path:
+    path = bed.tmp / "slurm-bin" / "strigger"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho \"$SLURM_CONF $*\" >> {bed.tmp}/strigger.log\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("client", ["front", "python"])
+@pytest.mark.parametrize(("body", "warning"), [
+    ("exit 0", None),
+    ("echo 'strigger: error: Duplicate event trigger' >&2; exit 1", None),
+    ("echo 'strigger: error: Invalid job id' >&2; exit 1",
+     "cannot register the job-end trigger: {path} exit 1: strigger: error: Invalid job id"),
+    ("sleep 5", "timed out"),
+], ids=["ok", "duplicate", "refused", "hung"])
+def test_the_hook_runs_the_job_end_trigger_the_controller_hands_it(
+        bed: Bed, client: str, body: str, warning: str | None) -> None:
+    path = fake_strigger(bed, body)
+    argv = [str(path), "--set", "--jobid=12", "--fini", "--program=/x/vcluster-job-finished"]
+    bed.controller.answer = strigger_answer(argv)
+    run = run_front if client == "front" else run_python_hook
+    started = time.monotonic()
+    done = run(bed, "prolog", SLURM_JOB_ID="12", SLURM_JOB_NODELIST="vc-small-001")
+    assert time.monotonic() - started < 4.5  # bounded by the 2 s the controller gave
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (bed.tmp / "strigger.log").read_text() == (
+        "/etc/x/slurm.conf --set --jobid=12 --fini --program=/x/vcluster-job-finished\n")
+    warnings = [line for line in bed.log().splitlines() if " WARNING " in line]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning.format(path=path) in warnings[0], warnings
+
+
+@pytest.mark.parametrize("client", ["front", "python"])
+@pytest.mark.parametrize("argv", [
+    ["/bin/sh", "-c", "touch {tmp}/ran"],
+    ["strigger", "--set"],                      # not an absolute path
+    ["{tmp}/slurm-bin/strigger", "--clear"],    # not a --set
+])
+def test_the_hook_runs_nothing_else(bed: Bed, client: str, argv: list[str]) -> None:
+    fake_strigger(bed, f"touch {bed.tmp}/ran")
+    argv = [a.format(tmp=bed.tmp) for a in argv]
+    bed.controller.answer = strigger_answer(argv)
+    run = run_front if client == "front" else run_python_hook
+    done = run(bed, "prolog", SLURM_JOB_ID="12", SLURM_JOB_NODELIST="vc-small-001")
+    assert done.returncode == 0 and not (bed.tmp / "ran").exists()
+    assert "WARNING not running what the controller asked: " in bed.log()

@@ -80,6 +80,11 @@ class FakeSlurm:
     def trigger_on_job_end(self, job_id: int, program: str) -> None:
         self.triggers.append((job_id, program))
 
+    strigger: str = "/nonexistent/strigger"
+
+    def trigger_argv(self, job_id: int, program: str) -> list[str]:
+        return [self.strigger, "--set", f"--jobid={job_id}", "--fini", f"--program={program}"]
+
 
 @dataclass
 class Site:
@@ -107,9 +112,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
     sessions = db.session_factory(engine)
     with db.transaction(sessions) as s:
         db.beat(s)
-    slurm = FakeSlurm()
     programs = tmp_path / "bin"
     programs.mkdir()
+    strigger = programs / "strigger"  # what a hook runs for the controller: records its run
+    strigger.write_text(f'#!/bin/sh\necho "$SLURM_CONF $*" >> {tmp_path}/strigger.log\n')
+    strigger.chmod(0o755)
+    slurm = FakeSlurm(strigger=str(strigger))
     (programs / "vcluster-job-finished").write_text("#!/bin/sh\n")
     (programs / "vcluster-job-finished").chmod(0o755)
     server = HookServer(config, sessions, slurm, program_dir=str(programs),
@@ -184,7 +192,11 @@ def test_prolog_is_answered_when_the_nodes_are_up(site: Site) -> None:
     environ = {**site.environ, "SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "vc-small-[001-002]"}
     assert hook_client.run("prolog", ["vcluster-prolog"], environ) == 0
     assert site.requests() == [("prolog", "vc-small-[001-002]", [12])]
-    assert site.slurm.triggers == [(12, f"{site.tmp}/bin/vcluster-job-finished")]
+    # the hook ran the job-end trigger in its own process, with the controller's SLURM_CONF
+    assert site.slurm.triggers == []
+    assert (site.tmp / "strigger.log").read_text() == (
+        f"{site.config.slurm.conf} --set --jobid=12 --fini "
+        f"--program={site.tmp}/bin/vcluster-job-finished\n")
     # one read per poll for every waiting node; the node seen up is not read again
     assert site.slurm.reads[:2] == [["vc-small-001", "vc-small-002"], ["vc-small-001"]]
     assert site.slurm.updates == [("vc-small-001,vc-small-002", "POWER_DOWN_ASAP",
@@ -444,3 +456,15 @@ def test_a_prolog_whose_controller_went_away_after_recording_ends_without_waitin
     assert site.slurm.reads == []  # no wait of its own
     assert ("request 7 recorded, then the controller hung up: the job starts once Slurm sees "
             "its nodes up") in (site.tmp / "log" / "hooks.log").read_text()
+
+
+def test_a_hook_that_does_not_offer_to_run_the_trigger_has_the_controller_run_it(
+        site: Site) -> None:
+    site.slurm.script = {"vc-small-001": [node("vc-small-001")]}
+    sent: list[dict] = []
+    code, _ = site.server.handle(
+        {"v": 1, "kind": "prolog", "arg": None,
+         "env": {"SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "vc-small-001"}}, sent.append)
+    assert code == 0 and [m for m in sent if "run" in m] == []
+    assert site.slurm.triggers == [(12, f"{site.tmp}/bin/vcluster-job-finished")]
+

@@ -223,10 +223,17 @@ class HookServer:
         def waits(env: HookEnv, job: int, nodes: Sequence[str]) -> tuple[float, list[str]]:
             return self.waits.wait(env, job, nodes, gone=gone)
 
+        runs = request.get("runs")
+        hook_runs = None
+        if isinstance(runs, list) and "strigger" in runs:
+            def hook_runs(argv: list[str]) -> None:
+                send({"run": argv, "env": {"SLURM_CONF": self.config.slurm.conf},
+                      "timeout_s": self.config.slurm.command_timeout_s})
+
         env = HookEnv(config=self.config, sessions=self.sessions, slurm=self.slurm,
                       program_dir=self.program_dir, wake=self.wake_controller,
                       recorded=lambda rid: send({"recorded": rid, "wait_s": wait_s}),
-                      wait_nodes=waits)
+                      wait_nodes=waits, hook_runs=hook_runs)
         match kind:
             case "resume":
                 raw = _text(request.get("resume"), "resume")

@@ -30,10 +30,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +43,8 @@
 
 #define MAX_CONFIG_BYTES (1024 * 1024)
 #define MAX_LOG_MESSAGE 48000
+#define MAX_RUN_ARGS 16
+#define DUPLICATE_TRIGGER "Duplicate event trigger"
 
 static const char *const KINDS[] = {"resume", "suspend", "resume-fail",
                                     "prolog", "epilog", "job-finished", NULL};
@@ -623,12 +627,76 @@ static const char *json_skip(const char *p, int depth) {
 }
 
 struct answer {
-    int has_recorded, has_code, code_is_int;
+    int has_recorded, has_code, code_is_int, has_run, run_ok, env_bad;
     long long recorded, code;
-    double wait_s;
+    double wait_s, timeout_s;
     struct buf message;
     const char *raw;
+    /* {"run": [ARGV], "env": {"SLURM_CONF": ...}, "timeout_s": S}: a command to run */
+    struct buf run_args[MAX_RUN_ARGS];
+    int run_argc;
+    struct buf slurm_conf;
 };
+
+static void free_answer(struct answer *a) {
+    free(a->message.p);
+    for (int i = 0; i < a->run_argc; i++)
+        free(a->run_args[i].p);
+    free(a->slurm_conf.p);
+    a->run_argc = 0;
+}
+
+/* ["a", "b"]: strings into a->run_args; the position after it, or NULL. */
+static const char *parse_run(const char *p, struct answer *a) {
+    if (*p != '[')
+        return NULL;
+    p = json_ws(p + 1);
+    if (*p == ']')
+        return p + 1;
+    for (;;) {
+        if (a->run_argc >= MAX_RUN_ARGS)
+            return NULL;
+        struct buf *arg = &a->run_args[a->run_argc++];
+        buf_str(arg, "");
+        p = json_parse_string(json_ws(p), arg);
+        if (p == NULL || strlen(arg->p) != arg->n)
+            return NULL;
+        p = json_ws(p);
+        if (*p == ']')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p++;
+    }
+}
+
+/* {"SLURM_CONF": "..."} (nothing else): into a->slurm_conf; the position after it, or NULL. */
+static const char *parse_run_env(const char *p, struct answer *a) {
+    if (*p != '{')
+        return NULL;
+    p = json_ws(p + 1);
+    if (*p == '}')
+        return p + 1;
+    for (;;) {
+        struct buf key = {0};
+        p = json_parse_string(json_ws(p), &key);
+        int known = p != NULL && key.p != NULL && strcmp(key.p, "SLURM_CONF") == 0;
+        free(key.p);
+        if (!known || *(p = json_ws(p)) != ':')
+            return NULL;
+        a->slurm_conf.n = 0;
+        buf_str(&a->slurm_conf, "");
+        p = json_parse_string(json_ws(p + 1), &a->slurm_conf);
+        if (p == NULL || strlen(a->slurm_conf.p) != a->slurm_conf.n)
+            return NULL;
+        p = json_ws(p);
+        if (*p == '}')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p++;
+    }
+}
 
 /* Parse one answer line (a JSON object); 0 if it is not one. */
 static int parse_answer(const char *line, struct answer *a) {
@@ -654,10 +722,20 @@ static int parse_answer(const char *line, struct answer *a) {
             a->message.n = 0;
             buf_str(&a->message, "");
             p = json_parse_string(p, &a->message);
+        } else if (!strcmp(k, "run")) {
+            a->has_run = 1;
+            const char *end = parse_run(p, a);
+            a->run_ok = end != NULL;
+            p = end ? end : json_skip(p, 0);
+        } else if (!strcmp(k, "env")) {
+            const char *end = parse_run_env(p, a);
+            a->env_bad = end == NULL;
+            p = end ? end : json_skip(p, 0);
         } else {
             p = json_skip(p, 0);
         }
-        if (p != NULL && (!strcmp(k, "recorded") || !strcmp(k, "code") || !strcmp(k, "wait_s"))) {
+        if (p != NULL && (!strcmp(k, "recorded") || !strcmp(k, "code") || !strcmp(k, "wait_s") ||
+                          !strcmp(k, "timeout_s"))) {
             char *end;
             int is_int = strchr("-0123456789", *value) != NULL;
             for (const char *q = value; q < p; q++)
@@ -672,6 +750,8 @@ static int parse_answer(const char *line, struct answer *a) {
                 a->has_code = 1;
                 a->code_is_int = numeric && is_int;
                 a->code = (long long)number;
+            } else if (numeric && !strcmp(k, "timeout_s")) {
+                a->timeout_s = number;
             } else if (numeric) {
                 a->wait_s = number;
             }
@@ -689,6 +769,98 @@ static int parse_answer(const char *line, struct answer *a) {
             return 0;
         p++;
     }
+}
+
+/* ---- a command the controller hands the hook: the prolog's strigger --------------- */
+
+static void run_for_controller(struct hook_log *log, struct answer *a) {
+    char **argv = NULL;
+    const char *name = a->run_argc > 0 ? strrchr(a->run_args[0].p, '/') : NULL;
+    if (!a->run_ok || a->env_bad || a->run_argc < 2 || a->run_args[0].p[0] != '/' ||
+        name == NULL || strcmp(name + 1, "strigger") != 0 || strcmp(a->run_args[1].p, "--set") != 0) {
+        struct buf b = {0};
+        buf_str(&b, "not running what the controller asked: ");
+        buf_str(&b, a->raw);
+        log_write(log, "WARNING", b.p);
+        free(b.p);
+        return;
+    }
+    argv = calloc((size_t)a->run_argc + 1, sizeof *argv);
+    if (argv == NULL)
+        return;
+    for (int i = 0; i < a->run_argc; i++)
+        argv[i] = a->run_args[i].p;
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        free(argv);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0)
+            dup2(null, 0);
+        dup2(out[1], 1);
+        dup2(out[1], 2);
+        if (a->slurm_conf.p != NULL)
+            setenv("SLURM_CONF", a->slurm_conf.p, 1);
+        execv(argv[0], argv);
+        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out[1]);
+    struct buf said = {0};
+    buf_str(&said, "");
+    int status = 0, timed_out = 0;
+    if (pid < 0) {
+        buf_fmt(&said, "cannot fork: %s", strerror(errno));
+        status = 127 << 8;
+    } else {
+        double deadline = monotonic_s() + (a->timeout_s > 0 ? a->timeout_s : 20.0);
+        for (;;) {
+            double left = deadline - monotonic_s();
+            if (left <= 0) {
+                timed_out = 1;
+                kill(pid, SIGKILL);
+                break;
+            }
+            struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+            int ready = poll(&pfd, 1, (int)(left * 1000) + 1);
+            if (ready < 0 && errno != EINTR)
+                break;
+            if (ready <= 0)
+                continue;
+            char chunk[4096];
+            ssize_t got = read(out[0], chunk, sizeof chunk);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0)
+                break;
+            if (said.n < 65536)
+                buf_add(&said, chunk, (size_t)got);
+        }
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    }
+    close(out[0]);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    if ((timed_out || code != 0) && strstr(said.p, DUPLICATE_TRIGGER) == NULL) {
+        char *nl = strchr(said.p, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        struct buf b = {0};
+        if (timed_out)
+            buf_fmt(&b, "cannot register the job-end trigger: %s timed out after %g s", argv[0],
+                    a->timeout_s > 0 ? a->timeout_s : 20.0);
+        else {
+            buf_fmt(&b, "cannot register the job-end trigger: %s exit %d: ", argv[0], code);
+            buf_str(&b, said.p[0] ? said.p : "no message");
+        }
+        log_write(log, "WARNING", b.p);
+        free(b.p);
+    }
+    free(said.p);
+    free(argv);
 }
 
 /* ---- the wire ----------------------------------------------------------------------- */
@@ -815,7 +987,7 @@ int main(int argc, char **argv) {
     add_env(&req, "SLURM_JOB_ID", &first);
     add_env(&req, "SLURM_JOB_NODELIST", &first);
     add_env(&req, "SLURM_JOB_EXIT_CODE", &first);
-    buf_str(&req, "}");
+    buf_str(&req, "},\"runs\":[\"strigger\"]");
     const char *resume_path = getenv("SLURM_RESUME_FILE");
     if (strcmp(g_kind, "resume") == 0 && resume_path != NULL && *resume_path != '\0') {
         struct buf resume = {0};
@@ -869,9 +1041,16 @@ int main(int argc, char **argv) {
     if (answer.has_recorded) {
         long long id = answer.recorded;
         double deadline = monotonic_s() + answer.wait_s + VC_FINAL_ANSWER_MARGIN_S;
-        free(answer.message.p);
-        got = read_line(&reader, deadline, &line);
-        if (got != 1 || !parse_answer(line, &answer)) {
+        int parsed;
+        for (;;) {
+            free_answer(&answer);
+            got = read_line(&reader, deadline, &line);
+            parsed = got == 1 && parse_answer(line, &answer);
+            if (!parsed || !answer.has_run || answer.has_code)
+                break;
+            run_for_controller(&log, &answer);
+        }
+        if (!parsed) {
             char message[512];
             if (got == 0)
                 snprintf(message, sizeof message, "request %lld recorded, then the controller hung up", id);
