@@ -28,7 +28,9 @@ Reported (JSON in benchmarks/results/burst.json):
   (``cpu_s_until_all_requested``): the controller, the testbed cloud, slurmctld, the
   sbatch processes, and the rest (the hook programs, munged ...), against the whole
   machine's busy seconds; and the CPU of every program slurmctld ran, summed at the end
-  (``hook_cpu_s_total``: the prologs end after the scancel);
+  (``hook_cpu_s_total``: the prologs end after the scancel; for the C hook front also its
+  own CPU, without what the process had used when its ``main`` began: slurmscriptd's fork
+  and the exec, ``own_p50_ms``);
 * the end: the jobs are cancelled (dummy VMs never run slurmd, so no job can run), and
   ``all_vms_terminated_s`` is scancel -> no VM of the site left (no orphan VM), with the
   jobs still in Slurm's queue then (none expected).
@@ -70,7 +72,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s")
 HOOK_DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in [0-9.]+ s, "
-                       r"cpu ([0-9.]+) ms")
+                       r"cpu ([0-9.]+) ms \(exit \d+\)(?:, ([0-9.]+) ms of it before)?")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -244,12 +246,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         addrs = nodeaddr_check(spec, sessions)
         ended = cancel_and_wait(spec, config, args.cancel_wait_s)
         totals: dict[str, list[float]] = {}
+        own: dict[str, list[float]] = {}  # the hook front's own, without its start
         for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
                                     .read_text(errors="replace")):
             totals.setdefault(m.group(1), []).append(float(m.group(2)))
-        ended["hook_cpu_s_total"] = {name: {"n": len(v), "cpu_s": round(sum(v) / 1000, 1),
-                                            "p50_ms": round(statistics.median(v), 1)}
-                                     for name, v in sorted(totals.items())}
+            if m.group(3) is not None:
+                own.setdefault(m.group(1), []).append(float(m.group(2)) - float(m.group(3)))
+        ended["hook_cpu_s_total"] = {
+            name: {"n": len(v), "cpu_s": round(sum(v) / 1000, 1),
+                   "p50_ms": round(statistics.median(v), 1),
+                   **({"own_p50_ms": round(statistics.median(own[name]), 2),
+                       "own_max_ms": round(max(own[name]), 2)} if own.get(name) else {})}
+            for name, v in sorted(totals.items())}
         engine.dispose()
     finally:
         if not ended:

@@ -58,6 +58,8 @@ struct buf {
 
 static char **g_argv;
 static const char *g_kind;
+static double g_cpu_at_start; /* what the process had used when main began: its parent's
+                                 fork (slurmscriptd) and the exec, not this program */
 
 static void fallback(const char *fault, const char *message);
 
@@ -490,8 +492,9 @@ static int finish(struct hook_log *log, int code, const char *message, double st
         free(b.p);
     }
     char line[256];
-    snprintf(line, sizeof line, "%s done in %.3f s, cpu %.1f ms (exit %d)", log->program,
-             monotonic_s() - started, cpu_ms(), code);
+    snprintf(line, sizeof line, "%s done in %.3f s, cpu %.1f ms (exit %d), %.1f ms of it before "
+             "the program started", log->program, monotonic_s() - started, cpu_ms(), code,
+             g_cpu_at_start);
     log_write(log, "INFO", line);
     return code;
 }
@@ -947,6 +950,7 @@ static void add_env(struct buf *req, const char *name, int *first) {
 
 int main(int argc, char **argv) {
     double started = monotonic_s();
+    g_cpu_at_start = cpu_ms();
     g_argv = argv;
     const char *base = strrchr(argv[0], '/');
     base = base ? base + 1 : argv[0];
