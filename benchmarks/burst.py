@@ -72,7 +72,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s")
 HOOK_DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in [0-9.]+ s, "
-                       r"cpu ([0-9.]+) ms \(exit \d+\)(?:, ([0-9.]+) ms of it before)?")
+                       r"cpu ([0-9.]+) ms(?:, ([0-9.]+) ms of it before its main)? \(exit \d+\)")
 
 
 def percentile(values: list[float], p: float) -> float:

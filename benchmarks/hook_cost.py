@@ -41,7 +41,7 @@ from vcluster.testbed import site
 RESULTS = Path(__file__).resolve().parent / "results" / "hook_cost.json"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in ([0-9.]+) s, "
-                  r"cpu ([0-9.]+) ms \(exit (\d+)\)")
+                  r"cpu ([0-9.]+) ms(?:, [0-9.]+ ms of it before its main)? \(exit (\d+)\)")
 
 
 def percentile(values: list[float], p: float) -> float:

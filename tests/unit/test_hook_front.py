@@ -176,8 +176,9 @@ def test_the_front_sends_what_the_python_hook_sends(bed: Bed, kind: str, args: l
     assert python_ran(bed) == []  # the front did it all
     lines = bed.log().splitlines()
     assert len(lines) == 2 and all(f"INFO vcluster-{kind} done in" in line and
-                                   "(exit 0)" in line for line in lines)
-    assert re.search(r"\(exit 0\), [0-9.]+ ms of it before the program started$", lines[0])
+                                   line.endswith("(exit 0)") for line in lines)
+    assert re.search(r", cpu [0-9.]+ ms, [0-9.]+ ms of it before its main \(exit 0\)$",
+                     lines[0])
 
 
 @pytest.mark.parametrize("message", [

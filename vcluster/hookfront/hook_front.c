@@ -492,9 +492,8 @@ static int finish(struct hook_log *log, int code, const char *message, double st
         free(b.p);
     }
     char line[256];
-    snprintf(line, sizeof line, "%s done in %.3f s, cpu %.1f ms (exit %d), %.1f ms of it before "
-             "the program started", log->program, monotonic_s() - started, cpu_ms(), code,
-             g_cpu_at_start);
+    snprintf(line, sizeof line, "%s done in %.3f s, cpu %.1f ms, %.1f ms of it before its main "
+             "(exit %d)", log->program, monotonic_s() - started, cpu_ms(), g_cpu_at_start, code);
     log_write(log, "INFO", line);
     return code;
 }
