@@ -37,6 +37,7 @@ guide's site is this host's Debian Slurm, not the 24.11 of ``--slurm=other``).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -538,6 +539,10 @@ def test_install_md_as_written(cloud: CloudServer) -> None:
     created: list[str] = []
     shell = NamespaceShell(REPO, created)
     r = Run(shell, cloud.endpoint)
+    try:  # the guide's ordinary user: section 1's site has users
+        pwd.getpwnam(JOB_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", JOB_USER], check=True)
     work = Path(tempfile.mkdtemp(prefix="vcluster-install-", dir="/tmp"))  # VMs share /tmp
     shutil.chown(work, JOB_USER, JOB_USER)
     guide = GUIDE.read_text(encoding="utf-8")
