@@ -26,7 +26,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from vcluster import hook_wire, journal, paths
+from vcluster import hook_client, hook_wire, journal, paths
 from vcluster.errors import UserInputError
 from vcluster.slurmconf import default_program_dir
 
@@ -59,6 +59,7 @@ def config_header(python_dir: str, *, record_answer_s: float = hook_wire.RECORD_
         "VC_MAX_LINE_BYTES": str(hook_wire.MAX_LINE_BYTES),
         "VC_RECORD_ANSWER_S": repr(float(record_answer_s)),
         "VC_FINAL_ANSWER_MARGIN_S": repr(float(final_margin_s)),
+        "VC_DUPLICATE_TRIGGER": c_string(hook_client.DUPLICATE_TRIGGER),
         "VC_JOURNAL_SOCKET": c_string(journal_socket),
         "VC_SYSLOG_SOCKET": c_string(syslog_socket),
         "VC_EXIT_OK": str(hook_wire.EXIT_OK),

@@ -6,6 +6,7 @@ the request twice). Built with the system's C compiler, run as real processes.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_hook_server import Site, node, site  # noqa: F401  (fixture)
-from vcluster import hook_client, hook_front, hook_wire, journal
+from vcluster import hook_client, hook_front, hook_wire, journal, paths
 
 KINDS = ("resume", "suspend", "resume-fail", "prolog", "epilog", "job-finished")
 Answer = Callable[[socket.socket, dict], None]
@@ -471,3 +472,30 @@ def test_the_hook_runs_nothing_else(bed: Bed, client: str, argv: list[str]) -> N
     done = run(bed, "prolog", SLURM_JOB_ID="12", SLURM_JOB_NODELIST="vc-small-001")
     assert done.returncode == 0 and not (bed.tmp / "ran").exists()
     assert "WARNING not running what the controller asked: " in bed.log()
+
+
+@pytest.mark.skipif(os.path.exists(paths.DEFAULT_CONFIG_PATH),
+                    reason=f"{paths.DEFAULT_CONFIG_PATH} exists here: it would be read first")
+@pytest.mark.parametrize("client", ["front", "python"])
+def test_without_vcluster_config_the_config_beside_slurm_conf_is_read(bed: Bed,
+                                                                       client: str) -> None:
+    (bed.tmp / "etc").mkdir()
+    bed.config.rename(bed.tmp / "etc" / "vcluster.toml")
+    env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": str(bed.tmp / "etc" / "slurm.conf")}
+    if client == "front":
+        argv = [str(bed.front / "vcluster-suspend"), "vc-small-001"]
+    else:
+        argv = [sys.executable, "-c", "import os, sys\nfrom vcluster import hook_client\n"
+                "sys.exit(hook_client.run('suspend', ['vcluster-suspend', 'vc-small-001'], "
+                "os.environ))"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [r["arg"] for r in bed.controller.requests] == ["vc-small-001"]
+
+
+def test_the_duplicate_trigger_words_are_slurms() -> None:
+    from vcluster import slurm
+
+    assert hook_client.DUPLICATE_TRIGGER == slurm.DUPLICATE_TRIGGER
+    assert f'"{slurm.DUPLICATE_TRIGGER}"' in hook_front.config_header("/x")

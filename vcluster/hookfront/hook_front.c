@@ -44,7 +44,6 @@
 #define MAX_CONFIG_BYTES (1024 * 1024)
 #define MAX_LOG_MESSAGE 48000
 #define MAX_RUN_ARGS 16
-#define DUPLICATE_TRIGGER "Duplicate event trigger"
 
 static const char *const KINDS[] = {"resume", "suspend", "resume-fail",
                                     "prolog", "epilog", "job-finished", NULL};
@@ -316,12 +315,13 @@ static const char *config_path(void) {
         return env;
     const char *slurm_conf = getenv("SLURM_CONF");
     if (access(VC_DEFAULT_CONFIG, F_OK) != 0 && slurm_conf != NULL && *slurm_conf != '\0') {
+        /* os.path.join(os.path.dirname(SLURM_CONF), "vcluster.toml"), as the Python hook */
         const char *slash = strrchr(slurm_conf, '/');
-        int dir_len = slash == NULL ? 1 : slash == slurm_conf ? 1 : (int)(slash - slurm_conf);
-        const char *dir = slash == NULL ? "." : slurm_conf;
-        snprintf(beside, sizeof beside, "%.*s/vcluster.toml", dir_len, dir);
-        if (slash == slurm_conf)
-            snprintf(beside, sizeof beside, "/vcluster.toml");
+        if (slash == NULL)
+            snprintf(beside, sizeof beside, "vcluster.toml");
+        else
+            snprintf(beside, sizeof beside, "%.*s/vcluster.toml", (int)(slash - slurm_conf),
+                     slurm_conf);
         if (access(beside, F_OK) == 0)
             return beside;
     }
@@ -846,7 +846,7 @@ static void run_for_controller(struct hook_log *log, struct answer *a) {
     }
     close(out[0]);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-    if ((timed_out || code != 0) && strstr(said.p, DUPLICATE_TRIGGER) == NULL) {
+    if ((timed_out || code != 0) && strstr(said.p, VC_DUPLICATE_TRIGGER) == NULL) {
         char *nl = strchr(said.p, '\n');
         if (nl != NULL)
             *nl = '\0';
