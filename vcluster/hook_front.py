@@ -59,6 +59,7 @@ def config_header(python_dir: str, *, record_answer_s: float = hook_wire.RECORD_
         "VC_MAX_LINE_BYTES": str(hook_wire.MAX_LINE_BYTES),
         "VC_RECORD_ANSWER_S": repr(float(record_answer_s)),
         "VC_FINAL_ANSWER_MARGIN_S": repr(float(final_margin_s)),
+        "VC_AFTER_FAILED_SEND_S": repr(float(hook_wire.AFTER_FAILED_SEND_S)),
         "VC_DUPLICATE_TRIGGER": c_string(hook_client.DUPLICATE_TRIGGER),
         "VC_JOURNAL_SOCKET": c_string(journal_socket),
         "VC_SYSLOG_SOCKET": c_string(syslog_socket),

@@ -36,6 +36,9 @@ RECORD_ANSWER_S = 10.0
 that has not answered by then is treated like one whose heartbeat is stale."""
 FINAL_ANSWER_MARGIN_S = 10.0
 """Added to the ``wait_s`` the controller announces, for the final answer, seconds."""
+AFTER_FAILED_SEND_S = 1.0
+"""How long a hook whose request could not be sent whole reads for what the controller
+said before closing (its refusal is already in the socket's buffer), seconds."""
 
 
 class NotListening(Exception):
@@ -124,6 +127,9 @@ def ask(path: str, request: dict[str, Any], *,
         reader = LineReader(sock)
         try:
             sock.sendall(encode({"v": PROTOCOL_VERSION, **request}))
+        except OSError as exc:  # a refusal may have come before the end of the request
+            return _answer_after_failed_send(reader, path, exc)
+        try:
             first = reader.read(started + record_answer_s)
         except TimeoutError:
             raise NoAnswer(f"no answer within {record_answer_s:g} s on {path}") from None
@@ -151,3 +157,16 @@ def ask(path: str, request: dict[str, Any], *,
                 on_run(final)
     finally:
         sock.close()
+
+
+def _answer_after_failed_send(reader: LineReader, path: str, error: OSError) -> dict[str, Any]:
+    """The controller closed the connection while the request was being sent: what it
+    said before closing (a refusal, which is final) is still to be read; without one,
+    the controller hung up before recording anything."""
+    try:
+        said = reader.read(time.monotonic() + AFTER_FAILED_SEND_S)
+    except (OSError, ValueError):
+        said = None
+    if said is None or "recorded" in said or "code" not in said:
+        raise NoAnswer(f"the controller hung up on {path}: {error}", hung_up=True)
+    return said

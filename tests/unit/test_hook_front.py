@@ -5,6 +5,7 @@ the request twice). Built with the system's C compiler, run as real processes.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,8 @@ class FakeController:
     path: Path
     answer: Answer = field(default=recorded_then(0))
     requests: list[dict] = field(default_factory=list)
+    reads: bool = True
+    """False: answers at once and closes without reading the request (an impatient refusal)."""
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -55,12 +58,18 @@ class FakeController:
             except OSError:
                 return
             with conn:
+                if not self.reads:
+                    with contextlib.suppress(OSError):
+                        self.answer(conn, {})
+                    continue
                 data = b""
                 while not data.endswith(b"\n"):
                     chunk = conn.recv(65536)
                     if not chunk:
                         break
                     data += chunk
+                if not data:  # a client that connected and sent nothing
+                    continue
                 request = json.loads(data)
                 self.requests.append(request)
                 try:
@@ -196,6 +205,26 @@ def test_the_controllers_refusal_reaches_slurm_as_the_python_hook_gives_it(
     assert capsys.readouterr().err == done.stderr
     errors = [line.split(" ", 3)[3] for line in bed.log().splitlines() if " ERROR " in line]
     assert errors == [f"ERROR vcluster-suspend: {message} (exit 2)"] * 2
+
+
+def test_a_refusal_sent_before_the_request_was_read_reaches_slurm(
+        bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:
+    """A controller that refuses and closes while the hook is still sending (a request
+    larger than the socket's buffer makes it certain): the hook's send fails, and the
+    refusal already in its buffer is what Slurm gets, not a hang-up."""
+    message = "uid 0 may not use the socket"
+    bed.controller.reads = False
+    bed.controller.answer = lambda conn, request: conn.sendall(
+        hook_wire.encode({"code": 2, "message": message}))
+    resume = bed.tmp / "resume.json"
+    resume.write_text(json.dumps({"jobs": [{"job_id": 12, "nodes": "vc-small-001",
+                                            "pad": "x" * 2_000_000}]}))
+    done = run_front(bed, "resume", "vc-small-001", SLURM_RESUME_FILE=str(resume))
+    assert (done.returncode, done.stderr) == (2, f"vcluster-resume: error: {message}\n")
+    assert hook_client.run("resume", ["vcluster-resume", "vc-small-001"],
+                           bed.env(SLURM_RESUME_FILE=str(resume))) == 2
+    assert capsys.readouterr().err == done.stderr
+    assert python_ran(bed) == []  # neither did the work itself
 
 
 def test_an_answer_without_a_code_is_a_failure(bed: Bed) -> None:

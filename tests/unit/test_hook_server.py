@@ -4,6 +4,7 @@ answered when the job's nodes are up, and a hook that imports nothing heavy."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -300,10 +301,15 @@ def test_a_refused_resume_fails_the_nodes_and_leaves_a_trace(site: Site) -> None
             kind=db.RESUME_REFUSED_EVENT))] == [3]
 
 
-def test_another_user_may_not_use_the_socket(site: Site,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("pad", [0, 2_000_000], ids=["small", "larger-than-the-buffer"])
+def test_another_user_may_not_use_the_socket(site: Site, capsys: pytest.CaptureFixture[str],
+                                             pad: int) -> None:
     site.server.allowed_uids = {12345}
-    assert hook_client.run("suspend", ["vcluster-suspend", "vc-small-001"], site.environ) == 2
+    resume = site.tmp / "resume.json"
+    resume.write_text(json.dumps({"jobs": [{"job_id": 3, "nodes": "vc-small-001",
+                                            "pad": "x" * pad}]}))
+    environ = {**site.environ, "SLURM_RESUME_FILE": str(resume)}
+    assert hook_client.run("resume", ["vcluster-resume", "vc-small-001"], environ) == 2
     assert f"may not use {site.server.path}" in capsys.readouterr().err
     assert site.requests() == []
 

@@ -20,6 +20,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -59,6 +60,8 @@ log = logging.getLogger("vcluster.hooks")
 
 REQUEST_READ_S = 10.0
 """How long a connected hook has to send its request, seconds."""
+REFUSE_READ_S = 1.0
+"""How long the server reads a refused peer's request before answering it, seconds."""
 _JOB_ENV = frozenset({"SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_EXIT_CODE"})
 _KINDS = frozenset(db.HOOK_KINDS)
 
@@ -172,6 +175,10 @@ class HookServer:
                 uid = peer_uid(conn)
                 if uid not in self.allowed_uids:
                     log.warning("refused a hook request from uid %d on %s", uid, self.path)
+                    # read the request first (bounded): a connection closed while its peer
+                    # is still sending ends in EPIPE there, not in this refusal
+                    with contextlib.suppress(OSError, ValueError):
+                        LineReader(conn).read(time.monotonic() + REFUSE_READ_S)
                     send({"code": EXIT_BAD_INPUT, "message": f"uid {uid} may not use "
                           f"{self.path}; Slurm's programs run as root"})
                     return

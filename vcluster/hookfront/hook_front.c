@@ -947,6 +947,17 @@ static void add_env(struct buf *req, const char *name, int *first) {
     json_string(req, value);
 }
 
+/* Exit with the controller's final answer (its code and message). */
+static int finish_answer(struct hook_log *log, const struct answer *answer, double started) {
+    if (!answer->has_code || !answer->code_is_int) {
+        struct buf message = {0};
+        buf_str(&message, "the controller answered ");
+        buf_str(&message, answer->raw);
+        return finish(log, VC_EXIT_FAILED, message.p, started);
+    }
+    return finish(log, (int)answer->code, answer->message.p ? answer->message.p : "", started);
+}
+
 int main(int argc, char **argv) {
     double started = monotonic_s();
     g_cpu_at_start = cpu_ms();
@@ -1029,15 +1040,24 @@ int main(int argc, char **argv) {
     log_open(&log, &dirs, argc, argv);
     struct reader reader = {.fd = fd};
     char *line = NULL;
-    if (send_all(fd, req.p, req.n) != 0)
-        fault("hungup", "the controller hung up on %s: [Errno %d] %s", path, errno, strerror(errno));
+    struct answer answer;
+    if (send_all(fd, req.p, req.n) != 0) {
+        /* closed while the request was being sent: a refusal said before is still to be
+         * read (it is final); else the controller hung up before recording anything */
+        int send_errno = errno;
+        if (read_line(&reader, monotonic_s() + VC_AFTER_FAILED_SEND_S, &line) != 1 ||
+            !parse_answer(line, &answer) || answer.has_recorded || !answer.has_code)
+            fault("hungup", "the controller hung up on %s: [Errno %d] %s", path, send_errno,
+                  strerror(send_errno));
+        close(fd);
+        return finish_answer(&log, &answer, started);
+    }
     free(req.p);
     int got = read_line(&reader, started + VC_RECORD_ANSWER_S, &line);
     if (got == -1)
         fault("stale", "no answer within %g s on %s", (double)VC_RECORD_ANSWER_S, path);
     if (got == 0)
         fault("hungup", "the controller hung up on %s before recording the request", path);
-    struct answer answer;
     if (got < 0 || !parse_answer(line, &answer))
         fault("hungup", "the controller hung up on %s: %s", path,
               got < 0 ? strerror(errno) : "not a JSON object");
@@ -1068,11 +1088,5 @@ int main(int argc, char **argv) {
         }
     }
     close(fd);
-    if (!answer.has_code || !answer.code_is_int) {
-        struct buf message = {0};
-        buf_str(&message, "the controller answered ");
-        buf_str(&message, answer.raw);
-        return finish(&log, VC_EXIT_FAILED, message.p, started);
-    }
-    return finish(&log, (int)answer.code, answer.message.p ? answer.message.p : "", started);
+    return finish_answer(&log, &answer, started);
 }
