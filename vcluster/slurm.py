@@ -38,6 +38,7 @@ from vcluster.slurm_parse import (
     compress_hostlist,
     expand_hostlist,
     node_from_record,
+    parse_node_states,
     parse_nodes_json,
     parse_scontrol_record,
     parse_scontrol_records,
@@ -245,18 +246,20 @@ class Slurm:
 
     def show_nodes(self, names: Sequence[str]) -> list[Node]:
         """The named nodes Slurm knows, in one ``scontrol show node HOSTLIST -o`` (nodes it
-        does not know are left out: scontrol prints the others and exits 1)."""
+        does not know are left out: scontrol prints the others and exits 1), read for their
+        names and states only (:func:`~vcluster.slurm_parse.parse_node_states`: what the
+        prologs' wait needs)."""
         if not names:
             return []
         result = self.run(["scontrol", "show", "node", compress_hostlist(names), "-o"],
                           check=False)
-        records = parse_scontrol_records(result.stdout)
-        if result.returncode != 0 and not records and \
+        nodes = parse_node_states(result.stdout)
+        if result.returncode != 0 and not nodes and \
                 _NODE_NOT_FOUND not in result.stdout + result.stderr:
             raise SlurmCommandError(list(result.argv), result.returncode, result.stdout,
                                     result.stderr)
         wanted = set(names)
-        return [node_from_record(r) for r in records if r.get("NodeName") in wanted]
+        return [node for node in nodes if node.name in wanted]
 
     def show_job(self, job_id: int) -> dict[str, str] | None:
         """``scontrol show job J -o`` as Key=Value pairs; None if Slurm does not know J.

@@ -54,7 +54,7 @@ from vcluster.slurm_nodes import (
     split_node_state,
     strip_reason_stamp,
 )
-from vcluster.slurm_values import _str
+from vcluster.slurm_values import _state_words, _str
 
 __all__ = [  # the readers of slurm_hostlist, slurm_jobs and slurm_nodes: import them from here
     "BASE_NODE_STATES",
@@ -178,6 +178,34 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
         record.setdefault(match.group(1), line[match.end():end].strip())
     return record
+
+
+def parse_node_states(text: str) -> list[Node]:
+    """``scontrol show node -o`` read for each node's name and state only: name, base state
+    and flags, and for a DOWN node its reason; the other fields are left empty.
+
+    Why: the prologs waiting for their nodes read them every second; in a 1,000-job burst
+    that is 1,000 records of about 60 fields each, and reading whole records (86 ms a read
+    here) was a sixth of the controller's time; this takes 5 ms. Each field is read as
+    :func:`parse_scontrol_record` reads it: its first occurrence after a space (scontrol
+    separates fields with spaces; a state list has none).
+    """
+    nodes: list[Node] = []
+    states: dict[str, tuple[str, frozenset[str]]] = {}  # a burst's nodes share a few
+    for line in text.splitlines():
+        if not line.startswith("NodeName="):
+            continue
+        end = line.find(" ")
+        name = line[9:end] if end >= 0 else line[9:]
+        at = line.find(" State=")
+        value = "" if at < 0 else line[at + 7:].split(" ", 1)[0]
+        if (state_flags := states.get(value)) is None:
+            state_flags = states[value] = split_node_state(_state_words(value))
+        state, flags = state_flags
+        reason = strip_reason_stamp(parse_scontrol_record(line).get("Reason", "")) \
+            if state == "DOWN" else ""
+        nodes.append(Node(name, state, flags, "", "", 0, 0, (), (), reason))
+    return nodes
 
 
 def parse_scontrol_records(text: str) -> list[dict[str, str]]:

@@ -746,6 +746,18 @@ def test_history_older_than_history_days_is_pruned_open_rows_never(world: World)
         assert [j.job_id for j in s.scalars(select(db.Job))] == [2]
 
 
+def test_expired_join_tokens_are_pruned(world: World) -> None:
+    w = world
+    with db.transaction(w.sessions) as s:
+        for name, expires in (("gone", T0 - timedelta(seconds=1)),
+                              ("kept", T0 + timedelta(seconds=60))):
+            s.add(db.JoinToken(token_sha256=name * 8, launch_id=None, node_name=name,
+                               expires_at=expires))
+    w.controller.prune()
+    with w.sessions() as s:
+        assert [t.node_name for t in s.scalars(select(db.JoinToken))] == ["kept"]
+
+
 def test_a_foreign_exception_in_a_pass_does_not_stop_the_daemon(world: World) -> None:
     calls: list[int] = []
     stop = threading.Event()

@@ -116,14 +116,16 @@ def test_a_new_boot_attempt_replaces_the_old_token(sessions: sessionmaker[Sessio
     assert redeem(sessions, one, new, VM_IP, now=T0).granted
 
 
-def test_expired_tokens_are_removed_when_the_next_is_issued(
+def test_an_expired_token_is_refused_until_the_prune_removes_it(
         sessions: sessionmaker[Session]) -> None:
-    _launch(sessions)
-    with db.transaction(sessions) as s:
-        issue(s, launch_id=999, node_name="vc-small-002", now=T0 + timedelta(seconds=120),
-              ttl_s=60)
+    _, token = _launch(sessions)
+    later = T0 + timedelta(seconds=120)
+    with db.transaction(sessions) as s:  # another boot: the expired token stays ...
+        issue(s, launch_id=999, node_name="vc-small-002", now=later, ttl_s=60)
+    assert redeem(sessions, _vms(), token, VM_IP, now=later).reason.startswith(
+        "token expired at")  # ... and is refused
     with sessions() as s:
-        assert [r.launch_id for r in s.scalars(select(db.JoinToken))] == [999]
+        assert sorted(r.launch_id for r in s.scalars(select(db.JoinToken))) == [1, 999]
 
 
 def test_not_yet_known_vm_or_oned_down_means_ask_again(sessions: sessionmaker[Session]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from vcluster.cli.fsub import Follower
 from vcluster.errors import SlurmParseError
+from vcluster.hook_steps import node_wait_state
 from vcluster.slurm import (
     Job,
     Node,
@@ -29,6 +30,7 @@ from vcluster.slurm_parse import (
     check_supported,
     job_state_name,
     node_from_record,
+    parse_node_states,
     parse_slurm_version,
     split_node_state,
     strip_reason_stamp,
@@ -391,6 +393,35 @@ def test_scontrol_node_reason_stamp_is_stripped(version: str) -> None:
     (c3,) = parse_scontrol_records(read(version, "scontrol-show-node-vca-c3.txt"))
     assert c3["State"] == "IDLE+CLOUD+POWERED_DOWN"
     assert node_from_record(c3).powered_down
+
+
+@pytest.mark.parametrize("capture", ["scontrol-show-node.txt", "scontrol-show-node-vca-r6.txt",
+                                     "scontrol-show-node-vca-c1.txt",
+                                     "scontrol-show-node-vca-c3.txt",
+                                     "scontrol-show-node-missing.txt"])
+def test_node_states_read_as_the_whole_records_read_them(version: str, capture: str) -> None:
+    """The prologs' wait reads only names and states (and a DOWN node's reason): what it
+    reads is what the whole record gives, on both versions, and what a waiting prolog makes
+    of each node is the same."""
+    text = read(version, capture)
+    whole = [node_from_record(r) for r in parse_scontrol_records(text)]
+    lean = parse_node_states(text)
+    assert [(n.name, n.state, n.flags, n.reason if n.is_down else "") for n in whole] == \
+        [(n.name, n.state, n.flags, n.reason) for n in lean]
+    assert [node_wait_state(n) for n in whole] == [node_wait_state(n) for n in lean]
+    if capture == "scontrol-show-node-vca-r6.txt":
+        assert [(n.state, n.reason) for n in lean] == [("DOWN", "disk failed")]
+
+
+def test_node_states_of_odd_lines() -> None:
+    assert parse_node_states("Node nosuch not found\n") == []
+    (node,) = parse_node_states("NodeName=a OS=Linux 6.1 #1 SMP State=DOWN+CLOUD Reason=x y "
+                                "[root@2026-12-02T08:19:08]\nnot a record\n")
+    assert (node.name, node.state, node.flags, node.reason) == (
+        "a", "DOWN", frozenset({"CLOUD"}), "x y")
+    (node,) = parse_node_states("NodeName=b CPUTot=2 ThreadsPerCore=1")  # as the record's
+    assert node.state == node_from_record(parse_scontrol_record(
+        "NodeName=b CPUTot=2 ThreadsPerCore=1")).state == "UNKNOWN"
 
 
 def test_scontrol_record_oddities() -> None:

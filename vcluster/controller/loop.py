@@ -275,8 +275,9 @@ class Controller:
         return result
 
     def prune(self) -> None:
-        """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S, and events,
-        ended launches and ended jobs older than ``controller.history_days``."""
+        """Forget handled hook requests older than HANDLED_REQUEST_KEEP_S, events, ended
+        launches and ended jobs older than ``controller.history_days``, and expired join
+        tokens."""
         self._pruned_at = time.monotonic()
         now = self.now()
         cutoff = now - timedelta(seconds=HANDLED_REQUEST_KEEP_S)
@@ -292,6 +293,8 @@ class Controller:
                         db.Launch.ended_at.is_not(None), db.Launch.ended_at < history)),
                     ("jobs", delete(db.Job).where(
                         db.Job.ended_at.is_not(None), db.Job.ended_at < history)),
+                    ("expired join tokens", delete(db.JoinToken).where(
+                        db.JoinToken.expires_at < now)),
                 )}
             if any(counts.values()):
                 log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in counts.items()))
