@@ -127,6 +127,8 @@ def ask(path: str, request: dict[str, Any], *,
         reader = LineReader(sock)
         try:
             sock.sendall(encode({"v": PROTOCOL_VERSION, **request}))
+        except TimeoutError:  # not taking the request: as not answering it
+            raise NoAnswer(f"no answer within {record_answer_s:g} s on {path}") from None
         except OSError as exc:  # a refusal may have come before the end of the request
             return _answer_after_failed_send(reader, path, exc)
         try:

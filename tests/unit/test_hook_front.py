@@ -297,6 +297,28 @@ def test_a_controller_that_does_not_record_in_time_is_stale(bed: Bed) -> None:
                                 "message": f"no answer within 0.5 s on {socket_path}"}]
 
 
+def test_a_controller_that_does_not_take_the_request_in_time_is_stale(bed: Bed) -> None:
+    """Connected, but the controller reads nothing: a request larger than the socket's
+    buffer cannot be sent whole within the bound; that is "not answering" (stale), as no
+    answer in time is, on both clients, not a hang-up."""
+    bed.controller.reads = False
+    bed.controller.answer = lambda conn, request: time.sleep(1.5)
+    resume = bed.tmp / "resume.json"
+    resume.write_text(json.dumps({"jobs": [{"job_id": 12, "nodes": "vc-small-001",
+                                            "pad": "x" * 2_000_000}]}))
+    done = run_front(bed, "resume", "vc-small-001", SLURM_RESUME_FILE=str(resume))
+    socket_path = bed.tmp / "state" / "hooks.sock"
+    assert done.returncode == 42
+    assert python_ran(bed) == [{"argv": ["vc-small-001"], "fault": "stale", "job": None,
+                                "message": f"no answer within 0.5 s on {socket_path}"}]
+    request, _ = hook_client.build_request("resume", ["vcluster-resume", "vc-small-001"],
+                                           bed.env(SLURM_RESUME_FILE=str(resume)))
+    with pytest.raises(hook_wire.NoAnswer) as info:
+        hook_wire.ask(str(socket_path), request, record_answer_s=0.5)
+    assert (str(info.value), info.value.hung_up) == (
+        f"no answer within 0.5 s on {socket_path}", False)
+
+
 def test_a_controller_that_hangs_up_before_recording(bed: Bed) -> None:
     bed.controller.answer = lambda conn, request: None  # closes without a word
     done = run_front(bed, "epilog", SLURM_JOB_ID="12", SLURM_JOB_NODELIST="vc-small-001")

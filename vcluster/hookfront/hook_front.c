@@ -1045,6 +1045,8 @@ int main(int argc, char **argv) {
         /* closed while the request was being sent: a refusal said before is still to be
          * read (it is final); else the controller hung up before recording anything */
         int send_errno = errno;
+        if (send_errno == EAGAIN || send_errno == EWOULDBLOCK) /* not taking the request */
+            fault("stale", "no answer within %g s on %s", (double)VC_RECORD_ANSWER_S, path);
         if (read_line(&reader, monotonic_s() + VC_AFTER_FAILED_SEND_S, &line) != 1 ||
             !parse_answer(line, &answer) || answer.has_recorded || !answer.has_code)
             fault("hungup", "the controller hung up on %s: [Errno %d] %s", path, send_errno,
