@@ -11,6 +11,7 @@ site clean afterwards.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -67,6 +68,19 @@ def test_fifty_jobs_with_late_epilogs_fail_no_node(late_epilog: Site) -> None:
     failed = [e for e in json.loads(proc.stdout)
               if e["at"] >= started and (e["kind"].startswith("node.fail") or
                                          "no VM backs this node" in e["message"])]
-    assert not failed, [f"{e['kind']} {e['node_name']}: {e['message']}" for e in failed[:5]]
+    assert not failed, [f"{e['kind']} {e['node_name']}: {e['message']}"
+                        f"{_vm_error(s, e)}" for e in failed[:5]]
     down = [n.name for n in s.cloud_nodes() if n.is_down]
     assert not down, f"nodes DOWN: {down}"
+
+
+def _vm_error(s: Site, event: dict) -> str:
+    """The cloud's error text of a failed VM (why its boot failed), for the failure message."""
+    named = re.search(r"\bVM (\d+)\b", event["message"])
+    vm_id = event.get("vm_id") or (int(named.group(1)) if named else None)
+    if vm_id is None:
+        return ""
+    try:
+        return f" (the cloud: {s.one.vm(vm_id).user_template.get('ERROR', 'no ERROR')})"
+    except Exception as exc:  # a diagnostic only
+        return f" (VM {vm_id} unreadable: {exc})"

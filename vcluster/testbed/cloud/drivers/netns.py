@@ -97,7 +97,8 @@ class NetnsDriver(VmObjects):
         prefix: str,
         *,
         stop_timeout_s: float = 5.0,
-        init_timeout_s: float = 20.0,
+        init_timeout_s: float = 60.0,  # vminit's set-up; 50 VMs starting at once on 2
+        # busy cores took it past 20 s once (a BOOT_FAILURE the job did not deserve)
         freeze_timeout_s: float = 5.0,
         guest_shares: tuple[str, ...] = DEFAULT_GUEST_SHARES,
     ) -> None:
