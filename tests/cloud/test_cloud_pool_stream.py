@@ -5,6 +5,7 @@ session, an XML-RPC fault) reaching the caller as they do without streaming."""
 from __future__ import annotations
 
 import secrets
+import time
 import xmlrpc.client
 
 import pytest
@@ -15,7 +16,7 @@ from vcluster.config import OpenNebulaSettings, parse_config
 from vcluster.errors import OneAuthError
 from vcluster.one import OneClient
 from vcluster.one_stream import AnswerStream
-from vcluster.one_vm import CONTEXT_KEPT, PoolReader, vm_from_binding
+from vcluster.one_vm import CONTEXT_KEPT, VM, PoolReader, vm_from_binding
 from vcluster.vmtemplate import GuestContext, worker_vm_extra
 
 BASE = 'NIC = [ NETWORK = "vcluster" ]\n'
@@ -50,10 +51,20 @@ def test_streamed_pool_is_what_pyone_reads(cloud: Running) -> None:
     ours = _worker_vms(cloud, "bench", 3)
     _worker_vms(cloud, "other", 1)
     cloud.one.vm.update(ours[0], 'READY = "YES"', 1)
+
+    def by_pyone_now() -> dict[int, VM]:
+        return {int(v.ID): vm_from_binding(v)
+                for v in cloud.one.vmpool.infoextended(-2, -1, -1, -1).VM}
+
+    # compared once they stand still: a VM going through PROLOG and BOOT between the two
+    # reads would be seen in two states
+    deadline = time.monotonic() + 60
+    while {by_pyone_now()[i].state_name for i in ours} != {"RUNNING"}:
+        assert time.monotonic() < deadline, "the VMs did not reach RUNNING"
+        time.sleep(0.1)
     streamed = _client(cloud).vms(cluster="bench")
     assert [vm.vm_id for vm in streamed] == sorted(ours, reverse=True)
-    by_pyone = {int(v.ID): vm_from_binding(v)
-                for v in cloud.one.vmpool.infoextended(-2, -1, -1, -1).VM}
+    by_pyone = by_pyone_now()
     for vm in streamed:
         expected = by_pyone[vm.vm_id]
         kept = {k: v for k, v in expected.context.items() if k in CONTEXT_KEPT}
