@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import os
 import pwd
 import shutil
@@ -222,7 +223,18 @@ def test_vm_boots_joins_bridge_runs_start_script_and_reports_ready(
     with pytest.raises(OSError):
         socket.create_connection((ip, HTTP_PORT), timeout=1.5).close()
     assert driver.alive(11)
+    # what the host knows of the VM's address while it is away: here a wrong link address,
+    # which only the VM announcing itself on resume corrects at once (as a failed entry)
+    subprocess.run(["ip", "neigh", "replace", ip, "lladdr", "02:00:00:00:00:01",
+                    "dev", BRIDGE, "nud", "stale"], check=True)
     driver.resume(11)
+    # back on the network when resume returns: carrier, bridge port and bridge up, the host's
+    # neighbour entry holds the VM's own address; the first connection succeeds
+    veth = Path("/sys/class/net") / driver.veth_name(11)
+    assert (veth / "operstate").read_text().strip() == "up"
+    assert (veth / "brport" / "state").read_text().strip() == "3"
+    assert (veth / "master" / "operstate").read_text().strip() == "up"
+    assert _host_neighbour(ip) == _vm_mac(driver.netns_name(11))
     assert http_get(url, timeout_s=5) == 200
 
     listener_pid = int((out / "listener.pid").read_text())
@@ -235,6 +247,18 @@ def test_vm_boots_joins_bridge_runs_start_script_and_reports_ready(
         driver.state_dir / "logs" / "vm11.console.log"
     ).read_text()
     driver.shutdown(11)  # idempotent
+
+
+def _host_neighbour(ip: str) -> str:
+    out = subprocess.run(["ip", "-j", "neigh", "show", ip, "dev", BRIDGE],
+                         capture_output=True, text=True, check=True).stdout
+    return str(json.loads(out)[0]["lladdr"])
+
+
+def _vm_mac(ns_name: str) -> str:
+    out = subprocess.run(["ip", "-n", ns_name, "-j", "link", "show", "dev", "eth0"],
+                         capture_output=True, text=True, check=True).stdout
+    return str(json.loads(out)[0]["address"])
 
 
 def _answers(url: str) -> bool:

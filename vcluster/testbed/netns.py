@@ -17,17 +17,20 @@ whose message is one line naming the command and the kernel's answer.
 
 ``python -m vcluster.testbed.netns --hostname NAME -- ARGV...`` sets the hostname of the
 current UTS namespace and execs ARGV; :func:`host_argv` uses it, since ``unshare`` has no
-option to name the new UTS namespace.
+option to name the new UTS namespace. ``python -m vcluster.testbed.netns --announce IFACE``
+sends a gratuitous ARP from IFACE of the current network namespace; :func:`announce` uses it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -327,8 +330,95 @@ def cleanup_prefix(prefix: str, *, bridge: str | None = None, kill_timeout_s: fl
     return removed
 
 
+# --- a host back on the network (a resumed VM) --------------------------------------------
+
+ANNOUNCE_TIMEOUT_S = 5.0
+_BRPORT_FORWARDING = "3"
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFADDR = 0x8915
+_SIOCGIFHWADDR = 0x8927
+_IFF_UP = 0x1
+_IFF_RUNNING = 0x40
+_ETH_P_ARP = 0x0806
+
+
+def wait_forwarding(name: str, timeout_s: float = ANNOUNCE_TIMEOUT_S) -> None:
+    """Wait until host interface ``name`` carries frames: its carrier is up and, when it is a
+    bridge port, the port forwards and the bridge has its carrier back (a bridge whose every
+    port went down lost it). The kernel applies carrier changes asynchronously (its link
+    watch, at most once a second and later when busy), so ``ip link set up`` returning is
+    not enough: until then the host drops what it sends there, ARP probes included."""
+    link = Path("/sys/class/net") / check_name(name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {name: _read_sys(link / "operstate")}
+        if (link / "brport").exists():
+            states["bridge port"] = (
+                "forwarding" if _read_sys(link / "brport" / "state") == _BRPORT_FORWARDING
+                else "not forwarding"
+            )
+            states["bridge"] = _read_sys(link / "master" / "operstate")
+        if all(state in ("up", "forwarding") for state in states.values()):
+            return
+        if time.monotonic() >= deadline:
+            detail = ", ".join(f"{what} {state}" for what, state in states.items())
+            raise NetnsError(f"{name} does not carry frames after {timeout_s:g} s ({detail})")
+        time.sleep(0.02)
+
+
+def _read_sys(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "absent"
+
+
+def announce(ns_name: str, iface: str = "eth0", timeout_s: float = ANNOUNCE_TIMEOUT_S) -> None:
+    """Send a gratuitous ARP from ``iface`` of namespace ``ns_name``, as a hypervisor announces
+    a guest it restored: hosts that tried to reach it while it was off the network (their
+    neighbour entry failed, a connection waits on it) learn at once that it is back."""
+    check_name(iface, "interface")
+    _run(["nsenter", f"--net={netns_path(check_name(ns_name, 'namespace'))}",
+          sys.executable, "-m", "vcluster.testbed.netns", "--announce", iface, f"{timeout_s:g}"],
+         timeout_s=timeout_s + COMMAND_TIMEOUT_S)
+
+
+def _ifreq(sock: socket.socket, request: int, iface: str) -> bytes:
+    return fcntl.ioctl(sock.fileno(), request, struct.pack("16s24x", iface.encode()))
+
+
+def send_gratuitous_arp(iface: str, timeout_s: float) -> None:
+    """From this network namespace: wait until ``iface`` is up with its carrier, then broadcast
+    an ARP request for its own address (sender = target = its IP, the form Linux's neighbour
+    code takes as an update of an entry it holds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            (flags,) = struct.unpack_from("H", _ifreq(probe, _SIOCGIFFLAGS, iface), 16)
+            if flags & (_IFF_UP | _IFF_RUNNING) == _IFF_UP | _IFF_RUNNING:
+                break
+            if time.monotonic() >= deadline:
+                raise NetnsError(f"{iface} has no carrier after {timeout_s:g} s")
+            time.sleep(0.02)
+        mac = _ifreq(probe, _SIOCGIFHWADDR, iface)[18:24]
+        ip = _ifreq(probe, _SIOCGIFADDR, iface)[20:24]
+    frame = (b"\xff" * 6 + mac + struct.pack("!H", _ETH_P_ARP)
+             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\x00" * 6 + ip)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        raw.bind((iface, _ETH_P_ARP))
+        raw.send(frame)
+
+
 def _main(args: list[str]) -> int:
-    """``--hostname NAME -- ARGV...``: name this UTS namespace, then exec ARGV."""
+    """``--hostname NAME -- ARGV...``: name this UTS namespace, then exec ARGV.
+    ``--announce IFACE TIMEOUT_S``: send a gratuitous ARP from IFACE (:func:`announce`)."""
+    if len(args) == 3 and args[0] == "--announce":
+        try:
+            send_gratuitous_arp(args[1], float(args[2]))
+        except (OSError, ValueError, NetnsError) as err:
+            print(f"cannot announce {args[1]}: {err}", file=sys.stderr)
+            return 1
+        return 0
     if len(args) < 4 or args[0] != "--hostname" or args[2] != "--":
         print("usage: python -m vcluster.testbed.netns --hostname NAME -- ARGV...",
               file=sys.stderr)

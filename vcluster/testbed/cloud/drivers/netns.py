@@ -171,6 +171,14 @@ class NetnsDriver(VmObjects):
     def resume(self, vm_id: int) -> None:
         self._set_link(vm_id, True)
         self._set_freezer(vm_id, "THAWED")
+        # Back on the network as a restored guest is: its link carries frames when resume
+        # returns, and it announces itself (a host that tried it meanwhile holds a failed
+        # neighbour entry, and its next connection would fail with "No route to host").
+        try:
+            netns.wait_forwarding(self.veth_name(vm_id))
+            netns.announce(self.netns_name(vm_id))
+        except netns.NetnsError as err:
+            log.warning("VM %d resumed, but not announced on its network: %s", vm_id, err)
 
     def _set_link(self, vm_id: int, up: bool) -> None:
         try:
