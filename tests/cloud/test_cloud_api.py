@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 import xmlrpc.client
 
 import pyone
@@ -112,6 +113,23 @@ def test_short_pool_drops_custom_attributes_extended_keeps_them(cloud: Running) 
     full = cloud.one.vmpool.infoextended(-2, -1, -1, -1).VM[0]
     assert full.USER_TEMPLATE["VCLUSTER_NODE"] == "n1"
     assert full.TEMPLATE["CONTEXT"]["X"] == "1"
+
+
+def test_answers_are_not_compressed_even_for_a_client_that_accepts_gzip(cloud: Running
+                                                                        ) -> None:
+    # as oned's xmlrpc-c server: pyone's transport (requests) always offers gzip
+    for _ in range(5):
+        cloud.one.vm.allocate(VM_TEXT + 'CONTEXT = [ NETWORK = "YES", X = "1" ]\n')
+    body = xmlrpc.client.dumps((AUTH, -2, -1, -1, -1), "one.vmpool.infoextended").encode()
+    request = urllib.request.Request(
+        cloud.server.endpoint, data=body,
+        headers={"Content-Type": "text/xml", "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = response.read()
+        assert response.headers.get("Content-Encoding") is None
+    assert len(answer) > 1400
+    ((ok, pool, _code),), _method = xmlrpc.client.loads(answer)
+    assert ok and pool.count("<VM>") == 5
 
 
 def test_pools_are_newest_first_with_ranges_pages_and_state_filter(cloud: Running) -> None:

@@ -374,6 +374,11 @@ def select(objs: list[Any], key: Callable[[Any], int], cloud: Cloud,
 
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/", "/RPC2")
+    encode_threshold = None  # type: ignore[assignment]  # None turns it off; typeshed says int
+    """Answers are never compressed, as oned's: its XML-RPC server (xmlrpc-c's Abyss) has no
+    content coding. Python's server gzips an answer over 1,400 bytes for a client that accepts
+    it (``requests``, pyone's transport, always says so), which cost the testbed and its
+    client CPU oned's clients never pay (a VM pool listing in every controller pass)."""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("xmlrpc %s", format % args)
