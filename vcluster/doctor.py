@@ -180,8 +180,12 @@ def _hooks(config: Config) -> Iterator[Check]:
             yield Check(OK, name, path)
         elif _wraps(path, expected):
             yield Check(OK, name, f"{path} (a wrapper of {expected})")
-        elif (front := front_of(path, installed)):
-            yield Check(OK, name, f"{path} ({front})")
+        elif (front := front_of(path, installed)) and front.current:
+            yield Check(OK, name, f"{path} ({front.how})")
+        elif front:
+            yield Check(WARN, name, f"{path} ({front.how}) was built from another vcluster "
+                        "than this one: rebuild it with `vcluster hook-front --out "
+                        f"{os.path.dirname(front.front)}`")
         else:
             yield Check(WARN, name, f"slurm.conf runs {path}, this vcluster's is {expected}; "
                         f"if that is not a wrapper of it, {fix}")
@@ -208,15 +212,28 @@ def _wraps(path: str, program: str) -> bool:
     return head.startswith(b"#!") and f"exec {program} ".encode() in head
 
 
-def front_of(path: str, installed: str) -> str:
+@dataclass(frozen=True)
+class FrontUse:
+    """How a hook path runs the C hook front built for the Python hooks of a vcluster."""
+
+    how: str
+    """"the hook front of DIR", or "a wrapper of the hook front of DIR"."""
+    front: str
+    """The front's link (e.g. /opt/vcluster/libexec/vcluster-prolog)."""
+    current: bool
+    """Built from this vcluster's source and constants (not left from an earlier one)."""
+
+
+def front_of(path: str, installed: str) -> FrontUse | None:
     """How ``path`` runs the C hook front built for the Python hooks in ``installed``
-    (directly, or through a wrapper that execs it); "" if it does not."""
-    from vcluster.hook_front import find_front
+    (directly, or through a wrapper that execs it); None if it does not."""
+    from vcluster.hook_front import built_from_this, find_front
 
     found = find_front(path, installed)
     if found is None:
-        return ""
-    return ("a wrapper of " if found != path else "") + f"the hook front of {installed}"
+        return None
+    how = ("a wrapper of " if found != path else "") + f"the hook front of {installed}"
+    return FrontUse(how, found, built_from_this(found, installed))
 
 
 def cannot_run(path: str, user: str) -> str:

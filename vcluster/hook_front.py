@@ -34,6 +34,9 @@ FRONT_NAME = "vcluster-hook-front"
 HOOK_NAMES = ("vcluster-resume", "vcluster-suspend", "vcluster-resume-fail", "vcluster-prolog",
               "vcluster-epilog", "vcluster-job-finished")
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra")
+BUILD_ID_PREFIX = "vcluster hook front build "
+"""Before the build id in the program (its ``vc_build_id``), where :func:`built_from_this`
+finds it."""
 
 
 def c_string(text: str) -> str:
@@ -103,7 +106,8 @@ def build(out_dir: str | os.PathLike[str], *, python_dir: str | None = None,
     header = config_header(python_dir, record_answer_s=record_answer_s,
                            final_margin_s=final_margin_s, journal_socket=journal_socket,
                            syslog_socket=syslog_socket)
-    source = (resources.files("vcluster") / "hookfront" / "hook_front.c").read_bytes()
+    source = _source()
+    header += f'#define VC_BUILD_ID "{BUILD_ID_PREFIX}{build_id(header, source)}"\n'
     stamp = out / f".{FRONT_NAME}.sha256"
     digest = hashlib.sha256("\0".join((header, compiler, *CFLAGS)).encode() + source).hexdigest()
     if not ((out / FRONT_NAME).is_file() and stamp.is_file() and stamp.read_text() == digest):
@@ -118,6 +122,30 @@ def build(out_dir: str | os.PathLike[str], *, python_dir: str | None = None,
         staged.symlink_to(FRONT_NAME)
         os.replace(staged, link)
     return out
+
+
+def _source() -> bytes:
+    return (resources.files("vcluster") / "hookfront" / "hook_front.c").read_bytes()
+
+
+def build_id(header: str, source: bytes) -> str:
+    """What a front is built from: its C source and the Python side's constants (the
+    compiler and its flags aside, which change no behaviour)."""
+    return hashlib.sha256(header.encode() + b"\0" + source).hexdigest()[:20]
+
+
+def built_from_this(front: str, python_dir: str) -> bool:
+    """Whether the front at ``front`` was built from this vcluster's source and constants
+    for the Python hooks in ``python_dir``: one built by an earlier vcluster (not rebuilt
+    after an upgrade, as deploy/INSTALL.md says to) speaks an older version of the hooks."""
+    expected = BUILD_ID_PREFIX + build_id(config_header(os.path.abspath(python_dir)),
+                                          _source())
+    try:
+        with open(os.path.realpath(front), "rb") as f:
+            binary = f.read(4 * 1024 * 1024)
+    except OSError:
+        return False
+    return expected.encode() + b"\0" in binary
 
 
 def _compile(compiler: str, header: str, source: bytes, out: Path) -> None:

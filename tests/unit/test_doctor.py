@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from tests.unit.fake_oned import FakeOned, vnet_xml
 from tests.unit.test_status import serving
-from vcluster import db, hook_front
+from vcluster import db, hook_front, hook_wire
 from vcluster.cli import cli
 from vcluster.config import load_config
 from vcluster.doctor import cannot_run
@@ -201,8 +201,12 @@ def test_a_hook_run_by_the_c_hook_front_of_this_vcluster_is_ok(site: Path) -> No
     wrapper.write_text(f"#!/bin/sh\nexport PATH=/bin\nexec {front}/vcluster-resume \"$@\"\n")
     wrapper.chmod(0o755)
     conf = site / "slurm.conf"
+    # a front left from an earlier vcluster: built from other constants than this one's
+    older = hook_front.build(site / "front-older", python_dir=default_program_dir(),
+                             record_answer_s=hook_wire.RECORD_ANSWER_S + 1)
     conf.write_text(conf.read_text() + f"EpilogSlurmctld={front}/vcluster-epilog\n"
-                    f"ResumeProgram={wrapper}\nPrologSlurmctld={elsewhere}/vcluster-prolog\n")
+                    f"ResumeProgram={wrapper}\nPrologSlurmctld={elsewhere}/vcluster-prolog\n"
+                    f"SuspendProgram={older}/vcluster-suspend\n")
     out = doctor().stdout.splitlines()
     installed = default_program_dir()
     assert (f"ok    hook EpilogSlurmctld: {front}/vcluster-epilog (the hook front of "
@@ -211,6 +215,9 @@ def test_a_hook_run_by_the_c_hook_front_of_this_vcluster_is_ok(site: Path) -> No
             f"{installed})") in out
     assert any(line.startswith(f"warn  hook PrologSlurmctld: slurm.conf runs {elsewhere}/")
                for line in out), out
+    assert (f"warn  hook SuspendProgram: {older}/vcluster-suspend (the hook front of "
+            f"{installed}) was built from another vcluster than this one: rebuild it with "
+            f"`vcluster hook-front --out {older}`") in out
 
 
 def test_unreachable_sides_fail_with_the_reason(site: Path, oned: Oned) -> None:

@@ -41,6 +41,10 @@
 
 #include "hook_front_config.h"
 
+/* Which source and constants this program was built from, for `vcluster doctor`
+   (vcluster.hook_front.built_from_this): it warns about a front older than its vcluster. */
+const char vc_build_id[] = VC_BUILD_ID;
+
 #define MAX_CONFIG_BYTES (1024 * 1024)
 #define MAX_LOG_MESSAGE 48000
 #define MAX_RUN_ARGS 16
