@@ -21,7 +21,8 @@ Reported (JSON in benchmarks/results/burst.json):
   p50 / p95 / max (``asked_to_vm_requested_s``);
 * ``requests_per_s``: VMs requested per second from the first request to the last, against
   the configured ``boot_rate_per_s`` / ``boot_burst`` (``--rate`` / ``--burst``);
-* the controller's passes while it worked (count, p50 / max duration, from controller.log)
+* the controller's passes while it worked (count, p50 / max duration, the p50 of their observe
+  and act phases, and each pass as [total, observe, act] seconds, from controller.log)
   and its peak RSS (VmHWM);
 * the CPU of each program slurmctld ran (hooks.log's ``cpu Y ms``): p50 / p95 / max;
 * where the machine's CPU went from the first sbatch to the last VM requested
@@ -70,7 +71,8 @@ from vcluster.testbed.slurm_root import default_root_dir, other_suite
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
-PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s")
+PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s"
+                       r" \(observe ([0-9.]+), act ([0-9.]+)\)")
 HOOK_DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in [0-9.]+ s, "
                        r"cpu ([0-9.]+) ms(?:, ([0-9.]+) ms of it before its main)? \(exit \d+\)")
 
@@ -236,8 +238,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             last_vm = max(e.at for e in allocated).timestamp()
         pid = int(spec.pid_file("controller").read_text().split()[0])
         peak_mb = status_kb(pid, "VmHWM") / 1024
-        passes = [float(m.group(3)) for m in PASS_LINE.finditer(
-            spec.log_file("controller").read_text(errors="replace"))]
+        pass_lines = list(PASS_LINE.finditer(
+            spec.log_file("controller").read_text(errors="replace")))
+        passes = [float(m.group(3)) for m in pass_lines]
+        observes = [float(m.group(4)) for m in pass_lines]
+        acts = [float(m.group(5)) for m in pass_lines]
         hooks: dict[str, list[float]] = {}
         for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
                                     .read_text(errors="replace")):
@@ -286,7 +291,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rate_needs_s": round(max(0.0, (len(allocated) - args.burst) / args.rate), 2),
         "controller_passes": {"n": len(passes),
                               "p50_s": round(statistics.median(passes), 3) if passes else None,
-                              "max_s": round(max(passes), 3) if passes else None},
+                              "max_s": round(max(passes), 3) if passes else None,
+                              "observe_p50_s": round(statistics.median(observes), 3)
+                              if observes else None,
+                              "act_p50_s": round(statistics.median(acts), 3) if acts else None,
+                              "each_s": [[round(p, 2), round(o, 2), round(a, 2)]
+                                         for p, o, a in zip(passes, observes, acts, strict=True)]},
         "controller_peak_rss_mb": round(peak_mb, 1),
         "hook_cpu_ms": {name: summary(v, 1) for name, v in sorted(hooks.items())},
         "cpu_s_until_all_requested": cpu,

@@ -226,6 +226,7 @@ class Controller:
             log.warning("skipping this pass: %s", exc)
             return PassReport(skipped=str(exc), busy=True,
                               duration_s=time.monotonic() - started)
+        observed_s = time.monotonic() - started
         if self.metrics is not None:
             self.metrics.picture(observed, self.config)
         try:
@@ -240,7 +241,9 @@ class Controller:
             log.warning("reservations: %s", exc)
             held = frozenset()
         actions = spare_held(actions, held)
+        acting = time.monotonic()
         result = self._act(actions)
+        acted_s = time.monotonic() - acting
         report = PassReport(
             actions=actions, done=result.done, failed=result.failed,
             busy=any(la.state in _TRANSITIONAL for la in observed.launches)
@@ -250,8 +253,9 @@ class Controller:
         names = action_summary(actions)
         level = logging.INFO if any(not isinstance(a, _BOOKKEEPING) for a in actions) \
             else logging.DEBUG
-        log.log(level, "pass: %d actions (%d failed) in %.3f s: %s", len(actions),
-                result.failed, report.duration_s, names or "nothing to do")
+        log.log(level, "pass: %d actions (%d failed) in %.3f s (observe %.3f, act %.3f): %s",
+                len(actions), result.failed, report.duration_s, observed_s, acted_s,
+                names or "nothing to do")
         self.beat()
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self.prune()
