@@ -125,16 +125,17 @@ def ask(path: str, request: dict[str, Any], *,
                                f"within {record_answer_s:g} s") from None
             raise NotListening(f"cannot connect to {path}: {exc}") from None
         reader = LineReader(sock)
+        silent = f"no answer within {record_answer_s:g} s on {path}"
         try:
             sock.sendall(encode({"v": PROTOCOL_VERSION, **request}))
         except TimeoutError:  # not taking the request: as not answering it
-            raise NoAnswer(f"no answer within {record_answer_s:g} s on {path}") from None
+            raise NoAnswer(silent) from None
         except OSError as exc:  # a refusal may have come before the end of the request
             return _answer_after_failed_send(reader, path, exc)
         try:
             first = reader.read(started + record_answer_s)
         except TimeoutError:
-            raise NoAnswer(f"no answer within {record_answer_s:g} s on {path}") from None
+            raise NoAnswer(silent) from None
         except (OSError, ValueError) as exc:
             raise NoAnswer(f"the controller hung up on {path}: {exc}", hung_up=True) from None
         if first is None:

@@ -207,6 +207,15 @@ def test_the_controllers_refusal_reaches_slurm_as_the_python_hook_gives_it(
     assert errors == [f"ERROR vcluster-suspend: {message} (exit 2)"] * 2
 
 
+def big_resume_file(bed: Bed) -> Path:
+    """A resume file larger than a socket's buffer: a request that cannot be sent whole
+    unless the controller reads it."""
+    resume = bed.tmp / "resume.json"
+    resume.write_text(json.dumps({"jobs": [{"job_id": 12, "nodes": "vc-small-001",
+                                            "pad": "x" * 2_000_000}]}))
+    return resume
+
+
 def test_a_refusal_sent_before_the_request_was_read_reaches_slurm(
         bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:
     """A controller that refuses and closes while the hook is still sending (a request
@@ -216,9 +225,7 @@ def test_a_refusal_sent_before_the_request_was_read_reaches_slurm(
     bed.controller.reads = False
     bed.controller.answer = lambda conn, request: conn.sendall(
         hook_wire.encode({"code": 2, "message": message}))
-    resume = bed.tmp / "resume.json"
-    resume.write_text(json.dumps({"jobs": [{"job_id": 12, "nodes": "vc-small-001",
-                                            "pad": "x" * 2_000_000}]}))
+    resume = big_resume_file(bed)
     done = run_front(bed, "resume", "vc-small-001", SLURM_RESUME_FILE=str(resume))
     assert (done.returncode, done.stderr) == (2, f"vcluster-resume: error: {message}\n")
     assert hook_client.run("resume", ["vcluster-resume", "vc-small-001"],
@@ -303,9 +310,7 @@ def test_a_controller_that_does_not_take_the_request_in_time_is_stale(bed: Bed) 
     answer in time is, on both clients, not a hang-up."""
     bed.controller.reads = False
     bed.controller.answer = lambda conn, request: time.sleep(1.5)
-    resume = bed.tmp / "resume.json"
-    resume.write_text(json.dumps({"jobs": [{"job_id": 12, "nodes": "vc-small-001",
-                                            "pad": "x" * 2_000_000}]}))
+    resume = big_resume_file(bed)
     done = run_front(bed, "resume", "vc-small-001", SLURM_RESUME_FILE=str(resume))
     socket_path = bed.tmp / "state" / "hooks.sock"
     assert done.returncode == 42
