@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
@@ -1024,3 +1025,63 @@ def test_a_pass_logs_each_kind_of_action_once_with_its_count() -> None:
                TerminateVM(3, "c", "x")]
     assert action_summary(actions) == "TerminateVM x3, MarkHandled"
     assert action_summary([]) == ""
+
+
+def test_a_node_left_powering_up_by_a_cancelled_job_is_powered_down_not_booted_again(
+        world: World) -> None:
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    w.slurm.jobs_by_id = {12: job(12, S1)}
+    w.controller.run_pass()
+    assert [name for _, name, _ in w.one.instantiated] == [S1]
+    # scancel while the VM boots: the job is gone, Slurm keeps the node powering up (until
+    # ResumeTimeout), for nobody
+    w.slurm.jobs_by_id = {12: job(12, S1, state="CANCELLED")}
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERING_UP")}
+    w.clock.advance(3)
+    w.controller.run_pass()
+    assert w.one.terminated == [40]
+    w.one.finish_terminations()
+    w.clock.advance(3)
+    w.controller.run_pass()
+    assert w.launches() == [(S1, "terminated", 40, "10.9.0.40", True)]
+    w.clock.advance(3)
+    w.controller.run_pass()
+    assert len(w.one.instantiated) == 1  # no VM for nobody
+    assert w.slurm.updates[-1] == f"nodename={S1} state=POWER_DOWN_ASAP"  # drained first
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "DRAIN", "POWER_DOWN", "POWERING_UP")}
+    w.controller.run_pass()
+    assert w.slurm.updates[-1] == f"nodename={S1} state=POWER_DOWN_FORCE"  # then at once
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERING_DOWN")}
+    w.controller.run_pass()
+    assert len(w.one.instantiated) == 1
+    assert [m for k, n, m in w.events() if k == "node.power_down"] == [
+        "its job ended while it powered up"] * 2
+
+
+def test_a_vm_another_command_terminates_while_a_pass_reads_is_not_taken_for_a_death(
+        world: World) -> None:
+    """``vcluster drain-host`` records its intent (launch terminating, with its reason),
+    then terminates the VM: a pass that read the launches before the intent and the VMs
+    after the terminate must not fail the node as if its VM had died."""
+    w = world
+    _job_running_on_vm_40(w)
+    reason = "vcluster: host host0 drained for maintenance"
+    listing = w.one.vms
+
+    def drain_between_the_reads(**kw: Any) -> Any:
+        with db.transaction(w.sessions) as s:
+            (row,) = db.open_launches(s)
+            row.state, row.reason = "terminating", reason
+        del w.one.vms_by_id[40]
+        return listing(**kw)
+
+    w.one.vms = drain_between_the_reads  # type: ignore[method-assign]
+    updates = len(w.slurm.updates)
+    w.controller.run_pass()
+    w.one.vms = listing  # type: ignore[method-assign]
+    assert w.slurm.updates[updates:] == []  # not set DOWN "VM 40 died"
+    assert w.launches() == [(S1, "terminating", 40, "10.9.0.40", False)]
+    w.controller.run_pass()  # the next pass closes it with the drain's reason
+    assert w.launches() == [(S1, "terminated", 40, "10.9.0.40", True)]
+    assert not [e for e in w.events() if e[0] in ("node.failed", "vm.lost")]

@@ -47,3 +47,26 @@ def test_an_early_vm_that_failed_counts_once_for_its_job_with_the_latest_reason(
         12: (3, "vcluster: VM 9 booted early for vc-small-001 could not join: no key")}
     # the job was not requeued for them: only the failed launch asks for a requeue's handling
     assert {j: t.replace(tzinfo=UTC) for j, t in seen["failed_jobs"].items()} == {12: at(20)}
+
+
+def test_a_nodes_last_launch_ended_with_its_job_is_read_per_node(tmp_path: Path) -> None:
+    """What keeps a node powering up for nobody (its job cancelled) from getting a VM."""
+    engine = db.make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path}/state.db"))
+
+    def launch(node: str, job_id: int | None, state: str, ended: datetime) -> db.Launch:
+        return db.Launch(node_name=node, node_class="small", job_id=job_id, state=state,
+                         attempts=1, reason="", created_at=ended, updated_at=ended,
+                         ended_at=ended)
+    try:
+        with db.transaction(db.session_factory(engine)) as s:
+            s.add_all([launch("vc-small-001", 12, "terminated", at(40)),
+                       launch("vc-small-001", 13, "terminated", at(10)),
+                       launch("vc-small-002", None, "terminated", at(10)),  # no job's
+                       launch("vc-small-003", 14, "failed", at(10)),  # a failure's own rule
+                       launch("vc-small-004", 15, "terminated", at(100_000))])  # long ago
+        with db.session_factory(engine)() as s:
+            seen = read_database(s, make_config(), NOW)
+    finally:
+        engine.dispose()
+    assert {n: t.replace(tzinfo=UTC) for n, t in seen["last_served_at"].items()} == {
+        "vc-small-001": at(10)}

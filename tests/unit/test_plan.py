@@ -47,6 +47,7 @@ from vcluster.slurm_parse import compress_hostlist
 
 CONFIG = make_config()
 S1, S2, S3, B1 = "vc-small-001", "vc-small-002", "vc-small-003", "vc-big-001"
+S4 = "vc-small-004"
 ASKS = {"TOKEN": "YES", "REPORT_READY": "YES", "ONEGATE_ENDPOINT": "http://10.9.0.1:5030"}
 """The CONTEXT of a VM that reports READY through OneGate (as vcluster's workers do)."""
 
@@ -319,6 +320,24 @@ CASES: list[tuple[str, Callable[[], Observed], list[Action]]] = [
                      last_failure_at={S1: ago(5), S2: ago(5)},
                      last_resume_at={S1: ago(30), S2: ago(2)}),
      [BootVM(S2, "small", None, 2, 2048, "worker")]),
+    ("a node left powering up for nobody (its job cancelled while it powered up) gets no VM: "
+     "it is drained, then powered down at once; once Slurm asks again, or a job holds it, it "
+     "gets a VM",
+     lambda: picture(nodes={S1: node(S1, "IDLE", "POWERING_UP"),
+                            S2: node(S2, "IDLE", "POWERING_UP"), S3: powering_up(S3),
+                            B1: node(B1, "IDLE", "DRAIN", "POWER_DOWN", "POWERING_UP"),
+                            # a job squeue did not show yet holds it in Slurm's node read
+                            S4: node(S4, "ALLOCATED", "POWERING_UP")},
+                     jobs=jobs(job(40, S3)),
+                     last_served_at={S1: ago(5), S2: ago(5), S3: ago(5), B1: ago(5),
+                                     S4: ago(5)},
+                     last_resume_at={S1: ago(30), S2: ago(2), S3: ago(30), B1: ago(30),
+                                     S4: ago(30)}),
+     [BootVM(S2, "small", None, 2, 2048, "worker"),
+      BootVM(S3, "small", 40, 1, 2048, "worker"),
+      BootVM(S4, "small", None, 2, 2048, "worker"),
+      PowerDown((S1,), "its job ended while it powered up"),
+      PowerDown((B1,), "its job ended while it powered up", "POWER_DOWN_FORCE")]),
     ("a job Slurm requeued after vcluster gave its node up is made eligible at once; "
      "a job merely held back by its own --begin is not",
      lambda: picture(jobs=jobs(job(30, state="PENDING", state_reason="BeginTime"),

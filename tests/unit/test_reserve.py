@@ -147,6 +147,7 @@ def test_held_nodes_are_spared_the_idle_power_down() -> None:
     assert held == {"n1", "n2"}
     assert held_nodes(END, rows) == frozenset()
     actions = [PowerDown(("n1", "n3"), "per-job node's job ended"), PowerDown(("n2",), "x"),
-               MarkHandled(4)]
+               PowerDown(("n1", "n4"), "y", "POWER_DOWN_FORCE"), MarkHandled(4)]
     assert spare_held(actions, held) == [PowerDown(("n3",), "per-job node's job ended"),
+                                         PowerDown(("n4",), "y", "POWER_DOWN_FORCE"),
                                          MarkHandled(4)]

@@ -283,6 +283,20 @@ class Actor(PreemptActs):
             raise LookupError(f"launch {launch_id} vanished")
         return row
 
+    def _taken_over(self, launch_id: int) -> str:
+        """What another command did to an open launch since the pass read it ('' if
+        nothing): the plan fails a node only for a launch it saw open and not terminating,
+        and ``vcluster drain-host`` (or an admin's terminate) records its intent on the
+        launch before it terminates the VM, so a VM seen gone or shutting down may be
+        that command's work, not a death."""
+        with self.sessions() as s:
+            row = s.get(db.Launch, launch_id)
+            if row is None or row.ended_at is not None:
+                return "its launch was closed"
+            if row.state == "terminating":
+                return f"its VM is being terminated ({row.reason})"
+        return ""
+
     def _vm_record(self, launch_id: int | None, vm_id: int | None) -> VM | None:
         """The launch's VM as OpenNebula last knew it (its STIME, ETIME and host for usage
         accounting), read outside any transaction; None if there is none or it is unreadable."""
@@ -485,6 +499,10 @@ class Actor(PreemptActs):
 
     def _FailNode(self, a: FailNode, close_as: str = "failed", kind: str = "node.failed"
                   ) -> None:
+        if a.launch_id is not None and (taken := self._taken_over(a.launch_id)):
+            log.info("node %s not failed (%s): %s since this pass read it", a.node_name,
+                     a.reason, taken)
+            return
         reason = slurm_reason(a.reason)
         slurm_error = ""
         try:
@@ -563,8 +581,9 @@ class Actor(PreemptActs):
                            node_name=a.node_name)
 
     def _PowerDown(self, a: PowerDown) -> None:
-        self.slurm.update_nodes(list(a.node_names), state="POWER_DOWN_ASAP")
-        log.info("asked Slurm to power down %s: %s", compress_hostlist(a.node_names), a.reason)
+        self.slurm.update_nodes(list(a.node_names), state=a.state)
+        log.info("asked Slurm to power down %s (%s): %s", compress_hostlist(a.node_names),
+                 a.state, a.reason)
         for name in a.node_names:
             self._event_safely("node.power_down", a.reason, node_name=name)
 

@@ -120,10 +120,14 @@ class FailNode:
 
 @dataclass(frozen=True)
 class PowerDown:
-    """Ask Slurm to power nodes down (per-job nodes whose job ended)."""
+    """Ask Slurm to power nodes down: per-job nodes whose job ended, and nodes left powering
+    up for nobody (their job ended while they powered up)."""
 
     node_names: tuple[str, ...]
     reason: str
+    state: str = "POWER_DOWN_ASAP"
+    """``POWER_DOWN_ASAP`` (drains, lets a job on the node finish) or ``POWER_DOWN_FORCE``
+    (now, even while powering up: only for a drained node no job holds)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vcluster import db
@@ -154,6 +154,8 @@ class Observed:
     """Per node, when Slurm last asked to resume it (recent requests, handled or not)."""
     last_failure_at: Mapping[str, datetime] = field(default_factory=dict)
     """Per node, when its last launch failed (recent ones)."""
+    last_served_at: Mapping[str, datetime] = field(default_factory=dict)
+    """Per node, when its last launch for a job ended with its job (recent ones)."""
     failed_jobs: Mapping[int, datetime] = field(default_factory=dict)
     requeue_why: Mapping[int, str] = field(default_factory=dict)
     """Why Slurm requeued a job of ``failed_jobs`` whose VM did not fail (its resume refused
@@ -207,6 +209,11 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                 failed_jobs[row.job_id] = max(row.ended_at,
                                               failed_jobs.get(row.job_id, row.ended_at))
                 failure_count[row.job_id] = failure_count.get(row.job_id, 0) + 1
+    last_served = {name: ended for name, ended in session.execute(
+        select(db.Launch.node_name, func.max(db.Launch.ended_at))
+        .where(db.Launch.state == "terminated", db.Launch.job_id.is_not(None),
+               db.Launch.ended_at >= window_start)
+        .group_by(db.Launch.node_name)) if ended is not None}
     early_failed: set[tuple[int, int | None]] = set()
     for ev in session.scalars(select(db.Event).where(
             db.Event.kind == EARLY_FAILED_EVENT, db.Event.at >= window_start,
@@ -241,7 +248,8 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                 or_(J.ended_at.is_(None), J.ended_at >= recent)))
     }
     return {"launches": launches, "requests": requests, "last_resume_at": last_resume,
-            "last_failure_at": last_failure, "failed_jobs": failed_jobs,
+            "last_failure_at": last_failure, "last_served_at": last_served,
+            "failed_jobs": failed_jobs,
             "requeue_why": requeue_why,
             "job_failures": {j: (n, last_reason.get(j, "")) for j, n in failure_count.items()},
             "known_jobs": known_jobs,

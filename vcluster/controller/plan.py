@@ -16,6 +16,8 @@ VM no launch claims) and puts the plan together; one launch's next step is plann
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
 
 from vcluster.config import Config
 from vcluster.controller import standby
@@ -54,6 +56,7 @@ from vcluster.slurm_parse import PER_JOB_REASON_PREFIX, Job, Node
 
 __all__ = ["job_wishes", "plan", "vm_event"]  # job_wishes, vm_event: of plan_jobs, plan_launch
 
+LEFT_POWERING_UP = "its job ended while it powered up"
 SLURM_RESUME_TIMEOUT_REASON = "ResumeTimeout reached"
 """The end of the reason Slurm gives a node it stopped waiting for (24.11 keeps the reason
 the node had before it: ``POWER_DOWN_ASAP : ResumeTimeout reached``)."""
@@ -79,11 +82,24 @@ def _awaits_power_up(node: Node, job: Job | None) -> bool:
 
 def _should_boot(obs: Observed, name: str) -> bool:
     """Not right after a failed launch, unless Slurm asked again since."""
-    failed_at = obs.last_failure_at.get(name)
-    if failed_at is None:
-        return True
+    return not _since_last_resume(obs, name, obs.last_failure_at.get(name))
+
+
+def _since_last_resume(obs: Observed, name: str, at: datetime | None) -> bool:
+    """``at`` came after Slurm's last request to resume node ``name``."""
     resumed_at = obs.last_resume_at.get(name)
-    return resumed_at is not None and resumed_at > failed_at
+    return at is not None and (resumed_at is None or resumed_at <= at)
+
+
+def _left_powering_up(obs: Observed, name: str, node: Node,
+                      jobs_by_node: Mapping[str, Job]) -> bool:
+    """Powering up for nobody: its launch ended with its job (cancelled while the node
+    powered up) since Slurm asked for it, and no job holds it now (IDLE in the same read
+    that says it powers up, and none in squeue). Slurm would keep it powering up until
+    ResumeTimeout, then mark it DOWN; a VM booted for it would serve no one."""
+    return (node.state == "IDLE" and name not in jobs_by_node
+            and "COMPLETING" not in node.flags
+            and _since_last_resume(obs, name, obs.last_served_at.get(name)))
 
 
 def _tag_job(vm: VM) -> int | None:
@@ -111,6 +127,8 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     jobs_by_node = _jobs_by_node(obs)
     adopted: set[int] = set()
     power_down: list[str] = []
+    abandoned: list[str] = []
+    abandoned_force: list[str] = []
     reserve = standby.reserve_of(obs, config, vm_event)
 
     for launch in obs.launches:
@@ -131,7 +149,12 @@ def plan(obs: Observed, config: Config) -> list[Action]:
                 and not node.is_down and node.reason.startswith(PER_JOB_REASON_PREFIX)
                 and name not in jobs_by_node):
             actions.append(ClearReason(name, node.reason))
-        if node.powering_up and not node.is_down and not _power_down_pending(node):
+        if (node.powering_up and not node.is_down and not tagged
+                and _left_powering_up(obs, name, node, jobs_by_node)):
+            # drained first (no job can land on it), then powered down at once
+            (abandoned_force if _power_down_pending(node) and "DRAIN" in node.flags
+             else abandoned).append(name)
+        elif node.powering_up and not node.is_down and not _power_down_pending(node):
             if tagged:  # the map is rebuilt from the VM's tags
                 actions.append(AdoptVM(name, nc.name, tagged[0].vm_id, _tag_job(tagged[0]),
                                        "booting", tagged[0].ips[0] if tagged[0].ips else None))
@@ -178,6 +201,10 @@ def plan(obs: Observed, config: Config) -> list[Action]:
     actions += standby.plan_reserve(reserve, obs, config)
     if power_down:
         actions.append(PowerDown(tuple(sorted(power_down)), "per-job node's job ended"))
+    if abandoned:
+        actions.append(PowerDown(tuple(abandoned), LEFT_POWERING_UP))
+    if abandoned_force:
+        actions.append(PowerDown(tuple(abandoned_force), LEFT_POWERING_UP, "POWER_DOWN_FORCE"))
     actions += plan_drains(obs, config)
     actions += plan_preemption(obs, config)
     actions += _plan_jobs(config, obs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -140,7 +140,7 @@ def spare_held(actions: list[Action], held: frozenset[str]) -> list[Action]:
         if isinstance(a, PowerDown):
             names = tuple(n for n in a.node_names if n not in held)
             if names:
-                kept.append(PowerDown(names, a.reason))
+                kept.append(replace(a, node_names=names))
         else:
             kept.append(a)
     return kept
