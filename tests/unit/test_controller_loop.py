@@ -621,6 +621,46 @@ def test_an_unreachable_opennebula_skips_the_pass_before_any_action(world: World
     assert w.slurm.updates == []  # not "no VM backs this node": the listing failed
 
 
+def test_slurm_and_opennebula_are_read_at_the_same_time(world: World) -> None:
+    """A pass waits for the slower of its Slurm and OpenNebula reads, not for both in turn:
+    here Slurm's answer comes only once the VM listing has begun (one after the other, the
+    pass would wait for it in vain)."""
+    w = world
+    w.slurm.nodes_by_name = {S1: powering_up(S1)}
+    listing = threading.Event()
+    slurm_jobs, one_vms = w.slurm.jobs, w.one.vms
+
+    def jobs() -> list[Job]:
+        if not listing.wait(timeout=10):
+            raise SlurmCommandError(["squeue", "--json"], None, timed_out=True, timeout_s=10)
+        return slurm_jobs()
+
+    def vms(*, cluster: str | None = None) -> list[VM]:
+        listing.set()
+        return one_vms(cluster=cluster)
+
+    w.slurm.jobs = jobs  # type: ignore[method-assign]
+    w.one.vms = vms  # type: ignore[method-assign]
+    report = w.controller.run_pass()
+    assert (report.skipped, report.boots) == ("", 1)
+    assert [name for _, name, _ in w.one.instantiated] == [S1]
+
+
+def test_slurm_and_opennebula_both_unreadable_skip_the_pass_naming_slurm(world: World) -> None:
+    w = world
+    w.slurm.broken = True
+
+    def vms(*, cluster: str | None = None) -> list[VM]:
+        raise OneUnavailable("cannot reach OpenNebula at http://one:2633/RPC2 (connection "
+                             "refused); check ONE_XMLRPC and that oned is running")
+
+    w.one.vms = vms  # type: ignore[method-assign]
+    report = w.controller.run_pass()
+    assert report.skipped == "cannot read Slurm: `sinfo --json` timed out after 30 s; " \
+                             "is slurmctld responding?"
+    assert (w.one.instantiated, w.slurm.updates) == ([], [])
+
+
 def test_one_failing_action_does_not_stop_the_others(world: World) -> None:
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1), S2: powering_up(S2)}

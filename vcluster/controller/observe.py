@@ -5,15 +5,19 @@ listing would look like an orphan's absence; a node missing from a failed ``sinf
 look powered down). So every read happens here, in a fixed order, and any failure raises
 :class:`PictureIncomplete`, which makes the loop skip the pass.
 
-Order matters: the database is read first, then Slurm, then OpenNebula. A launch or hook
-request in the picture therefore existed before Slurm was read, so Slurm's node states
-already reflect it; and every VM the controller booted before this pass is in the listing.
+Order matters: the database is read first, then Slurm and OpenNebula (at the same time,
+each on its own thread). A launch or hook request in the picture therefore existed before
+Slurm was read, so Slurm's node states already reflect it; and every VM the controller
+booted before this pass is in the listing. Between Slurm and OpenNebula no order holds
+anyway (either may change while the other is read, and each read takes time), so the plan
+never relies on one: reading them together saves a pass the shorter of the two waits.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -267,6 +271,13 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                             for r in session.scalars(select(db.Suspension))}}
 
 
+def _read_slurm(config: Config, slurm: SlurmPort) -> tuple[dict[int, Job], dict[str, Node]]:
+    """Slurm's jobs, then its nodes (vcluster's only)."""
+    jobs = {j.job_id: j for j in slurm.jobs()}
+    nodes = {n.name: n for n in slurm.nodes() if config.class_of_node(n.name) is not None}
+    return jobs, nodes
+
+
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,
             now: datetime) -> Observed:
     """Read the whole picture; raise PictureIncomplete if any part cannot be read."""
@@ -275,15 +286,22 @@ def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, o
             from_db = read_database(session, config, now)
     except Exception as exc:  # SQLAlchemy errors, a corrupt hostlist in a row
         raise PictureIncomplete(f"cannot read the state database: {exc}") from exc
-    try:
-        jobs = {j.job_id: j for j in slurm.jobs()}
-        nodes = {n.name: n for n in slurm.nodes() if config.class_of_node(n.name) is not None}
-    except VclusterError as exc:
-        raise PictureIncomplete(f"cannot read Slurm: {exc}") from exc
-    try:
-        vms = {v.vm_id: v for v in one.vms(cluster=config.controller.cluster_name)}
-    except VclusterError as exc:
-        raise PictureIncomplete(f"cannot read OpenNebula: {exc}") from exc
+    # Slurm and OpenNebula at the same time: each read mostly waits for its server (a busy
+    # slurmctld, a pool listing), and one after the other a pass waited for both.
+    with ThreadPoolExecutor(1, thread_name_prefix="vcluster-observe") as pool:
+        slurm_read = pool.submit(_read_slurm, config, slurm)
+        one_failed: VclusterError | None = None
+        vms: dict[int, VM] = {}
+        try:
+            vms = {v.vm_id: v for v in one.vms(cluster=config.controller.cluster_name)}
+        except VclusterError as exc:
+            one_failed = exc
+        try:
+            jobs, nodes = slurm_read.result()
+        except VclusterError as exc:
+            raise PictureIncomplete(f"cannot read Slurm: {exc}") from exc
+    if one_failed is not None:
+        raise PictureIncomplete(f"cannot read OpenNebula: {one_failed}") from one_failed
     try:
         host_states = one.host_states()
     except VclusterError as exc:  # hosts only add events: the pass goes on without them
