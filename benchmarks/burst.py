@@ -22,8 +22,8 @@ Reported (JSON in benchmarks/results/burst.json):
 * ``requests_per_s``: VMs requested per second from the first request to the last, against
   the configured ``boot_rate_per_s`` / ``boot_burst`` (``--rate`` / ``--burst``);
 * the controller's passes while it worked (count, p50 / max duration, the p50 of their observe
-  and act phases, and each pass as [total, observe, act] seconds, from controller.log)
-  and its peak RSS (VmHWM);
+  and act phases, and each pass as [total, observe, act] seconds and its reads as [database,
+  Slurm, OpenNebula] seconds, from controller.log) and its peak RSS (VmHWM);
 * the CPU of each program slurmctld ran (hooks.log's ``cpu Y ms``): p50 / p95 / max;
 * where the machine's CPU went from the first sbatch to the last VM requested
   (``cpu_s_until_all_requested``): the controller, the testbed cloud, slurmctld, the
@@ -72,7 +72,8 @@ from vcluster.testbed.slurm_root import default_root_dir, other_suite
 RESULTS = Path(__file__).resolve().parent / "results"
 SLOT = int(os.environ.get("VCLUSTER_TEST_SLOT", "0") or "0")
 PASS_LINE = re.compile(r"pass: (\d+) actions \((\d+) failed\) in ([0-9.]+) s"
-                       r" \(observe ([0-9.]+), act ([0-9.]+)\)")
+                       r" \(observe ([0-9.]+), act ([0-9.]+)(?:; reads: database ([0-9.]+), "
+                       r"Slurm ([0-9.]+), OpenNebula ([0-9.]+))?\)")
 HOOK_DONE = re.compile(r" (vcluster-[a-z-]+)\[\d+\] INFO vcluster-[a-z-]+ done in [0-9.]+ s, "
                        r"cpu ([0-9.]+) ms(?:, ([0-9.]+) ms of it before its main)? \(exit \d+\)")
 
@@ -243,6 +244,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         passes = [float(m.group(3)) for m in pass_lines]
         observes = [float(m.group(4)) for m in pass_lines]
         acts = [float(m.group(5)) for m in pass_lines]
+        reads = [[round(float(m.group(i)), 2) for i in (6, 7, 8)] for m in pass_lines
+                 if m.group(6) is not None]
         hooks: dict[str, list[float]] = {}
         for m in HOOK_DONE.finditer((Path(config.controller.log_dir) / "hooks.log")
                                     .read_text(errors="replace")):
@@ -296,7 +299,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                               if observes else None,
                               "act_p50_s": round(statistics.median(acts), 3) if acts else None,
                               "each_s": [[round(p, 2), round(o, 2), round(a, 2)]
-                                         for p, o, a in zip(passes, observes, acts, strict=True)]},
+                                         for p, o, a in zip(passes, observes, acts, strict=True)],
+                              "reads_each_s": reads},
         "controller_peak_rss_mb": round(peak_mb, 1),
         "hook_cpu_ms": {name: summary(v, 1) for name, v in sorted(hooks.items())},
         "cpu_s_until_all_requested": cpu,

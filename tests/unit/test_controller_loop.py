@@ -622,25 +622,28 @@ def test_an_unreachable_opennebula_skips_the_pass_before_any_action(world: World
 
 
 def test_slurm_and_opennebula_are_read_at_the_same_time(world: World) -> None:
-    """A pass waits for the slower of its Slurm and OpenNebula reads, not for both in turn:
-    here Slurm's answer comes only once the VM listing has begun (one after the other, the
-    pass would wait for it in vain)."""
+    """A pass waits for the slowest of its reads of Slurm's jobs, Slurm's nodes and
+    OpenNebula's VMs, not for each in turn: here none of the three answers before all three
+    have begun (one after the other, the pass would wait in vain)."""
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1)}
-    listing = threading.Event()
-    slurm_jobs, one_vms = w.slurm.jobs, w.one.vms
+    all_begun, observed = threading.Barrier(3, timeout=10), threading.Event()
+    slurm_jobs, slurm_nodes, one_vms = w.slurm.jobs, w.slurm.nodes, w.one.vms
 
-    def jobs() -> list[Job]:
-        if not listing.wait(timeout=10):
-            raise SlurmCommandError(["squeue", "--json"], None, timed_out=True, timeout_s=10)
-        return slurm_jobs()
+    def after_all_begun(read: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if all_begun.n_waiting or not observed.is_set():  # the pass's own three reads
+                all_begun.wait()
+                observed.set()
+        except threading.BrokenBarrierError:
+            raise SlurmCommandError(["squeue", "--json"], None, timed_out=True,
+                                    timeout_s=10) from None
+        return read(*args, **kwargs)
 
-    def vms(*, cluster: str | None = None) -> list[VM]:
-        listing.set()
-        return one_vms(cluster=cluster)
-
-    w.slurm.jobs = jobs  # type: ignore[method-assign]
-    w.one.vms = vms  # type: ignore[method-assign]
+    w.slurm.jobs = lambda: after_all_begun(slurm_jobs)  # type: ignore[method-assign]
+    w.slurm.nodes = lambda: after_all_begun(slurm_nodes)  # type: ignore[method-assign]
+    w.one.vms = lambda *, cluster=None: after_all_begun(  # type: ignore[method-assign]
+        one_vms, cluster=cluster)
     report = w.controller.run_pass()
     assert (report.skipped, report.boots) == ("", 1)
     assert [name for _, name, _ in w.one.instantiated] == [S1]

@@ -68,9 +68,10 @@ class FakeController:
                     if not chunk:
                         break
                     data += chunk
-                if not data:  # a client that connected and sent nothing
+                try:
+                    request = json.loads(data)
+                except ValueError:  # nothing, or a request cut short (a front killed)
                     continue
-                request = json.loads(data)
                 self.requests.append(request)
                 try:
                     self.answer(conn, request)

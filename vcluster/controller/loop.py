@@ -253,8 +253,9 @@ class Controller:
         names = action_summary(actions)
         level = logging.INFO if any(not isinstance(a, _BOOKKEEPING) for a in actions) \
             else logging.DEBUG
-        log.log(level, "pass: %d actions (%d failed) in %.3f s (observe %.3f, act %.3f): %s",
-                len(actions), result.failed, report.duration_s, observed_s, acted_s,
+        log.log(level, "pass: %d actions (%d failed) in %.3f s (observe %.3f, act %.3f; reads: "
+                "database %.3f, Slurm %.3f, OpenNebula %.3f): %s", len(actions), result.failed,
+                report.duration_s, observed_s, acted_s, *observed.read_s,
                 names or "nothing to do")
         self.beat()
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:

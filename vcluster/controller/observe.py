@@ -5,22 +5,24 @@ listing would look like an orphan's absence; a node missing from a failed ``sinf
 look powered down). So every read happens here, in a fixed order, and any failure raises
 :class:`PictureIncomplete`, which makes the loop skip the pass.
 
-Order matters: the database is read first, then Slurm and OpenNebula (at the same time,
-each on its own thread). A launch or hook request in the picture therefore existed before
-Slurm was read, so Slurm's node states already reflect it; and every VM the controller
-booted before this pass is in the listing. Between Slurm and OpenNebula no order holds
-anyway (either may change while the other is read, and each read takes time), so the plan
-never relies on one: reading them together saves a pass the shorter of the two waits.
+Order matters: the database is read first, then Slurm's jobs, its nodes and OpenNebula's
+VMs (at the same time, each on its own thread). A launch or hook request in the picture
+therefore existed before Slurm was read, so Slurm's node states already reflect it; and
+every VM the controller booted before this pass is in the listing. Between the other
+three no order holds anyway (a job may start or end between the reads of jobs and nodes, a
+VM change while Slurm is read, whichever comes first), so the plan relies on none: reading
+them together saves a pass all but the longest of the three waits.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +36,7 @@ from vcluster.one_vm import VM
 from vcluster.slurm_parse import Job, Node, expand_hostlist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BOOT_EVENT = "vm.allocating"
 """The event act records as it sends a VM allocation: the boot-rate limit counts them."""
@@ -169,6 +172,9 @@ class Observed:
     """Per job, how many of its launches failed recently, and the last reason."""
     known_jobs: Mapping[int, JobRecord] = field(default_factory=dict)
     """Job rows not ended, or ended within JOB_MEMORY_S."""
+    read_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """How long the reads took, seconds: the database, Slurm, OpenNebula (its VMs; Slurm's
+    and OpenNebula's overlap)."""
     drains: Mapping[str, DrainView] = field(default_factory=dict)
     """Drained node classes and nodes, by class or node name."""
     backoffs: Mapping[tuple[str, str], BackoffView] = field(default_factory=dict)
@@ -271,35 +277,42 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
                             for r in session.scalars(select(db.Suspension))}}
 
 
-def _read_slurm(config: Config, slurm: SlurmPort) -> tuple[dict[int, Job], dict[str, Node]]:
-    """Slurm's jobs, then its nodes (vcluster's only)."""
-    jobs = {j.job_id: j for j in slurm.jobs()}
-    nodes = {n.name: n for n in slurm.nodes() if config.class_of_node(n.name) is not None}
-    return jobs, nodes
+def _timed(read: Callable[[], T]) -> tuple[T, float]:
+    started = time.monotonic()
+    return read(), time.monotonic() - started
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,
             now: datetime) -> Observed:
     """Read the whole picture; raise PictureIncomplete if any part cannot be read."""
+    started = time.monotonic()
     try:
         with sessions() as session:
             from_db = read_database(session, config, now)
     except Exception as exc:  # SQLAlchemy errors, a corrupt hostlist in a row
         raise PictureIncomplete(f"cannot read the state database: {exc}") from exc
-    # Slurm and OpenNebula at the same time: each read mostly waits for its server (a busy
-    # slurmctld, a pool listing), and one after the other a pass waited for both.
-    with ThreadPoolExecutor(1, thread_name_prefix="vcluster-observe") as pool:
-        slurm_read = pool.submit(_read_slurm, config, slurm)
+    database_s = time.monotonic() - started
+    # Slurm's jobs, its nodes and OpenNebula's VMs at the same time: each read mostly waits
+    # for its server (a busy slurmctld, a pool listing), and one after the other a pass
+    # waited for all three.
+    with ThreadPoolExecutor(2, thread_name_prefix="vcluster-observe") as pool:
+        jobs_read = pool.submit(_timed, slurm.jobs)
+        nodes_read = pool.submit(_timed, slurm.nodes)
         one_failed: VclusterError | None = None
         vms: dict[int, VM] = {}
+        listing = time.monotonic()
         try:
             vms = {v.vm_id: v for v in one.vms(cluster=config.controller.cluster_name)}
         except VclusterError as exc:
             one_failed = exc
+        one_s = time.monotonic() - listing
         try:
-            jobs, nodes = slurm_read.result()
+            job_list, jobs_s = jobs_read.result()
+            node_list, nodes_s = nodes_read.result()
         except VclusterError as exc:
             raise PictureIncomplete(f"cannot read Slurm: {exc}") from exc
+    jobs = {j.job_id: j for j in job_list}
+    nodes = {n.name: n for n in node_list if config.class_of_node(n.name) is not None}
     if one_failed is not None:
         raise PictureIncomplete(f"cannot read OpenNebula: {one_failed}") from one_failed
     try:
@@ -309,4 +322,4 @@ def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, o
                     "seen this pass): %s", exc)
         host_states = {}
     return Observed(now=now, jobs=jobs, nodes=nodes, vms=vms, host_states=host_states,
-                    **from_db)
+                    read_s=(database_s, max(jobs_s, nodes_s), one_s), **from_db)
