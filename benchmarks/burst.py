@@ -200,6 +200,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                          onegate_port=5090 + SLOT, events_port=2190 + SLOT,
                          per_job_nodes=args.nodes, pool_nodes=1, resume_timeout_s=900,
                          driver="dummy", boot_rate_per_s=args.rate, boot_burst=args.burst,
+                         boot_concurrency=args.concurrency,
                          slurm_root=root)
     site.down(spec)
     spec = site.choose_ports(spec)
@@ -291,6 +292,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "vms_booted_at_allocation": early,
         "requests_per_s": round((len(allocated) - 1) / span, 1) if span > 0 else None,
         "configured_boot_rate_per_s": args.rate, "configured_boot_burst": args.burst,
+        "configured_boot_concurrency": args.concurrency,
         "rate_needs_s": round(max(0.0, (len(allocated) - args.burst) / args.rate), 2),
         "controller_passes": {"n": len(passes),
                               "p50_s": round(statistics.median(passes), 3) if passes else None,
@@ -357,6 +359,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0,
                         help="the controller's boot_rate_per_s")
     parser.add_argument("--burst", type=int, default=100, help="the controller's boot_burst")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="the controller's boot_concurrency")
     parser.add_argument("--slurm", choices=("host", "other"), default="host",
                         help="the host's Slurm or the other one (chrooted root)")
     parser.add_argument("--timeout-s", type=float, default=600)

@@ -56,6 +56,8 @@ class SiteSpec:
     """The controller's ``boot_rate_per_s`` (allocations per second, all classes)."""
     boot_burst: int = 20
     """The controller's ``boot_burst``."""
+    boot_concurrency: int = 4
+    """The controller's ``boot_concurrency`` (allocations in flight at once)."""
     preempt_partition: str = ""
     """The site's ``slurm.preempt_partition`` ("" for none)."""
     gpu_nodes: int = 0
@@ -151,6 +153,7 @@ resume_timeout_s = {spec.resume_timeout_s}
 suspend_timeout_s = 5
 boot_rate_per_s = {spec.boot_rate_per_s}
 boot_burst = {spec.boot_burst}
+boot_concurrency = {spec.boot_concurrency}
 prolog_wait_s = {spec.resume_timeout_s}
 state_dir = "{spec.root / 'controller'}"
 log_dir = "{spec.root / 'log'}"
