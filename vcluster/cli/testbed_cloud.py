@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -139,9 +140,14 @@ def serve(port: int, bind_host: str, driver: str, state_dir: Path, auth: str | N
       vcluster testbed cloud serve --port 2633 --driver dummy --state-dir /tmp/cloud \\
           --hosts 2 --auth oneadmin:secret
     """
+    from vcluster.cli.controller import GIL_SWITCH_S
     from vcluster.testbed.cloud.pci import parse_device_spec
     from vcluster.testbed.cloud.server import CloudServer, ListenError
     from vcluster.testbed.cloud.settings import SchedulerSettings, Timings
+
+    # oned answers from many threads in C++; this stand-in's threads (a request's, the
+    # scheduler's, the monitor's) take Python's lock in turns as the controller's do
+    sys.setswitchinterval(GIL_SWITCH_S)
 
     try:
         network = ipaddress.ip_network(subnet, strict=False)
