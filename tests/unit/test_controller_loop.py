@@ -622,13 +622,13 @@ def test_an_unreachable_opennebula_skips_the_pass_before_any_action(world: World
 
 
 def test_slurm_and_opennebula_are_read_at_the_same_time(world: World) -> None:
-    """A pass waits for the slowest of its reads of Slurm's jobs, Slurm's nodes and
-    OpenNebula's VMs, not for each in turn: here none of the three answers before all three
-    have begun (one after the other, the pass would wait in vain)."""
+    """A pass waits for the slower of its reads of Slurm and OpenNebula, not for both in
+    turn: here neither Slurm's jobs nor OpenNebula's VMs answer before both reads have begun
+    (one after the other, the pass would wait in vain)."""
     w = world
     w.slurm.nodes_by_name = {S1: powering_up(S1)}
-    all_begun, observed = threading.Barrier(3, timeout=10), threading.Event()
-    slurm_jobs, slurm_nodes, one_vms = w.slurm.jobs, w.slurm.nodes, w.one.vms
+    all_begun, observed = threading.Barrier(2, timeout=10), threading.Event()
+    slurm_jobs, one_vms = w.slurm.jobs, w.one.vms
 
     def after_all_begun(read: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -641,7 +641,6 @@ def test_slurm_and_opennebula_are_read_at_the_same_time(world: World) -> None:
         return read(*args, **kwargs)
 
     w.slurm.jobs = lambda: after_all_begun(slurm_jobs)  # type: ignore[method-assign]
-    w.slurm.nodes = lambda: after_all_begun(slurm_nodes)  # type: ignore[method-assign]
     w.one.vms = lambda *, cluster=None: after_all_begun(  # type: ignore[method-assign]
         one_vms, cluster=cluster)
     report = w.controller.run_pass()
