@@ -102,8 +102,13 @@ def test_job_array_runs_each_task_on_fresh_vms(s: Site) -> None:
     assert proc.returncode == 0, proc.stderr
     first = job_id_of(proc)
     # array tasks have their own raw job ids: the VMs are tagged with those
-    vm_ids = set().union(*(vm_ids_for_job(s, j) for j in range(first, first + 3)))
-    assert len(vm_ids) == 3, "one fresh VM per task"
+    tasks = range(first, first + 3)
+    vm_ids = {j: vm_ids_for_job(s, j) for j in tasks}
+    if [len(v) for v in vm_ids.values()] != [1, 1, 1]:  # why, in the failure's message
+        said = [subprocess.run(["vcluster", "events", "--job", str(j), "-n", "100"],
+                               capture_output=True, text=True, env=s.env).stdout for j in tasks]
+        pytest.fail(f"one fresh VM per task, got {vm_ids}; the tasks' events:\n"
+                    + "\n".join(said))
     for task in range(3):
         text = (s.work / f"array-{task}.out").read_text().strip()
         assert text.startswith(f"{E2E_NAME}-small-")
