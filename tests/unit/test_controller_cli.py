@@ -62,7 +62,7 @@ def test_run_once_without_slurm_skips_the_pass_and_beats(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     log_text = (tmp_path / "log" / "controller.log").read_text()
     assert (f"skipping this pass: cannot read Slurm: cannot run `{tmp_path}/no-slurm-here/"
-            "squeue`: No such file or directory; check slurm.bin_dir in the vcluster config"
+            "scontrol`: No such file or directory; check slurm.bin_dir in the vcluster config"
             ) in log_text
     assert "controller stopped after 1 passes" in log_text
     assert (tmp_path / "state" / "bin" / "vcluster-job-finished").exists()

@@ -648,6 +648,33 @@ def test_slurm_and_opennebula_are_read_at_the_same_time(world: World) -> None:
     assert [name for _, name, _ in w.one.instantiated] == [S1]
 
 
+def test_a_job_allocated_while_slurm_is_read_gets_its_vm_tagged_and_sized(world: World
+                                                                          ) -> None:
+    """Slurm allocates a (requeued) job and powers its node up between the pass's two reads
+    of Slurm: the node read first shows it still powered down, so the pass waits; its VM
+    comes next pass with the job's tag and size, never as a VM of the class's size for no
+    known job (what reading the jobs first gave: the job pending, its node powering up)."""
+    w = world
+    w.slurm.nodes_by_name = {S1: node(S1, "IDLE", "POWERED_DOWN")}
+    w.slurm.jobs_by_id = {12: job(12, state="PENDING", memory_per_node_mb=512)}
+    slurm_nodes, slurm_jobs = w.slurm.nodes, w.slurm.jobs
+
+    def then_allocate(read: Any) -> Any:
+        seen = read()
+        if w.slurm.nodes_by_name[S1].powered_down:  # the pass's first read of Slurm
+            w.slurm.nodes_by_name = {S1: powering_up(S1)}
+            w.slurm.jobs_by_id = {12: job(12, S1, memory_per_node_mb=512)}
+        return seen
+
+    w.slurm.nodes = lambda: then_allocate(slurm_nodes)  # type: ignore[method-assign]
+    w.slurm.jobs = lambda: then_allocate(slurm_jobs)  # type: ignore[method-assign]
+    w.controller.run_pass()
+    w.controller.run_pass()
+    (_, name, extra), = w.one.instantiated
+    assert name == S1
+    assert 'VCLUSTER_JOB = "12"' in extra and 'MEMORY = "512"' in extra
+
+
 def test_slurm_and_opennebula_both_unreadable_skip_the_pass_naming_slurm(world: World) -> None:
     w = world
     w.slurm.broken = True

@@ -5,7 +5,7 @@ listing would look like an orphan's absence; a node missing from a failed ``sinf
 look powered down). So every read happens here, in a fixed order, and any failure raises
 :class:`PictureIncomplete`, which makes the loop skip the pass.
 
-Order matters: the database is read first, then Slurm (its jobs, then its nodes) and
+Order matters: the database is read first, then Slurm (its nodes, then its jobs) and
 OpenNebula's VMs at the same time, Slurm on a thread of its own. A launch or hook request in
 the picture therefore existed before Slurm was read, so Slurm's node states already reflect
 it; and every VM the controller booted before this pass is in the listing. Between Slurm and
@@ -279,10 +279,14 @@ def read_database(session: Session, config: Config, now: datetime) -> dict[str, 
 
 
 def _read_slurm(slurm: SlurmPort) -> tuple[list[Job], list[Node], float]:
-    """Slurm's jobs, then its nodes, and how long the two took."""
+    """Slurm's nodes, then its jobs, and how long the two took. In this order a node the
+    first read shows allocated has its job in the second (unless that job ended between):
+    read the other way, a job allocated between the reads left its node powering up for
+    no known job, and the node got a VM of the class's size with no job tag (a requeued
+    job on 24.11, while a busy slurmctld took 5 s to answer)."""
     started = time.monotonic()
-    jobs = slurm.jobs()
-    return jobs, slurm.nodes(), time.monotonic() - started
+    nodes = slurm.nodes()
+    return slurm.jobs(), nodes, time.monotonic() - started
 
 
 def observe(config: Config, sessions: sessionmaker[Session], slurm: SlurmPort, one: OnePort,
