@@ -44,6 +44,7 @@ from vcluster.one_transport import (
     REPLICATION,
     _BadAnswer,
     _CallFailed,
+    _closed_without_answer,
     _connection_cause,
     _FaultSeen,
     _one_line,
@@ -109,7 +110,10 @@ class OneCaller:
         """
         delays = self.settings.retry_delays_s
         attempts = 1 + len(delays)
-        for attempt in range(1, attempts + 1):
+        dropped_retried = False
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             started = time.monotonic()
             try:
                 if stream is not None:
@@ -135,6 +139,15 @@ class OneCaller:
                 elapsed = time.monotonic() - started
                 if self.on_call is not None:
                     self.on_call(method, elapsed, True)
+                if idempotent and not dropped_retried and _closed_without_answer(exc):
+                    # As HTTP clients do for a dropped connection: once, at once, and only
+                    # for a call that cannot act twice. Not counted as one of the attempts.
+                    dropped_retried = True
+                    attempt -= 1
+                    logger.warning("one.%s: OpenNebula at %s closed the connection without "
+                                   "answering after %.3f s; trying once more at once", method,
+                                   self.url, elapsed)
+                    continue
                 retry = (error.temporary and attempt < attempts
                          and (idempotent or not may_have_acted))
                 if retry:

@@ -24,10 +24,11 @@ How pyone is used, precisely (pyone 6.10.5):
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyone
@@ -152,20 +153,34 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _connection_cause(exc: BaseException) -> str:
-    """Why a connection failed, in a few words, from the innermost socket error."""
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or wraps (requests wraps urllib3's,
+    which wraps http.client's in its args), each once."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
-    found: BaseException | None = None
     while stack:
         e = stack.pop()
         if id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and (e.errno is not None or isinstance(e, ssl.SSLError)):
-            found = e
+        yield e
         nxt = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
         stack.extend(x for x in nxt if isinstance(x, BaseException))
+
+
+def _closed_without_answer(exc: BaseException) -> bool:
+    """The server accepted the connection and closed it without a status line (a busy
+    server or a proxy shedding a connection): the call was not answered, and one that cannot
+    act twice may be sent again at once."""
+    return any(isinstance(e, http.client.RemoteDisconnected) for e in _exception_chain(exc))
+
+
+def _connection_cause(exc: BaseException) -> str:
+    """Why a connection failed, in a few words, from the innermost socket error."""
+    found: BaseException | None = None
+    for e in _exception_chain(exc):
+        if isinstance(e, OSError) and (e.errno is not None or isinstance(e, ssl.SSLError)):
+            found = e
     if isinstance(found, ConnectionRefusedError):
         return "connection refused"
     if isinstance(found, socket.gaierror):

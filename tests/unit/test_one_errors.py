@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,6 +105,44 @@ def http_server(status: int, body: bytes = b"") -> Iterator[int]:
     thread.start()
     try:
         yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def dropping_server(drops: int) -> Iterator[tuple[str, list[str]]]:
+    """Reads each POST; closes the first ``drops`` connections without a word (a busy
+    server or proxy shedding them), then answers as oned 7.4 answers one.system.version.
+    Yields its URL and the list of what it did with each request: "dropped" or "answered".
+    """
+    done: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if done.count("dropped") < drops:
+                done.append("dropped")
+                self.close_connection = True
+                return
+            done.append("answered")
+            body = xmlrpc.client.dumps(([True, "7.4.0", 0],), methodresponse=True).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/RPC2", done
     finally:
         server.shutdown()
         server.server_close()
@@ -347,3 +386,47 @@ def test_missing_one_auth_file_says_how_to_fix_it(tmp_path: Path) -> None:
     assert str(err.value) == (f"config: opennebula.auth_file: ONE_AUTH file '{missing}' not found; "
                               "write one line user:password to it (mode 600)")
     assert fake.calls == []
+
+
+
+# --- a connection closed without an answer ------------------------------------------------------
+
+
+def test_a_read_whose_connection_was_dropped_is_sent_again_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Even with no retries configured (vcluster status reads once), a read is sent again
+    once, at once, when the server closed its connection without answering."""
+    with dropping_server(drops=1) as (url, done), \
+            caplog.at_level(logging.WARNING, logger="vcluster.one"):
+        started = time.monotonic()
+        assert client(url).version() == "7.4.0"
+        elapsed = time.monotonic() - started
+    assert done == ["dropped", "answered"]
+    assert elapsed < 1.0
+    assert [m.split(" after ")[0] for m in attempts_logged(caplog)] == [
+        f"one.system.version: OpenNebula at {url} closed the connection without answering"]
+
+
+def test_a_dropped_read_is_sent_again_only_once_beside_the_configured_retries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with dropping_server(drops=10) as (url, done), \
+            caplog.at_level(logging.WARNING, logger="vcluster.one"), \
+            pytest.raises(OneUnavailable) as err:
+        client(url, retry_delays_s=(0.0,)).version()
+    assert done == ["dropped"] * 3  # the extra one, then the two configured attempts
+    assert str(err.value) == (
+        f"cannot reach OpenNebula at {url} (('Connection aborted.', RemoteDisconnected('Remote "
+        f"end closed connection without response'))); {UNREACHABLE_HINT}")
+    assert attempts_logged(caplog)[-1].endswith("; giving up")
+
+
+def test_a_create_whose_connection_was_dropped_is_not_sent_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """oned may have read the request before the connection went: a second VM could be
+    born."""
+    with dropping_server(drops=1) as (url, done), \
+            caplog.at_level(logging.WARNING, logger="vcluster.one"), \
+            pytest.raises(OneUnavailable):
+        client(url, retry_delays_s=(0.0,)).allocate('MEMORY = "64"\n')
+    assert done == ["dropped"]
+    assert attempts_logged(caplog)[-1].endswith("; not retrying: the call may have taken effect")
