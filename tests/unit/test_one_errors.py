@@ -12,8 +12,8 @@ import socket
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -84,14 +84,21 @@ def silent_server() -> Iterator[int]:
 
 
 @contextmanager
-def http_server(status: int, body: bytes = b"") -> Iterator[int]:
-    """Python's http.server answering every POST with ``status`` and ``body``."""
+def serving_posts(answer: Callable[[], tuple[int, str, bytes] | None]) -> Iterator[int]:
+    """Python's http.server on a free port: reads each POST, then sends what ``answer()``
+    returns (status, content type, body), or closes the connection without a word when it
+    returns None. Yields the port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            reply = answer()
+            if reply is None:
+                self.close_connection = True
+                return
+            status, content_type, body = reply
             self.send_response(status)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -111,42 +118,29 @@ def http_server(status: int, body: bytes = b"") -> Iterator[int]:
         thread.join(timeout=5)
 
 
+def http_server(status: int, body: bytes = b"") -> AbstractContextManager[int]:
+    """Answers every POST with ``status`` and ``body`` (an HTML page)."""
+    return serving_posts(lambda: (status, "text/html", body))
+
+
 @contextmanager
 def dropping_server(drops: int) -> Iterator[tuple[str, list[str]]]:
-    """Reads each POST; closes the first ``drops`` connections without a word (a busy
-    server or proxy shedding them), then answers as oned 7.4 answers one.system.version.
-    Yields its URL and the list of what it did with each request: "dropped" or "answered".
-    """
+    """Closes the first ``drops`` connections without a word once it has read their request
+    (a busy server or proxy shedding them), then answers as oned 7.4 answers
+    one.system.version. Yields its URL and what it did with each request: "dropped" or
+    "answered"."""
     done: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if done.count("dropped") < drops:
-                done.append("dropped")
-                self.close_connection = True
-                return
-            done.append("answered")
-            body = xmlrpc.client.dumps(([True, "7.4.0", 0],), methodresponse=True).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer() -> tuple[int, str, bytes] | None:
+        if done.count("dropped") < drops:
+            done.append("dropped")
+            return None
+        done.append("answered")
+        return 200, "text/xml", xmlrpc.client.dumps(([True, "7.4.0", 0],),
+                                                   methodresponse=True).encode()
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/RPC2", done
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_posts(answer) as port:
+        yield f"http://127.0.0.1:{port}/RPC2", done
 
 
 # --- unreachable, silent, wrong endpoint -------------------------------------------------------
