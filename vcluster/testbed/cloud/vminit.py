@@ -170,7 +170,13 @@ def setup_image_filesystem(vm_dir: Path, config: InitConfig) -> None:
             resolv.unlink()
         resolv.write_text(f"nameserver {config.nameserver}\n", encoding="ascii")
     for own_file in ("/etc/hosts", "/etc/hostname"):
-        _mount("--bind", str(private_source(vm_dir, own_file)), str(root / own_file.lstrip("/")))
+        # an image need not have them (Debian 13's debootstrap writes no /etc/hosts): the
+        # mountpoint is made in the VM's own layer, as contextualization writes the file
+        target = root / own_file.lstrip("/")
+        if target.is_symlink():
+            target.unlink()
+        _ensure_mountpoint(target, is_dir=False)
+        _mount("--bind", str(private_source(vm_dir, own_file)), str(target))
     (root / "context").mkdir(exist_ok=True)
     _mount("--bind", str(context_dir(vm_dir)), str(root / "context"))
     _mount("-o", "remount,bind,ro", str(root / "context"))
