@@ -16,6 +16,7 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyone
 import pytest
@@ -40,7 +41,7 @@ def cloud() -> Iterator[tuple[pyone.OneServer, Path]]:
     auth = root / "one_auth"
     auth.write_text(AUTH + "\n")
     auth.chmod(0o600)
-    image = slurm_root.build()  # the other Debian release's root (kept between runs)
+    image = bare_image(slurm_root.build().path)
     netns.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
     log = open(root / "cloud.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
@@ -48,7 +49,7 @@ def cloud() -> Iterator[tuple[pyone.OneServer, Path]]:
          "--port", str(PORT), "--state-dir", str(root / "state"), "--auth-file", str(auth),
          "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", "10.118.0.0/24",
          "--onegate-host", GATEWAY, "--onegate-port", str(GATE_PORT),
-         "--image", f"other-debian={image.path}", "--share", str(root)],
+         "--image", f"other-debian={image}", "--share", str(root)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         one = pyone.OneServer(f"http://127.0.0.1:{PORT}/RPC2", session=AUTH)
@@ -71,7 +72,46 @@ def cloud() -> Iterator[tuple[pyone.OneServer, Path]]:
             proc.wait()
         log.close()
         netns.cleanup_prefix(f"{PREFIX}-", bridge=BRIDGE)
-        subprocess.run(["rm", "-rf", "--", str(root)], check=False)
+        subprocess.run(["rm", "-rf", "--", str(root), str(image)], check=False)
+
+
+BOOT_FAILURE = 36  # LCM_STATE
+
+
+def running_and_ready(one: pyone.OneServer, root: Path, vm_id: int) -> Any:
+    """The VM once RUNNING with READY=YES (60 s at most); a boot failure fails at once, with
+    the VM's console (vminit says why there)."""
+
+    def ready() -> Any:
+        vm = one.vm.info(vm_id)
+        if vm.LCM_STATE == BOOT_FAILURE:
+            console = root / "state" / f"vm{vm_id}" / "console.log"
+            raise AssertionError(f"VM {vm_id} failed to boot: "
+                                 f"{console.read_text() if console.exists() else 'no console'}")
+        return vm.STATE == 3 and vm.LCM_STATE == 3 and \
+            (vm.USER_TEMPLATE or {}).get("READY") == "YES" and vm
+
+    return wait_for("VM RUNNING and READY", ready, 60)
+
+
+BARE_PREFIX = ".vcn-bare-"
+
+
+def bare_image(root: str) -> Path:
+    """The other Debian release's root (built once, kept between runs) as a VM image the way
+    a real one may come: no /etc/hosts (debootstrap writes none) and /etc/hostname a
+    dangling symlink. A copy of hard links beside the root (seconds, no data copied), so the
+    root itself is left as it is; stale copies of an interrupted run are removed first."""
+    parent = Path(root).parent
+    for stale in parent.glob(BARE_PREFIX + "*"):
+        subprocess.run(["rm", "-rf", "--", str(stale)], check=False)
+    copy = Path(tempfile.mkdtemp(prefix=BARE_PREFIX, dir=parent))
+    subprocess.run(["cp", "-al", "--", f"{root}/.", str(copy)], check=True)
+    (copy / "etc/hosts").unlink(missing_ok=True)
+    (copy / "etc/hostname").unlink(missing_ok=True)
+    (copy / "etc/hostname").symlink_to("/nonexistent/hostname")
+    os.chmod(copy, 0o755)
+    return copy
 
 
 def test_netns_vm_boots_reports_ready_and_leaves_nothing(
@@ -91,9 +131,7 @@ def test_netns_vm_boots_reports_ready_and_leaves_nothing(
         f'START_SCRIPT_BASE64 = "{base64.b64encode(script.encode()).decode()}" ]\n'
     )
     vm_id = one.vm.allocate(template)
-    vm = wait_for("VM RUNNING and READY", lambda: (
-        (v := one.vm.info(vm_id)).STATE == 3 and v.LCM_STATE == 3
-        and (v.USER_TEMPLATE or {}).get("READY") == "YES" and v), 60)
+    vm = running_and_ready(one, root, vm_id)
     ip = vm.TEMPLATE["NIC"]["IP"]
     assert ip.startswith("10.118.0.")
     assert vm.TEMPLATE["NIC"]["MAC"] == "02:00:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
@@ -119,6 +157,7 @@ def test_netns_vm_of_an_image_runs_that_root_with_its_own_boot_time(
     script = (
         "#!/bin/sh\n"
         f"{{ cat /etc/os-release; cut -d' ' -f1 /proc/uptime; slurmd -V; ls /context; "
+        'echo "HOSTNAME $(cat /etc/hostname)"; echo "HOSTS $(grep image-probe /etc/hosts)"; '
         f"touch /etc/written-in-the-vm; }} > {out} 2>&1\n"
     )
     template = (
@@ -128,11 +167,9 @@ def test_netns_vm_of_an_image_runs_that_root_with_its_own_boot_time(
         f'START_SCRIPT_BASE64 = "{base64.b64encode(script.encode()).decode()}" ]\n'
     )
     vm_id = one.vm.allocate(template)
-    wait_for("VM RUNNING and READY", lambda: (
-        (v := one.vm.info(vm_id)).STATE == 3 and v.LCM_STATE == 3
-        and (v.USER_TEMPLATE or {}).get("READY") == "YES"), 60)
+    running_and_ready(one, root, vm_id)
     lines = out.read_text().splitlines()
-    image = slurm_root.build()
+    image = slurm_root.build()  # the root the fixture's image is a copy of
     codename = slurm_root.other_suite()
     assert f"VERSION_CODENAME={codename}" in lines  # the image's release, not the host's
     uptime = float(next(line for line in lines if line.replace(".", "").isdigit()))
@@ -140,6 +177,11 @@ def test_netns_vm_of_an_image_runs_that_root_with_its_own_boot_time(
     assert f"slurm-wlm {image.version()}" in lines
     assert "context.sh" in lines and "token.txt" in lines
     assert not Path(image.path, "etc/written-in-the-vm").exists()  # copy-on-write
+    # its own hostname and hosts, although the image has neither
+    ip = one.vm.info(vm_id).TEMPLATE["NIC"]["IP"]
+    assert "HOSTNAME image-probe" in lines
+    assert next(line for line in lines if line.startswith("HOSTS ")).split() == [
+        "HOSTS", ip, "image-probe"]
     one.vm.action("terminate-hard", vm_id)
     wait_for("VM DONE", lambda: one.vm.info(vm_id).STATE == 6, 30)
     assert f"{PREFIX}-vm{vm_id}" not in netns.list_hosts(f"{PREFIX}-")
