@@ -10,6 +10,7 @@ Every process it starts is stopped by PID when each Slurm's tests end, pass or f
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,9 +46,12 @@ OTHER_ROOT = default_root_dir(other_suite())
 def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     throwaway = _capture_module().ThrowawaySlurm(
         real_nodes=("vca-r1", "vca-r2"), cloud_nodes=("vca-c1",), slurm_root=request.param)
-    with throwaway:
-        (throwaway.root / "work").mkdir()
-        yield throwaway
+    try:
+        with throwaway:
+            (throwaway.root / "work").mkdir()
+            yield throwaway
+    finally:  # its daemons are stopped by PID; its directory (munge key, logs) goes too
+        shutil.rmtree(throwaway.root, ignore_errors=True)
 
 
 @pytest.fixture()
