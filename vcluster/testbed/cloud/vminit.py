@@ -170,7 +170,7 @@ def setup_image_filesystem(vm_dir: Path, config: InitConfig) -> None:
             resolv.unlink()
         resolv.write_text(f"nameserver {config.nameserver}\n", encoding="ascii")
     for own_file in ("/etc/hosts", "/etc/hostname"):
-        # an image need not have them (Debian 13's debootstrap writes no /etc/hosts): the
+        # an image need not have them (debootstrap writes no /etc/hosts): the
         # mountpoint is made in the VM's own layer, as contextualization writes the file
         target = root / own_file.lstrip("/")
         if target.is_symlink():
